@@ -1,0 +1,87 @@
+//! Errors returned by the hub.
+
+use crate::{ConnId, Message};
+
+/// Why [`Hub::connect`](crate::Hub::connect) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The hub was shut down with [`Hub::shutdown`](crate::Hub::shutdown);
+    /// it accepts no new connections.
+    #[error("the hub is shut down and accepts no new connections")]
+    Shutdown,
+}
+
+/// Why a personal message could not be queued.
+///
+/// The message is handed back so the caller can retry, log or drop it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No connection with this id is registered: it never existed, or it
+    /// has disconnected.
+    #[error("no connection {id} is registered with the hub (it may have disconnected)")]
+    UnknownConnection {
+        /// The id that was addressed.
+        id: ConnId,
+        /// The message that was not sent.
+        message: Message,
+    },
+    /// The connection's personal queue is full: it is not reading fast
+    /// enough. Retry later, or use the waiting
+    /// [`Hub::send_personal`](crate::Hub::send_personal).
+    #[error("the personal queue of connection {id} is full; the connection is not keeping up")]
+    QueueFull {
+        /// The id that was addressed.
+        id: ConnId,
+        /// The message that was not sent.
+        message: Message,
+    },
+}
+
+impl SendError {
+    /// The message that could not be sent.
+    #[must_use]
+    pub fn into_message(self) -> Message {
+        match self {
+            Self::UnknownConnection { message, .. } | Self::QueueFull { message, .. } => message,
+        }
+    }
+}
+
+/// Why a [`Connection`](crate::Connection) stopped receiving.
+///
+/// Once a connection has returned one of these it returns the same value
+/// from every later call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The connection was removed with [`Hub::disconnect`](crate::Hub::disconnect).
+    #[error("the connection was disconnected from the hub")]
+    Disconnected,
+    /// The hub was shut down with [`Hub::shutdown`](crate::Hub::shutdown).
+    #[error("the hub is shutting down")]
+    Shutdown,
+    /// The connection fell further behind the hub's fan-out than its
+    /// capacity allows and the slow-consumer policy is
+    /// [`SlowConsumer::Disconnect`](crate::SlowConsumer::Disconnect).
+    #[error(
+        "the connection fell {missed} messages behind and was disconnected; reconnect to catch up"
+    )]
+    Lagged {
+        /// How many broadcast messages the connection missed.
+        missed: u64,
+    },
+}
+
+/// Why [`Connection::try_recv`](crate::Connection::try_recv) returned nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// Nothing is ready right now; the connection is still open.
+    #[error("no message is ready")]
+    Empty,
+    /// The connection has stopped receiving.
+    #[error(transparent)]
+    Closed(#[from] RecvError),
+}

@@ -1,0 +1,69 @@
+//! Connection identity and metadata.
+
+use std::fmt;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+/// The unique id of a connection within a hub.
+///
+/// Ids are never reused by the hub that issued them, so a stale id can only
+/// ever address nothing (and [`Hub::try_send_personal`](crate::Hub::try_send_personal)
+/// says so), never a newer connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(NonZeroU64);
+
+impl ConnId {
+    pub(crate) fn new(raw: NonZeroU64) -> Self {
+        Self(raw)
+    }
+
+    /// The id as a number (never zero).
+    #[must_use]
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What the application knows about a connection, given at
+/// [`Hub::connect_with`](crate::Hub::connect_with) and readable by anyone
+/// holding the hub.
+///
+/// ```
+/// use hub::Metadata;
+///
+/// let meta = Metadata::new().with_name("alice");
+/// assert_eq!(meta.name(), Some("alice"));
+/// assert_eq!(Metadata::new().name(), None);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metadata {
+    name: Option<Arc<str>>,
+}
+
+impl Metadata {
+    /// Empty metadata: an anonymous connection.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a display name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The display name, if any.
+    #[must_use]
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
