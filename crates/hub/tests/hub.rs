@@ -1,4 +1,5 @@
 //! Behaviour of every hub operation, through the public API.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

@@ -1,0 +1,102 @@
+//! Command-line flags (each also readable from an environment variable).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A WebSocket chat server: the chat page at `/`, a broadcast chat at `/ws`
+/// and an echo endpoint at `/echo`.
+#[derive(Clone, Debug, Parser)]
+#[command(version, about)]
+#[non_exhaustive]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one; the chosen port is printed).
+    #[arg(long, env = "CHAT_PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Largest message a client may send, in bytes; larger ones are closed
+    /// with 1009.
+    #[arg(long, env = "CHAT_MAX_MESSAGE_SIZE", default_value_t = hub_ws::DEFAULT_MAX_MESSAGE_SIZE)]
+    pub max_message_size: usize,
+
+    /// Broadcast messages kept for clients that have not read them yet; a
+    /// client further behind is closed with 1013 and may reconnect.
+    #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::DEFAULT_CAPACITY)]
+    pub capacity: usize,
+
+    /// Personal messages (echo replies) queued per client.
+    #[arg(long, env = "CHAT_QUEUE_CAPACITY", default_value_t = hub::DEFAULT_QUEUE_CAPACITY)]
+    pub queue_capacity: usize,
+
+    /// How often quiet clients are pinged (e.g. 30s, 500ms).
+    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long a client may stay silent (no message, no pong) before it is
+    /// closed with 1001.
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long a write to a client may block before the client is dropped
+    /// as not reading.
+    #[arg(long, env = "CHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for clients to finish their close
+    /// handshake before exiting.
+    #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "4s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self::parse_from(["chat-server"])
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, or a bare number of seconds.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (number, unit) = match value.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let number: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a duration; write e.g. 500ms, 5s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
+        _ => Err(format!("unknown unit in `{value}`; use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let args = Args::default();
+        assert_eq!(args.port, 8000);
+        assert_eq!(args.host.to_string(), "127.0.0.1");
+        assert_eq!(args.max_message_size, 64 * 1024);
+    }
+}

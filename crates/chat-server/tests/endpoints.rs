@@ -1,0 +1,208 @@
+//! The seed's endpoints and texts, over real sockets on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_silent, header, http, recv_close, recv_text, send_text, TestServer, WAIT};
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn ws_broadcasts_client_says_to_everyone_including_the_sender() {
+    let server = TestServer::start(&[]).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(server.connect("/ws").await);
+    }
+    wait_for_connections(&server, 3).await;
+    send_text(&mut clients[0], "Hello Server!").await;
+    for client in &mut clients {
+        assert_eq!(recv_text(client).await, "Client says: Hello Server!");
+    }
+    send_text(&mut clients[2], "second").await;
+    for client in &mut clients {
+        assert_eq!(recv_text(client).await, "Client says: second");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn clean_close_tells_the_others() {
+    let server = TestServer::start(&[]).await;
+    let mut stay = server.connect("/ws").await;
+    let mut leave = server.connect("/ws").await;
+    wait_for_connections(&server, 2).await;
+    leave
+        .close(Some(CloseFrame {
+            code: 1000u16.into(),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(recv_text(&mut stay).await, "A client disconnected");
+    assert_silent(&mut stay, QUIET).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_tcp_connection_tells_the_others() {
+    let server = TestServer::start(&[]).await;
+    let mut stay = server.connect("/ws").await;
+    let vanish = server.connect("/ws").await;
+    wait_for_connections(&server, 2).await;
+    // No close frame: the TCP stream just goes away.
+    drop(vanish);
+    assert_eq!(recv_text(&mut stay).await, "A client disconnected");
+    wait_for_connections(&server, 1).await;
+    // The server keeps serving the one that stayed.
+    send_text(&mut stay, "still here").await;
+    assert_eq!(recv_text(&mut stay).await, "Client says: still here");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn echo_replies_to_the_sender_alone() {
+    let server = TestServer::start(&[]).await;
+    let mut talker = server.connect("/echo").await;
+    let mut bystander = server.connect("/echo").await;
+    send_text(&mut talker, "hi").await;
+    assert_eq!(recv_text(&mut talker).await, "Message text was: hi");
+    send_text(&mut talker, "ünïcode ✓").await;
+    assert_eq!(recv_text(&mut talker).await, "Message text was: ünïcode ✓");
+    assert_silent(&mut bystander, QUIET).await;
+    // Echo clients are not part of the chat.
+    let mut chatter = server.connect("/ws").await;
+    send_text(&mut chatter, "chat").await;
+    assert_eq!(recv_text(&mut chatter).await, "Client says: chat");
+    assert_silent(&mut talker, QUIET).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn echo_keeps_order_under_a_burst() {
+    let server = TestServer::start(&[]).await;
+    let mut client = server.connect("/echo").await;
+    for i in 0..1000 {
+        client.feed(Message::text(format!("{i}"))).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    for i in 0..1000 {
+        assert_eq!(
+            recv_text(&mut client).await,
+            format!("Message text was: {i}")
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn binary_messages_close_with_1003_and_nothing_breaks() {
+    let server = TestServer::start(&[]).await;
+    let mut other = server.connect("/ws").await;
+    let mut binary = server.connect("/ws").await;
+    wait_for_connections(&server, 2).await;
+    binary
+        .send(Message::binary(vec![0, 159, 146, 150]))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv_close(&mut binary).await,
+        (1003, "only text messages are supported".to_owned())
+    );
+    assert_eq!(recv_text(&mut other).await, "A client disconnected");
+    send_text(&mut other, "fine").await;
+    assert_eq!(recv_text(&mut other).await, "Client says: fine");
+    let mut echo = server.connect("/echo").await;
+    echo.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(recv_close(&mut echo).await.0, 1003);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn page_is_served_as_html_from_both_paths() {
+    let server = TestServer::start(&[]).await;
+    for path in ["/", "/static/index.html"] {
+        let (status, headers, body) = http(server.addr, "GET", path).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            header(&headers, "content-type"),
+            Some("text/html; charset=utf-8")
+        );
+        assert!(body.contains("<title>WebSocket Chat</title>"));
+        assert!(body.contains("location.host + \"/ws\""));
+        assert!(!body.contains("localhost:8000"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_not_found_and_plain_http_to_ws() {
+    let server = TestServer::start(&[]).await;
+    assert_eq!(http(server.addr, "GET", "/healthz").await.0, 200);
+    assert_eq!(http(server.addr, "GET", "/healthz").await.2, "ok\n");
+    let (status, _, body) = http(server.addr, "GET", "/nope").await;
+    assert_eq!((status, body.as_str()), (404, "not found\n"));
+    for path in ["/ws", "/echo"] {
+        let (status, headers, body) = http(server.addr, "GET", path).await;
+        assert_eq!(status, 426, "{path}");
+        assert_eq!(header(&headers, "upgrade"), Some("websocket"));
+        assert_eq!(
+            body,
+            "this endpoint speaks WebSocket only; connect with a WebSocket client\n"
+        );
+    }
+    assert_eq!(http(server.addr, "POST", "/").await.0, 405);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_connections_and_deliveries() {
+    let server = TestServer::start(&[]).await;
+    let mut a = server.connect("/ws").await;
+    let mut b = server.connect("/ws").await;
+    wait_for_connections(&server, 2).await;
+    send_text(&mut a, "x").await;
+    assert_eq!(recv_text(&mut a).await, "Client says: x");
+    assert_eq!(recv_text(&mut b).await, "Client says: x");
+    let (status, headers, body) = http(server.addr, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(header(&headers, "content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    for line in [
+        "hub_connections{endpoint=\"ws\"} 2",
+        "hub_connected_total{endpoint=\"ws\"} 2",
+        "hub_broadcasts_total{endpoint=\"ws\"} 1",
+        "hub_deliveries_total{endpoint=\"ws\"} 2",
+        "hub_connections{endpoint=\"echo\"} 0",
+        "# TYPE hub_connections gauge",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    server.stop().await;
+}
+
+/// Waits until the chat hub has `n` connections, via /metrics.
+async fn wait_for_connections(server: &TestServer, n: usize) {
+    let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, _, body) = http(server.addr, "GET", "/metrics").await;
+        if body.lines().any(|l| l == want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached {n} connections"
+        );
+        tokio::task::yield_now().await;
+    }
+}

@@ -1,0 +1,126 @@
+//! Limits and timers of a WebSocket session.
+
+use std::time::Duration;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Default largest message and frame: 64 KiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 10;
+
+/// Limits and timers for every session a [`WsServer`](crate::WsServer) serves.
+///
+/// ```
+/// use std::time::Duration;
+/// use hub_ws::Config;
+///
+/// let config = Config::default()
+///     .max_message_size(16 * 1024)
+///     .ping_interval(Duration::from_secs(10))
+///     .idle_timeout(Duration::from_secs(30));
+/// # let _ = config;
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Config {
+    max_message_size: usize,
+    max_frame_size: usize,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+    close_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_frame_size: DEFAULT_MAX_MESSAGE_SIZE,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// Largest message accepted from a client, in bytes (default 64 KiB).
+    /// A larger one closes the connection with 1009.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.max(1);
+        self
+    }
+
+    /// Largest single frame accepted from a client, in bytes (default 64 KiB).
+    /// A larger one closes the connection with 1009.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes.max(1);
+        self
+    }
+
+    /// How often the server pings an otherwise quiet client (default 30 s).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a client may send nothing at all, pongs included, before it
+    /// is closed with 1001 (default 75 s). Keep it above the ping interval.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long one write to a client may take before the client is
+    /// considered stalled and dropped (default 10 s).
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long to wait for the client's side of the close handshake
+    /// (default 3 s).
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// How long [`WsServer::serve_tcp`](crate::WsServer::serve_tcp) waits
+    /// for the HTTP handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    pub(crate) fn ping_every(&self) -> Duration {
+        self.ping_interval
+    }
+
+    pub(crate) fn idle(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    pub(crate) fn write(&self) -> Duration {
+        self.write_timeout
+    }
+
+    pub(crate) fn close(&self) -> Duration {
+        self.close_timeout
+    }
+
+    pub(crate) fn handshake(&self) -> Duration {
+        self.handshake_timeout
+    }
+
+    pub(crate) fn tungstenite(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_frame_size.min(self.max_message_size)))
+            // Small read buffers keep idle connections cheap; they grow for
+            // large messages as needed.
+            .read_buffer_size(4 << 10)
+            .write_buffer_size(64 << 10)
+    }
+}

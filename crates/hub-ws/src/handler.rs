@@ -1,0 +1,118 @@
+//! What the application does with a connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use hub::{ConnId, Hub, Message, Metadata, SendError};
+
+use crate::{Close, Ended};
+
+/// The application's side of a WebSocket session: what incoming messages
+/// mean, and what happens when a client arrives or leaves.
+///
+/// The same adapter serves a chat broadcast, an echo endpoint or any other
+/// protocol; only the handler differs. Methods may be written as `async fn`.
+///
+/// ```
+/// use hub::Message;
+/// use hub_ws::{Close, Ended, Handler, Session};
+///
+/// /// Broadcast every message; tell the others when someone leaves.
+/// struct Chat;
+///
+/// impl Handler for Chat {
+///     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
+///         if let Some(text) = message.as_text() {
+///             session.hub().broadcast(format!("Client says: {text}"));
+///         }
+///         Ok(())
+///     }
+///
+///     async fn on_close(&self, session: &Session, _ended: &Ended) {
+///         session.hub().broadcast("A client disconnected");
+///     }
+/// }
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Called once the connection is registered with the hub, before its
+    /// first message is read.
+    fn on_open(&self, session: &Session) -> impl Future<Output = ()> + Send {
+        let _ = session;
+        async {}
+    }
+
+    /// Called for each text or binary message, in order; the next message is
+    /// not read until this returns (backpressure on that client only).
+    /// Return `Err(close)` to close the connection with that frame.
+    fn on_message(
+        &self,
+        session: &Session,
+        message: Message,
+    ) -> impl Future<Output = Result<(), Close>> + Send;
+
+    /// Called once when the session ends, after the connection has left the
+    /// hub (so a broadcast from here does not reach it).
+    fn on_close(&self, session: &Session, ended: &Ended) -> impl Future<Output = ()> + Send {
+        let _ = (session, ended);
+        async {}
+    }
+}
+
+/// One client's session, as its [`Handler`] sees it.
+#[derive(Clone, Debug)]
+pub struct Session {
+    id: ConnId,
+    hub: Hub,
+    metadata: Metadata,
+    peer: Option<SocketAddr>,
+}
+
+impl Session {
+    pub(crate) fn new(id: ConnId, hub: Hub, metadata: Metadata, peer: Option<SocketAddr>) -> Self {
+        Self {
+            id,
+            hub,
+            metadata,
+            peer,
+        }
+    }
+
+    /// The connection's id in the hub.
+    #[must_use]
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The hub the connection belongs to.
+    #[must_use]
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The metadata the connection was registered with.
+    #[must_use]
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// The client's address, when the transport knows it.
+    #[must_use]
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Sends `message` to this client alone, waiting while its personal
+    /// queue is full. Waiting holds up only this client's next read.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::UnknownConnection`] if the connection has already left
+    /// the hub.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if dropped early, the message was not queued.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<(), SendError> {
+        self.hub.send_personal(self.id, message).await
+    }
+}

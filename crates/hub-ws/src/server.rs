@@ -1,0 +1,252 @@
+//! Serving sessions: from a hyper upgrade, a raw upgraded stream or TCP.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hub::{Hub, Metadata};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
+
+use crate::session::drive;
+use crate::upgrade::{accept_key, switching_protocols};
+use crate::{CloseCode, Config, Ended, Handler, Session, UpgradeError};
+
+/// The client's address, as a request extension.
+///
+/// Insert it into a request's extensions before [`WsServer::upgrade`] to
+/// make it available as [`Session::peer_addr`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Why [`WsServer::serve_tcp`] could not start a session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The client did not complete the HTTP handshake in time.
+    #[error("the WebSocket handshake timed out")]
+    HandshakeTimeout,
+    /// The HTTP handshake failed (not a WebSocket request, bad headers or
+    /// an I/O error).
+    #[error("the WebSocket handshake failed")]
+    Handshake(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Serves WebSocket sessions: each client becomes a connection of `hub`,
+/// its messages go to the handler `H`, and what the hub delivers to it is
+/// written to its socket.
+///
+/// Cheap to clone; clones share the hub, handler, configuration and the set
+/// of running sessions.
+///
+/// # Examples
+///
+/// A server without hyper, on plain TCP:
+///
+/// ```no_run
+/// use hub::{Hub, Message, Metadata};
+/// use hub_ws::{Close, Handler, Session, WsServer};
+///
+/// struct Echo;
+///
+/// impl Handler for Echo {
+///     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
+///         let _ = session.send(message).await;
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() -> std::io::Result<()> {
+/// let server = WsServer::new(Hub::new(), Echo);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// loop {
+///     let (stream, _) = listener.accept().await?;
+///     let server = server.clone();
+///     tokio::spawn(async move { server.serve_tcp(stream, Metadata::new()).await });
+/// }
+/// # }
+/// ```
+pub struct WsServer<H> {
+    inner: Arc<Inner<H>>,
+}
+
+struct Inner<H> {
+    hub: Hub,
+    handler: H,
+    config: Config,
+    sessions: TaskTracker,
+}
+
+impl<H> Clone for WsServer<H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<H> fmt::Debug for WsServer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsServer")
+            .field("hub", &self.inner.hub)
+            .field("config", &self.inner.config)
+            .field("sessions", &self.inner.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Handler> WsServer<H> {
+    /// A server with the default [`Config`].
+    pub fn new(hub: Hub, handler: H) -> Self {
+        Self::with_config(hub, handler, Config::default())
+    }
+
+    /// A server with the given limits and timers.
+    pub fn with_config(hub: Hub, handler: H, config: Config) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                hub,
+                handler,
+                config,
+                sessions: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The hub the sessions join.
+    #[must_use]
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// Sessions running now.
+    #[must_use]
+    pub fn sessions(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// Answers a hyper request that asks for a WebSocket: returns the
+    /// `101 Switching Protocols` response to send, and spawns the session,
+    /// which starts once hyper hands over the connection.
+    ///
+    /// The connection must be served with upgrades enabled
+    /// (`http1::Builder::serve_connection(..).with_upgrades()`). The response
+    /// body type is any `Default` body (`Empty`, `Full`, `String`...).
+    ///
+    /// # Errors
+    ///
+    /// An [`UpgradeError`] when the request is not a valid WebSocket
+    /// handshake, or the hub is shut down; answer with
+    /// [`UpgradeError::to_response`].
+    pub fn upgrade<B, R: Default>(
+        &self,
+        mut request: Request<B>,
+        metadata: Metadata,
+    ) -> Result<Response<R>, UpgradeError> {
+        let accept = accept_key(&request)?;
+        if self.inner.hub.is_shut_down() {
+            return Err(UpgradeError::ShuttingDown);
+        }
+        let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let server = self.clone();
+        self.inner.sessions.spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    server
+                        .serve_upgraded(TokioIo::new(upgraded), metadata, peer)
+                        .await;
+                }
+                Err(error) => tracing::debug!(%error, "the HTTP upgrade did not complete"),
+            }
+        });
+        Ok(switching_protocols(accept))
+    }
+
+    /// Serves a session on a stream whose HTTP upgrade has already been
+    /// answered with `101 Switching Protocols`; returns how it ended.
+    pub async fn serve_upgraded<S>(
+        &self,
+        io: S,
+        metadata: Metadata,
+        peer: Option<SocketAddr>,
+    ) -> Ended
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let config = self.inner.config.tungstenite();
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        self.run(socket, metadata, peer).await
+    }
+
+    /// Runs the HTTP handshake on a plain TCP stream, then serves the
+    /// session; returns how it ended. For servers without hyper.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError`] if the handshake fails or times out; no session was
+    /// started then.
+    pub async fn serve_tcp(
+        &self,
+        stream: TcpStream,
+        metadata: Metadata,
+    ) -> Result<Ended, ServeError> {
+        let peer = stream.peer_addr().ok();
+        let config = self.inner.config.tungstenite();
+        let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+        let socket = time::timeout(self.inner.config.handshake(), handshake)
+            .await
+            .map_err(|_| ServeError::HandshakeTimeout)?
+            .map_err(|error| ServeError::Handshake(Box::new(error)))?;
+        Ok(self
+            .inner
+            .sessions
+            .track_future(self.run(socket, metadata, peer))
+            .await)
+    }
+
+    async fn run<S>(
+        &self,
+        mut socket: WebSocketStream<S>,
+        metadata: Metadata,
+        peer: Option<SocketAddr>,
+    ) -> Ended
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let inner = &*self.inner;
+        let connection = match inner.hub.connect_with(metadata.clone()) {
+            Ok(connection) => connection,
+            Err(_) => {
+                let frame = CloseFrame {
+                    code: WsCloseCode::from(CloseCode::GOING_AWAY.0),
+                    reason: "server shutting down".into(),
+                };
+                let _ = time::timeout(inner.config.close(), socket.close(Some(frame))).await;
+                return Ended::ServerClosed(crate::Close::new(
+                    CloseCode::GOING_AWAY,
+                    "server shutting down",
+                ));
+            }
+        };
+        let session = Session::new(connection.id(), inner.hub.clone(), metadata, peer);
+        drive(socket, connection, session, &inner.handler, &inner.config).await
+    }
+
+    /// Shuts the hub down (every client is closed with 1001), refuses new
+    /// sessions, and waits until every session has finished its close
+    /// handshake. Bound the wait with a timeout for a deadline.
+    pub async fn shutdown(&self) {
+        self.inner.hub.shutdown();
+        self.inner.sessions.close();
+        self.inner.sessions.wait().await;
+    }
+}

@@ -1,0 +1,225 @@
+//! Drives one WebSocket session: a reader feeding the handler and a writer
+//! draining the hub, in one task.
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use hub::{Connection, Event, Message, RecvError, Text, TryRecvError};
+use tokio::time::{self, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+use crate::{Close, CloseCode, Config, Ended, Handler, Session};
+
+/// Most hub messages written to the socket before one flush.
+const MAX_BATCH: usize = 64;
+
+/// Serves one session until it ends; the connection leaves the hub before
+/// `on_close` runs.
+pub(crate) async fn drive<S, H>(
+    socket: S,
+    connection: Connection,
+    session: Session,
+    handler: &H,
+    config: &Config,
+) -> Ended
+where
+    S: Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Unpin,
+    H: Handler,
+{
+    let (mut sink, mut stream) = socket.split();
+    let mut connection = connection;
+    handler.on_open(&session).await;
+    let ended = {
+        let reader = read_loop(&mut stream, &session, handler, config);
+        let writer = write_loop(&mut sink, &mut connection, config);
+        tokio::select! {
+            ended = reader => ended,
+            ended = writer => ended,
+        }
+    };
+    drop(connection);
+    tracing::debug!(id = %session.id(), ?ended, "session ended");
+    handler.on_close(&session, &ended).await;
+    finish_close(&mut sink, &mut stream, &ended, config).await;
+    ended
+}
+
+async fn read_loop<R, H>(stream: &mut R, session: &Session, handler: &H, config: &Config) -> Ended
+where
+    R: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+    H: Handler,
+{
+    loop {
+        let frame = match time::timeout(config.idle(), stream.next()).await {
+            Err(_) => return server_close(CloseCode::GOING_AWAY, "idle timeout"),
+            Ok(None) => return Ended::Lost,
+            Ok(Some(Err(error))) => return ended_by_error(error),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let message = match frame {
+            WsMessage::Text(text) => match Text::try_from(Bytes::from(text)) {
+                Ok(text) => Message::Text(text),
+                Err(_) => return server_close(CloseCode::INVALID_DATA, "invalid UTF-8"),
+            },
+            WsMessage::Binary(bytes) => Message::Binary(bytes),
+            // Pongs to our pings are answered automatically; any frame
+            // counts as a sign of life for the idle timeout.
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
+            WsMessage::Close(frame) => {
+                return match frame {
+                    Some(frame) => Ended::ClientClosed {
+                        code: Some(CloseCode(u16::from(frame.code))),
+                        reason: frame.reason.as_str().to_owned(),
+                    },
+                    None => Ended::ClientClosed {
+                        code: None,
+                        reason: String::new(),
+                    },
+                }
+            }
+        };
+        if let Err(close) = handler.on_message(session, message).await {
+            return Ended::ServerClosed(close);
+        }
+    }
+}
+
+async fn write_loop<W>(sink: &mut W, connection: &mut Connection, config: &Config) -> Ended
+where
+    W: Sink<WsMessage, Error = WsError> + Unpin,
+{
+    let period = config.ping_every();
+    let mut ping = time::interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let write = tokio::select! {
+            event = connection.recv() => match event {
+                Ok(event) => time::timeout(config.write(), write_batch(sink, connection, event)).await,
+                Err(closed) => return ended_by_hub(closed),
+            },
+            _ = ping.tick() => {
+                time::timeout(config.write(), sink.send(WsMessage::Ping(Bytes::new())))
+                    .await
+                    .map(|sent| sent.map(|()| None))
+            }
+        };
+        match write {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(closed))) => return ended_by_hub(closed),
+            Ok(Err(error)) => return ended_by_error(error),
+            Err(_) => {
+                return server_close(
+                    CloseCode::TRY_AGAIN_LATER,
+                    "client is not reading; writes timed out",
+                )
+            }
+        }
+    }
+}
+
+/// Writes `first` and whatever else is ready (up to [`MAX_BATCH`]), then
+/// flushes once. Returns the hub's close reason if it came up meanwhile.
+async fn write_batch<W>(
+    sink: &mut W,
+    connection: &mut Connection,
+    first: Event,
+) -> Result<Option<RecvError>, WsError>
+where
+    W: Sink<WsMessage, Error = WsError> + Unpin,
+{
+    let mut next = Some(first);
+    let mut closed = None;
+    let mut written = 0;
+    while let Some(event) = next.take() {
+        match event {
+            Event::Message(message) => sink.feed(to_frame(message)).await?,
+            Event::Lagged { missed } => {
+                tracing::warn!(id = %connection.id(), missed, "connection lagged; skipped messages");
+            }
+            _ => {}
+        }
+        written += 1;
+        if written == MAX_BATCH {
+            break;
+        }
+        match connection.try_recv() {
+            Ok(event) => next = Some(event),
+            Err(TryRecvError::Closed(reason)) => closed = Some(reason),
+            Err(_) => {}
+        }
+    }
+    sink.flush().await?;
+    Ok(closed)
+}
+
+fn to_frame(message: Message) -> WsMessage {
+    match message {
+        Message::Text(text) => match Utf8Bytes::try_from(text.into_bytes()) {
+            Ok(text) => WsMessage::Text(text),
+            // `Text` is always UTF-8; this arm is unreachable in practice.
+            Err(_) => WsMessage::Binary(Bytes::new()),
+        },
+        Message::Binary(bytes) => WsMessage::Binary(bytes),
+        other => WsMessage::Binary(Bytes::copy_from_slice(other.as_bytes())),
+    }
+}
+
+fn server_close(code: CloseCode, reason: &'static str) -> Ended {
+    Ended::ServerClosed(Close::new(code, reason))
+}
+
+fn ended_by_hub(closed: RecvError) -> Ended {
+    match closed {
+        RecvError::Shutdown => server_close(CloseCode::GOING_AWAY, "server shutting down"),
+        RecvError::Lagged { missed } => Ended::ServerClosed(Close::new(
+            CloseCode::TRY_AGAIN_LATER,
+            format!("fell {missed} messages behind; reconnect"),
+        )),
+        _ => server_close(CloseCode::NORMAL, "disconnected by the server"),
+    }
+}
+
+fn ended_by_error(error: WsError) -> Ended {
+    match error {
+        WsError::Capacity(_) => server_close(CloseCode::TOO_BIG, "message too big"),
+        WsError::Utf8(_) => server_close(CloseCode::INVALID_DATA, "invalid UTF-8"),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ended::Lost,
+        WsError::Protocol(_) => server_close(CloseCode::PROTOCOL, "protocol error"),
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => Ended::Lost,
+        _ => server_close(CloseCode::INTERNAL, "internal error"),
+    }
+}
+
+/// Completes the close handshake, bounded by the close timeout.
+async fn finish_close<W, R>(sink: &mut W, stream: &mut R, ended: &Ended, config: &Config)
+where
+    W: Sink<WsMessage, Error = WsError> + Unpin,
+    R: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
+    let handshake = async {
+        match ended {
+            Ended::Lost => {}
+            // Our reply was queued when the client's frame was read.
+            Ended::ClientClosed { .. } => {
+                let _ = sink.close().await;
+            }
+            Ended::ServerClosed(close) => {
+                let frame = CloseFrame {
+                    code: WsCloseCode::from(close.code().0),
+                    reason: Utf8Bytes::from(close.reason()),
+                };
+                if sink.send(WsMessage::Close(Some(frame))).await.is_ok() {
+                    // Wait for the client's close frame (or the end).
+                    while let Some(Ok(frame)) = stream.next().await {
+                        if matches!(frame, WsMessage::Close(_)) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let _ = time::timeout(config.close(), handshake).await;
+}
