@@ -63,46 +63,8 @@ impl Routes {
             ("ws", self.chat.hub().stats()),
             ("echo", self.echo.hub().stats()),
         ];
-        let series: [(&str, &str, &str, fn(&hub::Stats) -> u64); 7] = [
-            ("hub_connections", "gauge", "Connections open now.", |s| {
-                s.connections as u64
-            }),
-            (
-                "hub_connected_total",
-                "counter",
-                "Connections ever opened.",
-                |s| s.connected_total,
-            ),
-            ("hub_broadcasts_total", "counter", "Broadcasts sent.", |s| {
-                s.broadcasts
-            }),
-            (
-                "hub_deliveries_total",
-                "counter",
-                "Messages handed to connections by broadcasts.",
-                |s| s.deliveries,
-            ),
-            (
-                "hub_personal_total",
-                "counter",
-                "Personal messages queued.",
-                |s| s.personal,
-            ),
-            (
-                "hub_lagged_total",
-                "counter",
-                "Times a connection fell behind.",
-                |s| s.lagged,
-            ),
-            (
-                "hub_missed_total",
-                "counter",
-                "Broadcast messages missed by lagging connections.",
-                |s| s.missed,
-            ),
-        ];
         let mut out = String::new();
-        for (name, kind, help, value) in series {
+        for (name, kind, help, value) in SERIES {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (endpoint, stats) in &stats {
                 let _ = writeln!(out, "{name}{{endpoint=\"{endpoint}\"}} {}", value(stats));
@@ -111,6 +73,53 @@ impl Routes {
         out
     }
 }
+
+/// One Prometheus series per hub counter: name, type, help, value.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&hub::Stats) -> u64,
+);
+
+const SERIES: [Series; 7] = [
+    ("hub_connections", "gauge", "Connections open now.", |s| {
+        s.connections as u64
+    }),
+    (
+        "hub_connected_total",
+        "counter",
+        "Connections ever opened.",
+        |s| s.connected_total,
+    ),
+    ("hub_broadcasts_total", "counter", "Broadcasts sent.", |s| {
+        s.broadcasts
+    }),
+    (
+        "hub_deliveries_total",
+        "counter",
+        "Messages handed to connections by broadcasts.",
+        |s| s.deliveries,
+    ),
+    (
+        "hub_personal_total",
+        "counter",
+        "Personal messages queued.",
+        |s| s.personal,
+    ),
+    (
+        "hub_lagged_total",
+        "counter",
+        "Times a connection fell behind.",
+        |s| s.lagged,
+    ),
+    (
+        "hub_missed_total",
+        "counter",
+        "Broadcast messages missed by lagging connections.",
+        |s| s.missed,
+    ),
+];
 
 const TEXT: &str = "text/plain; charset=utf-8";
 

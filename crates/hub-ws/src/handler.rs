@@ -32,6 +32,7 @@ use crate::{Close, Ended};
 ///         session.hub().broadcast("A client disconnected");
 ///     }
 /// }
+/// # let _ = hub_ws::WsServer::new(hub::Hub::new(), Chat);
 /// ```
 pub trait Handler: Send + Sync + 'static {
     /// Called once the connection is registered with the hub, before its

@@ -37,3 +37,8 @@ pub use config::{Config, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handler::{Handler, Session};
 pub use server::{PeerAddr, ServeError, WsServer};
 pub use upgrade::{is_upgrade_request, UpgradeError};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -173,7 +173,10 @@ impl ChildServer {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

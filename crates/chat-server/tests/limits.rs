@@ -1,0 +1,118 @@
+//! Bad input and scale: oversized and invalid messages get the right close
+//! code and the server keeps serving; 500 clients all get a broadcast.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{http, recv_close, recv_text, send_text, TestServer, WAIT};
+use futures_util::future::join_all;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009_and_the_server_keeps_serving() {
+    let server = TestServer::start(&[]).await;
+    let mut bystander = server.connect("/ws").await;
+    let mut big = server.connect("/ws").await;
+    // Exactly the limit is fine.
+    let limit = 64 * 1024;
+    let at_limit = "a".repeat(limit);
+    send_text(&mut big, &at_limit).await;
+    assert_eq!(
+        recv_text(&mut big).await.len(),
+        "Client says: ".len() + limit
+    );
+    assert_eq!(
+        recv_text(&mut bystander).await.len(),
+        "Client says: ".len() + limit
+    );
+    // One byte more is not.
+    big.send(Message::text("a".repeat(limit + 1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv_close(&mut big).await,
+        (1009, "message too big".to_owned())
+    );
+    assert_eq!(recv_text(&mut bystander).await, "A client disconnected");
+    // The server still serves old and new clients.
+    let mut fresh = server.connect("/ws").await;
+    send_text(&mut fresh, "after").await;
+    assert_eq!(recv_text(&mut fresh).await, "Client says: after");
+    assert_eq!(recv_text(&mut bystander).await, "Client says: after");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn configured_limit_applies() {
+    let server = TestServer::start(&["--max-message-size", "100"]).await;
+    let mut client = server.connect("/echo").await;
+    send_text(&mut client, &"b".repeat(100)).await;
+    assert_eq!(
+        recv_text(&mut client).await,
+        format!("Message text was: {}", "b".repeat(100))
+    );
+    client.send(Message::text("b".repeat(101))).await.unwrap();
+    assert_eq!(recv_close(&mut client).await.0, 1009);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_text_closes_with_1007() {
+    let server = TestServer::start(&[]).await;
+    for path in ["/ws", "/echo"] {
+        let mut client = server.connect(path).await;
+        let frame = Frame::message(vec![0x48, 0xff, 0xfe, 0x49], OpCode::Data(Data::Text), true);
+        client.send(Message::Frame(frame)).await.unwrap();
+        assert_eq!(
+            recv_close(&mut client).await,
+            (1007, "invalid UTF-8".to_owned()),
+            "{path}"
+        );
+    }
+    assert_eq!(http(server.addr, "GET", "/healthz").await.0, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_clients_all_receive_one_broadcast() {
+    const CLIENTS: usize = 500;
+    let server = TestServer::start(&[]).await;
+    let url = server.url("/ws");
+    let mut clients = Vec::with_capacity(CLIENTS);
+    // Connect in waves of 100 so the listen backlog is never the limit.
+    for _ in 0..CLIENTS / 100 {
+        clients.extend(join_all((0..100).map(|_| common::connect(&url))).await);
+    }
+    wait_for(&server, CLIENTS).await;
+    send_text(&mut clients[0], "to all 500").await;
+    let received = join_all(clients.iter_mut().map(|client| async move {
+        let text = recv_text(client).await;
+        assert_eq!(text, "Client says: to all 500");
+    }))
+    .await;
+    assert_eq!(received.len(), CLIENTS);
+    let (_, _, metrics) = http(server.addr, "GET", "/metrics").await;
+    assert!(metrics
+        .lines()
+        .any(|l| l == format!("hub_deliveries_total{{endpoint=\"ws\"}} {CLIENTS}")));
+    drop(clients);
+    server.stop().await;
+}
+
+async fn wait_for(server: &TestServer, n: usize) {
+    let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, _, body) = http(server.addr, "GET", "/metrics").await;
+            if body.lines().any(|l| l == want) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("connections never registered");
+}

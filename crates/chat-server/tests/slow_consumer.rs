@@ -1,0 +1,156 @@
+//! A client that stops reading must not hold back the others, and the
+//! server's memory must stay bounded while it is stalled. These run the
+//! real binary so its memory can be read from /proc.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{connect, http, ChildServer};
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::{Error, Message};
+
+const PAYLOAD: usize = 1024;
+const LONG_WAIT: Duration = Duration::from_secs(60);
+
+/// Message `i`: its number, padded to exactly PAYLOAD bytes.
+fn message(i: usize) -> String {
+    format!("{i:08}{}", "p".repeat(PAYLOAD - 8))
+}
+
+/// Reads `total` broadcasts, checking each is the next in order, and
+/// publishes how many it has; returns the count and the stream, still open.
+fn spawn_reader<S>(mut stream: S, total: usize) -> (JoinHandle<(usize, S)>, watch::Receiver<usize>)
+where
+    S: Stream<Item = Result<Message, Error>> + Unpin + Send + 'static,
+{
+    let (progress, watcher) = watch::channel(0);
+    let task = tokio::spawn(async move {
+        let mut next = 0;
+        while next < total {
+            match timeout(LONG_WAIT, stream.next())
+                .await
+                .expect("reader starved")
+            {
+                Some(Ok(Message::Text(text))) => {
+                    let expected = format!("Client says: {}", message(next));
+                    assert!(
+                        text.as_str() == expected,
+                        "message {next} out of order or lost"
+                    );
+                    next += 1;
+                    progress.send_replace(next);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("reader got {other:?} after {next} messages"),
+            }
+        }
+        (next, stream)
+    });
+    (task, watcher)
+}
+
+async fn wait_for_connections(addr: SocketAddr, n: usize) {
+    let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
+    timeout(common::WAIT, async {
+        loop {
+            let (_, _, body) = http(addr, "GET", "/metrics").await;
+            if body.lines().any(|l| l == want) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("connections never registered");
+}
+
+type Reader<S> = (JoinHandle<(usize, S)>, watch::Receiver<usize>);
+
+/// Starts a stalled client, a reader and a sender (which reads its own
+/// broadcasts too); returns the sender's sink and both readers.
+async fn scenario(
+    server: &ChildServer,
+    total: usize,
+) -> (
+    common::Client,
+    futures_util::stream::SplitSink<common::Client, Message>,
+    Reader<common::Client>,
+    Reader<futures_util::stream::SplitStream<common::Client>>,
+) {
+    // Connected, then never read from again.
+    let stalled = connect(&server.url("/ws")).await;
+    let reader = connect(&server.url("/ws")).await;
+    let (sender, sender_stream) = connect(&server.url("/ws")).await.split();
+    wait_for_connections(server.addr, 3).await;
+    (
+        stalled,
+        sender,
+        spawn_reader(reader, total),
+        spawn_reader(sender_stream, total),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_client_does_not_hold_back_a_burst_of_5000() {
+    const TOTAL: usize = 5000;
+    let server = ChildServer::spawn(&[]).await;
+    let (_stalled, mut sender, (reader, _), (own, _)) = scenario(&server, TOTAL).await;
+    // Flat out: no waiting for anyone between messages.
+    for i in 0..TOTAL {
+        sender.feed(Message::text(message(i))).await.unwrap();
+    }
+    sender.flush().await.unwrap();
+    assert_eq!(timeout(LONG_WAIT, reader).await.unwrap().unwrap().0, TOTAL);
+    assert_eq!(timeout(LONG_WAIT, own).await.unwrap().unwrap().0, TOTAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_memory_stays_bounded_while_a_client_is_stalled() {
+    // 40 000 messages of 1 KiB (about 40 MiB) pass while one client reads
+    // none of them. A per-client queue without bound would hold them all;
+    // the hub holds at most its capacity (8192 messages, about 8.5 MiB).
+    const TOTAL: usize = 40_000;
+    const WINDOW: usize = 500;
+    const BOUND_KIB: u64 = 32 * 1024;
+    // Keep the stalled client connected for the whole run.
+    let server = ChildServer::spawn(&["--write-timeout", "5m", "--idle-timeout", "5m"]).await;
+    let (_stalled, mut sender, (reader, mut progress), (own, _)) = scenario(&server, TOTAL).await;
+    let baseline = server.memory_kib("VmRSS");
+    for window in 0..TOTAL / WINDOW {
+        for i in window * WINDOW..(window + 1) * WINDOW {
+            sender.feed(Message::text(message(i))).await.unwrap();
+        }
+        sender.flush().await.unwrap();
+        // Pace the sender by the reader, so it is never the one behind.
+        let sent = (window + 1) * WINDOW;
+        timeout(LONG_WAIT, progress.wait_for(|&got| got >= sent - WINDOW))
+            .await
+            .expect("reader stopped progressing")
+            .unwrap();
+    }
+    let (count, _reader) = timeout(LONG_WAIT, reader).await.unwrap().unwrap();
+    assert_eq!(count, TOTAL);
+    let (count, _own) = timeout(LONG_WAIT, own).await.unwrap().unwrap();
+    assert_eq!(count, TOTAL);
+    let peak = server.memory_kib("VmHWM");
+    let grown = peak.saturating_sub(baseline);
+    eprintln!("server peak RSS grew by {grown} KiB over a {baseline} KiB baseline");
+    assert!(
+        grown < BOUND_KIB,
+        "server peak RSS grew by {grown} KiB (baseline {baseline} KiB), bound {BOUND_KIB} KiB"
+    );
+    // The stalled client is still registered: it was held, not dropped.
+    let (_, _, metrics) = http(server.addr, "GET", "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "hub_connections{endpoint=\"ws\"} 3"),
+        "{metrics}"
+    );
+}
