@@ -250,3 +250,41 @@ impl<H: Handler> WsServer<H> {
         self.inner.sessions.wait().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Handler for Nothing {
+        async fn on_message(&self, _: &Session, _: hub::Message) -> Result<(), crate::Close> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn handles_are_send_sync() {
+        fn is_send_sync<T: Send + Sync>() {}
+        is_send_sync::<WsServer<Nothing>>();
+        is_send_sync::<Session>();
+        is_send_sync::<ServeError>();
+        is_send_sync::<UpgradeError>();
+        is_send_sync::<Ended>();
+    }
+
+    #[tokio::test]
+    async fn upgrade_is_refused_once_the_hub_is_shut_down() {
+        let server = WsServer::new(Hub::new(), Nothing);
+        server.shutdown().await;
+        let request = Request::get("/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        let refused = server.upgrade::<_, String>(request, Metadata::new());
+        assert_eq!(refused.unwrap_err(), UpgradeError::ShuttingDown);
+    }
+}

@@ -223,3 +223,236 @@ where
     };
     let _ = time::timeout(config.close(), handshake).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use hub::{Hub, Metadata};
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+    use tokio_tungstenite::tungstenite::error::CapacityError;
+
+    use super::*;
+
+    /// Bound on every wait; longer than the protocol timers so that tests
+    /// with paused time reach them first.
+    const WAIT: Duration = Duration::from_secs(120);
+
+    /// A socket made of two channels: what the "client" sends, and what the
+    /// server wrote.
+    struct FakeSocket {
+        incoming: UnboundedReceiver<Result<WsMessage, WsError>>,
+        outgoing: UnboundedSender<WsMessage>,
+    }
+
+    impl Stream for FakeSocket {
+        type Item = Result<WsMessage, WsError>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx)
+        }
+    }
+
+    impl Sink<WsMessage> for FakeSocket {
+        type Error = WsError;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), WsError> {
+            self.outgoing
+                .send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Echoes text back; closes with 1008 on "forbidden"; records whether
+    /// the connection was still in the hub when `on_close` ran.
+    #[derive(Default)]
+    struct Probe {
+        registered_at_close: Mutex<Option<bool>>,
+    }
+
+    impl Handler for Arc<Probe> {
+        async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
+            if message.as_text() == Some("forbidden") {
+                return Err(Close::new(CloseCode::POLICY, "forbidden"));
+            }
+            let _ = session.send(message).await;
+            Ok(())
+        }
+
+        async fn on_close(&self, session: &Session, _ended: &Ended) {
+            let registered = session.hub().contains(session.id());
+            *self.registered_at_close.lock().unwrap() = Some(registered);
+        }
+    }
+
+    struct Harness {
+        client: UnboundedSender<Result<WsMessage, WsError>>,
+        written: UnboundedReceiver<WsMessage>,
+        hub: Hub,
+        id: hub::ConnId,
+        probe: Arc<Probe>,
+        task: tokio::task::JoinHandle<Ended>,
+    }
+
+    fn start(hub: Hub, config: Config) -> Harness {
+        let (client, incoming) = unbounded_channel();
+        let (outgoing, written) = unbounded_channel();
+        let connection = hub.connect().unwrap();
+        let id = connection.id();
+        let session = Session::new(id, hub.clone(), Metadata::new(), None);
+        let probe = Arc::new(Probe::default());
+        let handler = Arc::clone(&probe);
+        let socket = FakeSocket { incoming, outgoing };
+        let task =
+            tokio::spawn(
+                async move { drive(socket, connection, session, &handler, &config).await },
+            );
+        Harness {
+            client,
+            written,
+            hub,
+            id,
+            probe,
+            task,
+        }
+    }
+
+    impl Harness {
+        async fn next_written(&mut self) -> WsMessage {
+            tokio::time::timeout(WAIT, self.written.recv())
+                .await
+                .expect("nothing written")
+                .expect("socket dropped")
+        }
+
+        async fn next_close(&mut self) -> (u16, String) {
+            loop {
+                if let WsMessage::Close(Some(frame)) = self.next_written().await {
+                    return (u16::from(frame.code), frame.reason.as_str().to_owned());
+                }
+            }
+        }
+
+        async fn end(self) -> (Ended, Option<bool>, bool) {
+            let ended = tokio::time::timeout(WAIT, self.task)
+                .await
+                .expect("session did not end")
+                .unwrap();
+            let registered = *self.probe.registered_at_close.lock().unwrap();
+            (ended, registered, self.hub.contains(self.id))
+        }
+    }
+
+    fn text(s: &str) -> WsMessage {
+        WsMessage::text(s.to_owned())
+    }
+
+    #[tokio::test]
+    async fn writes_everything_in_order_across_batches() {
+        let mut h = start(Hub::new(), Config::default());
+        for i in 0..(MAX_BATCH * 3 + 5) {
+            h.hub.broadcast(format!("{i}"));
+        }
+        for i in 0..(MAX_BATCH * 3 + 5) {
+            assert_eq!(h.next_written().await, text(&i.to_string()));
+        }
+        // The handler's reply goes through the same writer.
+        h.client.send(Ok(text("echo me"))).unwrap();
+        assert_eq!(h.next_written().await, text("echo me"));
+        h.client.send(Ok(WsMessage::Close(None))).unwrap();
+        let (ended, registered, still) = h.end().await;
+        assert_eq!(
+            ended,
+            Ended::ClientClosed {
+                code: None,
+                reason: String::new()
+            }
+        );
+        assert_eq!((registered, still), (Some(false), false));
+    }
+
+    #[tokio::test]
+    async fn lagging_closes_with_1013() {
+        let hub = Hub::builder().capacity(2).build();
+        // Messages pile up before the session starts reading.
+        let mut h = start(hub.clone(), Config::default());
+        for i in 0..10 {
+            hub.broadcast(format!("{i}"));
+        }
+        let (code, reason) = h.next_close().await;
+        assert_eq!(code, 1013);
+        assert!(reason.starts_with("fell ") && reason.ends_with(" messages behind; reconnect"));
+        let (ended, registered, _) = h.end().await;
+        assert!(matches!(ended, Ended::ServerClosed(c) if c.code() == CloseCode::TRY_AGAIN_LATER));
+        assert_eq!(registered, Some(false));
+    }
+
+    #[tokio::test]
+    async fn hub_disconnect_closes_with_1000_and_shutdown_with_1001() {
+        let mut h = start(Hub::new(), Config::default());
+        assert!(h.hub.disconnect(h.id));
+        assert_eq!(
+            h.next_close().await,
+            (1000, "disconnected by the server".into())
+        );
+        let mut h = start(Hub::new(), Config::default());
+        h.hub.shutdown();
+        assert_eq!(h.next_close().await, (1001, "server shutting down".into()));
+    }
+
+    #[tokio::test]
+    async fn handler_close_read_errors_and_end_of_stream() {
+        let mut h = start(Hub::new(), Config::default());
+        h.client.send(Ok(text("forbidden"))).unwrap();
+        assert_eq!(h.next_close().await, (1008, "forbidden".into()));
+
+        let mut h = start(Hub::new(), Config::default());
+        let too_long = CapacityError::MessageTooLong {
+            size: 10,
+            max_size: 5,
+        };
+        h.client.send(Err(WsError::Capacity(too_long))).unwrap();
+        assert_eq!(h.next_close().await, (1009, "message too big".into()));
+
+        // End of stream: lost, no close frame, and the hub forgot it.
+        let Harness {
+            client,
+            task,
+            hub,
+            id,
+            ..
+        } = start(Hub::new(), Config::default());
+        drop(client);
+        let ended = tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        assert_eq!(ended, Ended::Lost);
+        assert!(!hub.contains(id));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_quiet_clients_and_closes_idle_ones() {
+        let config = Config::default()
+            .ping_interval(Duration::from_secs(10))
+            .idle_timeout(Duration::from_secs(25));
+        let mut h = start(Hub::new(), config);
+        assert_eq!(h.next_written().await, WsMessage::Ping(Bytes::new()));
+        // A pong is a sign of life: the idle clock restarts.
+        h.client.send(Ok(WsMessage::Pong(Bytes::new()))).unwrap();
+        assert_eq!(h.next_written().await, WsMessage::Ping(Bytes::new()));
+        assert_eq!(h.next_close().await, (1001, "idle timeout".into()));
+    }
+}

@@ -32,7 +32,12 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(extra: &[&str]) -> Self {
-        let mut argv = vec!["chat-server", "--host", "127.0.0.1", "--port", "0"];
+        Self::start_on("0", extra).await
+    }
+
+    /// Starts on a given port of 127.0.0.1 (to restart where one stopped).
+    pub async fn start_on(port: &str, extra: &[&str]) -> Self {
+        let mut argv = vec!["chat-server", "--host", "127.0.0.1", "--port", port];
         argv.extend_from_slice(extra);
         let server = Server::bind(&Args::parse_from(argv)).await.unwrap();
         let addr = server.local_addr().unwrap();
