@@ -16,6 +16,13 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("chat-server: cannot listen for signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::bind(&args).await {
         Ok(server) => server,
         Err(error) => {
@@ -33,40 +40,52 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    server.run(shutdown_signal()).await;
+    server.run(signals.shutdown()).await;
     tracing::info!("bye");
     ExitCode::SUCCESS
 }
 
-/// Completes on the first SIGINT or SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
-    first_signal().await;
-    tracing::info!("signal received; shutting down (send another to exit now)");
-    tokio::spawn(async {
-        first_signal().await;
-        eprintln!("chat-server: second signal; exiting now");
-        std::process::exit(130);
-    });
+/// SIGINT and SIGTERM listeners, installed before the server announces
+/// itself so that no early signal is missed.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
 }
 
-#[cfg(unix)]
-async fn first_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-}
 
-#[cfg(not(unix))]
-async fn first_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// Completes on the first signal; a second one exits at once.
+    async fn shutdown(mut self) {
+        self.next().await;
+        tracing::info!("signal received; shutting down (send another to exit now)");
+        tokio::spawn(async move {
+            self.next().await;
+            eprintln!("chat-server: second signal; exiting now");
+            std::process::exit(130);
+        });
+    }
 }
