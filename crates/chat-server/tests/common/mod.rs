@@ -37,7 +37,17 @@ impl TestServer {
 
     /// Starts on a given port of 127.0.0.1 (to restart where one stopped).
     pub async fn start_on(port: &str, extra: &[&str]) -> Self {
-        let mut argv = vec!["chat-server", "--host", "127.0.0.1", "--port", port];
+        // Tests hold clients that never answer the close handshake; a short
+        // grace keeps `stop` quick (the shutdown tests use the defaults).
+        let mut argv = vec![
+            "chat-server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--shutdown-grace",
+            "200ms",
+        ];
         argv.extend_from_slice(extra);
         let server = Server::bind(&Args::parse_from(argv)).await.unwrap();
         let addr = server.local_addr().unwrap();
