@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_silent, header, http, recv_close, recv_text, send_text, TestServer, WAIT};
+use common::{
+    assert_silent, header, http, recv_close, recv_text, send_text, wait_for_connections, TestServer,
+};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,7 +21,7 @@ async fn ws_broadcasts_client_says_to_everyone_including_the_sender() {
     for _ in 0..3 {
         clients.push(server.connect("/ws").await);
     }
-    wait_for_connections(&server, 3).await;
+    wait_for_connections(server.addr, 3).await;
     send_text(&mut clients[0], "Hello Server!").await;
     for client in &mut clients {
         assert_eq!(recv_text(client).await, "Client says: Hello Server!");
@@ -36,7 +38,7 @@ async fn clean_close_tells_the_others() {
     let server = TestServer::start(&[]).await;
     let mut stay = server.connect("/ws").await;
     let mut leave = server.connect("/ws").await;
-    wait_for_connections(&server, 2).await;
+    wait_for_connections(server.addr, 2).await;
     leave
         .close(Some(CloseFrame {
             code: 1000u16.into(),
@@ -54,11 +56,11 @@ async fn dropped_tcp_connection_tells_the_others() {
     let server = TestServer::start(&[]).await;
     let mut stay = server.connect("/ws").await;
     let vanish = server.connect("/ws").await;
-    wait_for_connections(&server, 2).await;
+    wait_for_connections(server.addr, 2).await;
     // No close frame: the TCP stream just goes away.
     drop(vanish);
     assert_eq!(recv_text(&mut stay).await, "A client disconnected");
-    wait_for_connections(&server, 1).await;
+    wait_for_connections(server.addr, 1).await;
     // The server keeps serving the one that stayed.
     send_text(&mut stay, "still here").await;
     assert_eq!(recv_text(&mut stay).await, "Client says: still here");
@@ -105,7 +107,7 @@ async fn binary_messages_close_with_1003_and_nothing_breaks() {
     let server = TestServer::start(&[]).await;
     let mut other = server.connect("/ws").await;
     let mut binary = server.connect("/ws").await;
-    wait_for_connections(&server, 2).await;
+    wait_for_connections(server.addr, 2).await;
     binary
         .send(Message::binary(vec![0, 159, 146, 150]))
         .await
@@ -165,7 +167,7 @@ async fn metrics_count_connections_and_deliveries() {
     let server = TestServer::start(&[]).await;
     let mut a = server.connect("/ws").await;
     let mut b = server.connect("/ws").await;
-    wait_for_connections(&server, 2).await;
+    wait_for_connections(server.addr, 2).await;
     send_text(&mut a, "x").await;
     assert_eq!(recv_text(&mut a).await, "Client says: x");
     assert_eq!(recv_text(&mut b).await, "Client says: x");
@@ -188,21 +190,4 @@ async fn metrics_count_connections_and_deliveries() {
         );
     }
     server.stop().await;
-}
-
-/// Waits until the chat hub has `n` connections, via /metrics.
-async fn wait_for_connections(server: &TestServer, n: usize) {
-    let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (_, _, body) = http(server.addr, "GET", "/metrics").await;
-        if body.lines().any(|l| l == want) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached {n} connections"
-        );
-        tokio::task::yield_now().await;
-    }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http, recv_close, recv_text, send_text, TestServer, WAIT};
+use common::{http, recv_close, recv_text, send_text, wait_for_connections, TestServer};
 use futures_util::future::join_all;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -86,7 +86,7 @@ async fn five_hundred_clients_all_receive_one_broadcast() {
     for _ in 0..CLIENTS / 100 {
         clients.extend(join_all((0..100).map(|_| common::connect(&url))).await);
     }
-    wait_for(&server, CLIENTS).await;
+    wait_for_connections(server.addr, CLIENTS).await;
     send_text(&mut clients[0], "to all 500").await;
     let received = join_all(clients.iter_mut().map(|client| async move {
         let text = recv_text(client).await;
@@ -100,19 +100,4 @@ async fn five_hundred_clients_all_receive_one_broadcast() {
         .any(|l| l == format!("hub_deliveries_total{{endpoint=\"ws\"}} {CLIENTS}")));
     drop(clients);
     server.stop().await;
-}
-
-async fn wait_for(server: &TestServer, n: usize) {
-    let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let (_, _, body) = http(server.addr, "GET", "/metrics").await;
-            if body.lines().any(|l| l == want) {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("connections never registered");
 }

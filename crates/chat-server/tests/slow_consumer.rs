@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{connect, http, ChildServer};
+use common::{connect, http, wait_for_connections, ChildServer};
 use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -53,21 +52,6 @@ where
         (next, stream)
     });
     (task, watcher)
-}
-
-async fn wait_for_connections(addr: SocketAddr, n: usize) {
-    let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
-    timeout(common::WAIT, async {
-        loop {
-            let (_, _, body) = http(addr, "GET", "/metrics").await;
-            if body.lines().any(|l| l == want) {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("connections never registered");
 }
 
 type Reader<S> = (JoinHandle<(usize, S)>, watch::Receiver<usize>);

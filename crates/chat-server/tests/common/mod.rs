@@ -170,6 +170,22 @@ pub async fn http(
     (status, headers, body.to_owned())
 }
 
+/// Waits (bounded) until the `/ws` hub reports `n` connections in /metrics.
+pub async fn wait_for_connections(addr: SocketAddr, n: usize) {
+    let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
+    timeout(WAIT, async {
+        loop {
+            let (_, _, body) = http(addr, "GET", "/metrics").await;
+            if body.lines().any(|l| l == want) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the hub never reported {n} connections"));
+}
+
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
