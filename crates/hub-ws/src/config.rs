@@ -24,11 +24,11 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 10;
 pub struct Config {
     max_message_size: usize,
     max_frame_size: usize,
-    ping_interval: Duration,
-    idle_timeout: Duration,
-    write_timeout: Duration,
-    close_timeout: Duration,
-    handshake_timeout: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -92,26 +92,6 @@ impl Config {
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout.max(Duration::from_millis(1));
         self
-    }
-
-    pub(crate) fn ping_every(&self) -> Duration {
-        self.ping_interval
-    }
-
-    pub(crate) fn idle(&self) -> Duration {
-        self.idle_timeout
-    }
-
-    pub(crate) fn write(&self) -> Duration {
-        self.write_timeout
-    }
-
-    pub(crate) fn close(&self) -> Duration {
-        self.close_timeout
-    }
-
-    pub(crate) fn handshake(&self) -> Duration {
-        self.handshake_timeout
     }
 
     pub(crate) fn tungstenite(&self) -> WebSocketConfig {

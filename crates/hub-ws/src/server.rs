@@ -202,7 +202,7 @@ impl<H: Handler> WsServer<H> {
         let peer = stream.peer_addr().ok();
         let config = self.inner.config.tungstenite();
         let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
-        let socket = time::timeout(self.inner.config.handshake(), handshake)
+        let socket = time::timeout(self.inner.config.handshake_timeout, handshake)
             .await
             .map_err(|_| ServeError::HandshakeTimeout)?
             .map_err(|error| ServeError::Handshake(Box::new(error)))?;
@@ -230,7 +230,7 @@ impl<H: Handler> WsServer<H> {
                     code: WsCloseCode::from(CloseCode::GOING_AWAY.0),
                     reason: "server shutting down".into(),
                 };
-                let _ = time::timeout(inner.config.close(), socket.close(Some(frame))).await;
+                let _ = time::timeout(inner.config.close_timeout, socket.close(Some(frame))).await;
                 return Ended::ServerClosed(crate::Close::new(
                     CloseCode::GOING_AWAY,
                     "server shutting down",

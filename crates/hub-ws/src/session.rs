@@ -52,7 +52,7 @@ where
     H: Handler,
 {
     loop {
-        let frame = match time::timeout(config.idle(), stream.next()).await {
+        let frame = match time::timeout(config.idle_timeout, stream.next()).await {
             Err(_) => return server_close(CloseCode::GOING_AWAY, "idle timeout"),
             Ok(None) => return Ended::Lost,
             Ok(Some(Err(error))) => return ended_by_error(error),
@@ -90,17 +90,17 @@ async fn write_loop<W>(sink: &mut W, connection: &mut Connection, config: &Confi
 where
     W: Sink<WsMessage, Error = WsError> + Unpin,
 {
-    let period = config.ping_every();
+    let period = config.ping_interval;
     let mut ping = time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let write = tokio::select! {
             event = connection.recv() => match event {
-                Ok(event) => time::timeout(config.write(), write_batch(sink, connection, event)).await,
+                Ok(event) => time::timeout(config.write_timeout, write_batch(sink, connection, event)).await,
                 Err(closed) => return ended_by_hub(closed),
             },
             _ = ping.tick() => {
-                time::timeout(config.write(), sink.send(WsMessage::Ping(Bytes::new())))
+                time::timeout(config.write_timeout, sink.send(WsMessage::Ping(Bytes::new())))
                     .await
                     .map(|sent| sent.map(|()| None))
             }
@@ -221,7 +221,7 @@ where
             }
         }
     };
-    let _ = time::timeout(config.close(), handshake).await;
+    let _ = time::timeout(config.close_timeout, handshake).await;
 }
 
 #[cfg(test)]
