@@ -27,6 +27,7 @@
 
 mod close;
 mod config;
+mod frame;
 mod handler;
 mod server;
 mod session;

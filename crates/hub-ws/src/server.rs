@@ -4,20 +4,22 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::{Sink, SinkExt, Stream};
 use hub::{Hub, Metadata};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
+use crate::frame::{Frame, Framed, ReadError};
 use crate::session::drive;
 use crate::upgrade::{accept_key, switching_protocols};
-use crate::{CloseCode, Config, Ended, Handler, Session, UpgradeError};
+use crate::{Close, CloseCode, Config, Ended, Handler, Session, UpgradeError};
 
 /// The client's address, as a request extension.
 ///
@@ -184,7 +186,8 @@ impl<H: Handler> WsServer<H> {
     {
         let config = self.inner.config.tungstenite();
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        self.run(socket, metadata, peer).await
+        self.run(Framed::<_, WsMessage>::new(socket), metadata, peer)
+            .await
     }
 
     /// Runs the HTTP handshake on a plain TCP stream, then serves the
@@ -206,6 +209,7 @@ impl<H: Handler> WsServer<H> {
             .await
             .map_err(|_| ServeError::HandshakeTimeout)?
             .map_err(|error| ServeError::Handshake(Box::new(error)))?;
+        let socket = Framed::<_, WsMessage>::new(socket);
         Ok(self
             .inner
             .sessions
@@ -213,28 +217,26 @@ impl<H: Handler> WsServer<H> {
             .await)
     }
 
-    async fn run<S>(
+    /// Registers the client with the hub and drives its session over a
+    /// socket already adapted to frames.
+    pub(crate) async fn run<S, E>(
         &self,
-        mut socket: WebSocketStream<S>,
+        mut socket: S,
         metadata: Metadata,
         peer: Option<SocketAddr>,
     ) -> Ended
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: Stream<Item = Result<Frame, ReadError>> + Sink<Frame, Error = E> + Unpin,
+        E: fmt::Display,
     {
         let inner = &*self.inner;
         let connection = match inner.hub.connect_with(metadata.clone()) {
             Ok(connection) => connection,
             Err(_) => {
-                let frame = CloseFrame {
-                    code: WsCloseCode::from(CloseCode::GOING_AWAY.0),
-                    reason: "server shutting down".into(),
-                };
-                let _ = time::timeout(inner.config.close_timeout, socket.close(Some(frame))).await;
-                return Ended::ServerClosed(crate::Close::new(
-                    CloseCode::GOING_AWAY,
-                    "server shutting down",
-                ));
+                let close = Close::new(CloseCode::GOING_AWAY, "server shutting down");
+                let goodbye = socket.send(Frame::Close(Some(close.clone())));
+                let _ = time::timeout(inner.config.close_timeout, goodbye).await;
+                return Ended::ServerClosed(close);
             }
         };
         let session = Session::new(connection.id(), inner.hub.clone(), metadata, peer);

@@ -1,15 +1,14 @@
 //! Drives one WebSocket session: a reader feeding the handler and a writer
 //! draining the hub, in one task.
 
+use std::fmt;
+
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use hub::{Connection, Event, Message, RecvError, Text, TryRecvError};
+use hub::{Connection, Event, RecvError, TryRecvError};
 use tokio::time::{self, Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
+use crate::frame::{Frame, ReadError};
 use crate::{Close, CloseCode, Config, Ended, Handler, Session};
 
 /// Most hub messages written to the socket before one flush.
@@ -17,7 +16,7 @@ const MAX_BATCH: usize = 64;
 
 /// Serves one session until it ends; the connection leaves the hub before
 /// `on_close` runs.
-pub(crate) async fn drive<S, H>(
+pub(crate) async fn drive<S, E, H>(
     socket: S,
     connection: Connection,
     session: Session,
@@ -25,7 +24,8 @@ pub(crate) async fn drive<S, H>(
     config: &Config,
 ) -> Ended
 where
-    S: Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Unpin,
+    S: Stream<Item = Result<Frame, ReadError>> + Sink<Frame, Error = E> + Unpin,
+    E: fmt::Display,
     H: Handler,
 {
     let (mut sink, mut stream) = socket.split();
@@ -48,35 +48,25 @@ where
 
 async fn read_loop<R, H>(stream: &mut R, session: &Session, handler: &H, config: &Config) -> Ended
 where
-    R: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+    R: Stream<Item = Result<Frame, ReadError>> + Unpin,
     H: Handler,
 {
     loop {
         let frame = match time::timeout(config.idle_timeout, stream.next()).await {
             Err(_) => return server_close(CloseCode::GOING_AWAY, "idle timeout"),
             Ok(None) => return Ended::Lost,
-            Ok(Some(Err(error))) => return ended_by_error(error),
+            Ok(Some(Err(error))) => return ended_by_read_error(error),
             Ok(Some(Ok(frame))) => frame,
         };
         let message = match frame {
-            WsMessage::Text(text) => match Text::try_from(Bytes::from(text)) {
-                Ok(text) => Message::Text(text),
-                Err(_) => return server_close(CloseCode::INVALID_DATA, "invalid UTF-8"),
-            },
-            WsMessage::Binary(bytes) => Message::Binary(bytes),
-            // Pongs to our pings are answered automatically; any frame
-            // counts as a sign of life for the idle timeout.
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
-            WsMessage::Close(frame) => {
-                return match frame {
-                    Some(frame) => Ended::ClientClosed {
-                        code: Some(CloseCode(u16::from(frame.code))),
-                        reason: frame.reason.as_str().to_owned(),
-                    },
-                    None => Ended::ClientClosed {
-                        code: None,
-                        reason: String::new(),
-                    },
+            Frame::Message(message) => message,
+            // Pings are answered by the WebSocket library; any frame counts
+            // as a sign of life for the idle timeout.
+            Frame::Ping(_) | Frame::Pong(_) => continue,
+            Frame::Close(close) => {
+                return Ended::ClientClosed {
+                    code: close.as_ref().map(Close::code),
+                    reason: close.map(|c| c.reason().to_owned()).unwrap_or_default(),
                 }
             }
         };
@@ -86,9 +76,10 @@ where
     }
 }
 
-async fn write_loop<W>(sink: &mut W, connection: &mut Connection, config: &Config) -> Ended
+async fn write_loop<W, E>(sink: &mut W, connection: &mut Connection, config: &Config) -> Ended
 where
-    W: Sink<WsMessage, Error = WsError> + Unpin,
+    W: Sink<Frame, Error = E> + Unpin,
+    E: fmt::Display,
 {
     let period = config.ping_interval;
     let mut ping = time::interval_at(Instant::now() + period, period);
@@ -100,7 +91,7 @@ where
                 Err(closed) => return ended_by_hub(closed),
             },
             _ = ping.tick() => {
-                time::timeout(config.write_timeout, sink.send(WsMessage::Ping(Bytes::new())))
+                time::timeout(config.write_timeout, sink.send(Frame::Ping(Bytes::new())))
                     .await
                     .map(|sent| sent.map(|()| None))
             }
@@ -108,7 +99,10 @@ where
         match write {
             Ok(Ok(None)) => {}
             Ok(Ok(Some(closed))) => return ended_by_hub(closed),
-            Ok(Err(error)) => return ended_by_error(error),
+            Ok(Err(error)) => {
+                tracing::debug!(id = %connection.id(), %error, "write failed");
+                return Ended::Lost;
+            }
             Err(_) => {
                 return server_close(
                     CloseCode::TRY_AGAIN_LATER,
@@ -125,16 +119,16 @@ async fn write_batch<W>(
     sink: &mut W,
     connection: &mut Connection,
     first: Event,
-) -> Result<Option<RecvError>, WsError>
+) -> Result<Option<RecvError>, W::Error>
 where
-    W: Sink<WsMessage, Error = WsError> + Unpin,
+    W: Sink<Frame> + Unpin,
 {
     let mut next = Some(first);
     let mut closed = None;
     let mut written = 0;
     while let Some(event) = next.take() {
         match event {
-            Event::Message(message) => sink.feed(to_frame(message)).await?,
+            Event::Message(message) => sink.feed(Frame::Message(message)).await?,
             Event::Lagged { missed } => {
                 tracing::warn!(id = %connection.id(), missed, "connection lagged; skipped messages");
             }
@@ -154,18 +148,6 @@ where
     Ok(closed)
 }
 
-fn to_frame(message: Message) -> WsMessage {
-    match message {
-        Message::Text(text) => match Utf8Bytes::try_from(text.into_bytes()) {
-            Ok(text) => WsMessage::Text(text),
-            // `Text` is always UTF-8; this arm is unreachable in practice.
-            Err(_) => WsMessage::Binary(Bytes::new()),
-        },
-        Message::Binary(bytes) => WsMessage::Binary(bytes),
-        other => WsMessage::Binary(Bytes::copy_from_slice(other.as_bytes())),
-    }
-}
-
 fn server_close(code: CloseCode, reason: &'static str) -> Ended {
     Ended::ServerClosed(Close::new(code, reason))
 }
@@ -181,22 +163,21 @@ fn ended_by_hub(closed: RecvError) -> Ended {
     }
 }
 
-fn ended_by_error(error: WsError) -> Ended {
+fn ended_by_read_error(error: ReadError) -> Ended {
     match error {
-        WsError::Capacity(_) => server_close(CloseCode::TOO_BIG, "message too big"),
-        WsError::Utf8(_) => server_close(CloseCode::INVALID_DATA, "invalid UTF-8"),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Ended::Lost,
-        WsError::Protocol(_) => server_close(CloseCode::PROTOCOL, "protocol error"),
-        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => Ended::Lost,
-        _ => server_close(CloseCode::INTERNAL, "internal error"),
+        ReadError::TooBig => server_close(CloseCode::TOO_BIG, "message too big"),
+        ReadError::InvalidUtf8 => server_close(CloseCode::INVALID_DATA, "invalid UTF-8"),
+        ReadError::Protocol => server_close(CloseCode::PROTOCOL, "protocol error"),
+        ReadError::Lost => Ended::Lost,
+        ReadError::Other => server_close(CloseCode::INTERNAL, "internal error"),
     }
 }
 
 /// Completes the close handshake, bounded by the close timeout.
 async fn finish_close<W, R>(sink: &mut W, stream: &mut R, ended: &Ended, config: &Config)
 where
-    W: Sink<WsMessage, Error = WsError> + Unpin,
-    R: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+    W: Sink<Frame> + Unpin,
+    R: Stream<Item = Result<Frame, ReadError>> + Unpin,
 {
     let handshake = async {
         match ended {
@@ -206,14 +187,10 @@ where
                 let _ = sink.close().await;
             }
             Ended::ServerClosed(close) => {
-                let frame = CloseFrame {
-                    code: WsCloseCode::from(close.code().0),
-                    reason: Utf8Bytes::from(close.reason()),
-                };
-                if sink.send(WsMessage::Close(Some(frame))).await.is_ok() {
+                if sink.send(Frame::Close(Some(close.clone()))).await.is_ok() {
                     // Wait for the client's close frame (or the end).
                     while let Some(Ok(frame)) = stream.next().await {
-                        if matches!(frame, WsMessage::Close(_)) {
+                        if matches!(frame, Frame::Close(_)) {
                             break;
                         }
                     }
@@ -231,9 +208,8 @@ mod tests {
     use std::task::{Context, Poll};
     use std::time::Duration;
 
-    use hub::{Hub, Metadata};
+    use hub::{Hub, Message, Metadata};
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-    use tokio_tungstenite::tungstenite::error::CapacityError;
 
     use super::*;
 
@@ -244,36 +220,34 @@ mod tests {
     /// A socket made of two channels: what the "client" sends, and what the
     /// server wrote.
     struct FakeSocket {
-        incoming: UnboundedReceiver<Result<WsMessage, WsError>>,
-        outgoing: UnboundedSender<WsMessage>,
+        incoming: UnboundedReceiver<Result<Frame, ReadError>>,
+        outgoing: UnboundedSender<Frame>,
     }
 
     impl Stream for FakeSocket {
-        type Item = Result<WsMessage, WsError>;
+        type Item = Result<Frame, ReadError>;
 
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             self.incoming.poll_recv(cx)
         }
     }
 
-    impl Sink<WsMessage> for FakeSocket {
-        type Error = WsError;
+    impl Sink<Frame> for FakeSocket {
+        type Error = &'static str;
 
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
 
-        fn start_send(self: Pin<&mut Self>, item: WsMessage) -> Result<(), WsError> {
-            self.outgoing
-                .send(item)
-                .map_err(|_| WsError::ConnectionClosed)
+        fn start_send(self: Pin<&mut Self>, item: Frame) -> Result<(), Self::Error> {
+            self.outgoing.send(item).map_err(|_| "closed")
         }
 
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
 
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
     }
@@ -301,8 +275,8 @@ mod tests {
     }
 
     struct Harness {
-        client: UnboundedSender<Result<WsMessage, WsError>>,
-        written: UnboundedReceiver<WsMessage>,
+        client: UnboundedSender<Result<Frame, ReadError>>,
+        written: UnboundedReceiver<Frame>,
         hub: Hub,
         id: hub::ConnId,
         probe: Arc<Probe>,
@@ -333,7 +307,7 @@ mod tests {
     }
 
     impl Harness {
-        async fn next_written(&mut self) -> WsMessage {
+        async fn next_written(&mut self) -> Frame {
             tokio::time::timeout(WAIT, self.written.recv())
                 .await
                 .expect("nothing written")
@@ -342,8 +316,8 @@ mod tests {
 
         async fn next_close(&mut self) -> (u16, String) {
             loop {
-                if let WsMessage::Close(Some(frame)) = self.next_written().await {
-                    return (u16::from(frame.code), frame.reason.as_str().to_owned());
+                if let Frame::Close(Some(close)) = self.next_written().await {
+                    return (close.code().0, close.reason().to_owned());
                 }
             }
         }
@@ -358,8 +332,8 @@ mod tests {
         }
     }
 
-    fn text(s: &str) -> WsMessage {
-        WsMessage::text(s.to_owned())
+    fn text(s: &str) -> Frame {
+        Frame::Message(Message::text(s.to_owned()))
     }
 
     #[tokio::test]
@@ -374,7 +348,7 @@ mod tests {
         // The handler's reply goes through the same writer.
         h.client.send(Ok(text("echo me"))).unwrap();
         assert_eq!(h.next_written().await, text("echo me"));
-        h.client.send(Ok(WsMessage::Close(None))).unwrap();
+        h.client.send(Ok(Frame::Close(None))).unwrap();
         let (ended, registered, still) = h.end().await;
         assert_eq!(
             ended,
@@ -422,11 +396,7 @@ mod tests {
         assert_eq!(h.next_close().await, (1008, "forbidden".into()));
 
         let mut h = start(Hub::new(), Config::default());
-        let too_long = CapacityError::MessageTooLong {
-            size: 10,
-            max_size: 5,
-        };
-        h.client.send(Err(WsError::Capacity(too_long))).unwrap();
+        h.client.send(Err(ReadError::TooBig)).unwrap();
         assert_eq!(h.next_close().await, (1009, "message too big".into()));
 
         // End of stream: lost, no close frame, and the hub forgot it.
@@ -449,10 +419,10 @@ mod tests {
             .ping_interval(Duration::from_secs(10))
             .idle_timeout(Duration::from_secs(25));
         let mut h = start(Hub::new(), config);
-        assert_eq!(h.next_written().await, WsMessage::Ping(Bytes::new()));
+        assert_eq!(h.next_written().await, Frame::Ping(Bytes::new()));
         // A pong is a sign of life: the idle clock restarts.
-        h.client.send(Ok(WsMessage::Pong(Bytes::new()))).unwrap();
-        assert_eq!(h.next_written().await, WsMessage::Ping(Bytes::new()));
+        h.client.send(Ok(Frame::Pong(Bytes::new()))).unwrap();
+        assert_eq!(h.next_written().await, Frame::Ping(Bytes::new()));
         assert_eq!(h.next_close().await, (1001, "idle timeout".into()));
     }
 }
