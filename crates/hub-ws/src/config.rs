@@ -22,8 +22,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 10;
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct Config {
-    max_message_size: usize,
-    max_frame_size: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_frame_size: usize,
     pub(crate) ping_interval: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) write_timeout: Duration,
@@ -94,13 +94,22 @@ impl Config {
         self
     }
 
+    /// Small read buffers keep idle connections cheap; they grow for large
+    /// messages as needed.
+    pub(crate) fn read_buffer_size(&self) -> usize {
+        4 << 10
+    }
+
+    /// Writes are flushed once this much is buffered.
+    pub(crate) fn write_buffer_size(&self) -> usize {
+        64 << 10
+    }
+
     pub(crate) fn tungstenite(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_frame_size.min(self.max_message_size)))
-            // Small read buffers keep idle connections cheap; they grow for
-            // large messages as needed.
-            .read_buffer_size(4 << 10)
-            .write_buffer_size(64 << 10)
+            .read_buffer_size(self.read_buffer_size())
+            .write_buffer_size(self.write_buffer_size())
     }
 }

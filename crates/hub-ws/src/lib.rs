@@ -24,7 +24,10 @@
 //!
 //! A [`Handler`] may close with any code of its own through [`Close`].
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+mod axum;
 mod close;
 mod config;
 mod frame;

@@ -77,14 +77,14 @@ pub enum ServeError {
 /// # }
 /// ```
 pub struct WsServer<H> {
-    inner: Arc<Inner<H>>,
+    pub(crate) inner: Arc<Inner<H>>,
 }
 
-struct Inner<H> {
+pub(crate) struct Inner<H> {
     hub: Hub,
     handler: H,
-    config: Config,
-    sessions: TaskTracker,
+    pub(crate) config: Config,
+    pub(crate) sessions: TaskTracker,
 }
 
 impl<H> Clone for WsServer<H> {

@@ -1,0 +1,127 @@
+//! Sessions from axum's own [`WebSocketUpgrade`] extractor (feature `axum`).
+
+use axum::extract::ws::{
+    CloseFrame, Message as AxumMessage, Utf8Bytes, WebSocket, WebSocketUpgrade,
+};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use hub::{Message, Metadata};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+
+use crate::frame::{text, Frame, Framed, ReadError, Wire};
+use crate::{Close, CloseCode, Ended, Handler, UpgradeError, WsServer};
+
+impl Wire for AxumMessage {
+    type Error = axum::Error;
+
+    fn into_frame(self) -> Result<Option<Frame>, ReadError> {
+        Ok(Some(match self {
+            Self::Text(utf8) => text(Bytes::from(utf8))?,
+            Self::Binary(bytes) => Frame::Message(Message::Binary(bytes)),
+            Self::Ping(bytes) => Frame::Ping(bytes),
+            Self::Pong(bytes) => Frame::Pong(bytes),
+            Self::Close(frame) => {
+                Frame::Close(frame.map(|frame| {
+                    Close::new(CloseCode(frame.code), frame.reason.as_str().to_owned())
+                }))
+            }
+        }))
+    }
+
+    fn from_frame(frame: Frame) -> Self {
+        match frame {
+            Frame::Message(Message::Binary(bytes)) => Self::Binary(bytes),
+            Frame::Message(message) => match message {
+                Message::Text(text) => match Utf8Bytes::try_from(text.into_bytes()) {
+                    Ok(text) => Self::Text(text),
+                    // `Text` is UTF-8 by construction; never taken.
+                    Err(_) => Self::Binary(Bytes::new()),
+                },
+                other => Self::Binary(Bytes::copy_from_slice(other.as_bytes())),
+            },
+            Frame::Ping(bytes) => Self::Ping(bytes),
+            Frame::Pong(bytes) => Self::Pong(bytes),
+            Frame::Close(close) => Self::Close(close.map(|close| CloseFrame {
+                code: close.code().0,
+                reason: Utf8Bytes::from(close.reason()),
+            })),
+        }
+    }
+
+    fn classify(error: axum::Error) -> ReadError {
+        // axum wraps the tungstenite error it got; this crate uses the same
+        // tungstenite, so the kind of error (and its close code) survives.
+        match error.into_inner().downcast::<WsError>() {
+            Ok(error) => WsMessage::classify(*error),
+            Err(_) => ReadError::Lost,
+        }
+    }
+}
+
+impl<H: Handler> WsServer<H> {
+    /// Answers axum's [`WebSocketUpgrade`] extractor: applies this server's
+    /// limits to the upgrade, and serves the session once the connection is
+    /// upgraded. Return the response from your axum handler.
+    ///
+    /// ```
+    /// use axum::extract::{State, WebSocketUpgrade};
+    /// use axum::response::Response;
+    /// use axum::routing::get;
+    /// use axum::Router;
+    /// use hub::{Hub, Message, Metadata};
+    /// use hub_ws::{Close, Handler, Session, WsServer};
+    ///
+    /// struct Chat;
+    ///
+    /// impl Handler for Chat {
+    ///     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
+    ///         session.hub().broadcast(message);
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// async fn ws(upgrade: WebSocketUpgrade, State(chat): State<WsServer<Chat>>) -> Response {
+    ///     chat.axum_upgrade(upgrade, Metadata::new())
+    /// }
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/ws", get(ws))
+    ///     .with_state(WsServer::new(Hub::new(), Chat));
+    /// # let _ = app;
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn axum_upgrade(&self, upgrade: WebSocketUpgrade, metadata: Metadata) -> Response {
+        if self.hub().is_shut_down() {
+            return UpgradeError::ShuttingDown
+                .to_response::<String>()
+                .into_response();
+        }
+        let config = &self.inner.config;
+        let server = self.clone();
+        upgrade
+            .max_message_size(config.max_message_size)
+            .max_frame_size(config.max_frame_size.min(config.max_message_size))
+            .read_buffer_size(config.read_buffer_size())
+            .write_buffer_size(config.write_buffer_size())
+            .on_upgrade(move |socket| async move {
+                server.serve_axum(socket, metadata, None).await;
+            })
+    }
+
+    /// Serves a session on a socket axum has already upgraded; returns how
+    /// it ended. Prefer [`axum_upgrade`](Self::axum_upgrade), which also
+    /// applies this server's message size limits.
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub async fn serve_axum(
+        &self,
+        socket: WebSocket,
+        metadata: Metadata,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Ended {
+        let socket = Framed::<_, AxumMessage>::new(socket);
+        self.inner
+            .sessions
+            .track_future(self.run(socket, metadata, peer))
+            .await
+    }
+}
