@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use futures_core::Stream;
@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{RecvError, TryRecvError};
-use crate::hub::{Envelope, Inner, SlowConsumer};
+use crate::hub::{Envelope, Inner, Membership, SlowConsumer};
 use crate::stats::Counters;
 use crate::{ConnId, Message, Metadata};
 
@@ -48,7 +48,7 @@ pub struct Connection {
     inner: Arc<Inner>,
     fanout: broadcast::Receiver<Envelope>,
     personal: mpsc::Receiver<Message>,
-    reason: Arc<OnceLock<RecvError>>,
+    membership: Arc<Membership>,
     /// Removed from the hub: hand out the broadcasts already waiting, then
     /// close.
     draining: bool,
@@ -69,7 +69,7 @@ impl Connection {
         inner: Arc<Inner>,
         fanout: broadcast::Receiver<Envelope>,
         personal: mpsc::Receiver<Message>,
-        reason: Arc<OnceLock<RecvError>>,
+        membership: Arc<Membership>,
     ) -> Self {
         Self {
             id,
@@ -77,7 +77,7 @@ impl Connection {
             inner,
             fanout,
             personal,
-            reason,
+            membership,
             draining: false,
             closed: None,
         }
@@ -206,17 +206,19 @@ impl Connection {
         }
     }
 
-    /// After removal: the next broadcast already waiting, or the close.
+    /// After removal: the next broadcast sent before the removal, or the
+    /// close.
     fn drain_step(&mut self) -> Step {
+        let (reason, cutoff) = match self.membership.removal() {
+            Some(removal) => (removal.reason, removal.cutoff),
+            None => (RecvError::Disconnected, 0),
+        };
         match self.fanout.try_recv() {
-            Ok(envelope) => self.accept(envelope),
+            Ok(envelope) if envelope.seq < cutoff => self.accept(envelope),
             Err(BroadcastTryRecvError::Lagged(missed)) => Step::Lagged(missed),
-            Err(BroadcastTryRecvError::Empty | BroadcastTryRecvError::Closed) => Step::Closed(
-                self.reason
-                    .get()
-                    .copied()
-                    .unwrap_or(RecvError::Disconnected),
-            ),
+            Ok(_) | Err(BroadcastTryRecvError::Empty | BroadcastTryRecvError::Closed) => {
+                Step::Closed(reason)
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connection;
 use crate::error::{ConnectError, RecvError, SendError};
@@ -99,15 +100,18 @@ impl Builder {
     /// Builds the hub.
     pub fn build(self) -> Hub {
         let (fanout, _) = broadcast::channel(self.capacity);
+        let inner = Arc::new(Inner {
+            fanout,
+            next_seq: AtomicU64::new(0),
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            queue_capacity: self.queue_capacity,
+            slow_consumer: self.slow_consumer,
+            counters: Counters::default(),
+        });
         Hub {
-            inner: Arc::new(Inner {
-                fanout,
-                registry: Mutex::new(Registry::default()),
-                next_id: AtomicU64::new(1),
-                queue_capacity: self.queue_capacity,
-                slow_consumer: self.slow_consumer,
-                counters: Counters::default(),
-            }),
+            _last_handle: Arc::new(LastHandle(Arc::clone(&inner))),
+            inner,
         }
     }
 }
@@ -142,13 +146,30 @@ impl Builder {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// When the last `Hub` handle is dropped, the hub shuts down: every
+/// connection still open receives [`RecvError::Shutdown`].
 #[derive(Clone)]
 pub struct Hub {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
+    /// Shared by the handles (not by connections); shuts the hub down when
+    /// the last one goes, so no connection waits forever for a hub nobody
+    /// can reach.
+    _last_handle: Arc<LastHandle>,
+}
+
+struct LastHandle(Arc<Inner>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }
 
 pub(crate) struct Inner {
     pub(crate) fanout: broadcast::Sender<Envelope>,
+    /// Sequence number of the next broadcast; see [`Removal::cutoff`].
+    next_seq: AtomicU64,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     queue_capacity: usize,
@@ -165,9 +186,35 @@ struct Registry {
 struct Entry {
     personal: mpsc::Sender<Message>,
     metadata: Metadata,
-    /// Why the connection was removed; read by the connection once its
-    /// personal queue is closed and drained.
-    reason: Arc<OnceLock<RecvError>>,
+    membership: Arc<Membership>,
+}
+
+/// Shared by a registry entry and its connection: how the connection left.
+#[derive(Debug, Default)]
+pub(crate) struct Membership {
+    removal: OnceLock<Removal>,
+    /// Cancelled on removal, waking senders that wait for queue room.
+    removed: CancellationToken,
+}
+
+/// Why and when a connection was removed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Removal {
+    pub(crate) reason: RecvError,
+    /// Broadcasts numbered below this were sent before the removal and are
+    /// still delivered; later ones are not.
+    pub(crate) cutoff: u64,
+}
+
+impl Membership {
+    fn remove(&self, reason: RecvError, cutoff: u64) {
+        let _ = self.removal.set(Removal { reason, cutoff });
+        self.removed.cancel();
+    }
+
+    pub(crate) fn removal(&self) -> Option<Removal> {
+        self.removal.get().copied()
+    }
 }
 
 /// What travels through the fan-out channel.
@@ -176,6 +223,8 @@ pub(crate) struct Envelope {
     pub(crate) message: Message,
     /// A connection that must not receive this message.
     pub(crate) except: Option<ConnId>,
+    /// Order of the broadcast, for a removed connection's cutoff.
+    pub(crate) seq: u64,
 }
 
 impl Default for Hub {
@@ -232,13 +281,13 @@ impl Hub {
         let raw = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = ConnId::new(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MIN));
         let (personal, personal_rx) = mpsc::channel(inner.queue_capacity);
-        let reason = Arc::new(OnceLock::new());
+        let membership = Arc::new(Membership::default());
         registry.conns.insert(
             id,
             Entry {
                 personal,
                 metadata: metadata.clone(),
-                reason: Arc::clone(&reason),
+                membership: Arc::clone(&membership),
             },
         );
         // Subscribing under the lock orders this connection after every
@@ -252,12 +301,14 @@ impl Hub {
             Arc::clone(inner),
             fanout,
             personal_rx,
-            reason,
+            membership,
         ))
     }
 
-    /// Removes a connection. Its [`Connection::recv`] returns what was
-    /// already waiting for it, then [`RecvError::Disconnected`].
+    /// Removes a connection. Its [`Connection::recv`] returns what was sent
+    /// to it before the removal, then [`RecvError::Disconnected`]; a
+    /// [`send_personal`](Self::send_personal) waiting for room in its queue
+    /// gives up with [`SendError::UnknownConnection`].
     ///
     /// Returns whether the connection was registered. Calling it again, or
     /// with an unknown id, does nothing and returns `false`.
@@ -267,17 +318,10 @@ impl Hub {
 
     /// Removes every connection and refuses new ones. Idempotent.
     ///
-    /// Each connection's `recv` returns what was already waiting for it, then
-    /// [`RecvError::Shutdown`].
+    /// Each connection's `recv` returns what was sent to it before the
+    /// shutdown, then [`RecvError::Shutdown`].
     pub fn shutdown(&self) {
-        let removed: Vec<Entry> = {
-            let mut registry = self.inner.lock();
-            registry.shut_down = true;
-            registry.conns.drain().map(|(_, entry)| entry).collect()
-        };
-        for entry in removed {
-            let _ = entry.reason.set(RecvError::Shutdown);
-        }
+        self.inner.shutdown();
     }
 
     /// Whether [`shutdown`](Self::shutdown) has been called.
@@ -341,18 +385,22 @@ impl Hub {
         message: impl Into<Message>,
     ) -> Result<(), SendError> {
         let message = message.into();
-        let sender = self.inner.lock().conns.get(&id).map(|e| e.personal.clone());
-        let Some(sender) = sender else {
+        let found = (self.inner.lock().conns.get(&id))
+            .map(|e| (e.personal.clone(), Arc::clone(&e.membership)));
+        let Some((sender, membership)) = found else {
             return Err(SendError::UnknownConnection { id, message });
         };
-        match sender.send(message).await {
-            Ok(()) => {
-                Counters::add(&self.inner.counters.personal, 1);
-                Ok(())
-            }
-            Err(mpsc::error::SendError(message)) => {
-                Err(SendError::UnknownConnection { id, message })
-            }
+        tokio::select! {
+            biased;
+            () = membership.removed.cancelled() => Err(SendError::UnknownConnection { id, message }),
+            permit = sender.reserve() => match permit {
+                Ok(permit) => {
+                    permit.send(message);
+                    Counters::add(&self.inner.counters.personal, 1);
+                    Ok(())
+                }
+                Err(_) => Err(SendError::UnknownConnection { id, message }),
+            },
         }
     }
 
@@ -375,7 +423,13 @@ impl Hub {
         let counters = &self.inner.counters;
         Counters::add(&counters.broadcasts, 1);
         let excluded = except.map_or(0, |id| usize::from(self.contains(id)));
-        let reached = match self.inner.fanout.send(Envelope { message, except }) {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::SeqCst);
+        let envelope = Envelope {
+            message,
+            except,
+            seq,
+        };
+        let reached = match self.inner.fanout.send(envelope) {
             Ok(receivers) => receivers.saturating_sub(excluded),
             Err(_) => 0,
         };
@@ -432,10 +486,25 @@ impl Inner {
         let entry = self.lock().conns.remove(&id);
         match entry {
             Some(entry) => {
-                let _ = entry.reason.set(reason);
+                // Read after the removal: every broadcast that completed
+                // before it has a lower number.
+                let cutoff = self.next_seq.load(Ordering::SeqCst);
+                entry.membership.remove(reason, cutoff);
                 true
             }
             None => false,
+        }
+    }
+
+    fn shutdown(&self) {
+        let removed: Vec<Entry> = {
+            let mut registry = self.lock();
+            registry.shut_down = true;
+            registry.conns.drain().map(|(_, entry)| entry).collect()
+        };
+        let cutoff = self.next_seq.load(Ordering::SeqCst);
+        for entry in removed {
+            entry.membership.remove(RecvError::Shutdown, cutoff);
         }
     }
 }

@@ -247,16 +247,75 @@ async fn dropping_the_stream_disconnects() {
 
 #[tokio::test]
 async fn recv_is_cancel_safe() {
+    use std::future::Future;
+    use std::task::Poll;
+
     let hub = Hub::new();
     let mut conn = hub.connect().unwrap();
-    for _ in 0..3 {
-        tokio::select! {
-            _ = conn.recv() => panic!("nothing was sent"),
-            _ = tokio::task::yield_now() => {}
-        }
+    let id = conn.id();
+    {
+        // A recv that was waiting when the message arrived, then dropped
+        // without being polled again, must not have taken the message.
+        let mut waiting = std::pin::pin!(conn.recv());
+        let polled = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+        assert!(polled.is_pending());
+        hub.broadcast("kept");
+        hub.try_send_personal(id, "kept too").unwrap();
     }
-    hub.broadcast("kept");
+    assert_eq!(recv(&mut conn).await, Ok(text("kept too")));
     assert_eq!(recv(&mut conn).await, Ok(text("kept")));
+}
+
+#[tokio::test]
+async fn a_removed_connection_gets_what_was_sent_before_not_after() {
+    let hub = Hub::new();
+    let mut conn = hub.connect().unwrap();
+    let _other = hub.connect().unwrap();
+    hub.broadcast("before");
+    hub.disconnect(conn.id());
+    hub.broadcast("after");
+    assert_eq!(recv(&mut conn).await, Ok(text("before")));
+    assert_eq!(recv(&mut conn).await, Err(RecvError::Disconnected));
+
+    let mut conn = hub.connect().unwrap();
+    hub.broadcast("sent");
+    hub.shutdown();
+    hub.broadcast("too late");
+    assert_eq!(recv(&mut conn).await, Ok(text("sent")));
+    assert_eq!(recv(&mut conn).await, Err(RecvError::Shutdown));
+}
+
+#[tokio::test]
+async fn a_waiting_personal_send_gives_up_on_disconnect() {
+    let hub = Hub::builder().queue_capacity(1).build();
+    let mut conn = hub.connect().unwrap();
+    let id = conn.id();
+    hub.try_send_personal(id, "queued").unwrap();
+    let waiting = {
+        let hub = hub.clone();
+        tokio::spawn(async move { hub.send_personal(id, "waiting").await })
+    };
+    // On this single-threaded runtime, one yield runs the sender until it
+    // waits for room in the full queue.
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    hub.disconnect(id);
+    let given_back = timeout(WAIT, waiting).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(given_back.into_message(), Message::text("waiting"));
+    assert_eq!(recv(&mut conn).await, Ok(text("queued")));
+    assert_eq!(recv(&mut conn).await, Err(RecvError::Disconnected));
+}
+
+#[tokio::test]
+async fn dropping_every_hub_handle_shuts_connections_down() {
+    let hub = Hub::new();
+    let mut conn = hub.connect().unwrap();
+    let copy = hub.clone();
+    drop(hub);
+    copy.broadcast("still here");
+    drop(copy);
+    assert_eq!(recv(&mut conn).await, Ok(text("still here")));
+    assert_eq!(recv(&mut conn).await, Err(RecvError::Shutdown));
 }
 
 #[tokio::test]
