@@ -16,6 +16,7 @@ async fn oversized_message_closes_with_1009_and_the_server_keeps_serving() {
     let server = TestServer::start(&[]).await;
     let mut bystander = server.connect("/ws").await;
     let mut big = server.connect("/ws").await;
+    wait_for_connections(server.addr, 2).await;
     // Exactly the limit is fine.
     let limit = 64 * 1024;
     let at_limit = "a".repeat(limit);
@@ -39,9 +40,24 @@ async fn oversized_message_closes_with_1009_and_the_server_keeps_serving() {
     assert_eq!(recv_text(&mut bystander).await, "A client disconnected");
     // The server still serves old and new clients.
     let mut fresh = server.connect("/ws").await;
+    wait_for_connections(server.addr, 2).await;
     send_text(&mut fresh, "after").await;
     assert_eq!(recv_text(&mut fresh).await, "Client says: after");
     assert_eq!(recv_text(&mut bystander).await, "Client says: after");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_far_too_big_message_still_gets_its_1009() {
+    // Most of this message is still unread when the server closes; the
+    // close frame must reach the client anyway (no reset destroys it).
+    let server = TestServer::start(&[]).await;
+    let mut client = server.connect("/echo").await;
+    let _ = client.send(Message::binary(vec![7u8; 4 << 20])).await;
+    assert_eq!(
+        recv_close(&mut client).await,
+        (1009, "message too big".to_owned())
+    );
     server.stop().await;
 }
 

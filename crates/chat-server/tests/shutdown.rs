@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, recv_close, recv_text, send_text, ChildServer};
+use common::{connect, recv_close, recv_text, send_text, wait_for_connections, ChildServer};
 
 #[tokio::test]
 async fn sigterm_closes_everyone_with_1001_and_exits_0() {
@@ -16,6 +16,7 @@ async fn sigterm_closes_everyone_with_1001_and_exits_0() {
         clients.push(connect(&server.url(path)).await);
     }
     // Every session is live end to end before the signal.
+    wait_for_connections(server.addr, 3).await;
     send_text(&mut clients[3], "ping").await;
     assert_eq!(recv_text(&mut clients[3]).await, "Message text was: ping");
     send_text(&mut clients[0], "hello").await;

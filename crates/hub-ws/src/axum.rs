@@ -42,7 +42,7 @@ impl Wire for AxumMessage {
             Frame::Ping(bytes) => Self::Ping(bytes),
             Frame::Pong(bytes) => Self::Pong(bytes),
             Frame::Close(close) => Self::Close(close.map(|close| CloseFrame {
-                code: close.code().0,
+                code: close.code().sendable().0,
                 reason: Utf8Bytes::from(close.reason()),
             })),
         }
@@ -119,9 +119,7 @@ impl<H: Handler> WsServer<H> {
         peer: Option<std::net::SocketAddr>,
     ) -> Ended {
         let socket = Framed::<_, AxumMessage>::new(socket);
-        self.inner
-            .sessions
-            .track_future(self.run(socket, metadata, peer))
-            .await
+        let session = self.run(socket, metadata, peer);
+        self.inner.sessions.track_future(session).await.ended
     }
 }

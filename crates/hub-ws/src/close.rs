@@ -28,6 +28,25 @@ impl CloseCode {
     pub const TRY_AGAIN_LATER: Self = Self(1013);
 }
 
+impl CloseCode {
+    /// Whether a server may send this code: 1000-1003, 1007-1014 and the
+    /// application ranges 3000-4999. Others (1005, 1006, 1015...) are
+    /// reserved by RFC 6455.
+    #[must_use]
+    pub fn is_sendable(self) -> bool {
+        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+
+    /// This code if it may be sent, otherwise 1011.
+    pub(crate) fn sendable(self) -> Self {
+        if self.is_sendable() {
+            self
+        } else {
+            Self::INTERNAL
+        }
+    }
+}
+
 impl fmt::Display for CloseCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
@@ -43,7 +62,8 @@ impl From<CloseCode> for u16 {
 /// A close frame the server sends: a code and a short reason for people.
 ///
 /// Return one from [`Handler::on_message`](crate::Handler::on_message) to
-/// close the connection.
+/// close the connection. A code that may not be sent (see
+/// [`CloseCode::is_sendable`]) goes out as 1011.
 ///
 /// ```
 /// use hub_ws::{Close, CloseCode};
@@ -128,5 +148,16 @@ mod tests {
         assert!(close.reason().len() <= MAX_REASON);
         assert_eq!(close.reason().len(), 122);
         assert_eq!(Close::new(CloseCode::NORMAL, "ok").reason(), "ok");
+    }
+
+    #[test]
+    fn reserved_codes_are_not_sent() {
+        for code in [999, 1004, 1005, 1006, 1015, 2000, 5000] {
+            assert!(!CloseCode(code).is_sendable(), "{code}");
+            assert_eq!(CloseCode(code).sendable(), CloseCode::INTERNAL);
+        }
+        for code in [1000, 1003, 1007, 1013, 3000, 4999] {
+            assert_eq!(CloseCode(code).sendable(), CloseCode(code));
+        }
     }
 }

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+/// Longest accepted timer; longer ones are lowered to it.
+const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Default largest message and frame: 64 KiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 10;
 
@@ -62,35 +65,35 @@ impl Config {
 
     /// How often the server pings an otherwise quiet client (default 30 s).
     pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.ping_interval = interval.max(Duration::from_millis(1));
+        self.ping_interval = interval.clamp(Duration::from_millis(1), MAX_TIMER);
         self
     }
 
     /// How long a client may send nothing at all, pongs included, before it
     /// is closed with 1001 (default 75 s). Keep it above the ping interval.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout.max(Duration::from_millis(1));
+        self.idle_timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMER);
         self
     }
 
     /// How long one write to a client may take before the client is
     /// considered stalled and dropped (default 10 s).
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout.max(Duration::from_millis(1));
+        self.write_timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMER);
         self
     }
 
     /// How long to wait for the client's side of the close handshake
     /// (default 3 s).
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
+        self.close_timeout = timeout.min(MAX_TIMER);
         self
     }
 
     /// How long [`WsServer::serve_tcp`](crate::WsServer::serve_tcp) waits
     /// for the HTTP handshake (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout.max(Duration::from_millis(1));
+        self.handshake_timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMER);
         self
     }
 

@@ -68,6 +68,10 @@ impl<S, M> Framed<S, M> {
             wire: PhantomData,
         }
     }
+
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S, M> Stream for Framed<S, M>
@@ -157,7 +161,7 @@ impl Wire for WsMessage {
             Frame::Ping(bytes) => Self::Ping(bytes),
             Frame::Pong(bytes) => Self::Pong(bytes),
             Frame::Close(close) => Self::Close(close.map(|close| CloseFrame {
-                code: WsCloseCode::from(close.code().0),
+                code: WsCloseCode::from(close.code().sendable().0),
                 reason: Utf8Bytes::from(close.reason()),
             })),
         }

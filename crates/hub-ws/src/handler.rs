@@ -45,14 +45,32 @@ pub trait Handler: Send + Sync + 'static {
     /// Called for each text or binary message, in order; the next message is
     /// not read until this returns (backpressure on that client only).
     /// Return `Err(close)` to close the connection with that frame.
+    ///
+    /// # Cancel safety
+    ///
+    /// When the session ends from the other side (the hub disconnects the
+    /// client or shuts down, or writes to the client time out), a call still
+    /// running is dropped at its next `.await`. Keep each step of it safe to
+    /// stop, as in any `tokio::select!` branch.
     fn on_message(
         &self,
         session: &Session,
         message: Message,
     ) -> impl Future<Output = Result<(), Close>> + Send;
 
+    /// Under [`SlowConsumer::Skip`](hub::SlowConsumer::Skip), called when
+    /// the client fell behind and `missed` broadcasts were skipped. The
+    /// message returned, if any, is written to the client in their place so
+    /// it can tell it has a gap. The default writes nothing.
+    fn on_lagged(&self, session: &Session, missed: u64) -> Option<Message> {
+        let _ = (session, missed);
+        None
+    }
+
     /// Called once when the session ends, after the connection has left the
-    /// hub (so a broadcast from here does not reach it).
+    /// hub (so a broadcast from here does not reach it) and the server's
+    /// close frame, if any, was sent. The close handshake waits for it: keep
+    /// it short.
     fn on_close(&self, session: &Session, ended: &Ended) -> impl Future<Output = ()> + Send {
         let _ = (session, ended);
         async {}

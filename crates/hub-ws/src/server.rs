@@ -8,16 +8,16 @@ use futures_util::{Sink, SinkExt, Stream};
 use hub::{Hub, Metadata};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time;
+use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
 use crate::frame::{Frame, Framed, ReadError};
-use crate::session::drive;
+use crate::session::{drive, Finished};
 use crate::upgrade::{accept_key, switching_protocols};
 use crate::{Close, CloseCode, Config, Ended, Handler, Session, UpgradeError};
 
@@ -163,11 +163,11 @@ impl<H: Handler> WsServer<H> {
         self.inner.sessions.spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    server
-                        .serve_upgraded(TokioIo::new(upgraded), metadata, peer)
-                        .await;
+                    let socket = server.tungstenite(TokioIo::new(upgraded)).await;
+                    server.serve_tungstenite(socket, metadata, peer).await;
                 }
-                Err(error) => tracing::debug!(%error, "the HTTP upgrade did not complete"),
+                // Typically the connection was not served `with_upgrades()`.
+                Err(error) => tracing::warn!(%error, "the HTTP upgrade did not complete"),
             }
         });
         Ok(switching_protocols(accept))
@@ -184,10 +184,35 @@ impl<H: Handler> WsServer<H> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        let socket = self.tungstenite(io).await;
+        let session = self.serve_tungstenite(socket, metadata, peer);
+        self.inner.sessions.track_future(session).await
+    }
+
+    async fn tungstenite<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S) -> WebSocketStream<S> {
         let config = self.inner.config.tungstenite();
-        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        self.run(Framed::<_, WsMessage>::new(socket), metadata, peer)
-            .await
+        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+    }
+
+    /// Serves a session over tungstenite, then closes the transport
+    /// gracefully.
+    async fn serve_tungstenite<S>(
+        &self,
+        socket: WebSocketStream<S>,
+        metadata: Metadata,
+        peer: Option<SocketAddr>,
+    ) -> Ended
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let finished = self
+            .run(Framed::<_, WsMessage>::new(socket), metadata, peer)
+            .await;
+        if let (Some(socket), false) = (finished.socket, finished.ended == Ended::Lost) {
+            let mut socket = socket.into_inner();
+            linger(socket.get_mut(), finished.deadline).await;
+        }
+        finished.ended
     }
 
     /// Runs the HTTP handshake on a plain TCP stream, then serves the
@@ -209,12 +234,8 @@ impl<H: Handler> WsServer<H> {
             .await
             .map_err(|_| ServeError::HandshakeTimeout)?
             .map_err(|error| ServeError::Handshake(Box::new(error)))?;
-        let socket = Framed::<_, WsMessage>::new(socket);
-        Ok(self
-            .inner
-            .sessions
-            .track_future(self.run(socket, metadata, peer))
-            .await)
+        let session = self.serve_tungstenite(socket, metadata, peer);
+        Ok(self.inner.sessions.track_future(session).await)
     }
 
     /// Registers the client with the hub and drives its session over a
@@ -224,7 +245,7 @@ impl<H: Handler> WsServer<H> {
         mut socket: S,
         metadata: Metadata,
         peer: Option<SocketAddr>,
-    ) -> Ended
+    ) -> Finished<S>
     where
         S: Stream<Item = Result<Frame, ReadError>> + Sink<Frame, Error = E> + Unpin,
         E: fmt::Display,
@@ -234,9 +255,14 @@ impl<H: Handler> WsServer<H> {
             Ok(connection) => connection,
             Err(_) => {
                 let close = Close::new(CloseCode::GOING_AWAY, "server shutting down");
+                let deadline = Instant::now() + inner.config.close_timeout;
                 let goodbye = socket.send(Frame::Close(Some(close.clone())));
-                let _ = time::timeout(inner.config.close_timeout, goodbye).await;
-                return Ended::ServerClosed(close);
+                let _ = time::timeout_at(deadline, goodbye).await;
+                return Finished {
+                    ended: Ended::ServerClosed(close),
+                    socket: Some(socket),
+                    deadline,
+                };
             }
         };
         let session = Session::new(connection.id(), inner.hub.clone(), metadata, peer);
@@ -251,6 +277,29 @@ impl<H: Handler> WsServer<H> {
         self.inner.sessions.close();
         self.inner.sessions.wait().await;
     }
+}
+
+/// Most bytes read and dropped while waiting for a client to close.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Closes our side of the transport, then reads and drops what the client
+/// still sends until it closes too (bounded in time and bytes). Closing a
+/// socket with unread input resets it, and a reset can destroy our close
+/// frame before the client reads it: after a 1009, say, the rest of the
+/// oversized message is usually still unread.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, deadline: Instant) {
+    let drain = async {
+        let _ = io.shutdown().await;
+        let mut buf = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = time::timeout_at(deadline, drain).await;
 }
 
 #[cfg(test)]

@@ -14,15 +14,25 @@ use crate::{Close, CloseCode, Config, Ended, Handler, Session};
 /// Most hub messages written to the socket before one flush.
 const MAX_BATCH: usize = 64;
 
-/// Serves one session until it ends; the connection leaves the hub before
-/// `on_close` runs.
+/// A finished session: how it ended, the socket (to close the transport
+/// underneath gracefully) and the deadline for doing so.
+pub(crate) struct Finished<S> {
+    pub(crate) ended: Ended,
+    pub(crate) socket: Option<S>,
+    pub(crate) deadline: Instant,
+}
+
+/// Serves one session until it ends, then closes it: the connection leaves
+/// the hub, our close frame (or the reply to the client's) goes out, the
+/// handler's `on_close` runs, and the client's close frame is awaited, all
+/// within the close timeout (but for `on_close` itself).
 pub(crate) async fn drive<S, E, H>(
     socket: S,
     connection: Connection,
     session: Session,
     handler: &H,
     config: &Config,
-) -> Ended
+) -> Finished<S>
 where
     S: Stream<Item = Result<Frame, ReadError>> + Sink<Frame, Error = E> + Unpin,
     E: fmt::Display,
@@ -33,7 +43,7 @@ where
     handler.on_open(&session).await;
     let ended = {
         let reader = read_loop(&mut stream, &session, handler, config);
-        let writer = write_loop(&mut sink, &mut connection, config);
+        let writer = write_loop(&mut sink, &mut connection, &session, handler, config);
         tokio::select! {
             ended = reader => ended,
             ended = writer => ended,
@@ -41,9 +51,18 @@ where
     };
     drop(connection);
     tracing::debug!(id = %session.id(), ?ended, "session ended");
+    let deadline = Instant::now() + config.close_timeout;
+    let sent = time::timeout_at(deadline, send_close(&mut sink, &ended)).await;
     handler.on_close(&session, &ended).await;
-    finish_close(&mut sink, &mut stream, &ended, config).await;
-    ended
+    if matches!(sent, Ok(true)) {
+        // The client answers our close frame with its own.
+        let _ = time::timeout_at(deadline, await_close(&mut stream)).await;
+    }
+    Finished {
+        ended,
+        socket: sink.reunite(stream).ok(),
+        deadline,
+    }
 }
 
 async fn read_loop<R, H>(stream: &mut R, session: &Session, handler: &H, config: &Config) -> Ended
@@ -76,10 +95,17 @@ where
     }
 }
 
-async fn write_loop<W, E>(sink: &mut W, connection: &mut Connection, config: &Config) -> Ended
+async fn write_loop<W, E, H>(
+    sink: &mut W,
+    connection: &mut Connection,
+    session: &Session,
+    handler: &H,
+    config: &Config,
+) -> Ended
 where
     W: Sink<Frame, Error = E> + Unpin,
     E: fmt::Display,
+    H: Handler,
 {
     let period = config.ping_interval;
     let mut ping = time::interval_at(Instant::now() + period, period);
@@ -87,7 +113,10 @@ where
     loop {
         let write = tokio::select! {
             event = connection.recv() => match event {
-                Ok(event) => time::timeout(config.write_timeout, write_batch(sink, connection, event)).await,
+                Ok(event) => {
+                    let batch = write_batch(sink, connection, event, session, handler);
+                    time::timeout(config.write_timeout, batch).await
+                }
                 Err(closed) => return ended_by_hub(closed),
             },
             _ = ping.tick() => {
@@ -115,13 +144,16 @@ where
 
 /// Writes `first` and whatever else is ready (up to [`MAX_BATCH`]), then
 /// flushes once. Returns the hub's close reason if it came up meanwhile.
-async fn write_batch<W>(
+async fn write_batch<W, H>(
     sink: &mut W,
     connection: &mut Connection,
     first: Event,
+    session: &Session,
+    handler: &H,
 ) -> Result<Option<RecvError>, W::Error>
 where
     W: Sink<Frame> + Unpin,
+    H: Handler,
 {
     let mut next = Some(first);
     let mut closed = None;
@@ -130,7 +162,10 @@ where
         match event {
             Event::Message(message) => sink.feed(Frame::Message(message)).await?,
             Event::Lagged { missed } => {
-                tracing::warn!(id = %connection.id(), missed, "connection lagged; skipped messages");
+                tracing::debug!(id = %connection.id(), missed, "connection lagged; skipped messages");
+                if let Some(notice) = handler.on_lagged(session, missed) {
+                    sink.feed(Frame::Message(notice)).await?;
+                }
             }
             _ => {}
         }
@@ -173,32 +208,30 @@ fn ended_by_read_error(error: ReadError) -> Ended {
     }
 }
 
-/// Completes the close handshake, bounded by the close timeout.
-async fn finish_close<W, R>(sink: &mut W, stream: &mut R, ended: &Ended, config: &Config)
+/// Sends our close frame, or flushes the reply to the client's. Returns
+/// whether the client still owes us its close frame.
+async fn send_close<W: Sink<Frame> + Unpin>(sink: &mut W, ended: &Ended) -> bool {
+    match ended {
+        Ended::Lost => false,
+        // Our reply was queued when the client's frame was read.
+        Ended::ClientClosed { .. } => {
+            let _ = sink.close().await;
+            false
+        }
+        Ended::ServerClosed(close) => sink.send(Frame::Close(Some(close.clone()))).await.is_ok(),
+    }
+}
+
+/// Reads (and drops) what the client still sends, up to its close frame.
+async fn await_close<R>(stream: &mut R)
 where
-    W: Sink<Frame> + Unpin,
     R: Stream<Item = Result<Frame, ReadError>> + Unpin,
 {
-    let handshake = async {
-        match ended {
-            Ended::Lost => {}
-            // Our reply was queued when the client's frame was read.
-            Ended::ClientClosed { .. } => {
-                let _ = sink.close().await;
-            }
-            Ended::ServerClosed(close) => {
-                if sink.send(Frame::Close(Some(close.clone()))).await.is_ok() {
-                    // Wait for the client's close frame (or the end).
-                    while let Some(Ok(frame)) = stream.next().await {
-                        if matches!(frame, Frame::Close(_)) {
-                            break;
-                        }
-                    }
-                }
-            }
+    while let Some(Ok(frame)) = stream.next().await {
+        if matches!(frame, Frame::Close(_)) {
+            break;
         }
-    };
-    let _ = time::timeout(config.close_timeout, handshake).await;
+    }
 }
 
 #[cfg(test)]
@@ -292,10 +325,11 @@ mod tests {
         let probe = Arc::new(Probe::default());
         let handler = Arc::clone(&probe);
         let socket = FakeSocket { incoming, outgoing };
-        let task =
-            tokio::spawn(
-                async move { drive(socket, connection, session, &handler, &config).await },
-            );
+        let task = tokio::spawn(async move {
+            drive(socket, connection, session, &handler, &config)
+                .await
+                .ended
+        });
         Harness {
             client,
             written,
@@ -411,6 +445,41 @@ mod tests {
         let ended = tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
         assert_eq!(ended, Ended::Lost);
         assert!(!hub.contains(id));
+    }
+
+    #[tokio::test]
+    async fn a_skipping_client_hears_from_on_lagged() {
+        struct Notice;
+
+        impl Handler for Notice {
+            async fn on_message(&self, _: &Session, _: Message) -> Result<(), Close> {
+                Ok(())
+            }
+
+            fn on_lagged(&self, _: &Session, missed: u64) -> Option<Message> {
+                Some(Message::text(format!("missed {missed}")))
+            }
+        }
+
+        let hub = Hub::builder()
+            .capacity(2)
+            .slow_consumer(hub::SlowConsumer::Skip)
+            .build();
+        let (_client, incoming) = unbounded_channel();
+        let (outgoing, mut written) = unbounded_channel();
+        let connection = hub.connect().unwrap();
+        let session = Session::new(connection.id(), hub.clone(), Metadata::new(), None);
+        for i in 0..5 {
+            hub.broadcast(format!("{i}"));
+        }
+        let socket = FakeSocket { incoming, outgoing };
+        tokio::spawn(async move {
+            drive(socket, connection, session, &Notice, &Config::default()).await
+        });
+        for expected in ["missed 3", "3", "4"] {
+            let frame = tokio::time::timeout(WAIT, written.recv()).await.unwrap();
+            assert_eq!(frame, Some(text(expected)));
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -173,13 +173,15 @@ pub async fn http(
 /// Waits (bounded) until the `/ws` hub reports `n` connections in /metrics.
 pub async fn wait_for_connections(addr: SocketAddr, n: usize) {
     let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
+    // Registration happens inside the server: all a client can do is ask.
+    let mut every = tokio::time::interval(Duration::from_millis(10));
     timeout(WAIT, async {
         loop {
+            every.tick().await;
             let (_, _, body) = http(addr, "GET", "/metrics").await;
             if body.lines().any(|l| l == want) {
                 return;
             }
-            tokio::task::yield_now().await;
         }
     })
     .await
