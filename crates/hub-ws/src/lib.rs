@@ -6,9 +6,61 @@
 //! cleanly on close, error, idle timeout or hub shutdown, and the hub
 //! forgets the connection.
 //!
-//! Sessions start from a hyper 1.x upgrade ([`WsServer::upgrade`]), a plain
-//! TCP stream ([`WsServer::serve_tcp`]) or any already-upgraded stream
-//! ([`WsServer::serve_upgraded`]).
+//! # Quick start
+//!
+//! The handler gives messages their meaning; the server does the rest.
+//! Here, the FastAPI tutorial's chat: every message goes to everyone, and
+//! the others hear when a client leaves.
+//!
+//! ```no_run
+//! use hub::{Hub, Message, Metadata};
+//! use hub_ws::{Close, CloseCode, Ended, Handler, Session, WsServer};
+//!
+//! struct Chat;
+//!
+//! impl Handler for Chat {
+//!     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
+//!         let Some(text) = message.as_text() else {
+//!             return Err(Close::new(CloseCode::UNSUPPORTED, "text only"));
+//!         };
+//!         session.hub().broadcast(format!("Client says: {text}"));
+//!         Ok(())
+//!     }
+//!
+//!     async fn on_close(&self, session: &Session, _ended: &Ended) {
+//!         session.hub().broadcast("A client disconnected");
+//!     }
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> std::io::Result<()> {
+//! let chat = WsServer::new(Hub::new(), Chat);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! loop {
+//!     let (stream, _) = listener.accept().await?;
+//!     let chat = chat.clone();
+//!     tokio::spawn(async move { chat.serve_tcp(stream, Metadata::new()).await });
+//! }
+//! # }
+//! ```
+//!
+//! # Where sessions come from
+//!
+//! - hyper 1.x: answer the request with [`WsServer::upgrade`] (serve the
+//!   connection `with_upgrades()`); see `examples/hyper.rs`.
+//! - axum (feature `axum`): `WsServer::axum_upgrade` takes axum's own
+//!   `WebSocketUpgrade` extractor; see `examples/axum.rs`.
+//! - Plain TCP: [`WsServer::serve_tcp`] runs the handshake itself.
+//! - Any stream already upgraded elsewhere: [`WsServer::serve_upgraded`].
+//!
+//! # Delivery and slow clients
+//!
+//! Messages the hub delivers to a client are written in order, in batches
+//! flushed once. A client that falls further behind than the hub's capacity
+//! is closed with 1013 (or, under [`hub::SlowConsumer::Skip`], told through
+//! [`Handler::on_lagged`]); a client whose socket accepts nothing for the
+//! [write timeout](Config::write_timeout) is closed the same way. Neither
+//! slows anyone else.
 //!
 //! # Close codes
 //!
@@ -42,7 +94,12 @@ pub use handler::{Handler, Session};
 pub use server::{PeerAddr, ServeError, WsServer};
 pub use upgrade::{is_upgrade_request, UpgradeError};
 
-/// The README's examples, compiled and run as doctests.
+/// The workspace README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// The crate README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

@@ -64,3 +64,8 @@ pub use hub::{Builder, Hub, SlowConsumer, DEFAULT_CAPACITY, DEFAULT_QUEUE_CAPACI
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};
 pub use stats::Stats;
+
+/// The crate README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
