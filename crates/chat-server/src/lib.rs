@@ -18,6 +18,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use args::Args;
 pub use chat::{Chat, Echo};
@@ -80,9 +82,9 @@ impl Server {
         self.routes.chat.hub()
     }
 
-    /// Serves until `shutdown` completes, then closes every WebSocket client
-    /// with 1001 and waits up to the shutdown grace period for their close
-    /// handshakes.
+    /// Serves until `shutdown` completes, then stops accepting, closes every
+    /// WebSocket client with 1001 and idle HTTP connections, and waits up to
+    /// the shutdown grace period for all of them to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             listener,
@@ -90,6 +92,9 @@ impl Server {
             grace,
         } = self;
         tokio::pin!(shutdown);
+        // Plain HTTP connections (keep-alive included), to close on shutdown.
+        let http = TaskTracker::new();
+        let stopping = CancellationToken::new();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -99,7 +104,8 @@ impl Server {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let routes = routes.clone();
-                    tokio::spawn(async move {
+                    let stopping = stopping.clone();
+                    http.spawn(async move {
                         let service = service_fn(move |request| {
                             let routes = routes.clone();
                             async move { routes.handle(request, peer).await }
@@ -109,7 +115,17 @@ impl Server {
                             .header_read_timeout(HEADER_READ_TIMEOUT)
                             .serve_connection(TokioIo::new(stream), service)
                             .with_upgrades();
-                        if let Err(error) = connection.await {
+                        tokio::pin!(connection);
+                        // An upgraded connection has left hyper by then and
+                        // is closed by its WebSocket session instead.
+                        let ended = tokio::select! {
+                            ended = connection.as_mut() => ended,
+                            () = stopping.cancelled() => {
+                                connection.as_mut().graceful_shutdown();
+                                connection.await
+                            }
+                        };
+                        if let Err(error) = ended {
                             tracing::debug!(%peer, %error, "HTTP connection ended with an error");
                         }
                     });
@@ -126,8 +142,10 @@ impl Server {
             sessions = routes.chat.sessions() + routes.echo.sessions(),
             "shutting down: closing WebSocket clients"
         );
+        stopping.cancel();
+        http.close();
         let drained = async {
-            tokio::join!(routes.chat.shutdown(), routes.echo.shutdown());
+            tokio::join!(routes.chat.shutdown(), routes.echo.shutdown(), http.wait());
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!(

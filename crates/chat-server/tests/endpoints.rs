@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_silent, header, http, recv_close, recv_text, send_text, wait_for_connections, TestServer,
+    assert_silent, header, http, recv_close, recv_text, send_text, wait_for_connections,
+    TestServer, WAIT,
 };
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -160,6 +161,30 @@ async fn health_not_found_and_plain_http_to_ws() {
     }
     assert_eq!(http(server.addr, "POST", "/").await.0, 405);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_closes_idle_keep_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = TestServer::start(&[]).await;
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("ok\n"));
+    server.stop().await;
+    // The server closes the kept-alive connection: end of stream.
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0);
 }
 
 #[tokio::test]
