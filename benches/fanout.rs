@@ -37,7 +37,7 @@ fn hub_round(hub: &Hub, connections: &mut [hub::Connection], message: &Message) 
     for connection in connections.iter_mut() {
         for _ in 0..MESSAGES {
             match connection.try_recv() {
-                Ok(Event::Message(m)) => {
+                Ok(Event::Broadcast(m)) => {
                     std::hint::black_box(m);
                 }
                 other => panic!("benchmark lost a message: {other:?}"),

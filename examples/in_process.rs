@@ -5,36 +5,54 @@
 //! Run it: `cargo run --example in_process`. It prints what each client
 //! receives and exits.
 
-use hub::{Event, Hub, Message, Metadata};
+use hub::{Event, Hub, Metadata};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let hub = Hub::new();
 
     let mut readers = Vec::new();
+    let mut ids = Vec::new();
     for name in ["ana", "ben", "cy"] {
         let mut connection = hub.connect_with(Metadata::new().with_name(name))?;
+        ids.push(connection.id());
         readers.push(tokio::spawn(async move {
             // Read until the hub closes this connection.
             while let Ok(event) = connection.recv().await {
-                if let Event::Message(message) = event {
-                    println!("{name} got: {}", message.as_text().unwrap_or("<binary>"));
+                match event {
+                    Event::Personal(message) => {
+                        println!(
+                            "{name} got personally: {}",
+                            message.as_text().unwrap_or("?")
+                        );
+                    }
+                    Event::Broadcast(b) => println!(
+                        "{name} got from {} (offset {}): {}",
+                        b.topic,
+                        b.offset,
+                        b.message.as_text().unwrap_or("?")
+                    ),
+                    other => println!("{name} got a notice: {other:?}"),
                 }
             }
         }));
     }
 
-    let ids = hub.connections();
-    println!("{} connections: {ids:?}", hub.len());
-
     // Everyone hears a broadcast.
-    hub.broadcast("Client says: hello everyone");
-    // One connection gets a personal message.
-    if let Some(&first) = ids.first() {
-        hub.try_send_personal(first, Message::text("a personal note"))?;
-        // Everyone but that one.
-        hub.broadcast_except(first, "Client says: not for the first one");
-    }
+    hub.broadcast("hello everyone");
+    // ana and ben join a room; only they hear it.
+    hub.join(ids[0], "rust")?;
+    hub.join(ids[1], "rust")?;
+    hub.broadcast_room("rust", "hello rustaceans");
+    let members: Vec<_> = hub
+        .members("rust")
+        .into_iter()
+        .filter_map(|(_, meta)| meta.name().map(str::to_owned))
+        .collect();
+    println!("in rust: {members:?}");
+    // One connection gets a personal message; the others a broadcast without it.
+    hub.try_send_personal(ids[2], "a note for cy")?;
+    hub.broadcast_except(ids[2], "not for cy");
 
     // Close every connection; each reader receives what was already sent,
     // then its loop ends.

@@ -33,14 +33,25 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
-/// One SSE event per text message; a lagging listener is told and goes on.
+/// One SSE event per text message, with its offset as the event id (which
+/// `EventSource` sends back as `Last-Event-ID` when it reconnects); a gap is
+/// announced as a `resync` event.
 fn sse_event(event: Event) -> Option<Bytes> {
     match event {
-        Event::Message(Message::Text(text)) => {
-            let lines: String = text.lines().map(|l| format!("data: {l}\n")).collect();
-            Some(Bytes::from(lines + "\n"))
+        Event::Broadcast(broadcast) => {
+            let Message::Text(text) = broadcast.message else {
+                return None;
+            };
+            let mut frame = format!("id: {}\n", broadcast.offset);
+            for line in text.lines() {
+                frame.push_str(&format!("data: {line}\n"));
+            }
+            Some(Bytes::from(frame + "\n"))
         }
-        Event::Lagged { missed } => Some(Bytes::from(format!("event: lagged\ndata: {missed}\n\n"))),
+        Event::Resync { missed, .. } => {
+            let missed = missed.map_or("unknown".to_owned(), |n| n.to_string());
+            Some(Bytes::from(format!("event: resync\ndata: {missed}\n\n")))
+        }
         _ => None,
     }
 }

@@ -24,10 +24,19 @@ pub struct Args {
     #[arg(long, env = "CHAT_MAX_MESSAGE_SIZE", default_value_t = hub_ws::DEFAULT_MAX_MESSAGE_SIZE)]
     pub max_message_size: usize,
 
-    /// Broadcast messages kept for clients that have not read them yet; a
-    /// client further behind is closed with 1013 and may reconnect.
+    /// Messages each room's channel holds for clients that have not read
+    /// them yet; a client further behind is refilled from history.
     #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::DEFAULT_CAPACITY)]
     pub capacity: usize,
+
+    /// Recent messages each room keeps, to refill clients that fell behind
+    /// and to resume clients that reconnect (0 disables history).
+    #[arg(long, env = "CHAT_HISTORY", default_value_t = hub::DEFAULT_HISTORY)]
+    pub history: usize,
+
+    /// Size limit of each room's history, in bytes.
+    #[arg(long, env = "CHAT_HISTORY_BYTES", default_value_t = hub::DEFAULT_HISTORY_BYTES)]
+    pub history_bytes: usize,
 
     /// Personal messages (echo replies) queued per client.
     #[arg(long, env = "CHAT_QUEUE_CAPACITY", default_value_t = hub::DEFAULT_QUEUE_CAPACITY)]

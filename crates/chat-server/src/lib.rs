@@ -55,6 +55,7 @@ impl Server {
             Hub::builder()
                 .capacity(args.capacity)
                 .queue_capacity(args.queue_capacity)
+                .history(args.history, args.history_bytes)
                 .build()
         };
         Ok(Self {

@@ -98,7 +98,8 @@ async fn stalled_client_does_not_hold_back_a_burst_of_5000() {
 async fn server_memory_stays_bounded_while_a_client_is_stalled() {
     // 40 000 messages of 1 KiB (about 40 MiB) pass while one client reads
     // none of them. A per-client queue without bound would hold them all;
-    // the hub holds at most its capacity (8192 messages, about 8.5 MiB).
+    // the hub holds at most its channel and history (8192 messages, about
+    // 8.5 MiB).
     const TOTAL: usize = 40_000;
     const WINDOW: usize = 500;
     const BOUND_KIB: u64 = 32 * 1024;

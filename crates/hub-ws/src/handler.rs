@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use hub::{ConnId, Hub, Message, Metadata, SendError};
+use hub::{ConnId, Event, Hub, Message, Metadata, SendError};
 
 use crate::{Close, Ended};
 
@@ -58,13 +58,17 @@ pub trait Handler: Send + Sync + 'static {
         message: Message,
     ) -> impl Future<Output = Result<(), Close>> + Send;
 
-    /// Under [`SlowConsumer::Skip`](hub::SlowConsumer::Skip), called when
-    /// the client fell behind and `missed` broadcasts were skipped. The
-    /// message returned, if any, is written to the client in their place so
-    /// it can tell it has a gap. The default writes nothing.
-    fn on_lagged(&self, session: &Session, missed: u64) -> Option<Message> {
-        let _ = (session, missed);
-        None
+    /// Turns what the hub delivers to this client into the message written
+    /// to its socket, or `None` to write nothing. Called in the writer, for
+    /// every event, in order.
+    ///
+    /// The default writes the message of personal messages and broadcasts as
+    /// it is, and nothing for notices ([`Event::Lagged`], [`Event::Resync`]).
+    /// Override it to frame messages (say, as JSON with their topic and
+    /// offset) or to tell the client it has a gap.
+    fn render(&self, session: &Session, event: Event) -> Option<Message> {
+        let _ = session;
+        event.into_message()
     }
 
     /// Called once when the session ends, after the connection has left the

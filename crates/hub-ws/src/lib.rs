@@ -56,11 +56,12 @@
 //! # Delivery and slow clients
 //!
 //! Messages the hub delivers to a client are written in order, in batches
-//! flushed once. A client that falls further behind than the hub's capacity
-//! is closed with 1013 (or, under [`hub::SlowConsumer::Skip`], told through
-//! [`Handler::on_lagged`]); a client whose socket accepts nothing for the
-//! [write timeout](Config::write_timeout) is closed the same way. Neither
-//! slows anyone else.
+//! flushed once. A client that falls behind the hub's channel is handled
+//! by the hub's [`SlowConsumer`](hub::SlowConsumer) policy: refilled from
+//! history by default, told of the gap ([`Handler::render`] decides how it
+//! looks on the wire), or closed with 1013. A client whose socket accepts
+//! nothing for the [write timeout](Config::write_timeout) is closed with
+//! 1013 too. None of this slows anyone else.
 //!
 //! # Close codes
 //!
@@ -72,7 +73,7 @@
 //! | 1007 | a text message was not UTF-8 |
 //! | 1009 | a message or frame exceeded [`Config::max_message_size`] (64 KiB by default) |
 //! | 1011 | an unexpected server error |
-//! | 1013 | the client fell behind the hub, or stopped reading: reconnect |
+//! | 1013 | the client stopped reading, or fell behind under [`SlowConsumer::Disconnect`](hub::SlowConsumer::Disconnect): reconnect |
 //!
 //! A [`Handler`] may close with any code of its own through [`Close`].
 #![doc(test(attr(deny(warnings))))]

@@ -159,15 +159,16 @@ where
     let mut closed = None;
     let mut written = 0;
     while let Some(event) = next.take() {
-        match event {
-            Event::Message(message) => sink.feed(Frame::Message(message)).await?,
-            Event::Lagged { missed } => {
-                tracing::debug!(id = %connection.id(), missed, "connection lagged; skipped messages");
-                if let Some(notice) = handler.on_lagged(session, missed) {
-                    sink.feed(Frame::Message(notice)).await?;
-                }
-            }
-            _ => {}
+        if let Event::Lagged { topic, missed }
+        | Event::Resync {
+            topic,
+            missed: Some(missed),
+        } = &event
+        {
+            tracing::debug!(id = %connection.id(), %topic, missed, "connection has a gap");
+        }
+        if let Some(message) = handler.render(session, event) {
+            sink.feed(Frame::Message(message)).await?;
         }
         written += 1;
         if written == MAX_BATCH {
@@ -396,7 +397,10 @@ mod tests {
 
     #[tokio::test]
     async fn lagging_closes_with_1013() {
-        let hub = Hub::builder().capacity(2).build();
+        let hub = Hub::builder()
+            .capacity(2)
+            .slow_consumer(hub::SlowConsumer::Disconnect)
+            .build();
         // Messages pile up before the session starts reading.
         let mut h = start(hub.clone(), Config::default());
         for i in 0..10 {
@@ -448,7 +452,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_skipping_client_hears_from_on_lagged() {
+    async fn render_decides_what_the_client_sees() {
         struct Notice;
 
         impl Handler for Notice {
@@ -456,8 +460,11 @@ mod tests {
                 Ok(())
             }
 
-            fn on_lagged(&self, _: &Session, missed: u64) -> Option<Message> {
-                Some(Message::text(format!("missed {missed}")))
+            fn render(&self, _: &Session, event: Event) -> Option<Message> {
+                match event {
+                    Event::Lagged { missed, .. } => Some(Message::text(format!("missed {missed}"))),
+                    other => other.into_message(),
+                }
             }
         }
 

@@ -1,36 +1,36 @@
 //! One connection's end of the hub.
 
+use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use futures_core::Stream;
 use tokio::sync::broadcast::error::{
-    RecvError as BroadcastRecvError, TryRecvError as BroadcastTryRecvError,
+    RecvError as ChannelRecvError, TryRecvError as ChannelTryRecvError,
 };
-use tokio::sync::mpsc::error::TryRecvError as MpscTryRecvError;
+use tokio::sync::mpsc::error::TryRecvError as QueueTryRecvError;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{RecvError, TryRecvError};
-use crate::hub::{Envelope, Inner, Membership, SlowConsumer};
+use crate::hub::{Inner, Membership, SlowConsumer};
+use crate::room::{Envelope, Room, Subscribed};
 use crate::stats::Counters;
-use crate::{ConnId, Message, Metadata};
+use crate::{Broadcast, ConnId, Event, Message, Metadata, Topic};
 
-/// What a connection receives from the hub.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// A broadcast or personal message.
-    Message(Message),
-    /// The connection fell behind and missed `missed` broadcast messages;
-    /// it continues with the oldest one still available. Only under
-    /// [`SlowConsumer::Skip`].
-    Lagged {
-        /// How many broadcast messages were missed.
-        missed: u64,
+/// A change to a connection's topics, sent by the hub.
+pub(crate) enum Control {
+    /// Start (or restart) a topic's stream; `from` is the first offset the
+    /// client wants when resuming.
+    Join {
+        room: Arc<Room>,
+        subscribed: Subscribed,
+        from: Option<u64>,
     },
+    Leave(Topic),
 }
 
 /// A connection registered with a [`Hub`](crate::Hub): it receives what the
@@ -38,28 +38,43 @@ pub enum Event {
 ///
 /// Read with [`recv`](Self::recv) (or [`try_recv`](Self::try_recv), or as a
 /// [`Stream`] through [`into_stream`](Self::into_stream)). Personal messages
-/// come before broadcasts that are waiting at the same time; each kind
-/// arrives in the order it was sent.
+/// come before broadcasts that are waiting at the same time; each topic's
+/// broadcasts arrive in offset order, without gaps or duplicates, or with
+/// the gap announced ([`Event::Lagged`], [`Event::Resync`]).
 ///
 /// Dropping the connection disconnects it.
 pub struct Connection {
     id: ConnId,
     metadata: Metadata,
     inner: Arc<Inner>,
-    fanout: broadcast::Receiver<Envelope>,
+    subs: Vec<Sub>,
     personal: mpsc::Receiver<Message>,
+    control: mpsc::UnboundedReceiver<Control>,
+    /// Events decided but not yet handed out (history replays, notices).
+    pending: VecDeque<Event>,
     membership: Arc<Membership>,
-    /// Removed from the hub: hand out the broadcasts already waiting, then
-    /// close.
+    /// Removed from the hub: hand out what was sent before, then close.
     draining: bool,
     closed: Option<RecvError>,
+    /// Which topic to look at first next time, for fairness.
+    turn: usize,
 }
 
-enum Step {
-    Deliver(Message),
-    Skip,
-    Lagged(u64),
-    Closed(RecvError),
+/// One topic's stream as this connection reads it.
+struct Sub {
+    room: Arc<Room>,
+    receiver: broadcast::Receiver<Envelope>,
+    /// The offset this connection expects next.
+    next: u64,
+    /// While draining: reached the removal cutoff.
+    done: bool,
+}
+
+/// What woke a waiting `recv`.
+enum Woke {
+    Control(Option<Control>),
+    Personal(Option<Message>),
+    Topic(usize, Result<Envelope, ChannelRecvError>),
 }
 
 impl Connection {
@@ -67,24 +82,34 @@ impl Connection {
         id: ConnId,
         metadata: Metadata,
         inner: Arc<Inner>,
-        fanout: broadcast::Receiver<Envelope>,
+        all: (Arc<Room>, Subscribed),
         personal: mpsc::Receiver<Message>,
+        control: mpsc::UnboundedReceiver<Control>,
         membership: Arc<Membership>,
     ) -> Self {
+        let (room, subscribed) = all;
         Self {
             id,
             metadata,
             inner,
-            fanout,
+            subs: vec![Sub {
+                room,
+                receiver: subscribed.receiver,
+                next: subscribed.next_offset,
+                done: false,
+            }],
             personal,
+            control,
+            pending: VecDeque::new(),
             membership,
             draining: false,
             closed: None,
+            turn: 0,
         }
     }
 
-    /// This connection's id, for [`Hub::try_send_personal`](crate::Hub::try_send_personal)
-    /// and [`Hub::broadcast_except`](crate::Hub::broadcast_except).
+    /// This connection's id, for [`Hub::try_send_personal`](crate::Hub::try_send_personal),
+    /// [`Hub::join`](crate::Hub::join) and the like.
     #[must_use]
     pub fn id(&self) -> ConnId {
         self.id
@@ -111,33 +136,14 @@ impl Connection {
     /// Cancel safe: if used in `tokio::select!` and another branch wins, no
     /// message is lost.
     pub async fn recv(&mut self) -> Result<Event, RecvError> {
-        if let Some(closed) = self.closed {
-            return Err(closed);
-        }
         loop {
-            if self.draining {
-                let step = self.drain_step();
-                if let Some(result) = self.finish(step) {
-                    return result;
-                }
-                continue;
+            match self.try_recv() {
+                Ok(event) => return Ok(event),
+                Err(TryRecvError::Closed(closed)) => return Err(closed),
+                Err(_) => {}
             }
-            let step = tokio::select! {
-                biased;
-                personal = self.personal.recv() => match personal {
-                    Some(message) => Step::Deliver(message),
-                    None => {
-                        self.draining = true;
-                        Step::Skip
-                    }
-                },
-                fanout = self.fanout.recv() => match fanout {
-                    Ok(envelope) => self.accept(envelope),
-                    Err(BroadcastRecvError::Lagged(missed)) => Step::Lagged(missed),
-                    Err(BroadcastRecvError::Closed) => Step::Closed(RecvError::Shutdown),
-                },
-            };
-            if let Some(result) = self.finish(step) {
+            let woke = self.wait().await;
+            if let Some(result) = self.take(woke) {
                 return result;
             }
         }
@@ -157,23 +163,50 @@ impl Connection {
             return Err(closed.into());
         }
         loop {
-            let step = match self.personal.try_recv() {
-                Ok(message) => Step::Deliver(message),
-                Err(MpscTryRecvError::Disconnected) => {
+            match self.control.try_recv() {
+                Ok(control) => self.apply(control),
+                Err(QueueTryRecvError::Disconnected) => {
                     self.draining = true;
-                    self.drain_step()
+                    break;
                 }
-                Err(MpscTryRecvError::Empty) => match self.fanout.try_recv() {
-                    Ok(envelope) => self.accept(envelope),
-                    Err(BroadcastTryRecvError::Empty) => return Err(TryRecvError::Empty),
-                    Err(BroadcastTryRecvError::Lagged(missed)) => Step::Lagged(missed),
-                    Err(BroadcastTryRecvError::Closed) => Step::Closed(RecvError::Shutdown),
-                },
-            };
-            if let Some(result) = self.finish(step) {
-                return result.map_err(TryRecvError::from);
+                Err(QueueTryRecvError::Empty) => break,
             }
         }
+        if let Some(event) = self.pending.pop_front() {
+            return Ok(event);
+        }
+        if self.membership.removal().is_some() {
+            self.draining = true;
+        }
+        match self.personal.try_recv() {
+            Ok(message) => return Ok(Event::Personal(message)),
+            Err(QueueTryRecvError::Disconnected) => self.draining = true,
+            Err(QueueTryRecvError::Empty) => {}
+        }
+        let count = self.subs.len();
+        for step in 0..count {
+            let index = (self.turn + step) % count;
+            while !self.subs[index].done {
+                let received = self.subs[index].receiver.try_recv();
+                let result = match received {
+                    Ok(envelope) => self.accept(index, envelope),
+                    Err(ChannelTryRecvError::Lagged(missed)) => self.lagged(missed),
+                    Err(ChannelTryRecvError::Empty | ChannelTryRecvError::Closed) => break,
+                };
+                if let Some(result) = result {
+                    self.turn = index + 1;
+                    return result.map_err(TryRecvError::from);
+                }
+            }
+        }
+        if self.draining {
+            let reason = self
+                .membership
+                .removal()
+                .map_or(RecvError::Disconnected, |removal| removal.reason);
+            return Err(self.close(reason).into());
+        }
+        Err(TryRecvError::Empty)
     }
 
     /// Turns the connection into a [`Stream`] of events. The stream yields
@@ -181,7 +214,7 @@ impl Connection {
     ///
     /// ```
     /// use futures_util::StreamExt;
-    /// use hub::{Event, Hub, Message, RecvError};
+    /// use hub::{Hub, Message, RecvError};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -192,7 +225,8 @@ impl Connection {
     ///
     /// hub.broadcast("one");
     /// hub.disconnect(id);
-    /// assert_eq!(events.next().await, Some(Ok(Event::Message(Message::text("one")))));
+    /// let first = events.next().await.and_then(|e| e.ok()?.into_message());
+    /// assert_eq!(first, Some(Message::text("one")));
     /// assert_eq!(events.next().await, Some(Err(RecvError::Disconnected)));
     /// assert_eq!(events.next().await, None);
     /// # Ok(())
@@ -206,52 +240,205 @@ impl Connection {
         }
     }
 
-    /// After removal: the next broadcast sent before the removal, or the
-    /// close.
-    fn drain_step(&mut self) -> Step {
-        let (reason, cutoff) = match self.membership.removal() {
-            Some(removal) => (removal.reason, removal.cutoff),
-            None => (RecvError::Disconnected, 0),
-        };
-        match self.fanout.try_recv() {
-            Ok(envelope) if envelope.seq < cutoff => self.accept(envelope),
-            Err(BroadcastTryRecvError::Lagged(missed)) => Step::Lagged(missed),
-            Ok(_) | Err(BroadcastTryRecvError::Empty | BroadcastTryRecvError::Closed) => {
-                Step::Closed(reason)
+    /// Waits until something arrives; what arrived is handed to `take`.
+    async fn wait(&mut self) -> Woke {
+        let personal_open = !self.draining;
+        tokio::select! {
+            biased;
+            control = self.control.recv() => Woke::Control(control),
+            personal = self.personal.recv(), if personal_open => Woke::Personal(personal),
+            (index, received) = recv_any(&mut self.subs) => Woke::Topic(index, received),
+        }
+    }
+
+    fn take(&mut self, woke: Woke) -> Option<Result<Event, RecvError>> {
+        match woke {
+            Woke::Control(Some(control)) => self.apply(control),
+            Woke::Control(None) | Woke::Personal(None) => self.draining = true,
+            Woke::Personal(Some(message)) => return Some(Ok(Event::Personal(message))),
+            Woke::Topic(index, Ok(envelope)) => return self.accept(index, envelope),
+            Woke::Topic(_, Err(ChannelRecvError::Lagged(missed))) => return self.lagged(missed),
+            Woke::Topic(_, Err(ChannelRecvError::Closed)) => {}
+        }
+        None
+    }
+
+    fn apply(&mut self, control: Control) {
+        match control {
+            Control::Join {
+                room,
+                subscribed,
+                from,
+            } => {
+                let topic = room.topic.clone();
+                self.forget(&topic);
+                if let Some(missed) = subscribed.missed {
+                    Counters::add(&self.inner.counters.resyncs, 1);
+                    self.pending.push_back(Event::Resync {
+                        topic: topic.clone(),
+                        missed,
+                    });
+                }
+                let first = from.unwrap_or(subscribed.next_offset);
+                let mut replayed = 0;
+                for stored in subscribed.backlog {
+                    if stored.offset >= first && stored.except != Some(self.id) {
+                        replayed += 1;
+                        self.pending.push_back(broadcast_event(
+                            &room,
+                            stored.offset,
+                            stored.message,
+                        ));
+                    }
+                }
+                Counters::add(&self.inner.counters.replayed, replayed);
+                self.subs.push(Sub {
+                    room,
+                    receiver: subscribed.receiver,
+                    next: subscribed.next_offset,
+                    done: false,
+                });
+            }
+            Control::Leave(topic) => self.forget(&topic),
+        }
+    }
+
+    /// Stops reading `topic`, dropping what was pending for it.
+    fn forget(&mut self, topic: &Topic) {
+        self.subs.retain(|sub| &sub.room.topic != topic);
+        self.pending.retain(|event| match event {
+            Event::Broadcast(broadcast) => &broadcast.topic != topic,
+            Event::Lagged { topic: t, .. } | Event::Resync { topic: t, .. } => t != topic,
+            Event::Personal(_) => true,
+        });
+        self.turn = 0;
+    }
+
+    /// Takes in a message from topic `index`: skips duplicates and messages
+    /// not for this connection, handles a gap by the slow-consumer policy.
+    fn accept(&mut self, index: usize, envelope: Envelope) -> Option<Result<Event, RecvError>> {
+        if self.draining {
+            let cutoff = self
+                .membership
+                .removal()
+                .map_or(0, |removal| removal.cutoff);
+            if envelope.seq >= cutoff {
+                self.subs[index].done = true;
+                return None;
             }
         }
-    }
-
-    fn accept(&self, envelope: Envelope) -> Step {
-        if envelope.except == Some(self.id) {
-            Step::Skip
-        } else {
-            Step::Deliver(envelope.message)
+        let sub = &mut self.subs[index];
+        if envelope.offset < sub.next {
+            return None;
         }
+        if envelope.offset > sub.next {
+            let (from, to) = (sub.next, envelope.offset);
+            let room = Arc::clone(&sub.room);
+            if let Err(closed) = self.fill_gap(&room, from, to) {
+                return Some(Err(closed));
+            }
+        }
+        let sub = &mut self.subs[index];
+        sub.next = envelope.offset + 1;
+        if envelope.except != Some(self.id) {
+            let event = broadcast_event(&sub.room, envelope.offset, envelope.message);
+            self.pending.push_back(event);
+        }
+        self.pending.pop_front().map(Ok)
     }
 
-    /// Applies a step: `None` means "keep reading".
-    fn finish(&mut self, step: Step) -> Option<Result<Event, RecvError>> {
-        match step {
-            Step::Deliver(message) => Some(Ok(Event::Message(message))),
-            Step::Skip => None,
-            Step::Lagged(missed) => {
-                Counters::add(&self.inner.counters.lagged, 1);
-                Counters::add(&self.inner.counters.missed, missed);
-                match self.inner.slow_consumer {
-                    SlowConsumer::Skip => Some(Ok(Event::Lagged { missed })),
-                    SlowConsumer::Disconnect => {
-                        let closed = RecvError::Lagged { missed };
-                        self.inner.remove(self.id, closed);
-                        self.closed = Some(closed);
-                        Some(Err(closed))
+    /// Offsets `from..to` of `room` went by unseen.
+    fn fill_gap(&mut self, room: &Arc<Room>, from: u64, to: u64) -> Result<(), RecvError> {
+        let counters = &self.inner.counters;
+        let topic = room.topic.clone();
+        match self.inner.slow_consumer {
+            SlowConsumer::Disconnect => {
+                let missed = to - from;
+                Counters::add(&counters.missed, missed);
+                let closed = RecvError::Lagged { missed };
+                self.inner.remove(self.id, closed);
+                return Err(self.close(closed));
+            }
+            SlowConsumer::Skip => {
+                Counters::add(&counters.missed, to - from);
+                self.pending.push_back(Event::Lagged {
+                    topic,
+                    missed: to - from,
+                });
+            }
+            _ => {
+                let range = room.history_range(from, to);
+                if range.missing > 0 {
+                    Counters::add(&counters.missed, range.missing);
+                    Counters::add(&counters.resyncs, 1);
+                    self.pending.push_back(Event::Resync {
+                        topic,
+                        missed: Some(range.missing),
+                    });
+                }
+                Counters::add(&counters.repaired, range.found.len() as u64);
+                for stored in range.found {
+                    if stored.except != Some(self.id) {
+                        self.pending.push_back(broadcast_event(
+                            room,
+                            stored.offset,
+                            stored.message,
+                        ));
                     }
                 }
             }
-            Step::Closed(closed) => {
-                self.closed = Some(closed);
-                Some(Err(closed))
-            }
+        }
+        Ok(())
+    }
+
+    /// The channel overwrote messages this connection had not read.
+    fn lagged(&mut self, missed: u64) -> Option<Result<Event, RecvError>> {
+        Counters::add(&self.inner.counters.lagged, 1);
+        if self.inner.slow_consumer == SlowConsumer::Disconnect {
+            Counters::add(&self.inner.counters.missed, missed);
+            let closed = RecvError::Lagged { missed };
+            self.inner.remove(self.id, closed);
+            return Some(Err(self.close(closed)));
+        }
+        // Otherwise the gap shows with the next message, and is handled there.
+        None
+    }
+
+    fn close(&mut self, closed: RecvError) -> RecvError {
+        self.closed = Some(closed);
+        self.pending.clear();
+        closed
+    }
+}
+
+fn broadcast_event(room: &Room, offset: u64, message: Message) -> Event {
+    Event::Broadcast(Broadcast {
+        topic: room.topic.clone(),
+        epoch: room.epoch,
+        offset,
+        message,
+    })
+}
+
+/// Waits for the first of several topics to deliver.
+async fn recv_any(subs: &mut [Sub]) -> (usize, Result<Envelope, ChannelRecvError>) {
+    match subs {
+        [] => std::future::pending().await,
+        [only] => (0, only.receiver.recv().await),
+        many => {
+            let mut waiting: Vec<_> = many
+                .iter_mut()
+                .map(|sub| Box::pin(sub.receiver.recv()))
+                .collect();
+            std::future::poll_fn(|cx| {
+                for (index, future) in waiting.iter_mut().enumerate() {
+                    if let Poll::Ready(received) = future.as_mut().poll(cx) {
+                        return Poll::Ready((index, received));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
         }
     }
 }

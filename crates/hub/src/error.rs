@@ -12,6 +12,18 @@ pub enum ConnectError {
     Shutdown,
 }
 
+/// Why a connection could not join a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// No connection with this id is registered.
+    #[error("no connection {id} is registered with the hub (it may have disconnected)")]
+    UnknownConnection {
+        /// The id that was addressed.
+        id: ConnId,
+    },
+}
+
 /// Why a personal message could not be queued.
 ///
 /// The message is handed back so the caller can retry, log or drop it.
@@ -62,7 +74,7 @@ pub enum RecvError {
     /// The hub was shut down with [`Hub::shutdown`](crate::Hub::shutdown).
     #[error("the hub is shutting down")]
     Shutdown,
-    /// The connection fell further behind the hub's fan-out than its
+    /// The connection fell further behind a topic's channel than its
     /// capacity allows and the slow-consumer policy is
     /// [`SlowConsumer::Disconnect`](crate::SlowConsumer::Disconnect).
     #[error(

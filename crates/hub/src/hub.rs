@@ -1,6 +1,6 @@
-//! The hub: a registry of connections and a fan-out channel.
+//! The hub: a registry of connections, rooms and their fan-out channels.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,36 +9,50 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Connection;
-use crate::error::{ConnectError, RecvError, SendError};
+use crate::connection::{Connection, Control};
+use crate::error::{ConnectError, JoinError, RecvError, SendError};
+use crate::presence::{PresenceEvent, PresenceKind};
+use crate::room::{HistoryLimits, Room};
 use crate::stats::{Counters, Stats};
-use crate::{ConnId, Message, Metadata};
+use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
 
-/// Default number of broadcast messages a connection may fall behind by.
-pub const DEFAULT_CAPACITY: usize = 8192;
+/// Default number of messages a topic's channel holds for connections that
+/// have not read them yet.
+pub const DEFAULT_CAPACITY: usize = 1024;
 /// Default number of personal messages queued per connection.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+/// Default number of recent messages each topic keeps in its history.
+pub const DEFAULT_HISTORY: usize = 8192;
+/// Default size limit of each topic's history, in payload bytes.
+pub const DEFAULT_HISTORY_BYTES: usize = 8 << 20;
+/// Default number of empty rooms whose history is kept for clients that
+/// come back.
+pub const DEFAULT_IDLE_ROOMS: usize = 64;
 /// Largest accepted capacity; larger requests are lowered to this.
 pub const MAX_CAPACITY: usize = 1 << 24;
 
-/// What happens to a connection that falls further behind the fan-out than
-/// the hub's [capacity](Builder::capacity).
+/// What happens to a connection that falls further behind a topic's
+/// channel than its [capacity](Builder::capacity).
 ///
 /// The fan-out never waits for a slow connection: the others keep receiving
-/// at full speed, and the slow one loses the oldest messages it had not read.
-/// This policy decides how it learns about that.
+/// at full speed, and the slow one loses its place in the channel. This
+/// policy decides what happens then.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SlowConsumer {
+    /// The gap is refilled from the topic's [history](Builder::history), in
+    /// order, on the same connection: it loses nothing. Only when the gap
+    /// reaches further back than history does the connection receive
+    /// [`Event::Resync`](crate::Event::Resync), then what history has.
+    #[default]
+    Repair,
+    /// The connection receives one [`Event::Lagged`](crate::Event::Lagged)
+    /// saying how many messages it missed, then continues.
+    Skip,
     /// The connection is removed from the hub and its
     /// [`recv`](Connection::recv) returns [`RecvError::Lagged`]. A WebSocket
-    /// adapter closes it with 1013 (try again later) so the client reconnects.
-    #[default]
+    /// adapter closes it with 1013 (try again later).
     Disconnect,
-    /// The connection stays registered and its `recv` yields one
-    /// [`Event::Lagged`](crate::Event::Lagged) saying how many messages it
-    /// missed, then continues with the oldest message still available.
-    Skip,
 }
 
 /// Configures and builds a [`Hub`].
@@ -47,9 +61,10 @@ pub enum SlowConsumer {
 /// use hub::{Hub, SlowConsumer};
 ///
 /// let hub = Hub::builder()
-///     .capacity(1024)
+///     .capacity(512)
 ///     .queue_capacity(64)
-///     .slow_consumer(SlowConsumer::Skip)
+///     .history(1000, 1 << 20)
+///     .slow_consumer(SlowConsumer::Repair)
 ///     .build();
 /// assert!(hub.is_empty());
 /// ```
@@ -58,6 +73,8 @@ pub enum SlowConsumer {
 pub struct Builder {
     capacity: usize,
     queue_capacity: usize,
+    history: HistoryLimits,
+    idle_rooms: usize,
     slow_consumer: SlowConsumer,
 }
 
@@ -66,18 +83,23 @@ impl Default for Builder {
         Self {
             capacity: DEFAULT_CAPACITY,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            history: HistoryLimits {
+                messages: DEFAULT_HISTORY,
+                bytes: DEFAULT_HISTORY_BYTES,
+            },
+            idle_rooms: DEFAULT_IDLE_ROOMS,
             slow_consumer: SlowConsumer::default(),
         }
     }
 }
 
 impl Builder {
-    /// How many broadcast messages the hub retains for connections that have
-    /// not read them yet (default [`DEFAULT_CAPACITY`]). A connection further
-    /// behind than this meets the [slow-consumer policy](SlowConsumer).
+    /// How many messages each topic's channel holds for connections that
+    /// have not read them yet (default [`DEFAULT_CAPACITY`]). A connection
+    /// further behind meets the [slow-consumer policy](SlowConsumer).
     ///
-    /// Memory held by the fan-out is at most `capacity` messages. Values are
-    /// clamped to `1..=MAX_CAPACITY`.
+    /// Each room allocates its channel up front, about 100 bytes a slot.
+    /// Values are clamped to `1..=MAX_CAPACITY`.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.clamp(1, MAX_CAPACITY);
         self
@@ -90,8 +112,25 @@ impl Builder {
         self
     }
 
+    /// How many recent messages, and how many payload bytes, each topic
+    /// keeps for [resume](Hub::resume) and [repair](SlowConsumer::Repair)
+    /// (defaults [`DEFAULT_HISTORY`] and [`DEFAULT_HISTORY_BYTES`]); the
+    /// oldest go first when either limit is reached. `0` disables history.
+    pub fn history(mut self, messages: usize, bytes: usize) -> Self {
+        self.history = HistoryLimits { messages, bytes };
+        self
+    }
+
+    /// How many empty rooms keep their history for members that come back
+    /// (default [`DEFAULT_IDLE_ROOMS`]); beyond that, the longest empty go
+    /// first, and their epoch with them.
+    pub fn idle_rooms(mut self, rooms: usize) -> Self {
+        self.idle_rooms = rooms;
+        self
+    }
+
     /// What happens to a connection that falls behind (default
-    /// [`SlowConsumer::Disconnect`]).
+    /// [`SlowConsumer::Repair`]).
     pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
         self.slow_consumer = policy;
         self
@@ -99,13 +138,18 @@ impl Builder {
 
     /// Builds the hub.
     pub fn build(self) -> Hub {
-        let (fanout, _) = broadcast::channel(self.capacity);
+        let (presence, _) = broadcast::channel(PRESENCE_CAPACITY);
         let inner = Arc::new(Inner {
-            fanout,
+            all: Arc::new(Room::new(Topic::All, self.capacity)),
+            rooms: Mutex::new(Rooms::default()),
             next_seq: AtomicU64::new(0),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
+            presence,
+            capacity: self.capacity,
             queue_capacity: self.queue_capacity,
+            history: self.history,
+            idle_rooms: self.idle_rooms,
             slow_consumer: self.slow_consumer,
             counters: Counters::default(),
         });
@@ -116,8 +160,11 @@ impl Builder {
     }
 }
 
-/// A broadcast hub: connections register with it, and it delivers personal
-/// messages to one of them or broadcasts to all.
+/// Presence events kept for slow subscribers.
+const PRESENCE_CAPACITY: usize = 1024;
+
+/// A broadcast hub: connections register with it, join rooms, and receive
+/// personal messages, broadcasts to everyone and broadcasts to their rooms.
 ///
 /// `Hub` is a cheap handle: clone it into every task that needs it. It has
 /// no notion of sockets; a transport (such as `hub-ws`) or a test drives each
@@ -126,7 +173,7 @@ impl Builder {
 /// # Examples
 ///
 /// ```
-/// use hub::{Event, Hub, Message};
+/// use hub::{Hub, Message};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -135,11 +182,12 @@ impl Builder {
 /// let mut bob = hub.connect()?;
 ///
 /// assert_eq!(hub.broadcast("hello"), 2);
-/// assert_eq!(alice.recv().await?, Event::Message(Message::text("hello")));
-/// assert_eq!(bob.recv().await?, Event::Message(Message::text("hello")));
+/// assert_eq!(alice.recv().await?.into_message(), Some(Message::text("hello")));
+/// assert_eq!(bob.recv().await?.into_message(), Some(Message::text("hello")));
 ///
-/// hub.try_send_personal(bob.id(), "just for you")?;
-/// assert_eq!(bob.recv().await?, Event::Message(Message::text("just for you")));
+/// hub.join(bob.id(), "rust")?;
+/// assert_eq!(hub.broadcast_room("rust", "just the rustaceans"), 1);
+/// assert_eq!(bob.recv().await?.into_message(), Some(Message::text("just the rustaceans")));
 ///
 /// drop(alice); // dropping a connection disconnects it
 /// assert_eq!(hub.len(), 1);
@@ -167,25 +215,41 @@ impl Drop for LastHandle {
 }
 
 pub(crate) struct Inner {
-    pub(crate) fanout: broadcast::Sender<Envelope>,
-    /// Sequence number of the next broadcast; see [`Removal::cutoff`].
+    /// The topic every connection is in.
+    all: Arc<Room>,
+    rooms: Mutex<Rooms>,
+    /// Hub-wide order of broadcasts; see [`Removal::cutoff`].
     next_seq: AtomicU64,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
+    presence: broadcast::Sender<PresenceEvent>,
+    capacity: usize,
     queue_capacity: usize,
+    history: HistoryLimits,
+    idle_rooms: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) counters: Counters,
 }
 
 #[derive(Default)]
+struct Rooms {
+    by_name: HashMap<RoomName, Arc<Room>>,
+    /// Empty rooms kept for their history, longest empty first.
+    idle: VecDeque<RoomName>,
+}
+
+#[derive(Default)]
 struct Registry {
     conns: HashMap<ConnId, Entry>,
+    users: HashMap<Arc<str>, HashSet<ConnId>>,
     shut_down: bool,
 }
 
 struct Entry {
     personal: mpsc::Sender<Message>,
+    control: mpsc::UnboundedSender<Control>,
     metadata: Metadata,
+    rooms: HashSet<RoomName>,
     membership: Arc<Membership>,
 }
 
@@ -217,14 +281,26 @@ impl Membership {
     }
 }
 
-/// What travels through the fan-out channel.
-#[derive(Clone, Debug)]
-pub(crate) struct Envelope {
-    pub(crate) message: Message,
-    /// A connection that must not receive this message.
-    pub(crate) except: Option<ConnId>,
-    /// Order of the broadcast, for a removed connection's cutoff.
-    pub(crate) seq: u64,
+/// How a [`Hub::resume`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resume {
+    /// Every message after the given position follows, from history, then
+    /// live ones: no gap, no duplicate.
+    CaughtUp {
+        /// How many came from history.
+        replayed: u64,
+    },
+    /// History does not reach back to the given position, or the epoch
+    /// changed: the connection receives [`Event::Resync`](crate::Event::Resync),
+    /// then what history has, then live messages. The client should reload
+    /// its state.
+    Resync {
+        /// How many messages are lost, when known.
+        missed: Option<u64>,
+        /// How many came from history.
+        replayed: u64,
+    },
 }
 
 impl Default for Hub {
@@ -237,7 +313,7 @@ impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hub")
             .field("connections", &self.len())
-            .field("queued", &self.inner.fanout.len())
+            .field("capacity", &self.inner.capacity)
             .field("slow_consumer", &self.inner.slow_consumer)
             .finish_non_exhaustive()
     }
@@ -266,8 +342,9 @@ impl Hub {
 
     /// Registers a connection carrying `metadata`.
     ///
-    /// The connection receives every broadcast sent after this returns, and
-    /// every personal message addressed to its [id](Connection::id).
+    /// The connection receives every broadcast to all sent after this
+    /// returns, every personal message addressed to its
+    /// [id](Connection::id), and the broadcasts of the rooms it joins.
     ///
     /// # Errors
     ///
@@ -281,26 +358,34 @@ impl Hub {
         let raw = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = ConnId::new(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MIN));
         let (personal, personal_rx) = mpsc::channel(inner.queue_capacity);
+        let (control, control_rx) = mpsc::unbounded_channel();
         let membership = Arc::new(Membership::default());
+        if let Some(user) = metadata.user_arc() {
+            registry.users.entry(user).or_default().insert(id);
+        }
         registry.conns.insert(
             id,
             Entry {
                 personal,
+                control,
                 metadata: metadata.clone(),
+                rooms: HashSet::new(),
                 membership: Arc::clone(&membership),
             },
         );
-        // Subscribing under the lock orders this connection after every
-        // broadcast that completed before `connect` returned.
-        let fanout = inner.fanout.subscribe();
+        // Subscribing under the registry lock orders this connection after
+        // every broadcast that completed before `connect` returned.
+        let all = inner.all.subscribe(None, None);
         drop(registry);
         Counters::add(&inner.counters.connected_total, 1);
+        inner.announce(PresenceKind::Joined, Topic::All, id, &metadata);
         Ok(Connection::new(
             id,
             metadata,
             Arc::clone(inner),
-            fanout,
+            (Arc::clone(&inner.all), all),
             personal_rx,
+            control_rx,
             membership,
         ))
     }
@@ -328,6 +413,71 @@ impl Hub {
     #[must_use]
     pub fn is_shut_down(&self) -> bool {
         self.inner.lock().shut_down
+    }
+
+    /// Adds a connection to a room (creating the room if needed): it
+    /// receives the room's broadcasts sent after this returns. Returns
+    /// `false` if it was already a member.
+    ///
+    /// # Errors
+    ///
+    /// [`JoinError::UnknownConnection`] if `id` is not registered.
+    pub fn join(&self, id: ConnId, room: impl Into<RoomName>) -> Result<bool, JoinError> {
+        self.inner
+            .join(id, room.into(), None)
+            .map(|joined| joined.is_some())
+    }
+
+    /// Adds a connection to a topic from a position it saw before (typically
+    /// on a previous connection): it receives every message after
+    /// `position` from the topic's history, then live ones, in order, with
+    /// no gap and no duplicate. If history does not reach back that far, or
+    /// the epoch differs, it receives [`Event::Resync`](crate::Event::Resync)
+    /// first, and the answer says so.
+    ///
+    /// For a room the connection is not in, this joins it; for a room it is
+    /// in, or [`Topic::All`], the topic's stream restarts from `position`.
+    /// Call it before reading the connection's events.
+    ///
+    /// # Errors
+    ///
+    /// [`JoinError::UnknownConnection`] if `id` is not registered.
+    pub fn resume(
+        &self,
+        id: ConnId,
+        topic: impl Into<Topic>,
+        position: Position,
+    ) -> Result<Resume, JoinError> {
+        let from = (position.epoch, position.offset.saturating_add(1));
+        let resumed = match topic.into() {
+            Topic::Room(room) => self.inner.join(id, room, Some(from))?,
+            Topic::All => self.inner.resubscribe_all(id, from)?,
+        };
+        Ok(resumed.unwrap_or(Resume::CaughtUp { replayed: 0 }))
+    }
+
+    /// Removes a connection from a room; the room goes away with its last
+    /// member (its history stays for a while, see
+    /// [`Builder::idle_rooms`]). Returns whether it was a member.
+    pub fn leave(&self, id: ConnId, room: &str) -> bool {
+        let left = {
+            let mut registry = self.inner.lock();
+            let Some(entry) = registry.conns.get_mut(&id) else {
+                return false;
+            };
+            let Some(room) = entry.rooms.take(room) else {
+                return false;
+            };
+            let _ = entry
+                .control
+                .send(Control::Leave(Topic::Room(room.clone())));
+            (room, entry.metadata.clone())
+        };
+        let (room, metadata) = left;
+        self.inner.leave_room(id, &room);
+        self.inner
+            .announce(PresenceKind::Left, Topic::Room(room), id, &metadata);
+        true
     }
 
     /// Queues `message` for one connection, without waiting.
@@ -372,8 +522,8 @@ impl Hub {
     ///
     /// # Errors
     ///
-    /// [`SendError::UnknownConnection`] if `id` is not registered, or goes
-    /// away while waiting; the message is given back.
+    /// [`SendError::UnknownConnection`] if `id` is not registered, or is
+    /// removed while waiting; the message is given back.
     ///
     /// # Cancel safety
     ///
@@ -404,37 +554,170 @@ impl Hub {
         }
     }
 
+    /// Queues `message` for every connection of `user` (see
+    /// [`Metadata::with_user`]), without waiting; returns how many it was
+    /// queued for. A connection whose queue is full is skipped.
+    pub fn send_to_user(&self, user: &str, message: impl Into<Message>) -> usize {
+        let message = message.into();
+        let registry = self.inner.lock();
+        let Some(ids) = registry.users.get(user) else {
+            return 0;
+        };
+        let sent = ids
+            .iter()
+            .filter_map(|id| registry.conns.get(id))
+            .filter(|entry| entry.personal.try_send(message.clone()).is_ok())
+            .count();
+        Counters::add(&self.inner.counters.personal, sent as u64);
+        sent
+    }
+
     /// Sends `message` to every connection; returns how many it reached.
     ///
     /// Never waits: a connection that does not keep up meets the
     /// [slow-consumer policy](SlowConsumer) instead of holding the others
-    /// back. With no connection it returns 0 and the message is dropped.
+    /// back. With no connection it returns 0.
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
-        self.fan_out(message.into(), None)
+        self.inner.publish(&self.inner.all, message.into(), None)
     }
 
     /// Sends `message` to every connection except `except` (typically the
     /// sender); returns how many it reached.
     pub fn broadcast_except(&self, except: ConnId, message: impl Into<Message>) -> usize {
-        self.fan_out(message.into(), Some(except))
+        self.inner
+            .publish(&self.inner.all, message.into(), Some(except))
     }
 
-    fn fan_out(&self, message: Message, except: Option<ConnId>) -> usize {
-        let counters = &self.inner.counters;
-        Counters::add(&counters.broadcasts, 1);
-        let excluded = except.map_or(0, |id| usize::from(self.contains(id)));
-        let seq = self.inner.next_seq.fetch_add(1, Ordering::SeqCst);
-        let envelope = Envelope {
-            message,
-            except,
-            seq,
+    /// Sends `message` to the members of `room`; returns how many it
+    /// reached (0 if the room has no members).
+    pub fn broadcast_room(&self, room: &str, message: impl Into<Message>) -> usize {
+        self.broadcast_room_inner(room, message.into(), None)
+    }
+
+    /// Sends `message` to the members of `room` except `except`; returns how
+    /// many it reached.
+    pub fn broadcast_room_except(
+        &self,
+        room: &str,
+        except: ConnId,
+        message: impl Into<Message>,
+    ) -> usize {
+        self.broadcast_room_inner(room, message.into(), Some(except))
+    }
+
+    /// Sends `message` to each of `rooms`; returns how many deliveries that
+    /// made. Each room numbers it in its own stream, so a connection in two
+    /// of the rooms receives it once in each.
+    pub fn broadcast_rooms<R: AsRef<str>>(
+        &self,
+        rooms: &[R],
+        message: impl Into<Message>,
+    ) -> usize {
+        let message = message.into();
+        rooms
+            .iter()
+            .map(|room| self.broadcast_room_inner(room.as_ref(), message.clone(), None))
+            .sum()
+    }
+
+    fn broadcast_room_inner(&self, room: &str, message: Message, except: Option<ConnId>) -> usize {
+        let Some(room) = self.inner.room(room) else {
+            return 0;
         };
-        let reached = match self.inner.fanout.send(envelope) {
-            Ok(receivers) => receivers.saturating_sub(excluded),
-            Err(_) => 0,
+        self.inner.publish(&room, message, except)
+    }
+
+    /// The members of `room` with their metadata, in id order.
+    #[must_use]
+    pub fn members(&self, room: &str) -> Vec<(ConnId, Metadata)> {
+        self.inner
+            .room(room)
+            .map(|room| room.members())
+            .unwrap_or_default()
+    }
+
+    /// The rooms that have members, sorted by name.
+    #[must_use]
+    pub fn rooms(&self) -> Vec<RoomName> {
+        let rooms = self.inner.rooms_lock();
+        let mut names: Vec<_> = rooms
+            .by_name
+            .iter()
+            .filter(|(_, room)| room.member_count() > 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The rooms `id` is in, sorted by name.
+    #[must_use]
+    pub fn rooms_of(&self, id: ConnId) -> Vec<RoomName> {
+        let registry = self.inner.lock();
+        let mut rooms: Vec<_> = registry
+            .conns
+            .get(&id)
+            .map(|entry| entry.rooms.iter().cloned().collect())
+            .unwrap_or_default();
+        rooms.sort();
+        rooms
+    }
+
+    /// Where `topic` stands: its epoch and the offset its next message will
+    /// get. `None` for a room that does not exist (anymore).
+    #[must_use]
+    pub fn position(&self, topic: &Topic) -> Option<Position> {
+        let room = match topic {
+            Topic::All => Arc::clone(&self.inner.all),
+            Topic::Room(name) => self.inner.room(name.as_str())?,
         };
-        Counters::add(&counters.deliveries, reached as u64);
-        reached
+        let (offset, _) = room.position();
+        Some(Position {
+            epoch: room.epoch,
+            offset,
+        })
+    }
+
+    /// Joins and leaves of every topic ([`Topic::All`] for connects and
+    /// disconnects) from now on, and metadata changes.
+    ///
+    /// A subscriber that falls more than 1024 events behind gets
+    /// `RecvError::Lagged` from the receiver, then continues.
+    #[must_use]
+    pub fn presence(&self) -> broadcast::Receiver<PresenceEvent> {
+        self.inner.presence.subscribe()
+    }
+
+    /// Replaces the metadata of `id` (a rename, say), everywhere it is
+    /// listed. Returns whether `id` is registered.
+    pub fn set_metadata(&self, id: ConnId, metadata: Metadata) -> bool {
+        let rooms = {
+            let mut registry = self.inner.lock();
+            let Some(entry) = registry.conns.get_mut(&id) else {
+                return false;
+            };
+            let old_user = entry.metadata.user_arc();
+            entry.metadata = metadata.clone();
+            let rooms: Vec<_> = entry.rooms.iter().cloned().collect();
+            let new_user = metadata.user_arc();
+            if old_user != new_user {
+                if let Some(old) = old_user {
+                    registry.remove_user(&old, id);
+                }
+                if let Some(new) = new_user {
+                    registry.users.entry(new).or_default().insert(id);
+                }
+            }
+            rooms
+        };
+        for room in &rooms {
+            if let Some(room) = self.inner.room(room.as_str()) {
+                room.set_member(id, metadata.clone());
+            }
+        }
+        self.inner
+            .announce(PresenceKind::Updated, Topic::All, id, &metadata);
+        true
     }
 
     /// Whether `id` is registered.
@@ -443,16 +726,18 @@ impl Hub {
         self.inner.lock().conns.contains_key(&id)
     }
 
-    /// The metadata `id` connected with, if it is registered.
+    /// The metadata of `id`, if it is registered.
     #[must_use]
     pub fn metadata(&self, id: ConnId) -> Option<Metadata> {
         self.inner.lock().conns.get(&id).map(|e| e.metadata.clone())
     }
 
-    /// Ids of the registered connections, in no particular order.
+    /// Ids of the registered connections, in id order.
     #[must_use]
     pub fn connections(&self) -> Vec<ConnId> {
-        self.inner.lock().conns.keys().copied().collect()
+        let mut ids: Vec<_> = self.inner.lock().conns.keys().copied().collect();
+        ids.sort();
+        ids
     }
 
     /// Number of registered connections.
@@ -470,7 +755,30 @@ impl Hub {
     /// A snapshot of the hub's counters.
     #[must_use]
     pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot(self.len())
+        let rooms = self.rooms().len();
+        let history_bytes = {
+            let all = self.inner.all.position().1;
+            let rooms = self.inner.rooms_lock();
+            all + rooms
+                .by_name
+                .values()
+                .map(|r| r.position().1)
+                .sum::<usize>()
+        };
+        self.inner
+            .counters
+            .snapshot(self.len(), rooms, history_bytes)
+    }
+}
+
+impl Registry {
+    fn remove_user(&mut self, user: &Arc<str>, id: ConnId) {
+        if let Some(ids) = self.users.get_mut(user) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.users.remove(user);
+            }
+        }
     }
 }
 
@@ -481,15 +789,132 @@ impl Inner {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn rooms_lock(&self) -> MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn room(&self, name: &str) -> Option<Arc<Room>> {
+        self.rooms_lock().by_name.get(name).cloned()
+    }
+
+    fn publish(&self, room: &Room, message: Message, except: Option<ConnId>) -> usize {
+        Counters::add(&self.counters.broadcasts, 1);
+        let excluded = match (&room.topic, except) {
+            (Topic::All, Some(id)) => usize::from(self.lock().conns.contains_key(&id)),
+            _ => 0,
+        };
+        let reached = room
+            .publish(message, except, self.history, &self.next_seq)
+            .saturating_sub(excluded);
+        Counters::add(&self.counters.deliveries, reached as u64);
+        reached
+    }
+
+    fn announce(&self, kind: PresenceKind, topic: Topic, id: ConnId, metadata: &Metadata) {
+        let _ = self.presence.send(PresenceEvent {
+            kind,
+            topic,
+            id,
+            metadata: metadata.clone(),
+        });
+    }
+
+    /// Joins (or, with `from`, resumes) a room; `None` if already a member
+    /// and not resuming.
+    fn join(
+        &self,
+        id: ConnId,
+        name: RoomName,
+        from: Option<(u64, u64)>,
+    ) -> Result<Option<Resume>, JoinError> {
+        let mut registry = self.lock();
+        let Some(entry) = registry.conns.get_mut(&id) else {
+            return Err(JoinError::UnknownConnection { id });
+        };
+        let already = entry.rooms.contains(&name);
+        if already && from.is_none() {
+            return Ok(None);
+        }
+        let room = self.open_room(&name);
+        let subscribed = room.subscribe(from, Some((id, entry.metadata.clone())));
+        let resume = resume_outcome(&subscribed);
+        entry.rooms.insert(name.clone());
+        let metadata = entry.metadata.clone();
+        let _ = entry.control.send(Control::Join {
+            room,
+            subscribed,
+            from: from.map(|(_, first)| first),
+        });
+        drop(registry);
+        if !already {
+            self.announce(PresenceKind::Joined, Topic::Room(name), id, &metadata);
+        }
+        Ok(Some(resume))
+    }
+
+    fn resubscribe_all(&self, id: ConnId, from: (u64, u64)) -> Result<Option<Resume>, JoinError> {
+        let registry = self.lock();
+        let Some(entry) = registry.conns.get(&id) else {
+            return Err(JoinError::UnknownConnection { id });
+        };
+        let subscribed = self.all.subscribe(Some(from), None);
+        let resume = resume_outcome(&subscribed);
+        let _ = entry.control.send(Control::Join {
+            room: Arc::clone(&self.all),
+            subscribed,
+            from: Some(from.1),
+        });
+        Ok(Some(resume))
+    }
+
+    /// The room called `name`, created if needed (or brought back from the
+    /// idle rooms).
+    fn open_room(&self, name: &RoomName) -> Arc<Room> {
+        let mut rooms = self.rooms_lock();
+        if let Some(room) = rooms.by_name.get(name).cloned() {
+            rooms.idle.retain(|idle| idle != name);
+            return room;
+        }
+        let room = Arc::new(Room::new(Topic::Room(name.clone()), self.capacity));
+        rooms.by_name.insert(name.clone(), Arc::clone(&room));
+        room
+    }
+
+    /// Takes `id` out of a room's members; an emptied room goes, or waits
+    /// among the idle rooms if it has history to keep.
+    fn leave_room(&self, id: ConnId, name: &RoomName) {
+        let mut rooms = self.rooms_lock();
+        let Some(room) = rooms.by_name.get(name).cloned() else {
+            return;
+        };
+        if room.remove_member(id) != Some(0) {
+            return;
+        }
+        if self.history.enabled() && self.idle_rooms > 0 && room.position().1 > 0 {
+            rooms.idle.push_back(name.clone());
+            while rooms.idle.len() > self.idle_rooms {
+                if let Some(evicted) = rooms.idle.pop_front() {
+                    rooms.by_name.remove(&evicted);
+                }
+            }
+        } else {
+            rooms.by_name.remove(name);
+        }
+    }
+
     /// Removes `id` if registered, recording why. Returns whether it was.
     pub(crate) fn remove(&self, id: ConnId, reason: RecvError) -> bool {
-        let entry = self.lock().conns.remove(&id);
+        let entry = {
+            let mut registry = self.lock();
+            let entry = registry.conns.remove(&id);
+            if let Some(user) = entry.as_ref().and_then(|e| e.metadata.user_arc()) {
+                registry.remove_user(&user, id);
+            }
+            entry
+        };
         match entry {
             Some(entry) => {
-                // Read after the removal: every broadcast that completed
-                // before it has a lower number.
-                let cutoff = self.next_seq.load(Ordering::SeqCst);
-                entry.membership.remove(reason, cutoff);
+                self.retire(id, entry, reason);
                 true
             }
             None => false,
@@ -497,14 +922,40 @@ impl Inner {
     }
 
     fn shutdown(&self) {
-        let removed: Vec<Entry> = {
+        let removed: Vec<(ConnId, Entry)> = {
             let mut registry = self.lock();
             registry.shut_down = true;
-            registry.conns.drain().map(|(_, entry)| entry).collect()
+            registry.users.clear();
+            registry.conns.drain().collect()
         };
-        let cutoff = self.next_seq.load(Ordering::SeqCst);
-        for entry in removed {
-            entry.membership.remove(RecvError::Shutdown, cutoff);
+        for (id, entry) in removed {
+            self.retire(id, entry, RecvError::Shutdown);
         }
+    }
+
+    /// Finishes removing a connection taken out of the registry.
+    fn retire(&self, id: ConnId, entry: Entry, reason: RecvError) {
+        // Read after the removal: every broadcast that completed before it
+        // has a lower number.
+        let cutoff = self.next_seq.load(Ordering::SeqCst);
+        entry.membership.remove(reason, cutoff);
+        for room in &entry.rooms {
+            self.leave_room(id, room);
+            self.announce(
+                PresenceKind::Left,
+                Topic::Room(room.clone()),
+                id,
+                &entry.metadata,
+            );
+        }
+        self.announce(PresenceKind::Left, Topic::All, id, &entry.metadata);
+    }
+}
+
+fn resume_outcome(subscribed: &crate::room::Subscribed) -> Resume {
+    let replayed = subscribed.backlog.len() as u64;
+    match subscribed.missed {
+        None => Resume::CaughtUp { replayed },
+        Some(missed) => Resume::Resync { missed, replayed },
     }
 }

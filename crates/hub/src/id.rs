@@ -37,14 +37,16 @@ impl fmt::Display for ConnId {
 /// ```
 /// use hub::Metadata;
 ///
-/// let meta = Metadata::new().with_name("alice");
+/// let meta = Metadata::new().with_name("alice").with_user("user-17");
 /// assert_eq!(meta.name(), Some("alice"));
+/// assert_eq!(meta.user(), Some("user-17"));
 /// assert_eq!(Metadata::new().name(), None);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Metadata {
     name: Option<Arc<str>>,
+    user: Option<Arc<str>>,
 }
 
 impl Metadata {
@@ -65,5 +67,24 @@ impl Metadata {
     #[must_use]
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    /// Sets the identity of the person behind the connection: every
+    /// connection with the same user (two tabs, say) is reached by
+    /// [`Hub::send_to_user`](crate::Hub::send_to_user).
+    #[must_use]
+    pub fn with_user(mut self, user: impl Into<Arc<str>>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The user identity, if any.
+    #[must_use]
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    pub(crate) fn user_arc(&self) -> Option<Arc<str>> {
+        self.user.clone()
     }
 }

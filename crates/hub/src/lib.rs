@@ -1,13 +1,14 @@
 //! A transport-agnostic broadcast hub.
 //!
-//! A [`Hub`] keeps a registry of [`Connection`]s. It can send one connection
-//! a personal message, broadcast to all of them (or all but one), and tells
-//! each connection why it was closed. It knows nothing about sockets: a
-//! WebSocket adapter, a Server-Sent-Events endpoint or a test drives each
-//! connection by reading what the hub delivers to it.
+//! A [`Hub`] keeps a registry of [`Connection`]s. It sends one connection a
+//! personal message, broadcasts to all of them (or all but one), broadcasts
+//! to rooms, tells who is where, and tells each connection why it was
+//! closed. It knows nothing about sockets: a WebSocket adapter, a
+//! Server-Sent-Events endpoint or a test drives each connection by reading
+//! what the hub delivers to it.
 //!
 //! ```
-//! use hub::{Event, Hub, Message};
+//! use hub::{Hub, Message};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,53 +18,92 @@
 //!
 //! // One connection says something; everyone else hears it.
 //! hub.broadcast_except(writer.id(), format!("Client says: {}", "hi"));
-//! assert_eq!(reader.recv().await?, Event::Message(Message::text("Client says: hi")));
+//! let heard = reader.recv().await?.into_message();
+//! assert_eq!(heard, Some(Message::text("Client says: hi")));
 //!
 //! // A connection leaves; the rest are told.
 //! drop(writer);
 //! hub.broadcast("A client disconnected");
-//! assert_eq!(reader.recv().await?, Event::Message(Message::text("A client disconnected")));
+//! let heard = reader.recv().await?.into_message();
+//! assert_eq!(heard, Some(Message::text("A client disconnected")));
 //! # Ok(())
 //! # }
 //! ```
 //!
+//! # Topics, rooms and offsets
+//!
+//! Every connection is in [`Topic::All`], which [`Hub::broadcast`] reaches,
+//! and in any rooms it [joins](Hub::join) ([`Hub::broadcast_room`]). Each
+//! topic numbers its messages with consecutive offsets within an epoch,
+//! and every [`Event::Broadcast`] carries its topic, epoch and offset. A
+//! client that remembers the last [`Position`] it saw can come back on a new
+//! connection and [resume](Hub::resume): it gets what it missed from the
+//! topic's history, then live messages, with no gap and no duplicate, or a
+//! [`Resync`](Event::Resync) notice when history does not reach back far
+//! enough.
+//!
+//! Rooms come into being on the first join and go with the last leave;
+//! an emptied room's history is kept for a while
+//! ([`Builder::idle_rooms`]) so its members can resume. [`Hub::members`]
+//! lists who is in a room with their [`Metadata`], [`Hub::presence`]
+//! reports joins, leaves and renames, and [`Hub::send_to_user`] reaches
+//! every connection of one person.
+//!
 //! # Delivery guarantees
 //!
-//! - Broadcasts go through one [`tokio::sync::broadcast`] channel. Each
-//!   message is stored once and shared by every connection: delivering to N
-//!   connections costs N reference counts, never N copies.
+//! - Each topic is one [`tokio::sync::broadcast`] channel. A message is
+//!   stored once and shared by every receiver: delivering to N connections
+//!   costs N reference counts, never N copies.
 //! - A broadcast never waits. A connection that falls more than
-//!   [`capacity`](Builder::capacity) messages behind loses the oldest ones and
-//!   meets the [`SlowConsumer`] policy: by default it is disconnected with
-//!   [`RecvError::Lagged`], or, with [`SlowConsumer::Skip`], told how many it
-//!   missed through [`Event::Lagged`]. It is never silently behind.
+//!   [`capacity`](Builder::capacity) messages behind a topic meets the
+//!   [`SlowConsumer`] policy. By default ([`SlowConsumer::Repair`]) the gap is
+//!   refilled from the topic's history on the same connection, in order, so
+//!   a reader that catches up loses nothing; only a gap older than history
+//!   is announced with [`Event::Resync`]. [`SlowConsumer::Skip`] announces
+//!   the gap ([`Event::Lagged`]) and moves on; [`SlowConsumer::Disconnect`]
+//!   closes the connection with [`RecvError::Lagged`]. It is never silently
+//!   behind.
 //! - Personal messages wait in a bounded per-connection queue.
 //!   [`Hub::try_send_personal`] fails fast with the message handed back when
 //!   the queue is full; [`Hub::send_personal`] waits for room.
-//! - Memory is bounded: at most `capacity` broadcast messages plus
-//!   `queue_capacity` personal messages per connection.
 //!
 //! # Choosing capacities
 //!
-//! `capacity` is how far (in messages) a connection may fall behind during a
-//! burst before the policy applies. The default, [`DEFAULT_CAPACITY`],
-//! absorbs a burst of several thousand messages for a client that keeps
-//! reading; lower it when messages are large and memory is tight.
+//! - `capacity` (per topic, default [`DEFAULT_CAPACITY`]): how far a reader
+//!   may fall behind before it needs repair. Each topic allocates it up
+//!   front (about 100 bytes a slot), so keep it moderate when there are many
+//!   rooms.
+//! - `history` (per topic, default [`DEFAULT_HISTORY`] messages and
+//!   [`DEFAULT_HISTORY_BYTES`]): how far back repair and resume reach. It
+//!   grows only with traffic. Memory: about the retained payload plus ~64
+//!   bytes a message.
+//! - `queue_capacity` (per connection, default [`DEFAULT_QUEUE_CAPACITY`]):
+//!   personal messages in flight.
 #![doc(test(attr(deny(warnings))))]
 
 mod connection;
 pub mod error;
+mod event;
 mod hub;
 mod id;
 mod message;
+mod presence;
+mod room;
 mod stats;
+mod topic;
 
-pub use connection::{Connection, Event, Events};
-pub use error::{ConnectError, RecvError, SendError, TryRecvError};
-pub use hub::{Builder, Hub, SlowConsumer, DEFAULT_CAPACITY, DEFAULT_QUEUE_CAPACITY, MAX_CAPACITY};
+pub use connection::{Connection, Events};
+pub use error::{ConnectError, JoinError, RecvError, SendError, TryRecvError};
+pub use event::{Broadcast, Event};
+pub use hub::{
+    Builder, Hub, Resume, SlowConsumer, DEFAULT_CAPACITY, DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES,
+    DEFAULT_IDLE_ROOMS, DEFAULT_QUEUE_CAPACITY, MAX_CAPACITY,
+};
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};
+pub use presence::{PresenceEvent, PresenceKind};
 pub use stats::Stats;
+pub use topic::{Position, RoomName, Topic};
 
 /// The crate README's example, compiled and run as a doctest.
 #[cfg(doctest)]

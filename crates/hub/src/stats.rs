@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     /// Connections registered now.
     pub connections: usize,
+    /// Rooms with members now.
+    pub rooms: usize,
+    /// Payload bytes held in history, all topics together.
+    pub history_bytes: usize,
     /// Connections ever registered.
     pub connected_total: u64,
     /// Calls to a broadcast method.
@@ -19,10 +23,16 @@ pub struct Stats {
     pub deliveries: u64,
     /// Personal messages queued.
     pub personal: u64,
-    /// Times a connection fell behind the fan-out capacity.
+    /// Times a connection fell behind a topic's channel capacity.
     pub lagged: u64,
-    /// Broadcast messages missed by lagging connections, in total.
+    /// Broadcast messages lagging connections did not get at all.
     pub missed: u64,
+    /// Broadcast messages refilled from history for lagging connections.
+    pub repaired: u64,
+    /// Messages replayed from history to resuming connections.
+    pub replayed: u64,
+    /// Resync notices: gaps history could not fill.
+    pub resyncs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +43,9 @@ pub(crate) struct Counters {
     pub(crate) personal: AtomicU64,
     pub(crate) lagged: AtomicU64,
     pub(crate) missed: AtomicU64,
+    pub(crate) repaired: AtomicU64,
+    pub(crate) replayed: AtomicU64,
+    pub(crate) resyncs: AtomicU64,
 }
 
 impl Counters {
@@ -40,15 +53,20 @@ impl Counters {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, connections: usize) -> Stats {
+    pub(crate) fn snapshot(&self, connections: usize, rooms: usize, history_bytes: usize) -> Stats {
         Stats {
             connections,
+            rooms,
+            history_bytes,
             connected_total: self.connected_total.load(Relaxed),
             broadcasts: self.broadcasts.load(Relaxed),
             deliveries: self.deliveries.load(Relaxed),
             personal: self.personal.load(Relaxed),
             lagged: self.lagged.load(Relaxed),
             missed: self.missed.load(Relaxed),
+            repaired: self.repaired.load(Relaxed),
+            replayed: self.replayed.load(Relaxed),
+            resyncs: self.resyncs.load(Relaxed),
         }
     }
 }

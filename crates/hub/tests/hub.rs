@@ -5,18 +5,26 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hub::{
-    ConnectError, Event, Hub, Message, Metadata, RecvError, SendError, SlowConsumer, TryRecvError,
+    ConnectError, Event, Hub, Message, Metadata, RecvError, SendError, SlowConsumer, Topic,
+    TryRecvError,
 };
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn text(s: &str) -> Event {
-    Event::Message(Message::text(s.to_owned()))
+fn text(s: &str) -> Message {
+    Message::text(s.to_owned())
 }
 
 async fn recv(conn: &mut hub::Connection) -> Result<Event, RecvError> {
     timeout(WAIT, conn.recv()).await.expect("recv timed out")
+}
+
+/// The next message, personal or broadcast; panics on notices.
+async fn recv_msg(conn: &mut hub::Connection) -> Result<Message, RecvError> {
+    recv(conn)
+        .await
+        .map(|event| event.into_message().expect("a message, not a notice"))
 }
 
 #[tokio::test]
@@ -40,7 +48,7 @@ async fn broadcast_reaches_everyone_and_counts() {
     let mut conns: Vec<_> = (0..3).map(|_| hub.connect().unwrap()).collect();
     assert_eq!(hub.broadcast("hello"), 3);
     for conn in &mut conns {
-        assert_eq!(recv(conn).await, Ok(text("hello")));
+        assert_eq!(recv_msg(conn).await, Ok(text("hello")));
     }
     let stats = hub.stats();
     assert_eq!(stats.connections, 3);
@@ -63,10 +71,10 @@ async fn broadcast_except_skips_one() {
     let mut other = hub.connect().unwrap();
     assert_eq!(hub.broadcast_except(sender.id(), "from sender"), 1);
     assert_eq!(hub.broadcast("to all"), 2);
-    assert_eq!(recv(&mut other).await, Ok(text("from sender")));
-    assert_eq!(recv(&mut other).await, Ok(text("to all")));
+    assert_eq!(recv_msg(&mut other).await, Ok(text("from sender")));
+    assert_eq!(recv_msg(&mut other).await, Ok(text("to all")));
     // The sender skips its own message and gets the next one.
-    assert_eq!(recv(&mut sender).await, Ok(text("to all")));
+    assert_eq!(recv_msg(&mut sender).await, Ok(text("to all")));
     assert_eq!(sender.try_recv(), Err(TryRecvError::Empty));
 }
 
@@ -77,8 +85,8 @@ async fn send_personal_reaches_one_connection_only() {
     let mut b = hub.connect().unwrap();
     hub.try_send_personal(b.id(), "for b").unwrap();
     hub.send_personal(b.id(), "again for b").await.unwrap();
-    assert_eq!(recv(&mut b).await, Ok(text("for b")));
-    assert_eq!(recv(&mut b).await, Ok(text("again for b")));
+    assert_eq!(recv_msg(&mut b).await, Ok(text("for b")));
+    assert_eq!(recv_msg(&mut b).await, Ok(text("again for b")));
     assert_eq!(a.try_recv(), Err(TryRecvError::Empty));
     assert_eq!(hub.stats().personal, 2);
 }
@@ -119,7 +127,7 @@ async fn full_personal_queue_hands_the_message_back() {
         tokio::spawn(async move { hub.send_personal(id, "3").await })
     };
     for expected in ["1", "2", "3"] {
-        assert_eq!(recv(&mut conn).await, Ok(text(expected)));
+        assert_eq!(recv_msg(&mut conn).await, Ok(text(expected)));
     }
     timeout(WAIT, waiting).await.unwrap().unwrap().unwrap();
 }
@@ -130,8 +138,8 @@ async fn personal_messages_come_first() {
     let mut conn = hub.connect().unwrap();
     hub.broadcast("broadcast");
     hub.try_send_personal(conn.id(), "personal").unwrap();
-    assert_eq!(recv(&mut conn).await, Ok(text("personal")));
-    assert_eq!(recv(&mut conn).await, Ok(text("broadcast")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("personal")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("broadcast")));
 }
 
 #[tokio::test]
@@ -144,7 +152,7 @@ async fn disconnect_is_idempotent_and_drains_personal_queue() {
     assert!(!hub.disconnect(id));
     assert!(!hub.contains(id));
     assert_eq!(hub.len(), 0);
-    assert_eq!(recv(&mut conn).await, Ok(text("goodbye")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("goodbye")));
     assert_eq!(recv(&mut conn).await, Err(RecvError::Disconnected));
     // Sticky.
     assert_eq!(recv(&mut conn).await, Err(RecvError::Disconnected));
@@ -184,13 +192,16 @@ async fn shutdown_closes_everyone_and_refuses_new_connections() {
 }
 
 #[tokio::test]
-async fn lagging_connection_is_disconnected_by_default() {
-    let hub = Hub::builder().capacity(4).build();
+async fn lagging_connection_is_disconnected_under_disconnect() {
+    let hub = Hub::builder()
+        .capacity(4)
+        .slow_consumer(SlowConsumer::Disconnect)
+        .build();
     let mut slow = hub.connect().unwrap();
     let mut fast = hub.connect().unwrap();
     for i in 0..10 {
         hub.broadcast(format!("{i}"));
-        assert_eq!(recv(&mut fast).await, Ok(text(&i.to_string())));
+        assert_eq!(recv_msg(&mut fast).await, Ok(text(&i.to_string())));
     }
     assert_eq!(recv(&mut slow).await, Err(RecvError::Lagged { missed: 6 }));
     assert_eq!(recv(&mut slow).await, Err(RecvError::Lagged { missed: 6 }));
@@ -210,9 +221,15 @@ async fn lagging_connection_is_told_what_it_missed_under_skip() {
     for i in 0..10 {
         hub.broadcast(format!("{i}"));
     }
-    assert_eq!(recv(&mut slow).await, Ok(Event::Lagged { missed: 6 }));
+    assert_eq!(
+        recv(&mut slow).await,
+        Ok(Event::Lagged {
+            topic: Topic::All,
+            missed: 6
+        })
+    );
     for i in 6..10 {
-        assert_eq!(recv(&mut slow).await, Ok(text(&i.to_string())));
+        assert_eq!(recv_msg(&mut slow).await, Ok(text(&i.to_string())));
     }
     assert!(hub.contains(slow.id()));
 }
@@ -229,7 +246,10 @@ async fn stream_yields_events_then_the_reason_then_ends() {
     hub.shutdown();
     let got: Vec<_> = timeout(WAIT, events.by_ref().collect::<Vec<_>>())
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|event| event.map(|e| e.into_message().unwrap()))
+        .collect();
     assert_eq!(
         got,
         vec![Ok(text("b")), Ok(text("a")), Err(RecvError::Shutdown)]
@@ -262,8 +282,8 @@ async fn recv_is_cancel_safe() {
         hub.broadcast("kept");
         hub.try_send_personal(id, "kept too").unwrap();
     }
-    assert_eq!(recv(&mut conn).await, Ok(text("kept too")));
-    assert_eq!(recv(&mut conn).await, Ok(text("kept")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("kept too")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("kept")));
 }
 
 #[tokio::test]
@@ -274,14 +294,14 @@ async fn a_removed_connection_gets_what_was_sent_before_not_after() {
     hub.broadcast("before");
     hub.disconnect(conn.id());
     hub.broadcast("after");
-    assert_eq!(recv(&mut conn).await, Ok(text("before")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("before")));
     assert_eq!(recv(&mut conn).await, Err(RecvError::Disconnected));
 
     let mut conn = hub.connect().unwrap();
     hub.broadcast("sent");
     hub.shutdown();
     hub.broadcast("too late");
-    assert_eq!(recv(&mut conn).await, Ok(text("sent")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("sent")));
     assert_eq!(recv(&mut conn).await, Err(RecvError::Shutdown));
 }
 
@@ -302,7 +322,7 @@ async fn a_waiting_personal_send_gives_up_on_disconnect() {
     hub.disconnect(id);
     let given_back = timeout(WAIT, waiting).await.unwrap().unwrap().unwrap_err();
     assert_eq!(given_back.into_message(), Message::text("waiting"));
-    assert_eq!(recv(&mut conn).await, Ok(text("queued")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("queued")));
     assert_eq!(recv(&mut conn).await, Err(RecvError::Disconnected));
 }
 
@@ -314,34 +334,33 @@ async fn dropping_every_hub_handle_shuts_connections_down() {
     drop(hub);
     copy.broadcast("still here");
     drop(copy);
-    assert_eq!(recv(&mut conn).await, Ok(text("still here")));
+    assert_eq!(recv_msg(&mut conn).await, Ok(text("still here")));
     assert_eq!(recv(&mut conn).await, Err(RecvError::Shutdown));
 }
 
 #[tokio::test]
-async fn burst_within_capacity_loses_nothing_while_another_stalls() {
+async fn a_burst_of_5000_loses_nothing_while_another_stalls() {
     let hub = Hub::new();
     let _stalled = hub.connect().unwrap();
     let mut reader = hub.connect().unwrap();
-    let payload = "x".repeat(1024);
-    let reading = tokio::spawn(async move {
-        let mut got = 0usize;
-        while got < 5000 {
-            match timeout(WAIT, reader.recv()).await {
-                Ok(Ok(Event::Message(m))) => {
-                    assert_eq!(m.len(), 1024);
-                    got += 1;
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        got
-    });
-    for _ in 0..5000 {
-        assert_eq!(hub.broadcast(payload.clone()), 2);
+    let message = |i: usize| format!("{i:08}{}", "x".repeat(1016));
+    // All 5000 go out before the reader reads any: it falls far behind the
+    // channel (1024) and is repaired from history, in order.
+    for i in 0..5000 {
+        assert_eq!(hub.broadcast(message(i)), 2);
     }
-    assert_eq!(timeout(WAIT, reading).await.unwrap().unwrap(), 5000);
-    assert_eq!(hub.stats().lagged, 0);
+    for i in 0..5000 {
+        assert_eq!(
+            recv_msg(&mut reader).await,
+            Ok(text(&message(i))),
+            "message {i}"
+        );
+    }
+    assert_eq!(reader.try_recv(), Err(TryRecvError::Empty));
+    let stats = hub.stats();
+    assert_eq!(stats.missed, 0);
+    assert_eq!(stats.resyncs, 0);
+    assert!(stats.repaired >= 5000 - 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -362,7 +381,9 @@ async fn many_tasks_connect_broadcast_and_disconnect_at_once() {
                 let mut seen_own = false;
                 while !seen_own {
                     match timeout(WAIT, conn.recv()).await.unwrap().unwrap() {
-                        Event::Message(m) => seen_own = m.as_text() == Some(&format!("{t}:{r}")),
+                        Event::Broadcast(b) => {
+                            seen_own = b.message.as_text() == Some(&format!("{t}:{r}"))
+                        }
                         other => panic!("unexpected {other:?}"),
                     }
                 }
@@ -381,7 +402,7 @@ async fn many_tasks_connect_broadcast_and_disconnect_at_once() {
     for mut listener in listeners {
         let mut seen = std::collections::HashSet::new();
         while let Ok(event) = listener.try_recv() {
-            let Event::Message(m) = event else {
+            let Some(m) = event.into_message() else {
                 panic!("lagged")
             };
             assert!(seen.insert(m.as_text().unwrap().to_owned()), "duplicate");
