@@ -200,10 +200,7 @@ impl Connection {
             }
         }
         if self.draining {
-            let reason = self
-                .membership
-                .removal()
-                .map_or(RecvError::Disconnected, |removal| removal.reason);
+            let reason = (self.membership.removal()).map_or(RecvError::Disconnected, |r| r.reason);
             return Err(self.close(reason).into());
         }
         Err(TryRecvError::Empty)
@@ -318,13 +315,21 @@ impl Connection {
     /// not for this connection, handles a gap by the slow-consumer policy.
     fn accept(&mut self, index: usize, envelope: Envelope) -> Option<Result<Event, RecvError>> {
         if self.draining {
-            let cutoff = self
-                .membership
-                .removal()
-                .map_or(0, |removal| removal.cutoff);
-            if envelope.seq >= cutoff {
+            let sub = &self.subs[index];
+            let topic = &sub.room.topic;
+            let cutoff = (self.membership.removal()).map_or(0, |removal| removal.cutoff(topic));
+            if envelope.offset >= cutoff {
+                // What was sent before the removal and went by unseen is a
+                // gap like any other.
+                let (from, room) = (sub.next, Arc::clone(&sub.room));
                 self.subs[index].done = true;
-                return None;
+                self.subs[index].next = cutoff.max(from);
+                if from < cutoff {
+                    if let Err(closed) = self.fill_gap(&room, from, cutoff) {
+                        return Some(Err(closed));
+                    }
+                }
+                return self.pending.pop_front().map(Ok);
             }
         }
         let sub = &mut self.subs[index];

@@ -142,7 +142,6 @@ impl Builder {
         let inner = Arc::new(Inner {
             all: Arc::new(Room::new(Topic::All, self.capacity)),
             rooms: Mutex::new(Rooms::default()),
-            next_seq: AtomicU64::new(0),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             presence,
@@ -218,8 +217,6 @@ pub(crate) struct Inner {
     /// The topic every connection is in.
     all: Arc<Room>,
     rooms: Mutex<Rooms>,
-    /// Hub-wide order of broadcasts; see [`Removal::cutoff`].
-    next_seq: AtomicU64,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     presence: broadcast::Sender<PresenceEvent>,
@@ -262,22 +259,31 @@ pub(crate) struct Membership {
 }
 
 /// Why and when a connection was removed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Removal {
     pub(crate) reason: RecvError,
-    /// Broadcasts numbered below this were sent before the removal and are
-    /// still delivered; later ones are not.
-    pub(crate) cutoff: u64,
+    /// For each topic the connection was in, the offset of the first
+    /// message sent after the removal: earlier ones are still delivered.
+    pub(crate) cutoffs: Vec<(Topic, u64)>,
+}
+
+impl Removal {
+    pub(crate) fn cutoff(&self, topic: &Topic) -> u64 {
+        self.cutoffs
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(0, |(_, offset)| *offset)
+    }
 }
 
 impl Membership {
-    fn remove(&self, reason: RecvError, cutoff: u64) {
-        let _ = self.removal.set(Removal { reason, cutoff });
+    fn remove(&self, removal: Removal) {
+        let _ = self.removal.set(removal);
         self.removed.cancel();
     }
 
-    pub(crate) fn removal(&self) -> Option<Removal> {
-        self.removal.get().copied()
+    pub(crate) fn removal(&self) -> Option<&Removal> {
+        self.removal.get()
     }
 }
 
@@ -804,7 +810,7 @@ impl Inner {
             _ => 0,
         };
         let reached = room
-            .publish(message, except, self.history, &self.next_seq)
+            .publish(message, except, self.history)
             .saturating_sub(excluded);
         Counters::add(&self.counters.deliveries, reached as u64);
         reached
@@ -936,9 +942,14 @@ impl Inner {
     /// Finishes removing a connection taken out of the registry.
     fn retire(&self, id: ConnId, entry: Entry, reason: RecvError) {
         // Read after the removal: every broadcast that completed before it
-        // has a lower number.
-        let cutoff = self.next_seq.load(Ordering::SeqCst);
-        entry.membership.remove(reason, cutoff);
+        // has a lower offset.
+        let mut cutoffs = vec![(Topic::All, self.all.position().0)];
+        for name in &entry.rooms {
+            if let Some(room) = self.room(name.as_str()) {
+                cutoffs.push((room.topic.clone(), room.position().0));
+            }
+        }
+        entry.membership.remove(Removal { reason, cutoffs });
         for room in &entry.rooms {
             self.leave_room(id, room);
             self.announce(

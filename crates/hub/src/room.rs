@@ -18,8 +18,6 @@ pub(crate) struct Envelope {
     pub(crate) except: Option<ConnId>,
     /// Place in the topic.
     pub(crate) offset: u64,
-    /// Hub-wide order of sends, for a removed connection's cutoff.
-    pub(crate) seq: u64,
 }
 
 /// How much history each topic keeps.
@@ -108,7 +106,6 @@ impl Room {
         message: Message,
         except: Option<ConnId>,
         limits: HistoryLimits,
-        seq: &AtomicU64,
     ) -> usize {
         let mut state = self.lock();
         let offset = state.next_offset;
@@ -128,12 +125,11 @@ impl Room {
             }
         }
         // Numbered and sent under the lock: each channel carries its
-        // messages in offset order and in hub-wide `seq` order.
+        // messages in offset order.
         let envelope = Envelope {
             message,
             except,
             offset,
-            seq: seq.fetch_add(1, Ordering::SeqCst),
         };
         let receivers = state.sender.send(envelope).unwrap_or(0);
         match self.topic {
