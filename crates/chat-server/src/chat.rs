@@ -1,29 +1,205 @@
-//! What `/ws` and `/echo` do with messages: the seed's texts, exactly.
+//! What `/ws` and `/echo` do with messages.
+//!
+//! `/ws` without parameters is the classic chat, with the FastAPI
+//! tutorial's texts exactly. With a room, a name or the JSON format it is
+//! the room chat: named lines, joins and leaves, commands, members and
+//! resumable positions (see [`crate::protocol`]).
 
-use hub::Message;
+use hub::{Event, Hub, Message, Metadata, Resume, Topic};
 use hub_ws::{Close, CloseCode, Ended, Handler, Session};
+use serde_json::json;
+
+use crate::protocol::{self, parse_command, payload, ChatOptions, Command};
 
 fn text_only() -> Close {
     Close::new(CloseCode::UNSUPPORTED, "only text messages are supported")
 }
 
-/// `/ws`: every text message reaches every client (the sender included) as
-/// `Client says: {text}`; when a client leaves, the others are told.
+/// `/ws`: the classic broadcast chat, or the room chat.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Chat;
 
 impl Handler for Chat {
+    async fn on_open(&self, session: &Session) {
+        let Some(options) = session.metadata().data::<ChatOptions>() else {
+            return;
+        };
+        let hub = session.hub();
+        let id = session.id();
+        let name = current_name(hub, session);
+        if session.metadata().name().is_none() {
+            // Anonymous room-chat clients get a guest name.
+            rename(hub, session, &name);
+        }
+        let joined = match options.resume {
+            Some(position) => hub.resume(id, options.room.clone(), position),
+            None => hub
+                .join(id, options.room.clone())
+                .map(|_| Resume::CaughtUp { replayed: 0 }),
+        };
+        let Ok(joined) = joined else { return };
+        let position = hub.position(&Topic::Room(options.room.clone()));
+        let resumed = match (options.resume, joined) {
+            (None, _) => json!(null),
+            (Some(_), Resume::CaughtUp { replayed }) => json!({ "replayed": replayed }),
+            (Some(_), Resume::Resync { missed, replayed }) => {
+                json!({ "replayed": replayed, "resync": { "missed": missed } })
+            }
+            (Some(_), _) => json!(null),
+        };
+        let welcome = payload(
+            "welcome",
+            json!({
+                "room": options.room.as_str(),
+                "name": name,
+                "epoch": position.map(|p| p.epoch.to_string()),
+                "offset": position.map(|p| p.offset),
+                "resumed": resumed,
+            }),
+        );
+        let _ = session.send(welcome).await;
+        if options.resume.is_none() {
+            announce(hub, options, "joined", json!({ "from": name }));
+        }
+        send_members(hub, options);
+    }
+
     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
         let text = message.as_text().ok_or_else(text_only)?;
-        session.hub().broadcast(format!("Client says: {text}"));
+        let Some(options) = session.metadata().data::<ChatOptions>() else {
+            session.hub().broadcast(format!("Client says: {text}"));
+            return Ok(());
+        };
+        let hub = session.hub();
+        let name = current_name(hub, session);
+        match parse_command(text) {
+            None => announce(hub, options, "chat", json!({ "from": name, "text": text })),
+            Some(command) => run(command, hub, session, options, &name).await,
+        }
         Ok(())
     }
 
-    async fn on_close(&self, session: &Session, _ended: &Ended) {
-        // When the whole server is going away nobody is "leaving".
-        if !session.hub().is_shut_down() {
-            session.hub().broadcast("A client disconnected");
+    fn render(&self, session: &Session, event: Event) -> Option<Message> {
+        match session.metadata().data::<ChatOptions>() {
+            None => event.into_message(),
+            Some(options) => protocol::render(options.format, event).map(Message::from),
         }
+    }
+
+    async fn on_close(&self, session: &Session, _ended: &Ended) {
+        let hub = session.hub();
+        // When the whole server is going away nobody is "leaving".
+        if hub.is_shut_down() {
+            return;
+        }
+        match session.metadata().data::<ChatOptions>() {
+            None => {
+                hub.broadcast("A client disconnected");
+            }
+            Some(options) => {
+                // The hub has already forgotten the connection.
+                let name = last_name(session).unwrap_or_else(|| "someone".to_owned());
+                announce(hub, options, "left", json!({ "from": name }));
+                send_members(hub, options);
+            }
+        }
+    }
+}
+
+/// Runs a room-chat command; replies go to the sender alone.
+async fn run(
+    command: Command<'_>,
+    hub: &Hub,
+    session: &Session,
+    options: &ChatOptions,
+    name: &str,
+) {
+    let info = |text: String| payload("info", json!({ "text": text }));
+    let reply = match command {
+        Command::Msg { to, text } => {
+            let line = payload("private", json!({ "from": name, "to": to, "text": text }));
+            if hub.send_to_user(to, line.clone()) == 0 {
+                Some(info(format!("no one called {to} is connected")))
+            } else if to == name {
+                None
+            } else {
+                Some(line)
+            }
+        }
+        Command::Who => {
+            let names = member_names(hub, options);
+            Some(info(format!("in {}: {}", options.room, names.join(", "))))
+        }
+        Command::Nick(new) if !protocol::valid_name(new) => Some(info(
+            "names are 1 to 32 characters, without spaces or control characters".into(),
+        )),
+        Command::Nick(new) if new == name => Some(info(format!("you are already {new}"))),
+        Command::Nick(new) => {
+            rename(hub, session, new);
+            announce(hub, options, "nick", json!({ "from": name, "to": new }));
+            send_members(hub, options);
+            None
+        }
+        Command::Usage(usage) => Some(info(usage.to_owned())),
+        Command::Unknown(word) => Some(info(format!(
+            "unknown command /{word}; try /msg NAME text, /who or /nick NAME"
+        ))),
+    };
+    if let Some(reply) = reply {
+        let _ = session.send(reply).await;
+    }
+}
+
+/// The connection's name now (it may have changed with /nick).
+fn current_name(hub: &Hub, session: &Session) -> String {
+    hub.metadata(session.id())
+        .and_then(|m| m.name().map(str::to_owned))
+        .unwrap_or_else(|| format!("guest-{}", session.id().get()))
+}
+
+/// The name the connection had last, kept for its goodbye.
+fn last_name(session: &Session) -> Option<String> {
+    session
+        .metadata()
+        .data::<ChatOptions>()
+        .and_then(|options| options.last_name.lock().ok()?.clone())
+}
+
+fn rename(hub: &Hub, session: &Session, name: &str) {
+    if let Some(metadata) = hub.metadata(session.id()) {
+        let renamed: Metadata = metadata.with_name(name).with_user(name);
+        hub.set_metadata(session.id(), renamed);
+    }
+    if let Some(options) = session.metadata().data::<ChatOptions>() {
+        if let Ok(mut last) = options.last_name.lock() {
+            *last = Some(name.to_owned());
+        }
+    }
+}
+
+fn announce(hub: &Hub, options: &ChatOptions, kind: &str, fields: serde_json::Value) {
+    hub.broadcast_room(options.room.as_str(), payload(kind, fields));
+}
+
+fn member_names(hub: &Hub, options: &ChatOptions) -> Vec<String> {
+    let mut names: Vec<_> = hub
+        .members(options.room.as_str())
+        .into_iter()
+        .filter_map(|(_, metadata)| metadata.name().map(str::to_owned))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Tells every member of the room who is in it (JSON clients show it).
+fn send_members(hub: &Hub, options: &ChatOptions) {
+    let list = payload(
+        "members",
+        json!({ "room": options.room.as_str(), "members": member_names(hub, options) }),
+    );
+    for (id, _) in hub.members(options.room.as_str()) {
+        let _ = hub.try_send_personal(id, list.clone());
     }
 }
 

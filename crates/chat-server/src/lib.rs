@@ -5,6 +5,7 @@
 
 mod args;
 mod chat;
+mod protocol;
 mod routes;
 
 use std::future::Future;

@@ -12,6 +12,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::chat::{Chat, Echo};
+use crate::protocol::parse_options;
 
 /// The chat page, embedded in the binary.
 pub(crate) const PAGE: &str = include_str!("page.html");
@@ -32,9 +33,11 @@ impl Routes {
         peer: std::net::SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
         request.extensions_mut().insert(PeerAddr(peer));
-        let response = match request.uri().path() {
-            "/ws" => upgrade(&self.chat, request),
-            "/echo" => upgrade(&self.echo, request),
+        let path = request.uri().path().to_owned();
+        let response = match path.as_str() {
+            "/ws" => self.chat_upgrade(None, request),
+            room if room.starts_with("/ws/") => self.chat_upgrade(Some(&room[4..]), request),
+            "/echo" => upgrade(&self.echo, request, Metadata::new()),
             "/" | "/index.html" | "/static/index.html" => get_only(&request, || {
                 respond(StatusCode::OK, "text/html; charset=utf-8", PAGE)
             }),
@@ -55,6 +58,22 @@ impl Routes {
             _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
         };
         Ok(response)
+    }
+
+    /// `/ws` and `/ws/{room}`: the classic chat without parameters, the
+    /// room chat with them; bad parameters get a 400 before any upgrade.
+    fn chat_upgrade(&self, path_room: Option<&str>, request: Request<Incoming>) -> Response<Body> {
+        match parse_options(path_room, request.uri().query()) {
+            Ok(None) => upgrade(&self.chat, request, Metadata::new()),
+            Ok(Some(options)) => {
+                let mut metadata = Metadata::new();
+                if let Some(name) = &options.name {
+                    metadata = metadata.with_name(name.as_str()).with_user(name.as_str());
+                }
+                upgrade(&self.chat, request, metadata.with_data(options))
+            }
+            Err(error) => respond(StatusCode::BAD_REQUEST, TEXT, format!("{error}\n")),
+        }
     }
 
     /// The hubs' counters in the Prometheus text format.
@@ -123,9 +142,13 @@ const SERIES: [Series; 7] = [
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
-fn upgrade<H: hub_ws::Handler>(server: &WsServer<H>, request: Request<Incoming>) -> Response<Body> {
+fn upgrade<H: hub_ws::Handler>(
+    server: &WsServer<H>,
+    request: Request<Incoming>,
+    metadata: Metadata,
+) -> Response<Body> {
     server
-        .upgrade(request, Metadata::new())
+        .upgrade(request, metadata)
         .unwrap_or_else(|error: UpgradeError| error.to_response())
 }
 

@@ -172,9 +172,6 @@ impl Connection {
                 Err(QueueTryRecvError::Empty) => break,
             }
         }
-        if let Some(event) = self.pending.pop_front() {
-            return Ok(event);
-        }
         if self.membership.removal().is_some() {
             self.draining = true;
         }
@@ -182,6 +179,9 @@ impl Connection {
             Ok(message) => return Ok(Event::Personal(message)),
             Err(QueueTryRecvError::Disconnected) => self.draining = true,
             Err(QueueTryRecvError::Empty) => {}
+        }
+        if let Some(event) = self.pending.pop_front() {
+            return Ok(event);
         }
         let count = self.subs.len();
         for step in 0..count {

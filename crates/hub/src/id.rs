@@ -1,5 +1,6 @@
 //! Connection identity and metadata.
 
+use std::any::Any;
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -42,12 +43,37 @@ impl fmt::Display for ConnId {
 /// assert_eq!(meta.user(), Some("user-17"));
 /// assert_eq!(Metadata::new().name(), None);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct Metadata {
     name: Option<Arc<str>>,
     user: Option<Arc<str>>,
+    data: Option<Arc<dyn Any + Send + Sync>>,
 }
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metadata")
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("data", &self.data.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+/// Equal names and users, and the same application data (by identity).
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        let same_data = match (&self.data, &other.data) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        self.name == other.name && self.user == other.user && same_data
+    }
+}
+
+impl Eq for Metadata {}
 
 impl Metadata {
     /// Empty metadata: an anonymous connection.
@@ -82,6 +108,31 @@ impl Metadata {
     #[must_use]
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()
+    }
+
+    /// Attaches the application's own data about the connection (the
+    /// options it connected with, say), shared by every copy of this
+    /// metadata.
+    ///
+    /// ```
+    /// use hub::Metadata;
+    ///
+    /// struct Options { room: &'static str }
+    ///
+    /// let meta = Metadata::new().with_data(Options { room: "rust" });
+    /// assert_eq!(meta.data::<Options>().map(|o| o.room), Some("rust"));
+    /// assert!(meta.data::<String>().is_none());
+    /// ```
+    #[must_use]
+    pub fn with_data<T: Any + Send + Sync>(mut self, data: T) -> Self {
+        self.data = Some(Arc::new(data));
+        self
+    }
+
+    /// The application data, if it is a `T`.
+    #[must_use]
+    pub fn data<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.data.as_deref()?.downcast_ref()
     }
 
     pub(crate) fn user_arc(&self) -> Option<Arc<str>> {

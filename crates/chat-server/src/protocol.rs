@@ -1,0 +1,340 @@
+//! The chat's wire protocol: how a client asks for a room, a name, a
+//! format and a resume position, and what the server's frames look like.
+//!
+//! `/ws` with no parameters is the classic broadcast chat. Any of `room`
+//! (or the path `/ws/{room}`), `name`, `format=json`, `epoch` and `offset`
+//! selects the room chat; see the README for the JSON frames.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hub::{Event, Position, RoomName, Topic};
+use serde_json::{json, Value};
+
+/// The room a room-chat client lands in when it names none.
+pub(crate) const DEFAULT_ROOM: &str = "lobby";
+
+/// How frames are written to a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// Lines of text: `alice: hi`, `alice joined`.
+    Text,
+    /// One JSON object per frame, with room, epoch and offset.
+    Json,
+}
+
+/// What a room-chat client asked for when it connected.
+#[derive(Debug)]
+pub(crate) struct ChatOptions {
+    pub(crate) room: RoomName,
+    pub(crate) name: Option<String>,
+    pub(crate) format: Format,
+    pub(crate) resume: Option<Position>,
+    /// The client's name as it last changed (kept for its goodbye, when
+    /// the hub has already forgotten the connection).
+    pub(crate) last_name: Mutex<Option<String>>,
+}
+
+/// Why a room-chat request was refused (400 before the upgrade).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum OptionsError {
+    #[error("room names are 1 to 64 letters, digits, '-', '_' or '.'")]
+    Room,
+    #[error("names are 1 to 32 characters, without spaces or control characters")]
+    Name,
+    #[error("format must be text or json")]
+    Format,
+    #[error("resume needs both epoch and offset, as unsigned integers")]
+    Resume,
+    #[error("unknown parameter {0:?}; use room, name, format, epoch, offset")]
+    Unknown(String),
+}
+
+/// `None` for the classic chat (`/ws`, no parameters).
+pub(crate) fn parse_options(
+    path_room: Option<&str>,
+    query: Option<&str>,
+) -> Result<Option<ChatOptions>, OptionsError> {
+    let (mut room, mut name, mut format, mut epoch, mut offset) =
+        (path_room.map(str::to_owned), None, None, None, None);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let value = value.into_owned();
+        match &*key {
+            "room" => room = Some(value),
+            "name" => name = Some(value),
+            "format" => format = Some(value),
+            "epoch" => epoch = Some(value),
+            "offset" => offset = Some(value),
+            other => return Err(OptionsError::Unknown(other.chars().take(32).collect())),
+        }
+    }
+    if room.is_none() && name.is_none() && format.is_none() && epoch.is_none() && offset.is_none() {
+        return Ok(None);
+    }
+    let room = room.unwrap_or_else(|| DEFAULT_ROOM.to_owned());
+    if !valid_room(&room) {
+        return Err(OptionsError::Room);
+    }
+    if let Some(name) = &name {
+        if !valid_name(name) {
+            return Err(OptionsError::Name);
+        }
+    }
+    let format = match format.as_deref() {
+        None | Some("text") => Format::Text,
+        Some("json") => Format::Json,
+        Some(_) => return Err(OptionsError::Format),
+    };
+    let resume = match (epoch, offset) {
+        (None, None) => None,
+        (Some(epoch), Some(offset)) => Some(Position {
+            epoch: epoch.parse().map_err(|_| OptionsError::Resume)?,
+            offset: offset.parse().map_err(|_| OptionsError::Resume)?,
+        }),
+        _ => return Err(OptionsError::Resume),
+    };
+    Ok(Some(ChatOptions {
+        room: RoomName::from(room),
+        last_name: Mutex::new(name.clone()),
+        name,
+        format,
+        resume,
+    }))
+}
+
+fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.chars().count())
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A chat line as stored in the hub: a JSON object with a `kind`.
+pub(crate) fn payload(kind: &str, fields: Value) -> String {
+    let mut object = json!({ "kind": kind, "time": now_ms() });
+    if let (Some(object), Value::Object(fields)) = (object.as_object_mut(), fields) {
+        object.extend(fields);
+    }
+    object.to_string()
+}
+
+/// How a stored chat line reads in text mode; `None` for lines text
+/// clients do not see (member lists, the welcome).
+pub(crate) fn as_line(payload: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(payload).ok()?;
+    let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("");
+    Some(match field("kind") {
+        "chat" => format!("{}: {}", field("from"), field("text")),
+        "joined" => format!("{} joined", field("from")),
+        "left" => format!("{} left", field("from")),
+        "nick" => format!("{} is now known as {}", field("from"), field("to")),
+        "private" => format!("[{} → {}] {}", field("from"), field("to"), field("text")),
+        "info" => field("text").to_owned(),
+        _ => return None,
+    })
+}
+
+/// The frame a room-chat client receives for `event`, in its format.
+pub(crate) fn render(format: Format, event: Event) -> Option<String> {
+    match (format, event) {
+        (Format::Text, Event::Personal(message)) => as_line(message.as_text()?),
+        (Format::Text, Event::Broadcast(broadcast)) => as_line(broadcast.message.as_text()?),
+        (Format::Text, Event::Resync { missed, .. }) => Some(match missed {
+            Some(missed) => format!("({missed} messages were missed)"),
+            None => "(some messages were missed)".to_owned(),
+        }),
+        (Format::Text, Event::Lagged { missed, .. }) => {
+            Some(format!("({missed} messages were missed)"))
+        }
+        // The stored payload is already JSON: framed without re-parsing.
+        (Format::Json, Event::Personal(message)) => Some(format!(
+            r#"{{"type":"personal","data":{}}}"#,
+            message.as_text()?
+        )),
+        (Format::Json, Event::Broadcast(broadcast)) => Some(format!(
+            r#"{{"type":"message","room":{},"epoch":"{}","offset":{},"data":{}}}"#,
+            room_json(&broadcast.topic),
+            broadcast.epoch,
+            broadcast.offset,
+            broadcast.message.as_text()?
+        )),
+        (Format::Json, Event::Resync { topic, missed }) => Some(
+            json!({ "type": "resync", "room": topic_name(&topic), "missed": missed }).to_string(),
+        ),
+        (Format::Json, Event::Lagged { topic, missed }) => Some(
+            json!({ "type": "lagged", "room": topic_name(&topic), "missed": missed }).to_string(),
+        ),
+        _ => None,
+    }
+}
+
+fn topic_name(topic: &Topic) -> Option<&str> {
+    match topic {
+        Topic::Room(room) => Some(room.as_str()),
+        _ => None,
+    }
+}
+
+fn room_json(topic: &Topic) -> String {
+    Value::from(topic_name(topic)).to_string()
+}
+
+/// A command typed in the room chat.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Command<'a> {
+    Msg { to: &'a str, text: &'a str },
+    Who,
+    Nick(&'a str),
+    Unknown(&'a str),
+    Usage(&'static str),
+}
+
+/// `None` for plain chat text.
+pub(crate) fn parse_command(text: &str) -> Option<Command<'_>> {
+    let rest = text.strip_prefix('/')?;
+    let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+    let args = args.trim();
+    Some(match word {
+        "msg" => match args.split_once(char::is_whitespace) {
+            Some((to, text)) if !text.trim().is_empty() => Command::Msg {
+                to,
+                text: text.trim(),
+            },
+            _ => Command::Usage("usage: /msg NAME text"),
+        },
+        "who" => Command::Who,
+        "nick" if !args.is_empty() => Command::Nick(args),
+        "nick" => Command::Usage("usage: /nick NAME"),
+        _ => Command::Unknown(word),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_chat_has_no_options() {
+        assert!(parse_options(None, None).unwrap().is_none());
+        assert!(parse_options(None, Some("")).unwrap().is_none());
+    }
+
+    #[test]
+    fn room_chat_options() {
+        let options = parse_options(None, Some("room=rust&name=al%20ice"));
+        assert_eq!(options.unwrap_err(), OptionsError::Name);
+        let options = parse_options(
+            Some("rust"),
+            Some("name=alice&format=json&epoch=7&offset=41"),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(options.room.as_str(), "rust");
+        assert_eq!(options.name.as_deref(), Some("alice"));
+        assert_eq!(options.format, Format::Json);
+        assert_eq!(
+            options.resume,
+            Some(Position {
+                epoch: 7,
+                offset: 41
+            })
+        );
+        let lobby = parse_options(None, Some("name=bob")).unwrap().unwrap();
+        assert_eq!(lobby.room.as_str(), DEFAULT_ROOM);
+        assert_eq!(lobby.format, Format::Text);
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        assert_eq!(
+            parse_options(None, Some("room=a/b")).unwrap_err(),
+            OptionsError::Room
+        );
+        assert_eq!(
+            parse_options(None, Some("room=")).unwrap_err(),
+            OptionsError::Room
+        );
+        assert_eq!(
+            parse_options(None, Some("format=xml")).unwrap_err(),
+            OptionsError::Format
+        );
+        assert_eq!(
+            parse_options(None, Some("epoch=1")).unwrap_err(),
+            OptionsError::Resume
+        );
+        assert_eq!(
+            parse_options(None, Some("epoch=1&offset=x")).unwrap_err(),
+            OptionsError::Resume
+        );
+        assert_eq!(
+            parse_options(None, Some("x=1")).unwrap_err(),
+            OptionsError::Unknown("x".into())
+        );
+        let long = format!("name={}", "n".repeat(33));
+        assert_eq!(
+            parse_options(None, Some(&long)).unwrap_err(),
+            OptionsError::Name
+        );
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse_command("hello"), None);
+        assert_eq!(parse_command("/who"), Some(Command::Who));
+        assert_eq!(
+            parse_command("/msg bob  hi there "),
+            Some(Command::Msg {
+                to: "bob",
+                text: "hi there"
+            })
+        );
+        assert_eq!(
+            parse_command("/msg bob"),
+            Some(Command::Usage("usage: /msg NAME text"))
+        );
+        assert_eq!(parse_command("/nick ally"), Some(Command::Nick("ally")));
+        assert_eq!(
+            parse_command("/nick"),
+            Some(Command::Usage("usage: /nick NAME"))
+        );
+        assert_eq!(parse_command("/dance now"), Some(Command::Unknown("dance")));
+    }
+
+    #[test]
+    fn lines_in_text_mode() {
+        let line = |kind, fields| as_line(&payload(kind, fields));
+        assert_eq!(
+            line("chat", json!({"from": "al", "text": "hi"})).as_deref(),
+            Some("al: hi")
+        );
+        assert_eq!(
+            line("joined", json!({"from": "al"})).as_deref(),
+            Some("al joined")
+        );
+        assert_eq!(
+            line("left", json!({"from": "al"})).as_deref(),
+            Some("al left")
+        );
+        assert_eq!(
+            line("nick", json!({"from": "al", "to": "ally"})).as_deref(),
+            Some("al is now known as ally")
+        );
+        assert_eq!(
+            line("private", json!({"from": "al", "to": "bo", "text": "psst"})).as_deref(),
+            Some("[al → bo] psst")
+        );
+        assert_eq!(line("members", json!({"members": ["al"]})), None);
+    }
+}
