@@ -137,7 +137,7 @@ async fn page_is_served_as_html_from_both_paths() {
             Some("text/html; charset=utf-8")
         );
         assert!(body.contains("<title>WebSocket Chat</title>"));
-        assert!(body.contains("location.host + \"/ws\""));
+        assert!(body.contains("location.host + \"/ws?\""));
         assert!(!body.contains("localhost:8000"));
     }
     server.stop().await;

@@ -1,6 +1,8 @@
 //! The chat page in a real headless Chromium, driven through chromedriver:
-//! it connects to the server it was loaded from, sends on Enter, renders
-//! messages as text, shows its connection state and reconnects.
+//! two people join a room, see each other in the member list, chat, send a
+//! private message, leave; the server drops a connection and the page
+//! resumes, showing what was sent meanwhile exactly once. Messages are
+//! rendered as text, never HTML.
 //!
 //! Needs `chromium` and `chromium-driver` (scripts/test installs them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +15,7 @@ use std::time::Duration;
 use common::{recv_text, send_text, TestServer, WAIT};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
@@ -86,52 +88,89 @@ async fn wait_for_state(page: &Client, state: &str, within: Duration) {
         .unwrap_or_else(|e| panic!("page never reached state {state}: {e}"));
 }
 
-/// The texts of the page's message list.
-async fn shown(page: &Client) -> Vec<String> {
-    let texts = page
-        .execute(
-            "return Array.from(document.querySelectorAll('#messages li'), li => li.textContent);",
-            vec![],
-        )
-        .await
-        .unwrap();
-    serde_json::from_value(texts).unwrap()
-}
-
-/// Waits until the page's list shows `text` (polling the DOM, bounded).
-async fn wait_shown(page: &Client, text: &str) {
+/// Runs `script` (which returns a JSON value) until `done` says yes.
+async fn wait_until(
+    page: &Client,
+    what: &str,
+    script: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut every = tokio::time::interval(Duration::from_millis(25));
     timeout(WAIT, async {
-        while !shown(page).await.iter().any(|t| t == text) {
-            tokio::task::yield_now().await;
+        loop {
+            every.tick().await;
+            let value = page.execute(script, vec![]).await.unwrap();
+            if done(&value) {
+                return value;
+            }
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("page never showed {text:?}"));
+    .unwrap_or_else(|_| panic!("page never showed {what}"))
+}
+
+/// The texts of the message list.
+const LINES: &str =
+    "return Array.from(document.querySelectorAll('#messages li'), li => li.textContent);";
+/// The names in the member list.
+const MEMBERS: &str =
+    "return Array.from(document.querySelectorAll('#members li'), li => li.textContent);";
+
+fn lines_with(value: &Value, needle: &str) -> usize {
+    value.as_array().map_or(0, |lines| {
+        lines
+            .iter()
+            .filter(|l| l.as_str().is_some_and(|l| l.contains(needle)))
+            .count()
+    })
+}
+
+async fn wait_members(page: &Client, expected: &[&str]) {
+    let expected: Vec<Value> = expected.iter().map(|n| Value::from(*n)).collect();
+    wait_until(page, "the member list", MEMBERS, |v| {
+        v.as_array() == Some(&expected)
+    })
+    .await;
+}
+
+async fn say(page: &Client, text: &str) {
+    let input = page.find(Locator::Id("messageInput")).await.unwrap();
+    input.send_keys(&format!("{text}\u{E007}")).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_chats_renders_text_and_reconnects() {
+async fn two_people_chat_see_each_other_and_survive_a_dropped_connection() {
     let driver = chromedriver().await;
-    let page = browser(&driver).await;
+    let alice = browser(&driver).await;
+    let bob = browser(&driver).await;
     let server = TestServer::start(&[]).await;
-    let port = server.addr.port().to_string();
+    let base = format!("http://127.0.0.1:{}", server.addr.port());
 
-    // The page connects to the host and port it came from.
-    page.goto(&format!("http://127.0.0.1:{port}/"))
+    // Both join the same room; each sees the other in the member list.
+    alice
+        .goto(&format!("{base}/?room=test&name=alice"))
         .await
         .unwrap();
-    wait_for_state(&page, "open", WAIT).await;
-    assert_eq!(page.title().await.unwrap(), "WebSocket Chat");
-    let mut observer = server.connect("/ws").await;
+    wait_for_state(&alice, "open", WAIT).await;
+    wait_members(&alice, &["alice"]).await;
+    bob.goto(&format!("{base}/?room=test&name=bob"))
+        .await
+        .unwrap();
+    wait_for_state(&bob, "open", WAIT).await;
+    wait_members(&bob, &["alice", "bob"]).await;
+    wait_members(&alice, &["alice", "bob"]).await;
+    assert_eq!(alice.title().await.unwrap(), "#test · WebSocket Chat");
 
     // Enter sends; markup arrives and is shown as text, never as HTML.
-    let tricky = r#"<b>bold</b> & <img src=x onerror="document.title='pwned'">"#;
-    let input = page.find(Locator::Id("messageInput")).await.unwrap();
-    input.send_keys(&format!("{tricky}\u{E007}")).await.unwrap();
-    let expected = format!("Client says: {tricky}");
-    assert_eq!(recv_text(&mut observer).await, expected);
-    wait_shown(&page, &expected).await;
-    let markup = page
+    let tricky = r#"<b>hi</b> <img src=x onerror="document.title='pwned'">"#;
+    say(&alice, tricky).await;
+    let lines = wait_until(&bob, "alice's line", LINES, |v| lines_with(v, tricky) == 1).await;
+    assert!(lines
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l.as_str().unwrap().contains(&format!("alice{tricky}"))));
+    let markup = bob
         .execute(
             "return document.querySelectorAll('#messages b, #messages img').length;",
             vec![],
@@ -139,39 +178,119 @@ async fn the_page_chats_renders_text_and_reconnects() {
         .await
         .unwrap();
     assert_eq!(markup, json!(0));
-    assert_eq!(page.title().await.unwrap(), "WebSocket Chat");
-    assert_eq!(input.prop("value").await.unwrap().as_deref(), Some(""));
+    assert_eq!(bob.title().await.unwrap(), "#test · WebSocket Chat");
+    say(&bob, "hello alice").await;
+    wait_until(&alice, "bob's line", LINES, |v| {
+        lines_with(v, "bobhello alice") == 1
+    })
+    .await;
 
-    // Messages from others appear too.
-    send_text(&mut observer, "from rust").await;
-    wait_shown(&page, "Client says: from rust").await;
+    // A private message is marked as such, for both.
+    say(&alice, "/msg bob just us").await;
+    let private = "return Array.from(document.querySelectorAll('#messages li.private'), li => li.textContent);";
+    wait_until(&bob, "the private line", private, |v| {
+        lines_with(v, "alice → bobjust us") == 1
+    })
+    .await;
+    wait_until(&alice, "the private copy", private, |v| {
+        lines_with(v, "alice → bobjust us") == 1
+    })
+    .await;
 
-    // The server goes away: the page says so and disables sending.
-    drop(observer);
-    server.stop().await;
-    wait_for_state(&page, "closed", WAIT).await;
-    let status = page
-        .find(Locator::Id("status"))
-        .await
-        .unwrap()
-        .text()
-        .await
+    // Bob closes his tab: alice sees him leave.
+    bob.close().await.unwrap();
+    wait_until(&alice, "bob leaving", LINES, |v| {
+        lines_with(v, "bob left") == 1
+    })
+    .await;
+    wait_members(&alice, &["alice"]).await;
+
+    // The server drops alice's connection; lines are sent while she is
+    // away; she comes back by herself and shows each of them exactly once.
+    let mut observer = server.connect("/ws?room=test&name=carol").await;
+    wait_members(&alice, &["alice", "carol"]).await;
+    let (alice_id, _) = server
+        .hub
+        .members("test")
+        .into_iter()
+        .find(|(_, meta)| meta.name() == Some("alice"))
         .unwrap();
-    assert!(status.starts_with("disconnected (1001)"), "{status}");
+    assert!(server.hub.disconnect(alice_id));
+    for i in 0..3 {
+        send_text(&mut observer, &format!("while you were away {i}")).await;
+    }
+    wait_for_state(&alice, "open", RECONNECT_WAIT).await;
+    let lines = wait_until(&alice, "the missed lines", LINES, |v| {
+        lines_with(v, "while you were away 2") == 1
+    })
+    .await;
+    for i in 0..3 {
+        assert_eq!(
+            lines_with(&lines, &format!("while you were away {i}")),
+            1,
+            "{lines}"
+        );
+    }
+    assert_eq!(lines_with(&lines, "alice joined"), 1, "{lines}");
+    say(&alice, "back again").await;
     assert_eq!(
-        input.prop("disabled").await.unwrap().as_deref(),
-        Some("true")
+        recv_until(&mut observer, "alice: back again").await,
+        "alice: back again"
     );
 
-    // It comes back on the same port: the page reconnects by itself.
-    let server = TestServer::start_on(&port, &[]).await;
-    wait_for_state(&page, "open", RECONNECT_WAIT).await;
-    let mut observer = server.connect("/ws").await;
-    input.send_keys("back\u{E007}").await.unwrap();
-    assert_eq!(recv_text(&mut observer).await, "Client says: back");
-    wait_shown(&page, "Client says: back").await;
+    // The screenshot the README shows, kept as a test artifact.
+    let png = alice.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("chat.png"), png).unwrap();
 
-    page.close().await.unwrap();
+    alice.close().await.unwrap();
     drop(observer);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_for_a_room_and_name_and_fits_a_phone() {
+    let driver = chromedriver().await;
+    let page = browser(&driver).await;
+    let server = TestServer::start(&[]).await;
+    page.set_window_size(390, 844).await.unwrap();
+    page.goto(&format!("http://127.0.0.1:{}/", server.addr.port()))
+        .await
+        .unwrap();
+    let room = page.find(Locator::Id("roomInput")).await.unwrap();
+    assert_eq!(room.prop("value").await.unwrap().as_deref(), Some("lobby"));
+    let name = page.find(Locator::Id("nameInput")).await.unwrap();
+    name.send_keys("dana\u{E007}").await.unwrap();
+    wait_for_state(&page, "open", WAIT).await;
+    wait_members(&page, &["dana"]).await;
+    assert_eq!(
+        page.current_url().await.unwrap().query(),
+        Some("room=lobby&name=dana")
+    );
+    // Nothing overflows sideways at phone width.
+    let overflow = page
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflow, json!(true));
+    page.close().await.unwrap();
+    server.stop().await;
+}
+
+/// Reads text lines until `wanted` (bounded).
+async fn recv_until(client: &mut common::Client, wanted: &str) -> String {
+    timeout(WAIT, async {
+        loop {
+            let line = recv_text(client).await;
+            if line == wanted {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never received {wanted:?}"))
 }
