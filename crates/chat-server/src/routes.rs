@@ -101,10 +101,19 @@ type Series = (
     fn(&hub::Stats) -> u64,
 );
 
-const SERIES: [Series; 7] = [
+const SERIES: [Series; 12] = [
     ("hub_connections", "gauge", "Connections open now.", |s| {
         s.connections as u64
     }),
+    ("hub_rooms", "gauge", "Rooms with members now.", |s| {
+        s.rooms as u64
+    }),
+    (
+        "hub_history_bytes",
+        "gauge",
+        "Payload bytes kept in history.",
+        |s| s.history_bytes as u64,
+    ),
     (
         "hub_connected_total",
         "counter",
@@ -135,8 +144,26 @@ const SERIES: [Series; 7] = [
     (
         "hub_missed_total",
         "counter",
-        "Broadcast messages missed by lagging connections.",
+        "Broadcast messages lagging connections did not get.",
         |s| s.missed,
+    ),
+    (
+        "hub_repaired_total",
+        "counter",
+        "Broadcast messages refilled from history.",
+        |s| s.repaired,
+    ),
+    (
+        "hub_replayed_total",
+        "counter",
+        "Messages replayed to resuming connections.",
+        |s| s.replayed,
+    ),
+    (
+        "hub_resyncs_total",
+        "counter",
+        "Gaps history could not fill.",
+        |s| s.resyncs,
     ),
 ];
 

@@ -207,6 +207,8 @@ async fn metrics_count_connections_and_deliveries() {
         "hub_broadcasts_total{endpoint=\"ws\"} 1",
         "hub_deliveries_total{endpoint=\"ws\"} 2",
         "hub_connections{endpoint=\"echo\"} 0",
+        "hub_rooms{endpoint=\"ws\"} 0",
+        "hub_resyncs_total{endpoint=\"ws\"} 0",
         "# TYPE hub_connections gauge",
     ] {
         assert!(

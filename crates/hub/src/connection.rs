@@ -162,23 +162,32 @@ impl Connection {
         if let Some(closed) = self.closed {
             return Err(closed.into());
         }
-        loop {
-            match self.control.try_recv() {
-                Ok(control) => self.apply(control),
-                Err(QueueTryRecvError::Disconnected) => {
-                    self.draining = true;
-                    break;
+        // Personal messages, joins, leaves and the removal raise a signal;
+        // without it the queues are not looked at (the common case is a
+        // stream of broadcasts).
+        if self.membership.take_signal() {
+            loop {
+                match self.control.try_recv() {
+                    Ok(control) => self.apply(control),
+                    Err(QueueTryRecvError::Disconnected) => {
+                        self.draining = true;
+                        break;
+                    }
+                    Err(QueueTryRecvError::Empty) => break,
                 }
-                Err(QueueTryRecvError::Empty) => break,
             }
-        }
-        if self.membership.removal().is_some() {
-            self.draining = true;
-        }
-        match self.personal.try_recv() {
-            Ok(message) => return Ok(Event::Personal(message)),
-            Err(QueueTryRecvError::Disconnected) => self.draining = true,
-            Err(QueueTryRecvError::Empty) => {}
+            if self.membership.removal().is_some() {
+                self.draining = true;
+            }
+            match self.personal.try_recv() {
+                Ok(message) => {
+                    // More may be queued: look again next time.
+                    self.membership.notify();
+                    return Ok(Event::Personal(message));
+                }
+                Err(QueueTryRecvError::Disconnected) => self.draining = true,
+                Err(QueueTryRecvError::Empty) => {}
+            }
         }
         if let Some(event) = self.pending.pop_front() {
             return Ok(event);
@@ -345,10 +354,14 @@ impl Connection {
         }
         let sub = &mut self.subs[index];
         sub.next = envelope.offset + 1;
-        if envelope.except != Some(self.id) {
-            let event = broadcast_event(&sub.room, envelope.offset, envelope.message);
-            self.pending.push_back(event);
+        if envelope.except == Some(self.id) {
+            return self.pending.pop_front().map(Ok);
         }
+        let event = broadcast_event(&sub.room, envelope.offset, envelope.message);
+        if self.pending.is_empty() {
+            return Some(Ok(event));
+        }
+        self.pending.push_back(event);
         self.pending.pop_front().map(Ok)
     }
 

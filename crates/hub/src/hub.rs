@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tokio::sync::{broadcast, mpsc};
@@ -256,6 +256,10 @@ pub(crate) struct Membership {
     removal: OnceLock<Removal>,
     /// Cancelled on removal, waking senders that wait for queue room.
     removed: CancellationToken,
+    /// Set after anything is queued for the connection besides broadcasts
+    /// (a personal message, a join or leave, the removal): the connection
+    /// looks at its queues only when this is set.
+    signal: AtomicBool,
 }
 
 /// Why and when a connection was removed.
@@ -280,6 +284,17 @@ impl Membership {
     fn remove(&self, removal: Removal) {
         let _ = self.removal.set(removal);
         self.removed.cancel();
+        self.notify();
+    }
+
+    /// Something was queued for the connection.
+    pub(crate) fn notify(&self) {
+        self.signal.store(true, Ordering::Release);
+    }
+
+    /// Takes the signal: whether anything was queued since the last take.
+    pub(crate) fn take_signal(&self) -> bool {
+        self.signal.swap(false, Ordering::Acquire)
     }
 
     pub(crate) fn removal(&self) -> Option<&Removal> {
@@ -477,6 +492,7 @@ impl Hub {
             let _ = entry
                 .control
                 .send(Control::Leave(Topic::Room(room.clone())));
+            entry.membership.notify();
             (room, entry.metadata.clone())
         };
         let (room, metadata) = left;
@@ -507,6 +523,7 @@ impl Hub {
         };
         match entry.personal.try_send(message) {
             Ok(()) => {
+                entry.membership.notify();
                 Counters::add(&self.inner.counters.personal, 1);
                 Ok(())
             }
@@ -552,6 +569,7 @@ impl Hub {
             permit = sender.reserve() => match permit {
                 Ok(permit) => {
                     permit.send(message);
+                    membership.notify();
                     Counters::add(&self.inner.counters.personal, 1);
                     Ok(())
                 }
@@ -572,7 +590,13 @@ impl Hub {
         let sent = ids
             .iter()
             .filter_map(|id| registry.conns.get(id))
-            .filter(|entry| entry.personal.try_send(message.clone()).is_ok())
+            .filter(|entry| {
+                let sent = entry.personal.try_send(message.clone()).is_ok();
+                if sent {
+                    entry.membership.notify();
+                }
+                sent
+            })
             .count();
         Counters::add(&self.inner.counters.personal, sent as u64);
         sent
@@ -851,6 +875,7 @@ impl Inner {
             subscribed,
             from: from.map(|(_, first)| first),
         });
+        entry.membership.notify();
         drop(registry);
         if !already {
             self.announce(PresenceKind::Joined, Topic::Room(name), id, &metadata);
@@ -870,6 +895,7 @@ impl Inner {
             subscribed,
             from: Some(from.1),
         });
+        entry.membership.notify();
         Ok(Some(resume))
     }
 
