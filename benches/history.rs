@@ -88,7 +88,9 @@ fn history(c: &mut Criterion) {
         hub.join(keeper.id(), "r").unwrap_or_else(|e| panic!("{e}"));
         // The position resumed from: the last message seen before the n.
         hub.broadcast_room("r", message());
-        let seen = hub.position(&Topic::from("r")).unwrap_or_else(|| panic!("room"));
+        let seen = hub
+            .position(&Topic::from("r"))
+            .unwrap_or_else(|| panic!("room"));
         for _ in 0..n {
             hub.broadcast_room("r", message());
         }
@@ -100,7 +102,8 @@ fn history(c: &mut Criterion) {
                     epoch: seen.epoch,
                     offset: seen.offset - 1,
                 };
-                hub.resume(conn.id(), "r", from).unwrap_or_else(|e| panic!("{e}"));
+                hub.resume(conn.id(), "r", from)
+                    .unwrap_or_else(|e| panic!("{e}"));
                 for _ in 0..n {
                     match conn.try_recv() {
                         Ok(Event::Broadcast(b)) => {
@@ -114,7 +117,8 @@ fn history(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("join_and_read_live", n), &n, |b, &n| {
             b.iter(|| {
                 let mut conn = hub.connect().unwrap_or_else(|e| panic!("{e}"));
-                hub.join(conn.id(), "live").unwrap_or_else(|e| panic!("{e}"));
+                hub.join(conn.id(), "live")
+                    .unwrap_or_else(|e| panic!("{e}"));
                 for _ in 0..n {
                     hub.broadcast_room("live", message());
                     match conn.try_recv() {

@@ -23,12 +23,10 @@ use crate::{Broadcast, ConnId, Event, Message, Metadata, Topic};
 
 /// A change to a connection's topics, sent by the hub.
 pub(crate) enum Control {
-    /// Start (or restart) a topic's stream; `from` is the first offset the
-    /// client wants when resuming.
+    /// Start (or restart) a topic's stream.
     Join {
         room: Arc<Room>,
         subscribed: Subscribed,
-        from: Option<u64>,
     },
     Leave(Topic),
 }
@@ -271,11 +269,7 @@ impl Connection {
 
     fn apply(&mut self, control: Control) {
         match control {
-            Control::Join {
-                room,
-                subscribed,
-                from,
-            } => {
+            Control::Join { room, subscribed } => {
                 let topic = room.topic.clone();
                 self.forget(&topic);
                 if let Some(missed) = subscribed.missed {
@@ -285,7 +279,7 @@ impl Connection {
                         missed,
                     });
                 }
-                let first = from.unwrap_or(subscribed.next_offset);
+                let first = subscribed.first;
                 let mut replayed = 0;
                 for stored in subscribed.backlog {
                     if stored.offset >= first && stored.except != Some(self.id) {

@@ -397,9 +397,9 @@ impl Hub {
         // Subscribing under the registry lock orders this connection after
         // every broadcast that completed before `connect` returned.
         let all = inner.all.subscribe(None, None);
+        inner.announce(PresenceKind::Joined, Topic::All, id, &metadata);
         drop(registry);
         Counters::add(&inner.counters.connected_total, 1);
-        inner.announce(PresenceKind::Joined, Topic::All, id, &metadata);
         Ok(Connection::new(
             id,
             metadata,
@@ -481,7 +481,7 @@ impl Hub {
     /// member (its history stays for a while, see
     /// [`Builder::idle_rooms`]). Returns whether it was a member.
     pub fn leave(&self, id: ConnId, room: &str) -> bool {
-        let left = {
+        {
             let mut registry = self.inner.lock();
             let Some(entry) = registry.conns.get_mut(&id) else {
                 return false;
@@ -493,12 +493,13 @@ impl Hub {
                 .control
                 .send(Control::Leave(Topic::Room(room.clone())));
             entry.membership.notify();
-            (room, entry.metadata.clone())
-        };
-        let (room, metadata) = left;
-        self.inner.leave_room(id, &room);
-        self.inner
-            .announce(PresenceKind::Left, Topic::Room(room), id, &metadata);
+            // Under the registry lock: a join of the same id cannot slip in
+            // between, and presence events keep their order.
+            self.inner.leave_room(id, &room);
+            let metadata = entry.metadata.clone();
+            self.inner
+                .announce(PresenceKind::Left, Topic::Room(room), id, &metadata);
+        }
         true
     }
 
@@ -721,7 +722,7 @@ impl Hub {
     /// Replaces the metadata of `id` (a rename, say), everywhere it is
     /// listed. Returns whether `id` is registered.
     pub fn set_metadata(&self, id: ConnId, metadata: Metadata) -> bool {
-        let rooms = {
+        {
             let mut registry = self.inner.lock();
             let Some(entry) = registry.conns.get_mut(&id) else {
                 return false;
@@ -738,15 +739,15 @@ impl Hub {
                     registry.users.entry(new).or_default().insert(id);
                 }
             }
-            rooms
-        };
-        for room in &rooms {
-            if let Some(room) = self.inner.room(room.as_str()) {
-                room.set_member(id, metadata.clone());
+            // Under the registry lock, so presence events keep their order.
+            for room in &rooms {
+                if let Some(room) = self.inner.room(room.as_str()) {
+                    room.set_member(id, metadata.clone());
+                }
             }
+            self.inner
+                .announce(PresenceKind::Updated, Topic::All, id, &metadata);
         }
-        self.inner
-            .announce(PresenceKind::Updated, Topic::All, id, &metadata);
         true
     }
 
@@ -865,20 +866,14 @@ impl Inner {
         if already && from.is_none() {
             return Ok(None);
         }
-        let room = self.open_room(&name);
-        let subscribed = room.subscribe(from, Some((id, entry.metadata.clone())));
+        let (room, subscribed) = self.open_room(&name, from, (id, entry.metadata.clone()));
         let resume = resume_outcome(&subscribed);
         entry.rooms.insert(name.clone());
-        let metadata = entry.metadata.clone();
-        let _ = entry.control.send(Control::Join {
-            room,
-            subscribed,
-            from: from.map(|(_, first)| first),
-        });
+        let _ = entry.control.send(Control::Join { room, subscribed });
         entry.membership.notify();
-        drop(registry);
         if !already {
-            self.announce(PresenceKind::Joined, Topic::Room(name), id, &metadata);
+            // Under the registry lock, so presence events keep their order.
+            self.announce(PresenceKind::Joined, Topic::Room(name), id, &entry.metadata);
         }
         Ok(Some(resume))
     }
@@ -893,23 +888,34 @@ impl Inner {
         let _ = entry.control.send(Control::Join {
             room: Arc::clone(&self.all),
             subscribed,
-            from: Some(from.1),
         });
         entry.membership.notify();
         Ok(Some(resume))
     }
 
-    /// The room called `name`, created if needed (or brought back from the
-    /// idle rooms).
-    fn open_room(&self, name: &RoomName) -> Arc<Room> {
+    /// Subscribes a new member to the room called `name`, created if needed
+    /// (or brought back from the idle rooms). Under the rooms lock, so the
+    /// room cannot be retired between being found and gaining its member.
+    fn open_room(
+        &self,
+        name: &RoomName,
+        from: Option<(u64, u64)>,
+        member: (ConnId, Metadata),
+    ) -> (Arc<Room>, crate::room::Subscribed) {
         let mut rooms = self.rooms_lock();
-        if let Some(room) = rooms.by_name.get(name).cloned() {
-            rooms.idle.retain(|idle| idle != name);
-            return room;
-        }
-        let room = Arc::new(Room::new(Topic::Room(name.clone()), self.capacity));
-        rooms.by_name.insert(name.clone(), Arc::clone(&room));
-        room
+        let room = match rooms.by_name.get(name).cloned() {
+            Some(room) => {
+                rooms.idle.retain(|idle| idle != name);
+                room
+            }
+            None => {
+                let room = Arc::new(Room::new(Topic::Room(name.clone()), self.capacity));
+                rooms.by_name.insert(name.clone(), Arc::clone(&room));
+                room
+            }
+        };
+        let subscribed = room.subscribe(from, Some(member));
+        (room, subscribed)
     }
 
     /// Takes `id` out of a room's members; an emptied room goes, or waits
@@ -925,7 +931,15 @@ impl Inner {
         if self.history.enabled() && self.idle_rooms > 0 && room.position().1 > 0 {
             rooms.idle.push_back(name.clone());
             while rooms.idle.len() > self.idle_rooms {
-                if let Some(evicted) = rooms.idle.pop_front() {
+                let Some(evicted) = rooms.idle.pop_front() else {
+                    break;
+                };
+                // Never retire a room that has gained members meanwhile.
+                if rooms
+                    .by_name
+                    .get(&evicted)
+                    .is_some_and(|r| r.member_count() == 0)
+                {
                     rooms.by_name.remove(&evicted);
                 }
             }

@@ -66,6 +66,8 @@ pub(crate) struct Subscribed {
     pub(crate) receiver: broadcast::Receiver<Envelope>,
     pub(crate) next_offset: u64,
     pub(crate) backlog: Vec<Stored>,
+    /// The first offset the subscriber wants (in this room's epoch).
+    pub(crate) first: u64,
     /// Requested messages history no longer has (`None`: epoch changed).
     pub(crate) missed: Option<Option<u64>>,
 }
@@ -154,8 +156,8 @@ impl Room {
         }
         let receiver = state.sender.subscribe();
         let next_offset = state.next_offset;
-        let (backlog, missed) = match from {
-            None => (Vec::new(), None),
+        let (backlog, first, missed) = match from {
+            None => (Vec::new(), next_offset, None),
             Some((epoch, first)) => {
                 let first = if epoch == self.epoch { first } else { 0 };
                 let oldest = state
@@ -175,13 +177,14 @@ impl Room {
                 } else {
                     None
                 };
-                (backlog, missed)
+                (backlog, first, missed)
             }
         };
         Subscribed {
             receiver,
             next_offset,
             backlog,
+            first,
             missed,
         }
     }
