@@ -1,11 +1,12 @@
 //! What `/ws` and `/echo` do with messages.
 //!
-//! `/ws` without parameters is the classic chat, with the FastAPI
-//! tutorial's texts exactly. With a room, a name or the JSON format it is
-//! the room chat: named lines, joins and leaves, commands, members and
-//! resumable positions (see [`crate::protocol`]).
+//! `/ws` without parameters is the classic chat ([`Chat`]), with the
+//! FastAPI tutorial's texts exactly. With a room, a name or the JSON format
+//! it is the room chat ([`RoomChat`], in a hub of its own): named lines,
+//! joins and leaves, commands, members and resumable positions (see
+//! [`crate::protocol`]).
 
-use hub::{Event, Hub, Message, Metadata, Resume, Topic};
+use hub::{Event, Hub, Message, Metadata, Position, Resume, Topic};
 use hub_ws::{Close, CloseCode, Ended, Handler, Session};
 use serde_json::json;
 
@@ -15,11 +16,33 @@ fn text_only() -> Close {
     Close::new(CloseCode::UNSUPPORTED, "only text messages are supported")
 }
 
-/// `/ws`: the classic broadcast chat, or the room chat.
+/// `/ws`: the classic broadcast chat. Every text message reaches every
+/// client (the sender included) as `Client says: {text}`; when a client
+/// leaves, the others are told.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Chat;
 
 impl Handler for Chat {
+    async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
+        let text = message.as_text().ok_or_else(text_only)?;
+        session.hub().broadcast(format!("Client says: {text}"));
+        Ok(())
+    }
+
+    async fn on_close(&self, session: &Session, _ended: &Ended) {
+        // When the whole server is going away nobody is "leaving".
+        if !session.hub().is_shut_down() {
+            session.hub().broadcast("A client disconnected");
+        }
+    }
+}
+
+/// `/ws` with parameters: the room chat, in its own hub. Named lines,
+/// joins and leaves, commands, member lists, resumable positions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoomChat;
+
+impl Handler for RoomChat {
     async fn on_open(&self, session: &Session) {
         let Some(options) = session.metadata().data::<ChatOptions>() else {
             return;
@@ -31,6 +54,8 @@ impl Handler for Chat {
             // Anonymous room-chat clients get a guest name.
             rename(hub, session, &name);
         }
+        let topic = Topic::Room(options.room.clone());
+        let before = hub.position(&topic);
         let joined = match options.resume {
             Some(position) => hub.resume(id, options.room.clone(), position),
             None => hub
@@ -38,7 +63,15 @@ impl Handler for Chat {
                 .map(|_| Resume::CaughtUp { replayed: 0 }),
         };
         let Ok(joined) = joined else { return };
-        let position = hub.position(&Topic::Room(options.room.clone()));
+        // Where the room stood when this client joined: lines from `next`
+        // on reach it (a room created by this join starts at 0).
+        let position = hub.position(&topic).map(|after| match before {
+            Some(before) if before.epoch == after.epoch => before,
+            _ => Position {
+                epoch: after.epoch,
+                offset: 0,
+            },
+        });
         let resumed = match (options.resume, joined) {
             (None, _) => json!(null),
             (Some(_), Resume::CaughtUp { replayed }) => json!({ "replayed": replayed }),
@@ -53,37 +86,36 @@ impl Handler for Chat {
                 "room": options.room.as_str(),
                 "name": name,
                 "epoch": position.map(|p| p.epoch.to_string()),
-                "offset": position.map(|p| p.offset),
+                "next": position.map(|p| p.offset),
                 "resumed": resumed,
             }),
         );
-        let _ = session.send(welcome).await;
-        if options.resume.is_none() {
-            announce(hub, options, "joined", json!({ "from": name }));
-        }
+        // Never waits: the session's writer is not running yet.
+        let _ = hub.try_send_personal(id, welcome);
+        announce(hub, options, "joined", json!({ "from": name }));
         send_members(hub, options);
     }
 
     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
         let text = message.as_text().ok_or_else(text_only)?;
         let Some(options) = session.metadata().data::<ChatOptions>() else {
-            session.hub().broadcast(format!("Client says: {text}"));
             return Ok(());
         };
         let hub = session.hub();
         let name = current_name(hub, session);
         match parse_command(text) {
-            None => announce(hub, options, "chat", json!({ "from": name, "text": text })),
+            None => {
+                let text = protocol::one_line(text);
+                announce(hub, options, "chat", json!({ "from": name, "text": text }));
+            }
             Some(command) => run(command, hub, session, options, &name).await,
         }
         Ok(())
     }
 
     fn render(&self, session: &Session, event: Event) -> Option<Message> {
-        match session.metadata().data::<ChatOptions>() {
-            None => event.into_message(),
-            Some(options) => protocol::render(options.format, event).map(Message::from),
-        }
+        let options = session.metadata().data::<ChatOptions>()?;
+        protocol::render(options.format, event).map(Message::from)
     }
 
     async fn on_close(&self, session: &Session, _ended: &Ended) {
@@ -92,16 +124,11 @@ impl Handler for Chat {
         if hub.is_shut_down() {
             return;
         }
-        match session.metadata().data::<ChatOptions>() {
-            None => {
-                hub.broadcast("A client disconnected");
-            }
-            Some(options) => {
-                // The hub has already forgotten the connection.
-                let name = last_name(session).unwrap_or_else(|| "someone".to_owned());
-                announce(hub, options, "left", json!({ "from": name }));
-                send_members(hub, options);
-            }
+        if let Some(options) = session.metadata().data::<ChatOptions>() {
+            // The hub has already forgotten the connection.
+            let name = last_name(session).unwrap_or_else(|| "someone".to_owned());
+            announce(hub, options, "left", json!({ "from": name }));
+            send_members(hub, options);
         }
     }
 }
@@ -193,11 +220,12 @@ fn member_names(hub: &Hub, options: &ChatOptions) -> Vec<String> {
 }
 
 /// Tells every member of the room who is in it (JSON clients show it).
+/// One shared message: each member costs a reference count, not a copy.
 fn send_members(hub: &Hub, options: &ChatOptions) {
-    let list = payload(
+    let list = Message::text(payload(
         "members",
         json!({ "room": options.room.as_str(), "members": member_names(hub, options) }),
-    );
+    ));
     for (id, _) in hub.members(options.room.as_str()) {
         let _ = hub.try_send_personal(id, list.clone());
     }

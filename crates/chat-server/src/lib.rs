@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use args::Args;
-pub use chat::{Chat, Echo};
+pub use chat::{Chat, Echo, RoomChat};
 
 use routes::Routes;
 
@@ -63,6 +63,7 @@ impl Server {
             listener,
             routes: Routes {
                 chat: WsServer::with_config(hub(args), Chat, config.clone()),
+                rooms: WsServer::with_config(hub(args), RoomChat, config.clone()),
                 echo: WsServer::with_config(hub(args), Echo, config),
             },
             grace: args.shutdown_grace,
@@ -78,10 +79,16 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// The hub behind `/ws`.
+    /// The hub behind the classic chat (`/ws` without parameters).
     #[must_use]
     pub fn chat_hub(&self) -> &Hub {
         self.routes.chat.hub()
+    }
+
+    /// The hub behind the room chat (`/ws` with parameters).
+    #[must_use]
+    pub fn rooms_hub(&self) -> &Hub {
+        self.routes.rooms.hub()
     }
 
     /// Serves until `shutdown` completes, then stops accepting, closes every
@@ -141,17 +148,23 @@ impl Server {
         }
         drop(listener);
         tracing::info!(
-            sessions = routes.chat.sessions() + routes.echo.sessions(),
+            sessions = routes.chat.sessions() + routes.rooms.sessions() + routes.echo.sessions(),
             "shutting down: closing WebSocket clients"
         );
         stopping.cancel();
         http.close();
         let drained = async {
-            tokio::join!(routes.chat.shutdown(), routes.echo.shutdown(), http.wait());
+            tokio::join!(
+                routes.chat.shutdown(),
+                routes.rooms.shutdown(),
+                routes.echo.shutdown(),
+                http.wait()
+            );
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!(
-                remaining = routes.chat.sessions() + routes.echo.sessions(),
+                remaining =
+                    routes.chat.sessions() + routes.rooms.sessions() + routes.echo.sessions(),
                 "shutdown grace period over; dropping remaining clients"
             );
         }

@@ -111,7 +111,23 @@ fn valid_room(room: &str) -> bool {
 
 pub(crate) fn valid_name(name: &str) -> bool {
     (1..=32).contains(&name.chars().count())
-        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
+}
+
+/// Zero-width and direction-changing characters, which let one name pass
+/// for another.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+/// A chat line on one line: control characters (a newline that would fake
+/// a second line from someone else, say) become spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -146,9 +162,27 @@ pub(crate) fn as_line(payload: &str) -> Option<String> {
     })
 }
 
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    #[test]
+    fn one_line_and_invisible_names() {
+        assert_eq!(
+            one_line("hi\nbob: give me your password"),
+            "hi bob: give me your password"
+        );
+        assert!(!valid_name("bo\u{200B}b"));
+        assert!(!valid_name("\u{202E}bob"));
+        assert!(valid_name("zoë"));
+    }
+}
+
 /// The frame a room-chat client receives for `event`, in its format.
 pub(crate) fn render(format: Format, event: Event) -> Option<String> {
     match (format, event) {
+        // Only rooms carry chat lines; anything else is not for this client.
+        (_, Event::Broadcast(broadcast)) if broadcast.topic == Topic::All => None,
         (Format::Text, Event::Personal(message)) => as_line(message.as_text()?),
         (Format::Text, Event::Broadcast(broadcast)) => as_line(broadcast.message.as_text()?),
         (Format::Text, Event::Resync { missed, .. }) => Some(match missed {

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::chat::{Chat, Echo};
+use crate::chat::{Chat, Echo, RoomChat};
 use crate::protocol::parse_options;
 
 /// The chat page, embedded in the binary.
@@ -21,6 +21,7 @@ pub(crate) const PAGE: &str = include_str!("page.html");
 #[derive(Clone, Debug)]
 pub(crate) struct Routes {
     pub(crate) chat: WsServer<Chat>,
+    pub(crate) rooms: WsServer<RoomChat>,
     pub(crate) echo: WsServer<Echo>,
 }
 
@@ -70,7 +71,7 @@ impl Routes {
                 if let Some(name) = &options.name {
                     metadata = metadata.with_name(name.as_str()).with_user(name.as_str());
                 }
-                upgrade(&self.chat, request, metadata.with_data(options))
+                upgrade(&self.rooms, request, metadata.with_data(options))
             }
             Err(error) => respond(StatusCode::BAD_REQUEST, TEXT, format!("{error}\n")),
         }
@@ -80,6 +81,7 @@ impl Routes {
     fn metrics(&self) -> String {
         let stats = [
             ("ws", self.chat.hub().stats()),
+            ("rooms", self.rooms.hub().stats()),
             ("echo", self.echo.hub().stats()),
         ];
         let mut out = String::new();

@@ -208,6 +208,7 @@ async fn metrics_count_connections_and_deliveries() {
         "hub_deliveries_total{endpoint=\"ws\"} 2",
         "hub_connections{endpoint=\"echo\"} 0",
         "hub_rooms{endpoint=\"ws\"} 0",
+        "hub_connections{endpoint=\"rooms\"} 0",
         "hub_resyncs_total{endpoint=\"ws\"} 0",
         "# TYPE hub_connections gauge",
     ] {

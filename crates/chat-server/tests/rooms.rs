@@ -139,6 +139,8 @@ async fn json_clients_resume_without_gap_or_duplicate() {
     let joined = recv_json_of(&mut reader, "message").await;
     assert_eq!(joined["data"]["kind"], "joined");
     assert_eq!(joined["data"]["from"], "reader");
+    // The welcome names the offset of the first line this client gets.
+    assert_eq!(welcome["data"]["next"], joined["offset"]);
     assert_eq!(recv_text(&mut writer).await, "reader joined");
 
     send_text(&mut writer, "one").await;
@@ -178,11 +180,18 @@ async fn json_clients_resume_without_gap_or_duplicate() {
         let field = if *kind == "chat" { "text" } else { "from" };
         assert_eq!(frame["data"][field], *what);
     }
+    // Back in the room: the others hear it, then live lines follow.
+    let rejoined = recv_json_of(&mut back, "message").await;
+    assert_eq!(
+        (&rejoined["data"]["kind"], &rejoined["data"]["from"]),
+        (&Value::from("joined"), &Value::from("reader"))
+    );
+    assert_eq!(recv_text(&mut writer).await, "reader joined");
     send_text(&mut writer, "five").await;
     let live = recv_json_of(&mut back, "message").await;
     assert_eq!(
         (live["offset"].as_u64().unwrap(), &live["data"]["text"]),
-        (offset + 5, &Value::from("five"))
+        (offset + 6, &Value::from("five"))
     );
 
     // A position from another epoch gets a resync notice.

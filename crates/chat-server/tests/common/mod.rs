@@ -26,8 +26,8 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A chat server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
-    /// The hub behind `/ws`.
-    pub hub: hub::Hub,
+    /// The hub behind the room chat.
+    pub rooms: hub::Hub,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -53,14 +53,14 @@ impl TestServer {
         argv.extend_from_slice(extra);
         let server = Server::bind(&Args::parse_from(argv)).await.unwrap();
         let addr = server.local_addr().unwrap();
-        let hub = server.chat_hub().clone();
+        let rooms = server.rooms_hub().clone();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
         Self {
             addr,
-            hub,
+            rooms,
             stop: Some(stop),
             task,
         }
