@@ -1,14 +1,12 @@
 //! Sessions from axum's own [`WebSocketUpgrade`] extractor (feature `axum`).
 
-use axum::extract::ws::{
-    CloseFrame, Message as AxumMessage, Utf8Bytes, WebSocket, WebSocketUpgrade,
-};
+use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hub::{Message, Metadata};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use crate::frame::{text, Frame, Framed, ReadError, Wire};
+use crate::frame::{text, utf8, Frame, Framed, Outgoing, ReadError, Wire};
 use crate::{Close, CloseCode, Ended, Handler, UpgradeError, WsServer};
 
 impl Wire for AxumMessage {
@@ -29,21 +27,14 @@ impl Wire for AxumMessage {
     }
 
     fn from_frame(frame: Frame) -> Self {
-        match frame {
-            Frame::Message(Message::Binary(bytes)) => Self::Binary(bytes),
-            Frame::Message(message) => match message {
-                Message::Text(text) => match Utf8Bytes::try_from(text.into_bytes()) {
-                    Ok(text) => Self::Text(text),
-                    // `Text` is UTF-8 by construction; never taken.
-                    Err(_) => Self::Binary(Bytes::new()),
-                },
-                other => Self::Binary(Bytes::copy_from_slice(other.as_bytes())),
-            },
-            Frame::Ping(bytes) => Self::Ping(bytes),
-            Frame::Pong(bytes) => Self::Pong(bytes),
-            Frame::Close(close) => Self::Close(close.map(|close| CloseFrame {
-                code: close.code().sendable().0,
-                reason: Utf8Bytes::from(close.reason()),
+        match frame.outgoing() {
+            Outgoing::Text(text) => utf8(text).map_or_else(Self::Binary, Self::Text),
+            Outgoing::Binary(bytes) => Self::Binary(bytes),
+            Outgoing::Ping(bytes) => Self::Ping(bytes),
+            Outgoing::Pong(bytes) => Self::Pong(bytes),
+            Outgoing::Close(close) => Self::Close(close.map(|(code, reason)| CloseFrame {
+                code,
+                reason: reason.into(),
             })),
         }
     }

@@ -13,7 +13,7 @@ use hub::{Message, Text};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::{Close, CloseCode};
 
@@ -121,6 +121,38 @@ where
     }
 }
 
+/// A frame to write, in the shape every WebSocket library's message has.
+pub(crate) enum Outgoing {
+    /// UTF-8 bytes (a library's own UTF-8 type accepts them unchanged).
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong(Bytes),
+    /// A code that may be sent, and the reason.
+    Close(Option<(u16, String)>),
+}
+
+impl Frame {
+    pub(crate) fn outgoing(self) -> Outgoing {
+        match self {
+            Self::Message(Message::Text(text)) => Outgoing::Text(text.into_bytes()),
+            Self::Message(Message::Binary(bytes)) => Outgoing::Binary(bytes),
+            Self::Message(other) => Outgoing::Binary(Bytes::copy_from_slice(other.as_bytes())),
+            Self::Ping(bytes) => Outgoing::Ping(bytes),
+            Self::Pong(bytes) => Outgoing::Pong(bytes),
+            Self::Close(close) => Outgoing::Close(
+                close.map(|close| (close.code().sendable().0, close.reason().to_owned())),
+            ),
+        }
+    }
+}
+
+/// A library's UTF-8 type from bytes that are UTF-8 already; the fallback
+/// (an empty binary message) is never taken, as `Text` is always UTF-8.
+pub(crate) fn utf8<U: TryFrom<Bytes>>(bytes: Bytes) -> Result<U, Bytes> {
+    U::try_from(bytes).map_err(|_| Bytes::new())
+}
+
 /// Text from the wire; the library has already checked it is UTF-8.
 pub(crate) fn text(bytes: Bytes) -> Result<Frame, ReadError> {
     Text::try_from(bytes)
@@ -148,21 +180,14 @@ impl Wire for WsMessage {
     }
 
     fn from_frame(frame: Frame) -> Self {
-        match frame {
-            Frame::Message(Message::Binary(bytes)) => Self::Binary(bytes),
-            Frame::Message(message) => match message {
-                Message::Text(text) => match Utf8Bytes::try_from(text.into_bytes()) {
-                    Ok(text) => Self::Text(text),
-                    // `Text` is UTF-8 by construction; never taken.
-                    Err(_) => Self::Binary(Bytes::new()),
-                },
-                other => Self::Binary(Bytes::copy_from_slice(other.as_bytes())),
-            },
-            Frame::Ping(bytes) => Self::Ping(bytes),
-            Frame::Pong(bytes) => Self::Pong(bytes),
-            Frame::Close(close) => Self::Close(close.map(|close| CloseFrame {
-                code: WsCloseCode::from(close.code().sendable().0),
-                reason: Utf8Bytes::from(close.reason()),
+        match frame.outgoing() {
+            Outgoing::Text(text) => utf8(text).map_or_else(Self::Binary, Self::Text),
+            Outgoing::Binary(bytes) => Self::Binary(bytes),
+            Outgoing::Ping(bytes) => Self::Ping(bytes),
+            Outgoing::Pong(bytes) => Self::Pong(bytes),
+            Outgoing::Close(close) => Self::Close(close.map(|(code, reason)| CloseFrame {
+                code: WsCloseCode::from(code),
+                reason: reason.into(),
             })),
         }
     }
