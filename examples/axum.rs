@@ -12,6 +12,7 @@
 //! ```
 
 use axum::extract::{State, WebSocketUpgrade};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -42,8 +43,13 @@ impl Handler for Chat {
     }
 }
 
-async fn ws(upgrade: WebSocketUpgrade, State(chat): State<WsServer<Chat>>) -> Response {
-    chat.axum_upgrade(upgrade, Metadata::new())
+async fn ws(
+    upgrade: WebSocketUpgrade,
+    headers: HeaderMap,
+    State(chat): State<WsServer<Chat>>,
+) -> Response {
+    // The headers let the server refuse pages from other origins.
+    chat.axum_upgrade(upgrade, &headers, Metadata::new())
 }
 
 /// The application: the chat on `/ws`.

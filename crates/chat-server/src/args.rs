@@ -56,6 +56,30 @@ pub struct Args {
     #[arg(long, env = "CHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
+    /// Also accept WebSocket handshakes from pages of this origin: exact
+    /// (https://app.example.com) or a wildcard subdomain (*.example.com).
+    /// Same-origin pages and clients without an Origin are always accepted.
+    /// Repeat the flag, or separate with commas in the variable.
+    #[arg(
+        long = "allowed-origin",
+        env = "CHAT_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Accept handshakes from any origin (only behind other authentication).
+    #[arg(long, env = "CHAT_ANY_ORIGIN")]
+    pub any_origin: bool,
+
+    /// Most WebSocket clients at once; more are refused with 503.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 19_000)]
+    pub max_connections: usize,
+
+    /// Most WebSocket clients at once from one address; more are refused
+    /// with 429 (default: no limit).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
     /// On SIGINT/SIGTERM, how long to wait for clients to finish their close
     /// handshake before exiting.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "4s", value_parser = parse_duration)]

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hub::Hub;
-use hub_ws::{Config, WsServer};
+use hub_ws::{Config, Origins, WsServer};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -46,12 +46,22 @@ impl Server {
     /// The I/O error if the address cannot be bound (in use, not local...).
     pub async fn bind(args: &Args) -> io::Result<Self> {
         let listener = TcpListener::bind((args.host, args.port)).await?;
-        let config = Config::default()
+        let mut config = Config::default()
             .max_message_size(args.max_message_size)
             .max_frame_size(args.max_message_size)
             .ping_interval(args.ping_interval)
             .idle_timeout(args.idle_timeout)
-            .write_timeout(args.write_timeout);
+            .write_timeout(args.write_timeout)
+            .max_sessions(args.max_connections);
+        if let Some(per_ip) = args.max_connections_per_ip {
+            config = config.max_sessions_per_ip(per_ip);
+        }
+        if args.any_origin {
+            config = config.origins(Origins::Any);
+        }
+        for origin in &args.allowed_origins {
+            config = config.allow_origin(origin.as_str());
+        }
         let hub = |args: &Args| {
             Hub::builder()
                 .capacity(args.capacity)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http, recv_close, recv_text, send_text, wait_for_connections, TestServer};
+use common::{http, recv_close, recv_text, send_text, wait_for_connections, TestServer, WAIT};
 use futures_util::future::join_all;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -115,5 +115,75 @@ async fn five_hundred_clients_all_receive_one_broadcast() {
         .lines()
         .any(|l| l == format!("hub_deliveries_total{{endpoint=\"ws\"}} {CLIENTS}")));
     drop(clients);
+    server.stop().await;
+}
+
+/// A handshake with these extra headers; the HTTP status it got.
+async fn handshake_status(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+
+    let mut request = server.url(path).into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()
+    {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("handshake failed: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn pages_from_other_origins_are_refused() {
+    let server = TestServer::start(&["--allowed-origin", "*.example.com"]).await;
+    let same = format!("http://{}", server.addr);
+    assert_eq!(
+        handshake_status(&server, "/ws", &[("origin", &same)]).await,
+        101
+    );
+    assert_eq!(handshake_status(&server, "/ws", &[]).await, 101);
+    let evil = [("origin", "https://evil.example")];
+    assert_eq!(handshake_status(&server, "/ws", &evil).await, 403);
+    assert_eq!(handshake_status(&server, "/echo", &evil).await, 403);
+    assert_eq!(
+        handshake_status(&server, "/ws?room=r&name=x", &evil).await,
+        403
+    );
+    let allowed = [("origin", "https://app.example.com")];
+    assert_eq!(handshake_status(&server, "/ws", &allowed).await, 101);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connection_limits_refuse_before_the_upgrade() {
+    let server = TestServer::start(&["--max-connections", "2"]).await;
+    let _a = server.connect("/ws").await;
+    let _b = server.connect("/echo").await;
+    // The limit covers every endpoint together.
+    assert_eq!(handshake_status(&server, "/ws", &[]).await, 503);
+    assert_eq!(handshake_status(&server, "/ws?room=r", &[]).await, 503);
+    drop(_b);
+    // The place comes back once the session has ended.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while handshake_status(&server, "/echo", &[]).await != 101 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+
+    let server = TestServer::start(&["--max-connections-per-ip", "1"]).await;
+    let _first = server.connect("/ws").await;
+    assert_eq!(handshake_status(&server, "/ws", &[]).await, 429);
     server.stop().await;
 }

@@ -1,13 +1,14 @@
 //! Sessions from axum's own [`WebSocketUpgrade`] extractor (feature `axum`).
 
 use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hub::{Message, Metadata};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::frame::{text, utf8, Frame, Framed, Outgoing, ReadError, Wire};
-use crate::{Close, CloseCode, Ended, Handler, UpgradeError, WsServer};
+use crate::{Close, CloseCode, Ended, Handler, WsServer};
 
 impl Wire for AxumMessage {
     type Error = axum::Error;
@@ -50,12 +51,15 @@ impl Wire for AxumMessage {
 }
 
 impl<H: Handler> WsServer<H> {
-    /// Answers axum's [`WebSocketUpgrade`] extractor: applies this server's
-    /// limits to the upgrade, and serves the session once the connection is
-    /// upgraded. Return the response from your axum handler.
+    /// Answers axum's [`WebSocketUpgrade`] extractor: checks the request's
+    /// `Origin` (pass its headers, from axum's `HeaderMap` extractor) and
+    /// the connection limits, applies this server's message limits, and
+    /// serves the session once the connection is upgraded. Return the
+    /// response from your axum handler.
     ///
     /// ```
     /// use axum::extract::{State, WebSocketUpgrade};
+    /// use axum::http::HeaderMap;
     /// use axum::response::Response;
     /// use axum::routing::get;
     /// use axum::Router;
@@ -71,8 +75,12 @@ impl<H: Handler> WsServer<H> {
     ///     }
     /// }
     ///
-    /// async fn ws(upgrade: WebSocketUpgrade, State(chat): State<WsServer<Chat>>) -> Response {
-    ///     chat.axum_upgrade(upgrade, Metadata::new())
+    /// async fn ws(
+    ///     upgrade: WebSocketUpgrade,
+    ///     headers: HeaderMap,
+    ///     State(chat): State<WsServer<Chat>>,
+    /// ) -> Response {
+    ///     chat.axum_upgrade(upgrade, &headers, Metadata::new())
     /// }
     ///
     /// let app: Router = Router::new()
@@ -81,12 +89,16 @@ impl<H: Handler> WsServer<H> {
     /// # let _ = app;
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-    pub fn axum_upgrade(&self, upgrade: WebSocketUpgrade, metadata: Metadata) -> Response {
-        if self.hub().is_shut_down() {
-            return UpgradeError::ShuttingDown
-                .to_response::<String>()
-                .into_response();
-        }
+    pub fn axum_upgrade(
+        &self,
+        upgrade: WebSocketUpgrade,
+        headers: &HeaderMap,
+        metadata: Metadata,
+    ) -> Response {
+        let admitted = match self.admit(headers, None) {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused.to_response::<String>().into_response(),
+        };
         let config = &self.inner.config;
         let server = self.clone();
         upgrade
@@ -95,6 +107,7 @@ impl<H: Handler> WsServer<H> {
             .read_buffer_size(config.read_buffer_size())
             .write_buffer_size(config.write_buffer_size())
             .on_upgrade(move |socket| async move {
+                let _admitted = admitted;
                 server.serve_axum(socket, metadata, None).await;
             })
     }

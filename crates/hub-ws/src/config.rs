@@ -1,8 +1,12 @@
 //! Limits and timers of a WebSocket session.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::admission::Gate;
+use crate::Origins;
 
 /// Longest accepted timer; longer ones are lowered to it.
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -32,6 +36,12 @@ pub struct Config {
     pub(crate) write_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) origins: Origins,
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) max_sessions: Option<usize>,
+    pub(crate) max_sessions_per_ip: Option<usize>,
+    /// Shared by every server built from this configuration or its clones.
+    pub(crate) gate: Arc<Gate>,
 }
 
 impl Default for Config {
@@ -44,6 +54,11 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
+            origins: Origins::default(),
+            allowed_origins: Vec::new(),
+            max_sessions: None,
+            max_sessions_per_ip: None,
+            gate: Arc::new(Gate::default()),
         }
     }
 }
@@ -94,6 +109,38 @@ impl Config {
     /// for the HTTP handshake (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMER);
+        self
+    }
+
+    /// Also lets in handshakes from `pattern`: an exact origin
+    /// (`https://app.example.com`) or a wildcard subdomain
+    /// (`*.example.com`). By default only same-origin handshakes (and
+    /// clients that send no `Origin`) are let in; see [`Origins`].
+    pub fn allow_origin(mut self, pattern: impl Into<String>) -> Self {
+        self.allowed_origins.push(pattern.into());
+        self
+    }
+
+    /// Which origins may open sessions (default
+    /// [`Origins::SameOrAllowed`]). A refused handshake gets 403.
+    pub fn origins(mut self, origins: Origins) -> Self {
+        self.origins = origins;
+        self
+    }
+
+    /// At most this many sessions at once; more are refused with 503
+    /// before the upgrade (default: no limit). The count is shared by every
+    /// [`WsServer`](crate::WsServer) built from this configuration or its
+    /// clones, so one limit can cover several endpoints.
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.max_sessions = Some(sessions);
+        self
+    }
+
+    /// At most this many sessions at once from one client address; more
+    /// are refused with 429 before the upgrade (default: no limit).
+    pub fn max_sessions_per_ip(mut self, sessions: usize) -> Self {
+        self.max_sessions_per_ip = Some(sessions);
         self
     }
 

@@ -79,6 +79,7 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admission;
 #[cfg(feature = "axum")]
 mod axum;
 mod close;
@@ -89,6 +90,7 @@ mod server;
 mod session;
 mod upgrade;
 
+pub use admission::Origins;
 pub use close::{Close, CloseCode, Ended};
 pub use config::{Config, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handler::{Handler, Session};

@@ -11,11 +11,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{self, Instant};
+use tokio_tungstenite::tungstenite::handshake::server::{
+    Request as HandshakeRequest, Response as HandshakeResponse,
+};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{check_origin, Admitted};
 use crate::frame::{Frame, Framed, ReadError};
 use crate::session::{drive, Finished};
 use crate::upgrade::{accept_key, switching_protocols};
@@ -135,6 +139,13 @@ impl<H: Handler> WsServer<H> {
         self.inner.sessions.len()
     }
 
+    /// Sessions admitted and not yet ended (what
+    /// [`Config::max_sessions`] counts).
+    #[must_use]
+    pub fn admitted(&self) -> usize {
+        self.inner.config.gate.open()
+    }
+
     /// Answers a hyper request that asks for a WebSocket: returns the
     /// `101 Switching Protocols` response to send, and spawns the session,
     /// which starts once hyper hands over the connection.
@@ -154,13 +165,12 @@ impl<H: Handler> WsServer<H> {
         metadata: Metadata,
     ) -> Result<Response<R>, UpgradeError> {
         let accept = accept_key(&request)?;
-        if self.inner.hub.is_shut_down() {
-            return Err(UpgradeError::ShuttingDown);
-        }
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+        let admitted = self.admit(request.headers(), peer)?;
         let on_upgrade = hyper::upgrade::on(&mut request);
         let server = self.clone();
         self.inner.sessions.spawn(async move {
+            let _admitted = admitted;
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let socket = server.tungstenite(TokioIo::new(upgraded)).await;
@@ -173,8 +183,38 @@ impl<H: Handler> WsServer<H> {
         Ok(switching_protocols(accept))
     }
 
+    /// Decides whether a handshake may open a session: the hub is running,
+    /// the origin is accepted and the connection limits allow one more.
+    /// The place taken is given back when the returned guard drops.
+    pub(crate) fn admit(
+        &self,
+        headers: &hyper::HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<Admitted, UpgradeError> {
+        let config = &self.inner.config;
+        let decided = if self.inner.hub.is_shut_down() {
+            Err(UpgradeError::ShuttingDown)
+        } else {
+            check_origin(headers, &config.origins, &config.allowed_origins).and_then(|()| {
+                let ip = peer.map(|peer| peer.ip());
+                config
+                    .gate
+                    .admit(ip, config.max_sessions, config.max_sessions_per_ip)
+            })
+        };
+        if let Err(refused) = &decided {
+            let origin = headers
+                .get(hyper::header::ORIGIN)
+                .and_then(|o| o.to_str().ok());
+            tracing::warn!(?peer, origin, %refused, "refused a WebSocket handshake");
+        }
+        decided
+    }
+
     /// Serves a session on a stream whose HTTP upgrade has already been
-    /// answered with `101 Switching Protocols`; returns how it ended.
+    /// answered with `101 Switching Protocols`; returns how it ended. The
+    /// Origin check and connection limits are the caller's: they belong
+    /// before the upgrade.
     pub async fn serve_upgraded<S>(
         &self,
         io: S,
@@ -229,11 +269,25 @@ impl<H: Handler> WsServer<H> {
     ) -> Result<Ended, ServeError> {
         let peer = stream.peer_addr().ok();
         let config = self.inner.config.tungstenite();
-        let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+        let mut admitted = None;
+        // The shape of the error is tungstenite's handshake callback's.
+        #[allow(clippy::result_large_err)]
+        let check = |request: &HandshakeRequest, response: HandshakeResponse| match self
+            .admit(request.headers(), peer)
+        {
+            Ok(place) => {
+                admitted = Some(place);
+                Ok(response)
+            }
+            Err(refused) => Err(refused.to_response::<String>().map(Some)),
+        };
+        let handshake =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
         let socket = time::timeout(self.inner.config.handshake_timeout, handshake)
             .await
             .map_err(|_| ServeError::HandshakeTimeout)?
             .map_err(|error| ServeError::Handshake(Box::new(error)))?;
+        let _admitted = admitted;
         let session = self.serve_tungstenite(socket, metadata, peer);
         Ok(self.inner.sessions.track_future(session).await)
     }

@@ -27,6 +27,18 @@ pub enum UpgradeError {
     /// The hub was shut down: the server is going away.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The page that opened the socket is from an origin this server does
+    /// not accept (see [`Origins`](crate::Origins)).
+    #[error("this origin may not open WebSockets here")]
+    ForbiddenOrigin,
+    /// The server has as many sessions as it accepts
+    /// ([`Config::max_sessions`](crate::Config::max_sessions)).
+    #[error("too many connections; try again later")]
+    TooManyConnections,
+    /// This client address has as many sessions as one address may have
+    /// ([`Config::max_sessions_per_ip`](crate::Config::max_sessions_per_ip)).
+    #[error("too many connections from this address")]
+    TooManyFromAddress,
 }
 
 impl UpgradeError {
@@ -37,7 +49,9 @@ impl UpgradeError {
             Self::MethodNotGet => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotWebSocket | Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Self::BadKey => StatusCode::BAD_REQUEST,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
+            Self::TooManyFromAddress => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
