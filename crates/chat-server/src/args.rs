@@ -57,7 +57,7 @@ pub struct Args {
     pub write_timeout: Duration,
 
     /// Also accept WebSocket handshakes from pages of this origin: exact
-    /// (https://app.example.com) or a wildcard subdomain (*.example.com).
+    /// (`https://app.example.com`) or a wildcard subdomain (`*.example.com`).
     /// Same-origin pages and clients without an Origin are always accepted.
     /// Repeat the flag, or separate with commas in the variable.
     #[arg(
