@@ -80,6 +80,21 @@ pub struct Args {
     #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 
+    /// Most messages a client may send per second, on average (default: no
+    /// limit). Past it messages are dropped with a notice to the sender.
+    #[arg(long, env = "CHAT_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
+
+    /// Messages a client may send at once under --rate-limit (default:
+    /// twice the rate, at least 1).
+    #[arg(long, env = "CHAT_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+
+    /// Messages dropped in a row by --rate-limit before the client is
+    /// closed with 1008.
+    #[arg(long, env = "CHAT_RATE_LIMIT_CLOSE_AFTER", default_value_t = 100)]
+    pub rate_limit_close_after: u32,
+
     /// On SIGINT/SIGTERM, how long to wait for clients to finish their close
     /// handshake before exiting.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "4s", value_parser = parse_duration)]

@@ -16,6 +16,10 @@ fn text_only() -> Close {
     Close::new(CloseCode::UNSUPPORTED, "only text messages are supported")
 }
 
+fn slow_down(dropped: u32) -> String {
+    format!("slow down: {dropped} message(s) dropped")
+}
+
 /// `/ws`: the classic broadcast chat. Every text message reaches every
 /// client (the sender included) as `Client says: {text}`; when a client
 /// leaves, the others are told.
@@ -27,6 +31,10 @@ impl Handler for Chat {
         let text = message.as_text().ok_or_else(text_only)?;
         session.hub().broadcast(format!("Client says: {text}"));
         Ok(())
+    }
+
+    fn on_throttled(&self, _session: &Session, dropped: u32) -> Option<Message> {
+        Some(Message::text(slow_down(dropped)))
     }
 
     async fn on_close(&self, session: &Session, _ended: &Ended) {
@@ -111,6 +119,13 @@ impl Handler for RoomChat {
             Some(command) => run(command, hub, session, options, &name).await,
         }
         Ok(())
+    }
+
+    fn on_throttled(&self, _session: &Session, dropped: u32) -> Option<Message> {
+        Some(Message::text(payload(
+            "info",
+            json!({ "text": slow_down(dropped) }),
+        )))
     }
 
     fn render(&self, session: &Session, event: Event) -> Option<Message> {
@@ -243,5 +258,9 @@ impl Handler for Echo {
         // session is already ending.
         let _ = session.send(format!("Message text was: {text}")).await;
         Ok(())
+    }
+
+    fn on_throttled(&self, _session: &Session, dropped: u32) -> Option<Message> {
+        Some(Message::text(slow_down(dropped)))
     }
 }

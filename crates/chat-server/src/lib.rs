@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hub::Hub;
-use hub_ws::{Config, Origins, WsServer};
+use hub_ws::{Config, Origins, RateLimit, WsServer};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -55,6 +55,11 @@ impl Server {
             .max_sessions(args.max_connections);
         if let Some(per_ip) = args.max_connections_per_ip {
             config = config.max_sessions_per_ip(per_ip);
+        }
+        if let Some(per_second) = args.rate_limit {
+            let burst = args.rate_burst.unwrap_or((per_second * 2.0).ceil() as u32);
+            let limit = RateLimit::new(per_second, burst).close_after(args.rate_limit_close_after);
+            config = config.rate_limit(limit);
         }
         if args.any_origin {
             config = config.origins(Origins::Any);

@@ -187,3 +187,36 @@ async fn connection_limits_refuse_before_the_upgrade() {
     assert_eq!(handshake_status(&server, "/ws", &[]).await, 429);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_flooding_client_is_told_then_closed_with_1008() {
+    let server = TestServer::start(&[
+        "--rate-limit",
+        "1",
+        "--rate-burst",
+        "2",
+        "--rate-limit-close-after",
+        "3",
+    ])
+    .await;
+    let mut client = server.connect("/echo").await;
+    for i in 0..6 {
+        client.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    assert_eq!(recv_text(&mut client).await, "Message text was: m0");
+    assert_eq!(recv_text(&mut client).await, "Message text was: m1");
+    assert_eq!(
+        recv_text(&mut client).await,
+        "slow down: 1 message(s) dropped"
+    );
+    assert_eq!(
+        recv_text(&mut client).await,
+        "slow down: 2 message(s) dropped"
+    );
+    assert_eq!(
+        recv_close(&mut client).await,
+        (1008, "too many messages".to_owned())
+    );
+    server.stop().await;
+}

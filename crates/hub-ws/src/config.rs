@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admission::Gate;
-use crate::Origins;
+use crate::{Origins, RateLimit};
 
 /// Longest accepted timer; longer ones are lowered to it.
 const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -42,6 +42,7 @@ pub struct Config {
     pub(crate) max_sessions_per_ip: Option<usize>,
     /// Shared by every server built from this configuration or its clones.
     pub(crate) gate: Arc<Gate>,
+    pub(crate) rate_limit: Option<RateLimit>,
 }
 
 impl Default for Config {
@@ -59,6 +60,7 @@ impl Default for Config {
             max_sessions: None,
             max_sessions_per_ip: None,
             gate: Arc::new(Gate::default()),
+            rate_limit: None,
         }
     }
 }
@@ -141,6 +143,13 @@ impl Config {
     /// are refused with 429 before the upgrade (default: no limit).
     pub fn max_sessions_per_ip(mut self, sessions: usize) -> Self {
         self.max_sessions_per_ip = Some(sessions);
+        self
+    }
+
+    /// Limits how fast each client may send messages (default: no limit);
+    /// see [`RateLimit`].
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
         self
     }
 

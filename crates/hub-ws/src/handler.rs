@@ -58,6 +58,15 @@ pub trait Handler: Send + Sync + 'static {
         message: Message,
     ) -> impl Future<Output = Result<(), Close>> + Send;
 
+    /// Called when a message from this client was dropped by the
+    /// [rate limit](crate::Config::rate_limit); `dropped` counts the drops
+    /// in a row. The message returned, if any, is queued for the client
+    /// (without waiting). The default tells it nothing.
+    fn on_throttled(&self, session: &Session, dropped: u32) -> Option<Message> {
+        let _ = (session, dropped);
+        None
+    }
+
     /// Turns what the hub delivers to this client into the message written
     /// to its socket, or `None` to write nothing. Called in the writer, for
     /// every event, in order.

@@ -71,6 +71,7 @@
 //! | 1001 | the server is shutting down, or the client was idle past the timeout |
 //! | 1002 | the client broke the protocol |
 //! | 1007 | a text message was not UTF-8 |
+//! | 1008 | the client kept sending past its [rate limit](Config::rate_limit) |
 //! | 1009 | a message or frame exceeded [`Config::max_message_size`] (64 KiB by default) |
 //! | 1011 | an unexpected server error |
 //! | 1013 | the client stopped reading, or fell behind under [`SlowConsumer::Disconnect`](hub::SlowConsumer::Disconnect): reconnect |
@@ -86,6 +87,7 @@ mod close;
 mod config;
 mod frame;
 mod handler;
+mod rate;
 mod server;
 mod session;
 mod upgrade;
@@ -94,6 +96,7 @@ pub use admission::Origins;
 pub use close::{Close, CloseCode, Ended};
 pub use config::{Config, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handler::{Handler, Session};
+pub use rate::RateLimit;
 pub use server::{PeerAddr, ServeError, WsServer};
 pub use upgrade::{is_upgrade_request, UpgradeError};
 

@@ -9,6 +9,7 @@ use hub::{Connection, Event, RecvError, TryRecvError};
 use tokio::time::{self, Instant, MissedTickBehavior};
 
 use crate::frame::{Frame, ReadError};
+use crate::rate::{Bucket, Verdict};
 use crate::{Close, CloseCode, Config, Ended, Handler, Session};
 
 /// Most hub messages written to the socket before one flush.
@@ -49,9 +50,15 @@ where
             ended = writer => ended,
         }
     };
+    let deadline = Instant::now() + config.close_timeout;
+    if let Ended::ServerClosed(_) = ended {
+        // What was already queued for the client (replies, notices) goes
+        // out before the close frame.
+        let flushed = flush_queued(&mut sink, &mut connection, &session, handler);
+        let _ = time::timeout_at(deadline, flushed).await;
+    }
     drop(connection);
     tracing::debug!(id = %session.id(), ?ended, "session ended");
-    let deadline = Instant::now() + config.close_timeout;
     let sent = time::timeout_at(deadline, send_close(&mut sink, &ended)).await;
     handler.on_close(&session, &ended).await;
     if matches!(sent, Ok(true)) {
@@ -70,6 +77,7 @@ where
     R: Stream<Item = Result<Frame, ReadError>> + Unpin,
     H: Handler,
 {
+    let mut bucket = config.rate_limit.map(Bucket::new);
     loop {
         let frame = match time::timeout(config.idle_timeout, stream.next()).await {
             Err(_) => return server_close(CloseCode::GOING_AWAY, "idle timeout"),
@@ -89,6 +97,17 @@ where
                 }
             }
         };
+        match bucket.as_mut().map_or(Verdict::Pass, Bucket::take) {
+            Verdict::Pass => {}
+            Verdict::Drop(dropped) => {
+                // Never waits: a flooding client is not owed backpressure.
+                if let Some(notice) = handler.on_throttled(session, dropped) {
+                    let _ = session.hub().try_send_personal(session.id(), notice);
+                }
+                continue;
+            }
+            Verdict::Close => return server_close(CloseCode::POLICY, "too many messages"),
+        }
         if let Err(close) = handler.on_message(session, message).await {
             return Ended::ServerClosed(close);
         }
@@ -207,6 +226,25 @@ fn ended_by_read_error(error: ReadError) -> Ended {
         ReadError::Lost => Ended::Lost,
         ReadError::Other => server_close(CloseCode::INTERNAL, "internal error"),
     }
+}
+
+/// Writes what is ready for the client now, without waiting for more.
+async fn flush_queued<W, H>(
+    sink: &mut W,
+    connection: &mut Connection,
+    session: &Session,
+    handler: &H,
+) -> Result<(), W::Error>
+where
+    W: Sink<Frame> + Unpin,
+    H: Handler,
+{
+    while let Ok(event) = connection.try_recv() {
+        if let Some(message) = handler.render(session, event) {
+            sink.feed(Frame::Message(message)).await?;
+        }
+    }
+    sink.flush().await
 }
 
 /// Sends our close frame, or flushes the reply to the client's. Returns
