@@ -220,3 +220,18 @@ async fn a_flooding_client_is_told_then_closed_with_1008() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_ping_flood_is_bounded_by_the_rate_limit() {
+    let server = TestServer::start(&["--rate-limit", "1", "--rate-limit-close-after", "5"]).await;
+    let mut client = server.connect("/echo").await;
+    for _ in 0..20 {
+        client.feed(Message::Ping(vec![1].into())).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    assert_eq!(
+        recv_close(&mut client).await,
+        (1008, "too many messages".to_owned())
+    );
+    server.stop().await;
+}

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How many messages a client may send: `per_second` on average, with
-/// bursts of up to `burst`. Past the limit, messages are dropped (the
+/// How many messages (pings included) a client may send: `per_second` on
+/// average, with bursts of up to `burst`. Past the limit, messages are
+/// dropped (the
 /// handler may tell the client, see
 /// [`Handler::on_throttled`](crate::Handler::on_throttled)); after
 /// `close_after` drops in a row the client is closed with 1008.

@@ -87,9 +87,14 @@ where
         };
         let message = match frame {
             Frame::Message(message) => message,
-            // Pings are answered by the WebSocket library; any frame counts
-            // as a sign of life for the idle timeout.
-            Frame::Ping(_) | Frame::Pong(_) => continue,
+            // Pings are answered by the WebSocket library, but count against
+            // the rate limit so a ping flood is bounded too.
+            Frame::Ping(_) => match bucket.as_mut().map_or(Verdict::Pass, Bucket::take) {
+                Verdict::Close => return server_close(CloseCode::POLICY, "too many messages"),
+                _ => continue,
+            },
+            // Any frame counts as a sign of life for the idle timeout.
+            Frame::Pong(_) => continue,
             Frame::Close(close) => {
                 return Ended::ClientClosed {
                     code: close.as_ref().map(Close::code),
