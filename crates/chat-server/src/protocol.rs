@@ -162,22 +162,6 @@ pub(crate) fn as_line(payload: &str) -> Option<String> {
     })
 }
 
-#[cfg(test)]
-mod line_tests {
-    use super::*;
-
-    #[test]
-    fn one_line_and_invisible_names() {
-        assert_eq!(
-            one_line("hi\nbob: give me your password"),
-            "hi bob: give me your password"
-        );
-        assert!(!valid_name("bo\u{200B}b"));
-        assert!(!valid_name("\u{202E}bob"));
-        assert!(valid_name("zoë"));
-    }
-}
-
 /// The frame a room-chat client receives for `event`, in its format.
 pub(crate) fn render(format: Format, event: Event) -> Option<String> {
     match (format, event) {
@@ -370,5 +354,16 @@ mod tests {
             Some("[al → bo] psst")
         );
         assert_eq!(line("members", json!({"members": ["al"]})), None);
+    }
+
+    #[test]
+    fn one_line_and_invisible_names() {
+        assert_eq!(
+            one_line("hi\nbob: give me your password"),
+            "hi bob: give me your password"
+        );
+        assert!(!valid_name("bo\u{200B}b"));
+        assert!(!valid_name("\u{202E}bob"));
+        assert!(valid_name("zoë"));
     }
 }
