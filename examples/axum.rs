@@ -12,7 +12,7 @@
 //! ```
 
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -45,11 +45,11 @@ impl Handler for Chat {
 
 async fn ws(
     upgrade: WebSocketUpgrade,
-    headers: HeaderMap,
     State(chat): State<WsServer<Chat>>,
+    parts: Parts,
 ) -> Response {
-    // The headers let the server refuse pages from other origins.
-    chat.axum_upgrade(upgrade, &headers, Metadata::new())
+    // The request lets the server refuse pages from other origins.
+    chat.axum_upgrade(upgrade, &parts, Metadata::new())
 }
 
 /// The application: the chat on `/ws`.

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::Auth;
+
 /// A WebSocket chat server: the chat page at `/`, a broadcast chat at `/ws`
 /// and an echo endpoint at `/echo`.
 #[derive(Clone, Debug, Parser)]
@@ -95,10 +97,37 @@ pub struct Args {
     #[arg(long, env = "CHAT_RATE_LIMIT_CLOSE_AFTER", default_value_t = 100)]
     pub rate_limit_close_after: u32,
 
+    /// Require a sign-in token on every WebSocket endpoint: a JWT signed
+    /// with this secret (HS256), with `sub` (the user id, which becomes the
+    /// client's name) and `exp`; passed as `?token=`, an `Authorization:
+    /// Bearer` header or a `token` cookie. Prefer the variable to the flag
+    /// (flags show in process lists).
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Print a token for this user id, signed with --jwt-secret, and exit.
+    #[arg(long, value_name = "USER", requires = "jwt_secret")]
+    pub issue_token: Option<String>,
+
+    /// How long tokens made by --issue-token stay valid.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+
     /// On SIGINT/SIGTERM, how long to wait for clients to finish their close
     /// handshake before exiting.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "4s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+impl Args {
+    /// Who may connect, as `--jwt-secret` says.
+    #[must_use]
+    pub fn auth(&self) -> Auth {
+        match &self.jwt_secret {
+            Some(secret) => Auth::hs256(secret.as_bytes()),
+            None => Auth::open(),
+        }
+    }
 }
 
 impl Default for Args {
@@ -117,12 +146,13 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
     let number: u64 = number
         .trim()
         .parse()
-        .map_err(|_| format!("`{value}` is not a duration; write e.g. 500ms, 5s or 2m"))?;
+        .map_err(|_| format!("`{value}` is not a duration; write e.g. 500ms, 5s, 2m or 1h"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
-        _ => Err(format!("unknown unit in `{value}`; use ms, s or m")),
+        "h" => Ok(Duration::from_secs(number.saturating_mul(3600))),
+        _ => Err(format!("unknown unit in `{value}`; use ms, s, m or h")),
     }
 }
 
@@ -137,7 +167,8 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(3 * 3600)));
+        assert!(parse_duration("3d").is_err());
     }
 
     #[test]

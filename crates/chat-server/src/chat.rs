@@ -7,9 +7,10 @@
 //! [`crate::protocol`]).
 
 use hub::{Event, Hub, Message, Metadata, Position, Resume, Topic};
-use hub_ws::{Close, CloseCode, Ended, Handler, Session};
+use hub_ws::{Close, CloseCode, Ended, Handler, Handshake, Refusal, Session};
 use serde_json::json;
 
+use crate::auth::Auth;
 use crate::protocol::{self, parse_command, payload, ChatOptions, Command};
 
 fn text_only() -> Close {
@@ -23,10 +24,28 @@ fn slow_down(dropped: u32) -> String {
 /// `/ws`: the classic broadcast chat. Every text message reaches every
 /// client (the sender included) as `Client says: {text}`; when a client
 /// leaves, the others are told.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Chat;
+#[derive(Clone, Debug, Default)]
+pub struct Chat {
+    auth: Auth,
+}
+
+impl Chat {
+    /// The endpoint, letting in whom `auth` accepts.
+    #[must_use]
+    pub fn new(auth: Auth) -> Self {
+        Self { auth }
+    }
+}
 
 impl Handler for Chat {
+    fn authenticate(
+        &self,
+        handshake: &Handshake<'_>,
+        metadata: Metadata,
+    ) -> Result<Metadata, Refusal> {
+        self.auth.check(handshake, metadata)
+    }
+
     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
         let text = message.as_text().ok_or_else(text_only)?;
         session.hub().broadcast(format!("Client says: {text}"));
@@ -47,10 +66,28 @@ impl Handler for Chat {
 
 /// `/ws` with parameters: the room chat, in its own hub. Named lines,
 /// joins and leaves, commands, member lists, resumable positions.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RoomChat;
+#[derive(Clone, Debug, Default)]
+pub struct RoomChat {
+    auth: Auth,
+}
+
+impl RoomChat {
+    /// The endpoint, letting in whom `auth` accepts.
+    #[must_use]
+    pub fn new(auth: Auth) -> Self {
+        Self { auth }
+    }
+}
 
 impl Handler for RoomChat {
+    fn authenticate(
+        &self,
+        handshake: &Handshake<'_>,
+        metadata: Metadata,
+    ) -> Result<Metadata, Refusal> {
+        self.auth.check(handshake, metadata)
+    }
+
     async fn on_open(&self, session: &Session) {
         let Some(options) = session.metadata().data::<ChatOptions>() else {
             return;
@@ -61,6 +98,8 @@ impl Handler for RoomChat {
         if session.metadata().name().is_none() {
             // Anonymous room-chat clients get a guest name.
             rename(hub, session, &name);
+        } else {
+            remember_name(session, &name);
         }
         let topic = Topic::Room(options.room.clone());
         let before = hub.position(&topic);
@@ -116,7 +155,10 @@ impl Handler for RoomChat {
                 let text = protocol::one_line(text);
                 announce(hub, options, "chat", json!({ "from": name, "text": text }));
             }
-            Some(command) => run(command, hub, session, options, &name).await,
+            Some(command) => {
+                let signed_in = self.auth.is_required();
+                run(command, hub, session, options, &name, signed_in).await;
+            }
         }
         Ok(())
     }
@@ -155,6 +197,7 @@ async fn run(
     session: &Session,
     options: &ChatOptions,
     name: &str,
+    signed_in: bool,
 ) {
     let info = |text: String| payload("info", json!({ "text": text }));
     let reply = match command {
@@ -171,6 +214,9 @@ async fn run(
         Command::Who => {
             let names = member_names(hub, options);
             Some(info(format!("in {}: {}", options.room, names.join(", "))))
+        }
+        Command::Nick(_) if signed_in => {
+            Some(info("your name is your user id, from your token".into()))
         }
         Command::Nick(new) if !protocol::valid_name(new) => Some(info(
             "names are 1 to 32 characters, without spaces or control characters".into(),
@@ -212,6 +258,10 @@ fn rename(hub: &Hub, session: &Session, name: &str) {
         let renamed: Metadata = metadata.with_name(name).with_user(name);
         hub.set_metadata(session.id(), renamed);
     }
+    remember_name(session, name);
+}
+
+fn remember_name(session: &Session, name: &str) {
     if let Some(options) = session.metadata().data::<ChatOptions>() {
         if let Ok(mut last) = options.last_name.lock() {
             *last = Some(name.to_owned());
@@ -247,10 +297,28 @@ fn send_members(hub: &Hub, options: &ChatOptions) {
 }
 
 /// `/echo`: replies `Message text was: {text}` to the sender alone.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Echo;
+#[derive(Clone, Debug, Default)]
+pub struct Echo {
+    auth: Auth,
+}
+
+impl Echo {
+    /// The endpoint, letting in whom `auth` accepts.
+    #[must_use]
+    pub fn new(auth: Auth) -> Self {
+        Self { auth }
+    }
+}
 
 impl Handler for Echo {
+    fn authenticate(
+        &self,
+        handshake: &Handshake<'_>,
+        metadata: Metadata,
+    ) -> Result<Metadata, Refusal> {
+        self.auth.check(handshake, metadata)
+    }
+
     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
         let text = message.as_text().ok_or_else(text_only)?;
         // Waits while this client's reply queue is full: a client that does

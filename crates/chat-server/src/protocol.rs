@@ -46,7 +46,7 @@ pub(crate) enum OptionsError {
     Format,
     #[error("resume needs both epoch and offset, as unsigned integers")]
     Resume,
-    #[error("unknown parameter {0:?}; use room, name, format, epoch, offset")]
+    #[error("unknown parameter {0:?}; use room, name, format, epoch, offset, token")]
     Unknown(String),
 }
 
@@ -65,6 +65,8 @@ pub(crate) fn parse_options(
             "format" => format = Some(value),
             "epoch" => epoch = Some(value),
             "offset" => offset = Some(value),
+            // Read by the sign-in check, not a chat option.
+            crate::auth::TOKEN_PARAM => {}
             other => return Err(OptionsError::Unknown(other.chars().take(32).collect())),
         }
     }

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{http, recv_close, recv_text, send_text, wait_for_connections, TestServer, WAIT};
+use common::{
+    handshake_status, http, recv_close, recv_text, send_text, wait_for_connections, TestServer,
+    WAIT,
+};
 use futures_util::future::join_all;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -116,29 +119,6 @@ async fn five_hundred_clients_all_receive_one_broadcast() {
         .any(|l| l == format!("hub_deliveries_total{{endpoint=\"ws\"}} {CLIENTS}")));
     drop(clients);
     server.stop().await;
-}
-
-/// A handshake with these extra headers; the HTTP status it got.
-async fn handshake_status(
-    server: &TestServer,
-    path: &str,
-    headers: &[(&'static str, &str)],
-) -> u16 {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::Error;
-
-    let mut request = server.url(path).into_client_request().unwrap();
-    for (name, value) in headers {
-        request.headers_mut().insert(*name, value.parse().unwrap());
-    }
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap()
-    {
-        Ok((_, response)) => response.status().as_u16(),
-        Err(Error::Http(response)) => response.status().as_u16(),
-        Err(other) => panic!("handshake failed: {other}"),
-    }
 }
 
 #[tokio::test]

@@ -1,14 +1,17 @@
 //! Sessions from axum's own [`WebSocketUpgrade`] extractor (feature `axum`).
 
+use std::net::SocketAddr;
+
 use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocket, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::extract::ConnectInfo;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use hub::{Message, Metadata};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::frame::{text, utf8, Frame, Framed, Outgoing, ReadError, Wire};
-use crate::{Close, CloseCode, Ended, Handler, WsServer};
+use crate::{Close, CloseCode, Ended, Handler, Handshake, PeerAddr, WsServer};
 
 impl Wire for AxumMessage {
     type Error = axum::Error;
@@ -51,15 +54,21 @@ impl Wire for AxumMessage {
 }
 
 impl<H: Handler> WsServer<H> {
-    /// Answers axum's [`WebSocketUpgrade`] extractor: checks the request's
-    /// `Origin` (pass its headers, from axum's `HeaderMap` extractor) and
-    /// the connection limits, applies this server's message limits, and
-    /// serves the session once the connection is upgraded. Return the
-    /// response from your axum handler.
+    /// Answers axum's [`WebSocketUpgrade`] extractor: checks the request
+    /// (pass its [`Parts`], an axum extractor too) for its `Origin`, the
+    /// handler's [`authenticate`](Handler::authenticate) and the connection
+    /// limits, applies this server's message limits, and serves the session
+    /// once the connection is upgraded. Return the response from your axum
+    /// handler.
+    ///
+    /// The client's address comes from axum's [`ConnectInfo`] (serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`) or a
+    /// [`PeerAddr`] extension; without either, per-address limits do not
+    /// apply.
     ///
     /// ```
     /// use axum::extract::{State, WebSocketUpgrade};
-    /// use axum::http::HeaderMap;
+    /// use axum::http::request::Parts;
     /// use axum::response::Response;
     /// use axum::routing::get;
     /// use axum::Router;
@@ -77,10 +86,10 @@ impl<H: Handler> WsServer<H> {
     ///
     /// async fn ws(
     ///     upgrade: WebSocketUpgrade,
-    ///     headers: HeaderMap,
     ///     State(chat): State<WsServer<Chat>>,
+    ///     parts: Parts,
     /// ) -> Response {
-    ///     chat.axum_upgrade(upgrade, &headers, Metadata::new())
+    ///     chat.axum_upgrade(upgrade, &parts, Metadata::new())
     /// }
     ///
     /// let app: Router = Router::new()
@@ -92,10 +101,17 @@ impl<H: Handler> WsServer<H> {
     pub fn axum_upgrade(
         &self,
         upgrade: WebSocketUpgrade,
-        headers: &HeaderMap,
+        parts: &Parts,
         metadata: Metadata,
     ) -> Response {
-        let admitted = match self.admit(headers, None) {
+        let extensions = &parts.extensions;
+        let peer = extensions.get::<PeerAddr>().map(|peer| peer.0).or_else(|| {
+            extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0)
+        });
+        let handshake = Handshake::new(&parts.uri, &parts.headers, peer);
+        let (admitted, metadata) = match self.admit(&handshake, metadata) {
             Ok(admitted) => admitted,
             Err(refused) => return refused.to_response::<String>().into_response(),
         };
@@ -108,7 +124,7 @@ impl<H: Handler> WsServer<H> {
             .write_buffer_size(config.write_buffer_size())
             .on_upgrade(move |socket| async move {
                 let _admitted = admitted;
-                server.serve_axum(socket, metadata, None).await;
+                server.serve_axum(socket, metadata, peer).await;
             })
     }
 
@@ -120,7 +136,7 @@ impl<H: Handler> WsServer<H> {
         &self,
         socket: WebSocket,
         metadata: Metadata,
-        peer: Option<std::net::SocketAddr>,
+        peer: Option<SocketAddr>,
     ) -> Ended {
         let socket = Framed::<_, AxumMessage>::new(socket);
         let session = self.run(socket, metadata, peer);

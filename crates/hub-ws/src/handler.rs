@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use hub::{ConnId, Event, Hub, Message, Metadata, SendError};
 
-use crate::{Close, Ended};
+use crate::{Close, Ended, Handshake, Refusal};
 
 /// The application's side of a WebSocket session: what incoming messages
 /// mean, and what happens when a client arrives or leaves.
@@ -35,6 +35,57 @@ use crate::{Close, Ended};
 /// # let _ = hub_ws::WsServer::new(hub::Hub::new(), Chat);
 /// ```
 pub trait Handler: Send + Sync + 'static {
+    /// Decides, before the upgrade, whether a handshake may open a session
+    /// and who the client is: return the metadata to register the
+    /// connection with (typically `metadata` with the user id and name
+    /// from a verified token), or a [`Refusal`] (`401`, `403`...) sent
+    /// instead of `101 Switching Protocols`.
+    ///
+    /// `metadata` is what the caller of [`WsServer::upgrade`] (or
+    /// [`serve_tcp`](crate::WsServer::serve_tcp)...) passed. Runs after the
+    /// Origin check and before the connection limits are counted, on the
+    /// task answering the request: keep it quick and non-blocking (check a
+    /// signature, not a database; an application that must look a
+    /// credential up can do it before calling `upgrade`). The default
+    /// accepts everyone as they are.
+    ///
+    /// [`WsServer::upgrade`]: crate::WsServer::upgrade
+    ///
+    /// ```
+    /// use hub::{Message, Metadata};
+    /// use hub_ws::{Close, Handler, Handshake, Refusal, Session};
+    ///
+    /// struct Members;
+    ///
+    /// impl Handler for Members {
+    ///     fn authenticate(
+    ///         &self,
+    ///         handshake: &Handshake<'_>,
+    ///         metadata: Metadata,
+    ///     ) -> Result<Metadata, Refusal> {
+    ///         match handshake.query("key").as_deref() {
+    ///             Some("letmein") => Ok(metadata.with_user("member")),
+    ///             Some(_) => Err(Refusal::forbidden("unknown key")),
+    ///             None => Err(Refusal::unauthorized("a key is required")),
+    ///         }
+    ///     }
+    ///
+    ///     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
+    ///         session.hub().broadcast(message);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # let _ = hub_ws::WsServer::new(hub::Hub::new(), Members);
+    /// ```
+    fn authenticate(
+        &self,
+        handshake: &Handshake<'_>,
+        metadata: Metadata,
+    ) -> Result<Metadata, Refusal> {
+        let _ = handshake;
+        Ok(metadata)
+    }
+
     /// Called once the connection is registered with the hub, before its
     /// first message is read.
     fn on_open(&self, session: &Session) -> impl Future<Output = ()> + Send {

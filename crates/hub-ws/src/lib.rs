@@ -87,6 +87,7 @@ mod close;
 mod config;
 mod frame;
 mod handler;
+mod handshake;
 mod rate;
 mod server;
 mod session;
@@ -96,9 +97,97 @@ pub use admission::Origins;
 pub use close::{Close, CloseCode, Ended};
 pub use config::{Config, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handler::{Handler, Session};
+pub use handshake::{Handshake, Refusal};
 pub use rate::RateLimit;
 pub use server::{PeerAddr, ServeError, WsServer};
 pub use upgrade::{is_upgrade_request, UpgradeError};
+
+/// Entry points for the fuzz targets under `fuzz/` (built by `cargo fuzz`,
+/// which passes `--cfg fuzzing`): the parsers of client input, with the
+/// invariants their callers rely on asserted. Not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use hyper::header::{self, HeaderMap, HeaderValue};
+
+    use crate::admission::check_origin;
+    use crate::Origins;
+
+    /// `check_origin` on a handshake with this `Origin` (raw header bytes),
+    /// this `Host` (if any) and these allowed-origin patterns.
+    ///
+    /// Never panics; `Origins::Any` and a missing `Origin` always pass;
+    /// without patterns only the same origin passes; the verdict ignores
+    /// ASCII case; a wildcard never admits its bare domain.
+    pub fn origin(origin: &[u8], host: Option<&[u8]>, allowed: &[String]) {
+        // Values hyper would not have parsed never reach the check.
+        let Ok(origin_value) = HeaderValue::from_bytes(origin) else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(host) = host {
+            let Ok(host) = HeaderValue::from_bytes(host) else {
+                return;
+            };
+            headers.insert(header::HOST, host);
+        }
+        let default = Origins::SameOrAllowed;
+        assert!(
+            check_origin(&headers, &default, allowed).is_ok(),
+            "no Origin"
+        );
+        headers.insert(header::ORIGIN, origin_value);
+        assert!(check_origin(&headers, &Origins::Any, allowed).is_ok());
+        let verdict = check_origin(&headers, &default, allowed).is_ok();
+        let same = check_origin(&headers, &default, &[]).is_ok();
+        if same {
+            assert!(verdict, "more patterns never refuse the same origin");
+            let origin = headers[header::ORIGIN].to_str().unwrap_or_default();
+            let host = headers
+                .get(header::HOST)
+                .and_then(|host| host.to_str().ok())
+                .unwrap_or_default();
+            let authority = origin.split_once("://").map(|(_, rest)| rest);
+            let authority = authority.map(|rest| rest.trim_end_matches('/'));
+            assert!(
+                authority.is_some_and(|a| !a.is_empty() && a.eq_ignore_ascii_case(host)),
+                "same origin: {origin:?} for host {host:?}"
+            );
+        }
+        // ASCII case does not matter, in the Origin, the Host or a pattern.
+        let mut upper = headers.clone();
+        for name in [header::ORIGIN, header::HOST] {
+            if let Some(value) = headers.get(&name) {
+                let value = value.as_bytes().to_ascii_uppercase();
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    upper.insert(name, value);
+                }
+            }
+        }
+        let upper_allowed: Vec<String> = allowed.iter().map(|p| p.to_ascii_uppercase()).collect();
+        assert_eq!(
+            check_origin(&upper, &default, &upper_allowed).is_ok(),
+            verdict,
+            "case changed the verdict: {headers:?}, {allowed:?}"
+        );
+        // `*.example.com` admits subdomains, not `example.com` itself.
+        for domain in allowed.iter().filter_map(|p| p.strip_prefix("*.")) {
+            let wildcard = [format!("*.{domain}")];
+            for bare in [format!("https://{domain}"), format!("https://{domain}:443")] {
+                let Ok(bare) = HeaderValue::from_str(&bare) else {
+                    continue;
+                };
+                // No Host: the same-origin rule stays out of it.
+                let mut headers = HeaderMap::new();
+                headers.insert(header::ORIGIN, bare);
+                assert!(
+                    check_origin(&headers, &default, &wildcard).is_err(),
+                    "{wildcard:?} admitted {headers:?}"
+                );
+            }
+        }
+    }
+}
 
 /// The workspace README's examples, compiled and run as doctests.
 #[cfg(doctest)]

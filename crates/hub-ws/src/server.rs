@@ -23,7 +23,7 @@ use crate::admission::{check_origin, Admitted};
 use crate::frame::{Frame, Framed, ReadError};
 use crate::session::{drive, Finished};
 use crate::upgrade::{accept_key, switching_protocols};
-use crate::{Close, CloseCode, Config, Ended, Handler, Session, UpgradeError};
+use crate::{Close, CloseCode, Config, Ended, Handler, Handshake, Session, UpgradeError};
 
 /// The client's address, as a request extension.
 ///
@@ -166,7 +166,8 @@ impl<H: Handler> WsServer<H> {
     ) -> Result<Response<R>, UpgradeError> {
         let accept = accept_key(&request)?;
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
-        let admitted = self.admit(request.headers(), peer)?;
+        let handshake = Handshake::new(request.uri(), request.headers(), peer);
+        let (admitted, metadata) = self.admit(&handshake, metadata)?;
         let on_upgrade = hyper::upgrade::on(&mut request);
         let server = self.clone();
         self.inner.sessions.spawn(async move {
@@ -184,29 +185,43 @@ impl<H: Handler> WsServer<H> {
     }
 
     /// Decides whether a handshake may open a session: the hub is running,
-    /// the origin is accepted and the connection limits allow one more.
-    /// The place taken is given back when the returned guard drops.
+    /// the origin is accepted, the handler accepts the client (and gives
+    /// its metadata) and the connection limits allow one more. The place
+    /// taken is given back when the returned guard drops.
     pub(crate) fn admit(
         &self,
-        headers: &hyper::HeaderMap,
-        peer: Option<SocketAddr>,
-    ) -> Result<Admitted, UpgradeError> {
-        let config = &self.inner.config;
-        let decided = if self.inner.hub.is_shut_down() {
+        handshake: &Handshake<'_>,
+        metadata: Metadata,
+    ) -> Result<(Admitted, Metadata), UpgradeError> {
+        let inner = &*self.inner;
+        let config = &inner.config;
+        let headers = handshake.headers();
+        let peer = handshake.peer_addr();
+        let decided = if inner.hub.is_shut_down() {
             Err(UpgradeError::ShuttingDown)
         } else {
-            check_origin(headers, &config.origins, &config.allowed_origins).and_then(|()| {
-                let ip = peer.map(|peer| peer.ip());
-                config
-                    .gate
-                    .admit(ip, config.max_sessions, config.max_sessions_per_ip)
-            })
+            check_origin(headers, &config.origins, &config.allowed_origins)
+                .and_then(|()| {
+                    inner
+                        .handler
+                        .authenticate(handshake, metadata)
+                        .map_err(UpgradeError::Refused)
+                })
+                .and_then(|metadata| {
+                    let ip = peer.map(|peer| peer.ip());
+                    let place =
+                        config
+                            .gate
+                            .admit(ip, config.max_sessions, config.max_sessions_per_ip)?;
+                    Ok((place, metadata))
+                })
         };
         if let Err(refused) = &decided {
             let origin = headers
                 .get(hyper::header::ORIGIN)
                 .and_then(|o| o.to_str().ok());
-            tracing::warn!(?peer, origin, %refused, "refused a WebSocket handshake");
+            let status = refused.status().as_u16();
+            tracing::warn!(?peer, origin, status, %refused, "refused a WebSocket handshake");
         }
         decided
     }
@@ -269,17 +284,19 @@ impl<H: Handler> WsServer<H> {
     ) -> Result<Ended, ServeError> {
         let peer = stream.peer_addr().ok();
         let config = self.inner.config.tungstenite();
+        let mut metadata = Some(metadata);
         let mut admitted = None;
         // The shape of the error is tungstenite's handshake callback's.
         #[allow(clippy::result_large_err)]
-        let check = |request: &HandshakeRequest, response: HandshakeResponse| match self
-            .admit(request.headers(), peer)
-        {
-            Ok(place) => {
-                admitted = Some(place);
-                Ok(response)
+        let check = |request: &HandshakeRequest, response: HandshakeResponse| {
+            let handshake = Handshake::new(request.uri(), request.headers(), peer);
+            match self.admit(&handshake, metadata.take().unwrap_or_default()) {
+                Ok(place) => {
+                    admitted = Some(place);
+                    Ok(response)
+                }
+                Err(refused) => Err(refused.to_response::<String>().map(Some)),
             }
-            Err(refused) => Err(refused.to_response::<String>().map(Some)),
         };
         let handshake =
             tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
@@ -287,7 +304,12 @@ impl<H: Handler> WsServer<H> {
             .await
             .map_err(|_| ServeError::HandshakeTimeout)?
             .map_err(|error| ServeError::Handshake(Box::new(error)))?;
-        let _admitted = admitted;
+        let Some((_place, metadata)) = admitted else {
+            // tungstenite completed a handshake without asking: not expected.
+            return Err(ServeError::Handshake(
+                "the handshake was not checked".into(),
+            ));
+        };
         let session = self.serve_tungstenite(socket, metadata, peer);
         Ok(self.inner.sessions.track_future(session).await)
     }
@@ -378,18 +400,64 @@ mod tests {
         is_send_sync::<Ended>();
     }
 
-    #[tokio::test]
-    async fn upgrade_is_refused_once_the_hub_is_shut_down() {
-        let server = WsServer::new(Hub::new(), Nothing);
-        server.shutdown().await;
-        let request = Request::get("/ws")
+    fn handshake_request(uri: &str) -> Request<()> {
+        Request::get(uri)
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
             .header("sec-websocket-version", "13")
             .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
             .body(())
-            .unwrap();
-        let refused = server.upgrade::<_, String>(request, Metadata::new());
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn upgrade_is_refused_once_the_hub_is_shut_down() {
+        let server = WsServer::new(Hub::new(), Nothing);
+        server.shutdown().await;
+        let refused = server.upgrade::<_, String>(handshake_request("/ws"), Metadata::new());
         assert_eq!(refused.unwrap_err(), UpgradeError::ShuttingDown);
+    }
+
+    /// Lets in `?key=open` only, and takes no place when it refuses.
+    struct Keyed;
+
+    impl Handler for Keyed {
+        fn authenticate(
+            &self,
+            handshake: &Handshake<'_>,
+            metadata: Metadata,
+        ) -> Result<Metadata, crate::Refusal> {
+            match handshake.query("key").as_deref() {
+                Some("open") => Ok(metadata.with_user("keyholder")),
+                _ => Err(crate::Refusal::unauthorized("no key")),
+            }
+        }
+
+        async fn on_message(&self, _: &Session, _: hub::Message) -> Result<(), crate::Close> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handler_refuses_before_a_place_is_taken() {
+        let config = Config::default().max_sessions(1);
+        let server = WsServer::with_config(Hub::new(), Keyed, config);
+        for _ in 0..3 {
+            let refused = server
+                .upgrade::<_, String>(handshake_request("/ws?key=wrong"), Metadata::new())
+                .unwrap_err();
+            assert_eq!(refused.status(), hyper::StatusCode::UNAUTHORIZED);
+            let response = refused.to_response::<String>();
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            assert_eq!(response.body(), "no key\n");
+        }
+        assert_eq!(server.admitted(), 0);
+        let accepted =
+            server.upgrade::<_, String>(handshake_request("/ws?key=open"), Metadata::new());
+        assert_eq!(
+            accepted.unwrap().status(),
+            hyper::StatusCode::SWITCHING_PROTOCOLS
+        );
+        assert_eq!(server.admitted(), 1);
     }
 }

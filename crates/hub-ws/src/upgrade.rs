@@ -4,11 +4,13 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use crate::Refusal;
+
 /// Why a request could not be upgraded to a WebSocket.
 ///
 /// [`status`](Self::status) and [`to_response`](Self::to_response) give the
 /// answer to send instead of `101 Switching Protocols`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum UpgradeError {
     /// The request method was not `GET`.
@@ -39,6 +41,10 @@ pub enum UpgradeError {
     /// ([`Config::max_sessions_per_ip`](crate::Config::max_sessions_per_ip)).
     #[error("too many connections from this address")]
     TooManyFromAddress,
+    /// The application refused the handshake
+    /// ([`Handler::authenticate`](crate::Handler::authenticate)).
+    #[error("{0}")]
+    Refused(Refusal),
 }
 
 impl UpgradeError {
@@ -52,6 +58,7 @@ impl UpgradeError {
             Self::ShuttingDown | Self::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             Self::ForbiddenOrigin => StatusCode::FORBIDDEN,
             Self::TooManyFromAddress => StatusCode::TOO_MANY_REQUESTS,
+            Self::Refused(refusal) => refusal.status(),
         }
     }
 
@@ -78,6 +85,7 @@ impl UpgradeError {
             Self::MethodNotGet => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("GET"));
             }
+            Self::Refused(refusal) => refusal.add_headers(headers),
             _ => {}
         }
         response

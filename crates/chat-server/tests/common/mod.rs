@@ -192,6 +192,42 @@ pub async fn wait_for_connections(addr: SocketAddr, n: usize) {
     .unwrap_or_else(|_| panic!("the hub never reported {n} connections"));
 }
 
+/// The answer to a WebSocket handshake with these extra headers: status,
+/// headers and body (a 101's socket is dropped).
+pub async fn handshake(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> (u16, tokio_tungstenite::tungstenite::http::HeaderMap, String) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+
+    let mut request = server.url(path).into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    let response = match timeout(WAIT, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("handshake timed out")
+    {
+        Ok((_, response)) => response,
+        Err(Error::Http(response)) => *response,
+        Err(other) => panic!("handshake failed: {other}"),
+    };
+    let (parts, body) = response.into_parts();
+    let body = String::from_utf8(body.unwrap_or_default()).unwrap();
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+/// The status a WebSocket handshake with these extra headers got.
+pub async fn handshake_status(
+    server: &TestServer,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> u16 {
+    handshake(server, path, headers).await.0
+}
+
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
