@@ -1,6 +1,7 @@
 //! Command-line flags (each also readable from an environment variable).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -96,6 +97,15 @@ pub struct Args {
     /// closed with 1008.
     #[arg(long, env = "CHAT_RATE_LIMIT_CLOSE_AFTER", default_value_t = 100)]
     pub rate_limit_close_after: u32,
+
+    /// Serve HTTPS and WSS with this certificate chain (PEM); needs
+    /// --tls-key.
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
 
     /// Require a sign-in token on every WebSocket endpoint: a JWT signed
     /// with this secret (HS256), with `sub` (the user id, which becomes the

@@ -8,6 +8,7 @@ mod auth;
 mod chat;
 mod protocol;
 mod routes;
+mod tls;
 
 use std::future::Future;
 use std::io;
@@ -19,7 +20,9 @@ use hub_ws::{Config, Origins, RateLimit, WsServer};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -170,21 +173,59 @@ pub mod fuzzing {
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bound, not yet running, chat server.
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     routes: Routes,
     grace: Duration,
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .field("routes", &self.routes)
+            .field("grace", &self.grace)
+            .finish()
+    }
+}
+
+/// Why [`Server::bind`] could not start a server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The address could not be bound (in use, not local...).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
 impl Server {
-    /// Binds the listening socket as `args` say.
+    /// Binds the listening socket as `args` say, and loads the TLS
+    /// certificate if there is one.
     ///
     /// # Errors
     ///
-    /// The I/O error if the address cannot be bound (in use, not local...).
-    pub async fn bind(args: &Args) -> io::Result<Self> {
-        let listener = TcpListener::bind((args.host, args.port)).await?;
+    /// [`StartError`] if the address cannot be bound, or the certificate
+    /// or key cannot be read or do not go together.
+    pub async fn bind(args: &Args) -> Result<Self, StartError> {
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let addr = SocketAddr::new(args.host, args.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
         let mut config = Config::default()
             .max_message_size(args.max_message_size)
             .max_frame_size(args.max_message_size)
@@ -216,6 +257,7 @@ impl Server {
         };
         Ok(Self {
             listener,
+            tls,
             routes: Routes {
                 chat: WsServer::with_config(hub(args), Chat::new(auth.clone()), config.clone()),
                 rooms: WsServer::with_config(
@@ -238,6 +280,12 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Whether clients connect over TLS (`https://`, `wss://`).
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The hub behind the classic chat (`/ws` without parameters).
     #[must_use]
     pub fn chat_hub(&self) -> &Hub {
@@ -256,6 +304,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             listener,
+            tls,
             routes,
             grace,
         } = self;
@@ -271,32 +320,15 @@ impl Server {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let routes = routes.clone();
-                    let stopping = stopping.clone();
-                    http.spawn(async move {
-                        let service = service_fn(move |request| {
-                            let routes = routes.clone();
-                            async move { routes.handle(request, peer).await }
-                        });
-                        let connection = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_READ_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .with_upgrades();
-                        tokio::pin!(connection);
-                        // An upgraded connection has left hyper by then and
-                        // is closed by its WebSocket session instead.
-                        let ended = tokio::select! {
-                            ended = connection.as_mut() => ended,
-                            () = stopping.cancelled() => {
-                                connection.as_mut().graceful_shutdown();
-                                connection.await
-                            }
-                        };
-                        if let Err(error) = ended {
-                            tracing::debug!(%peer, %error, "HTTP connection ended with an error");
-                        }
-                    });
+                    let connection = Connection {
+                        routes: routes.clone(),
+                        peer,
+                        stopping: stopping.clone(),
+                    };
+                    match &tls {
+                        None => http.spawn(connection.serve(stream)),
+                        Some(tls) => http.spawn(connection.serve_tls(tls.clone(), stream)),
+                    };
                 }
                 Err(error) => {
                     // Out of file descriptors and the like: back off and go on.
@@ -326,6 +358,66 @@ impl Server {
                     routes.chat.sessions() + routes.rooms.sessions() + routes.echo.sessions(),
                 "shutdown grace period over; dropping remaining clients"
             );
+        }
+    }
+}
+
+/// One accepted TCP connection, served as HTTP/1.1 (with upgrades).
+struct Connection {
+    routes: Routes,
+    peer: SocketAddr,
+    /// Cancelled when the server shuts down.
+    stopping: CancellationToken,
+}
+
+impl Connection {
+    /// Runs the TLS handshake (bounded like the request headers), then
+    /// serves HTTP over it.
+    async fn serve_tls(self, tls: TlsAcceptor, stream: TcpStream) {
+        let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream));
+        let accepted = tokio::select! {
+            accepted = handshake => accepted,
+            () = self.stopping.cancelled() => return,
+        };
+        match accepted {
+            Ok(Ok(stream)) => self.serve(stream).await,
+            Ok(Err(error)) => {
+                tracing::debug!(peer = %self.peer, %error, "TLS handshake failed");
+            }
+            Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+        }
+    }
+
+    async fn serve<S>(self, stream: S)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            routes,
+            peer,
+            stopping,
+        } = self;
+        let service = service_fn(move |request| {
+            let routes = routes.clone();
+            async move { routes.handle(request, peer).await }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        tokio::pin!(connection);
+        // An upgraded connection has left hyper by then and is closed by its
+        // WebSocket session instead.
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = stopping.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = ended {
+            tracing::debug!(%peer, %error, "HTTP connection ended with an error");
         }
     }
 }

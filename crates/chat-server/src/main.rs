@@ -38,15 +38,13 @@ async fn main() -> ExitCode {
     let server = match Server::bind(&args).await {
         Ok(server) => server,
         Err(error) => {
-            eprintln!(
-                "chat-server: cannot listen on {}:{}: {error}",
-                args.host, args.port
-            );
+            eprintln!("chat-server: {error}");
             return ExitCode::FAILURE;
         }
     };
+    let scheme = if server.is_tls() { "https" } else { "http" };
     match server.local_addr() {
-        Ok(addr) => println!("chat-server listening on http://{addr}/"),
+        Ok(addr) => println!("chat-server listening on {scheme}://{addr}/"),
         Err(error) => {
             eprintln!("chat-server: {error}");
             return ExitCode::FAILURE;

@@ -23,6 +23,11 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// What a client's WebSocket runs over (TCP, TLS...).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin {}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Io for S {}
+
 /// A chat server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -93,7 +98,7 @@ pub async fn connect(url: &str) -> Client {
 }
 
 /// The next text message, skipping pings; panics on anything else.
-pub async fn recv_text(client: &mut Client) -> String {
+pub async fn recv_text<S: Io>(client: &mut WebSocketStream<S>) -> String {
     loop {
         match timeout(WAIT, client.next())
             .await
@@ -135,7 +140,7 @@ pub async fn assert_silent(client: &mut Client, quiet: Duration) {
     }
 }
 
-pub async fn send_text(client: &mut Client, text: &str) {
+pub async fn send_text<S: Io>(client: &mut WebSocketStream<S>, text: &str) {
     timeout(WAIT, client.send(Message::text(text)))
         .await
         .unwrap()
