@@ -6,6 +6,7 @@
 mod args;
 mod auth;
 mod chat;
+mod metrics;
 mod protocol;
 mod routes;
 mod tls;

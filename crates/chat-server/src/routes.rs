@@ -1,7 +1,6 @@
 //! HTTP routing: the page, the two WebSocket endpoints, health and metrics.
 
 use std::convert::Infallible;
-use std::fmt::Write;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -12,6 +11,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::chat::{Chat, Echo, RoomChat};
+use crate::metrics::{self, Endpoint};
 use crate::protocol::parse_options;
 
 /// The chat page, embedded in the binary.
@@ -53,12 +53,21 @@ impl Routes {
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    self.metrics(),
+                    metrics::render(&self.endpoints()),
                 )
             }),
             _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
         };
         Ok(response)
+    }
+
+    /// Each endpoint's counters, for `/metrics`.
+    fn endpoints(&self) -> [Endpoint; 3] {
+        [
+            Endpoint::of("ws", &self.chat),
+            Endpoint::of("rooms", &self.rooms),
+            Endpoint::of("echo", &self.echo),
+        ]
     }
 
     /// `/ws` and `/ws/{room}`: the classic chat without parameters, the
@@ -76,98 +85,7 @@ impl Routes {
             Err(error) => respond(StatusCode::BAD_REQUEST, TEXT, format!("{error}\n")),
         }
     }
-
-    /// The hubs' counters in the Prometheus text format.
-    fn metrics(&self) -> String {
-        let stats = [
-            ("ws", self.chat.hub().stats()),
-            ("rooms", self.rooms.hub().stats()),
-            ("echo", self.echo.hub().stats()),
-        ];
-        let mut out = String::new();
-        for (name, kind, help, value) in SERIES {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (endpoint, stats) in &stats {
-                let _ = writeln!(out, "{name}{{endpoint=\"{endpoint}\"}} {}", value(stats));
-            }
-        }
-        out
-    }
 }
-
-/// One Prometheus series per hub counter: name, type, help, value.
-type Series = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&hub::Stats) -> u64,
-);
-
-const SERIES: [Series; 12] = [
-    ("hub_connections", "gauge", "Connections open now.", |s| {
-        s.connections as u64
-    }),
-    ("hub_rooms", "gauge", "Rooms with members now.", |s| {
-        s.rooms as u64
-    }),
-    (
-        "hub_history_bytes",
-        "gauge",
-        "Payload bytes kept in history.",
-        |s| s.history_bytes as u64,
-    ),
-    (
-        "hub_connected_total",
-        "counter",
-        "Connections ever opened.",
-        |s| s.connected_total,
-    ),
-    ("hub_broadcasts_total", "counter", "Broadcasts sent.", |s| {
-        s.broadcasts
-    }),
-    (
-        "hub_deliveries_total",
-        "counter",
-        "Messages handed to connections by broadcasts.",
-        |s| s.deliveries,
-    ),
-    (
-        "hub_personal_total",
-        "counter",
-        "Personal messages queued.",
-        |s| s.personal,
-    ),
-    (
-        "hub_lagged_total",
-        "counter",
-        "Times a connection fell behind.",
-        |s| s.lagged,
-    ),
-    (
-        "hub_missed_total",
-        "counter",
-        "Broadcast messages lagging connections did not get.",
-        |s| s.missed,
-    ),
-    (
-        "hub_repaired_total",
-        "counter",
-        "Broadcast messages refilled from history.",
-        |s| s.repaired,
-    ),
-    (
-        "hub_replayed_total",
-        "counter",
-        "Messages replayed to resuming connections.",
-        |s| s.replayed,
-    ),
-    (
-        "hub_resyncs_total",
-        "counter",
-        "Gaps history could not fill.",
-        |s| s.resyncs,
-    ),
-];
 
 const TEXT: &str = "text/plain; charset=utf-8";
 

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_silent, header, http, recv_close, recv_text, send_text, wait_for_connections,
-    TestServer, WAIT,
+    assert_silent, handshake_status, header, http, recv_close, recv_text, send_text,
+    wait_for_connections, wait_for_metric, TestServer, WAIT,
 };
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -211,11 +211,42 @@ async fn metrics_count_connections_and_deliveries() {
         "hub_connections{endpoint=\"rooms\"} 0",
         "hub_resyncs_total{endpoint=\"ws\"} 0",
         "# TYPE hub_connections gauge",
+        "ws_sessions{endpoint=\"ws\"} 2",
+        "ws_sessions_opened_total{endpoint=\"ws\"} 2",
+        "ws_messages_in_total{endpoint=\"ws\"} 1",
+        "ws_bytes_in_total{endpoint=\"ws\"} 1",
+        "ws_messages_out_total{endpoint=\"ws\"} 2",
+        "ws_bytes_out_total{endpoint=\"ws\"} 28",
+        "ws_handshakes_refused_total{endpoint=\"ws\",reason=\"origin\"} 0",
+        "# TYPE ws_handshakes_refused_total counter",
     ] {
         assert!(
             body.lines().any(|l| l == line),
             "missing {line:?} in\n{body}"
         );
     }
+
+    // Refused handshakes by reason, closes by who and code, joins.
+    let evil = [("origin", "https://evil.example")];
+    assert_eq!(handshake_status(&server, "/echo", &evil).await, 403);
+    assert_eq!(http(server.addr, "GET", "/ws").await.0, 426);
+    let mut echo = server.connect("/echo").await;
+    echo.send(Message::binary(vec![1u8])).await.unwrap();
+    assert_eq!(recv_close(&mut echo).await.0, 1003);
+    b.close(None).await.unwrap();
+    let mut room = server.connect("/ws?room=r&name=ann").await;
+    assert_eq!(recv_text(&mut room).await, "ann joined");
+    room.close(None).await.unwrap();
+    for line in [
+        "ws_handshakes_refused_total{endpoint=\"echo\",reason=\"origin\"} 1",
+        "ws_handshakes_refused_total{endpoint=\"ws\",reason=\"not_websocket\"} 1",
+        "ws_server_closes_total{endpoint=\"echo\",code=\"1003\"} 1",
+        "ws_client_closes_total{endpoint=\"ws\"} 1",
+        "hub_joins_total{endpoint=\"rooms\"} 1",
+        "hub_leaves_total{endpoint=\"rooms\"} 1",
+    ] {
+        wait_for_metric(server.addr, line).await;
+    }
+    drop(a);
     server.stop().await;
 }

@@ -91,6 +91,7 @@ mod handshake;
 mod rate;
 mod server;
 mod session;
+mod stats;
 mod upgrade;
 
 pub use admission::Origins;
@@ -100,6 +101,7 @@ pub use handler::{Handler, Session};
 pub use handshake::{Handshake, Refusal};
 pub use rate::RateLimit;
 pub use server::{PeerAddr, ServeError, WsServer};
+pub use stats::WsStats;
 pub use upgrade::{is_upgrade_request, UpgradeError};
 
 /// Entry points for the fuzz targets under `fuzz/` (built by `cargo fuzz`,

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{check_origin, Admitted};
 use crate::frame::{Frame, Framed, ReadError};
 use crate::session::{drive, Finished};
+use crate::stats::{Counters, WsStats};
 use crate::upgrade::{accept_key, switching_protocols};
 use crate::{Close, CloseCode, Config, Ended, Handler, Handshake, Session, UpgradeError};
 
@@ -89,6 +90,7 @@ pub(crate) struct Inner<H> {
     handler: H,
     pub(crate) config: Config,
     pub(crate) sessions: TaskTracker,
+    counters: Counters,
 }
 
 impl<H> Clone for WsServer<H> {
@@ -123,6 +125,7 @@ impl<H: Handler> WsServer<H> {
                 handler,
                 config,
                 sessions: TaskTracker::new(),
+                counters: Counters::default(),
             }),
         }
     }
@@ -137,6 +140,13 @@ impl<H: Handler> WsServer<H> {
     #[must_use]
     pub fn sessions(&self) -> usize {
         self.inner.sessions.len()
+    }
+
+    /// This server's counters: sessions, messages in and out, refused
+    /// handshakes by reason, closes by code.
+    #[must_use]
+    pub fn stats(&self) -> WsStats {
+        self.inner.counters.snapshot(self.inner.sessions.len())
     }
 
     /// Sessions admitted and not yet ended (what
@@ -164,7 +174,8 @@ impl<H: Handler> WsServer<H> {
         mut request: Request<B>,
         metadata: Metadata,
     ) -> Result<Response<R>, UpgradeError> {
-        let accept = accept_key(&request)?;
+        let accept =
+            accept_key(&request).inspect_err(|error| self.inner.counters.refused(error))?;
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
         let handshake = Handshake::new(request.uri(), request.headers(), peer);
         let (admitted, metadata) = self.admit(&handshake, metadata)?;
@@ -217,6 +228,7 @@ impl<H: Handler> WsServer<H> {
                 })
         };
         if let Err(refused) = &decided {
+            inner.counters.refused(refused);
             let origin = headers
                 .get(hyper::header::ORIGIN)
                 .and_then(|o| o.to_str().ok());
@@ -341,8 +353,18 @@ impl<H: Handler> WsServer<H> {
                 };
             }
         };
+        inner.counters.opened();
         let session = Session::new(connection.id(), inner.hub.clone(), metadata, peer);
-        drive(socket, connection, session, &inner.handler, &inner.config).await
+        let counters = &inner.counters;
+        drive(
+            socket,
+            connection,
+            session,
+            &inner.handler,
+            &inner.config,
+            counters,
+        )
+        .await
     }
 
     /// Shuts the hub down (every client is closed with 1001), refuses new

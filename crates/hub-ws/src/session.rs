@@ -10,6 +10,7 @@ use tokio::time::{self, Instant, MissedTickBehavior};
 
 use crate::frame::{Frame, ReadError};
 use crate::rate::{Bucket, Verdict};
+use crate::stats::Counters;
 use crate::{Close, CloseCode, Config, Ended, Handler, Session};
 
 /// Most hub messages written to the socket before one flush.
@@ -33,6 +34,7 @@ pub(crate) async fn drive<S, E, H>(
     session: Session,
     handler: &H,
     config: &Config,
+    counters: &Counters,
 ) -> Finished<S>
 where
     S: Stream<Item = Result<Frame, ReadError>> + Sink<Frame, Error = E> + Unpin,
@@ -43,8 +45,15 @@ where
     let mut connection = connection;
     handler.on_open(&session).await;
     let ended = {
-        let reader = read_loop(&mut stream, &session, handler, config);
-        let writer = write_loop(&mut sink, &mut connection, &session, handler, config);
+        let reader = read_loop(&mut stream, &session, handler, config, counters);
+        let writer = write_loop(
+            &mut sink,
+            &mut connection,
+            &session,
+            handler,
+            config,
+            counters,
+        );
         tokio::select! {
             ended = reader => ended,
             ended = writer => ended,
@@ -54,10 +63,11 @@ where
     if let Ended::ServerClosed(_) = ended {
         // What was already queued for the client (replies, notices) goes
         // out before the close frame.
-        let flushed = flush_queued(&mut sink, &mut connection, &session, handler);
+        let flushed = flush_queued(&mut sink, &mut connection, &session, handler, counters);
         let _ = time::timeout_at(deadline, flushed).await;
     }
     drop(connection);
+    counters.ended(&ended);
     tracing::debug!(id = %session.id(), ?ended, "session ended");
     let sent = time::timeout_at(deadline, send_close(&mut sink, &ended)).await;
     handler.on_close(&session, &ended).await;
@@ -72,7 +82,13 @@ where
     }
 }
 
-async fn read_loop<R, H>(stream: &mut R, session: &Session, handler: &H, config: &Config) -> Ended
+async fn read_loop<R, H>(
+    stream: &mut R,
+    session: &Session,
+    handler: &H,
+    config: &Config,
+    counters: &Counters,
+) -> Ended
 where
     R: Stream<Item = Result<Frame, ReadError>> + Unpin,
     H: Handler,
@@ -105,6 +121,7 @@ where
         match bucket.as_mut().map_or(Verdict::Pass, Bucket::take) {
             Verdict::Pass => {}
             Verdict::Drop(dropped) => {
+                counters.throttled();
                 // Never waits: a flooding client is not owed backpressure.
                 if let Some(notice) = handler.on_throttled(session, dropped) {
                     let _ = session.hub().try_send_personal(session.id(), notice);
@@ -113,6 +130,7 @@ where
             }
             Verdict::Close => return server_close(CloseCode::POLICY, "too many messages"),
         }
+        counters.message_in(&message);
         if let Err(close) = handler.on_message(session, message).await {
             return Ended::ServerClosed(close);
         }
@@ -125,6 +143,7 @@ async fn write_loop<W, E, H>(
     session: &Session,
     handler: &H,
     config: &Config,
+    counters: &Counters,
 ) -> Ended
 where
     W: Sink<Frame, Error = E> + Unpin,
@@ -138,7 +157,7 @@ where
         let write = tokio::select! {
             event = connection.recv() => match event {
                 Ok(event) => {
-                    let batch = write_batch(sink, connection, event, session, handler);
+                    let batch = write_batch(sink, connection, event, session, handler, counters);
                     time::timeout(config.write_timeout, batch).await
                 }
                 Err(closed) => return ended_by_hub(closed),
@@ -174,6 +193,7 @@ async fn write_batch<W, H>(
     first: Event,
     session: &Session,
     handler: &H,
+    counters: &Counters,
 ) -> Result<Option<RecvError>, W::Error>
 where
     W: Sink<Frame> + Unpin,
@@ -182,6 +202,7 @@ where
     let mut next = Some(first);
     let mut closed = None;
     let mut written = 0;
+    let (mut messages, mut bytes) = (0, 0);
     while let Some(event) = next.take() {
         if let Event::Lagged { topic, missed }
         | Event::Resync {
@@ -192,6 +213,8 @@ where
             tracing::debug!(id = %connection.id(), %topic, missed, "connection has a gap");
         }
         if let Some(message) = handler.render(session, event) {
+            messages += 1;
+            bytes += message.len() as u64;
             sink.feed(Frame::Message(message)).await?;
         }
         written += 1;
@@ -204,6 +227,7 @@ where
             Err(_) => {}
         }
     }
+    counters.messages_out(messages, bytes);
     sink.flush().await?;
     Ok(closed)
 }
@@ -239,6 +263,7 @@ async fn flush_queued<W, H>(
     connection: &mut Connection,
     session: &Session,
     handler: &H,
+    counters: &Counters,
 ) -> Result<(), W::Error>
 where
     W: Sink<Frame> + Unpin,
@@ -246,6 +271,7 @@ where
 {
     while let Ok(event) = connection.try_recv() {
         if let Some(message) = handler.render(session, event) {
+            counters.messages_out(1, message.len() as u64);
             sink.feed(Frame::Message(message)).await?;
         }
     }
@@ -370,9 +396,16 @@ mod tests {
         let handler = Arc::clone(&probe);
         let socket = FakeSocket { incoming, outgoing };
         let task = tokio::spawn(async move {
-            drive(socket, connection, session, &handler, &config)
-                .await
-                .ended
+            drive(
+                socket,
+                connection,
+                session,
+                &handler,
+                &config,
+                &Counters::default(),
+            )
+            .await
+            .ended
         });
         Harness {
             client,
@@ -524,7 +557,15 @@ mod tests {
         }
         let socket = FakeSocket { incoming, outgoing };
         tokio::spawn(async move {
-            drive(socket, connection, session, &Notice, &Config::default()).await
+            drive(
+                socket,
+                connection,
+                session,
+                &Notice,
+                &Config::default(),
+                &Counters::default(),
+            )
+            .await
         });
         for expected in ["missed 3", "3", "4"] {
             let frame = tokio::time::timeout(WAIT, written.recv()).await.unwrap();

@@ -62,6 +62,45 @@ impl UpgradeError {
         }
     }
 
+    /// Every [`reason`](Self::reason), in a fixed order.
+    pub const REASONS: [&'static str; 10] = [
+        "method",
+        "not_websocket",
+        "version",
+        "key",
+        "shutting_down",
+        "origin",
+        "full",
+        "full_address",
+        "unauthenticated",
+        "forbidden",
+    ];
+
+    /// A short, stable name for why the handshake was refused, for logs and
+    /// metrics labels: `origin`, `full` (too many connections),
+    /// `full_address` (too many from one address), `unauthenticated` (the
+    /// handler refused with 401), `forbidden` (it refused with another
+    /// status)... see [`REASONS`](Self::REASONS).
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        Self::REASONS[self.index()]
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        match self {
+            Self::MethodNotGet => 0,
+            Self::NotWebSocket => 1,
+            Self::UnsupportedVersion => 2,
+            Self::BadKey => 3,
+            Self::ShuttingDown => 4,
+            Self::ForbiddenOrigin => 5,
+            Self::TooManyConnections => 6,
+            Self::TooManyFromAddress => 7,
+            Self::Refused(refusal) if refusal.status() == StatusCode::UNAUTHORIZED => 8,
+            Self::Refused(_) => 9,
+        }
+    }
+
     /// A complete response: the status, the headers the RFC asks for, and
     /// this error's message as a short plain-text body.
     #[must_use]

@@ -872,6 +872,7 @@ impl Inner {
         let _ = entry.control.send(Control::Join { room, subscribed });
         entry.membership.notify();
         if !already {
+            Counters::add(&self.counters.joins, 1);
             // Under the registry lock, so presence events keep their order.
             self.announce(PresenceKind::Joined, Topic::Room(name), id, &entry.metadata);
         }
@@ -925,7 +926,11 @@ impl Inner {
         let Some(room) = rooms.by_name.get(name).cloned() else {
             return;
         };
-        if room.remove_member(id) != Some(0) {
+        let left = room.remove_member(id);
+        if left.is_some() {
+            Counters::add(&self.counters.leaves, 1);
+        }
+        if left != Some(0) {
             return;
         }
         if self.history.enabled() && self.idle_rooms > 0 && room.position().1 > 0 {

@@ -33,6 +33,10 @@ pub struct Stats {
     pub replayed: u64,
     /// Resync notices: gaps history could not fill.
     pub resyncs: u64,
+    /// Times a connection joined a room.
+    pub joins: u64,
+    /// Times a connection left a room (disconnecting included).
+    pub leaves: u64,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) repaired: AtomicU64,
     pub(crate) replayed: AtomicU64,
     pub(crate) resyncs: AtomicU64,
+    pub(crate) joins: AtomicU64,
+    pub(crate) leaves: AtomicU64,
 }
 
 impl Counters {
@@ -67,6 +73,8 @@ impl Counters {
             repaired: self.repaired.load(Relaxed),
             replayed: self.replayed.load(Relaxed),
             resyncs: self.resyncs.load(Relaxed),
+            joins: self.joins.load(Relaxed),
+            leaves: self.leaves.load(Relaxed),
         }
     }
 }

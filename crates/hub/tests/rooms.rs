@@ -177,6 +177,10 @@ async fn member_counts_are_exact_under_concurrent_joins_and_leaves() {
     drop(kept);
     assert!(hub.members("busy").is_empty());
     assert!(hub.rooms().is_empty());
+    // Even tasks joined and left 50 times; odd ones 33 times (a join while
+    // a member is no join); then 8 joined and left by disconnecting.
+    let stats = hub.stats();
+    assert_eq!((stats.joins, stats.leaves), (1336, 1336));
 }
 
 #[tokio::test]

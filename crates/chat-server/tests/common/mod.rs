@@ -181,20 +181,24 @@ pub async fn http(
 
 /// Waits (bounded) until the `/ws` hub reports `n` connections in /metrics.
 pub async fn wait_for_connections(addr: SocketAddr, n: usize) {
-    let want = format!("hub_connections{{endpoint=\"ws\"}} {n}");
-    // Registration happens inside the server: all a client can do is ask.
+    wait_for_metric(addr, &format!("hub_connections{{endpoint=\"ws\"}} {n}")).await;
+}
+
+/// Waits (bounded) until /metrics has this exact line.
+pub async fn wait_for_metric(addr: SocketAddr, line: &str) {
+    // Counting happens inside the server: all a client can do is ask.
     let mut every = tokio::time::interval(Duration::from_millis(10));
     timeout(WAIT, async {
         loop {
             every.tick().await;
             let (_, _, body) = http(addr, "GET", "/metrics").await;
-            if body.lines().any(|l| l == want) {
+            if body.lines().any(|l| l == line) {
                 return;
             }
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("the hub never reported {n} connections"));
+    .unwrap_or_else(|_| panic!("/metrics never said {line:?}"));
 }
 
 /// The answer to a WebSocket handshake with these extra headers: status,

@@ -1,0 +1,186 @@
+//! Counters kept by a server: sessions, traffic, refusals and closes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+
+use hub::Message;
+
+use crate::{CloseCode, Ended, UpgradeError};
+
+/// A snapshot of a server's counters, from
+/// [`WsServer::stats`](crate::WsServer::stats). The hub's own counters
+/// (connections, deliveries, lag...) are in [`hub::Hub::stats`].
+///
+/// Totals only grow; `sessions` is the number running now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WsStats {
+    /// Sessions running now.
+    pub sessions: usize,
+    /// Sessions ever started.
+    pub opened: u64,
+    /// Messages read from clients and handed to the handler.
+    pub messages_in: u64,
+    /// Payload bytes of those messages.
+    pub bytes_in: u64,
+    /// Messages written to clients.
+    pub messages_out: u64,
+    /// Payload bytes of those messages.
+    pub bytes_out: u64,
+    /// Messages from clients dropped by the [rate limit](crate::RateLimit).
+    pub throttled: u64,
+    /// Handshakes refused, by [`UpgradeError::reason`]; every reason is
+    /// listed, in a fixed order.
+    pub refused: Vec<(&'static str, u64)>,
+    /// Sessions the client closed.
+    pub closed_by_client: u64,
+    /// Sessions whose connection was lost without a close handshake.
+    pub lost: u64,
+    /// Sessions the server closed, by close code (codes seen so far, in
+    /// order).
+    pub closed_by_server: Vec<(CloseCode, u64)>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    opened: AtomicU64,
+    messages_in: AtomicU64,
+    bytes_in: AtomicU64,
+    messages_out: AtomicU64,
+    bytes_out: AtomicU64,
+    throttled: AtomicU64,
+    refused: [AtomicU64; UpgradeError::REASONS.len()],
+    closed_by_client: AtomicU64,
+    lost: AtomicU64,
+    /// Closes are rare next to messages: a lock per close is cheap.
+    closed_by_server: Mutex<BTreeMap<CloseCode, u64>>,
+}
+
+impl Counters {
+    pub(crate) fn opened(&self) {
+        self.opened.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn message_in(&self, message: &Message) {
+        self.messages_in.fetch_add(1, Relaxed);
+        self.bytes_in.fetch_add(message.len() as u64, Relaxed);
+    }
+
+    /// Written messages, counted once per batch.
+    pub(crate) fn messages_out(&self, messages: u64, bytes: u64) {
+        if messages > 0 {
+            self.messages_out.fetch_add(messages, Relaxed);
+            self.bytes_out.fetch_add(bytes, Relaxed);
+        }
+    }
+
+    pub(crate) fn throttled(&self) {
+        self.throttled.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn refused(&self, error: &UpgradeError) {
+        self.refused[error.index()].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn ended(&self, ended: &Ended) {
+        match ended {
+            Ended::ClientClosed { .. } => {
+                self.closed_by_client.fetch_add(1, Relaxed);
+            }
+            Ended::Lost => {
+                self.lost.fetch_add(1, Relaxed);
+            }
+            Ended::ServerClosed(close) => {
+                let mut by_code = self
+                    .closed_by_server
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                *by_code.entry(close.code()).or_default() += 1;
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self, sessions: usize) -> WsStats {
+        let closed_by_server = self
+            .closed_by_server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(code, n)| (*code, *n))
+            .collect();
+        WsStats {
+            sessions,
+            opened: self.opened.load(Relaxed),
+            messages_in: self.messages_in.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            messages_out: self.messages_out.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            throttled: self.throttled.load(Relaxed),
+            refused: UpgradeError::REASONS
+                .iter()
+                .zip(&self.refused)
+                .map(|(reason, n)| (*reason, n.load(Relaxed)))
+                .collect(),
+            closed_by_client: self.closed_by_client.load(Relaxed),
+            lost: self.lost.load(Relaxed),
+            closed_by_server,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Close, Refusal};
+
+    #[test]
+    fn counts_refusals_by_reason_and_closes_by_code() {
+        let counters = Counters::default();
+        counters.refused(&UpgradeError::ForbiddenOrigin);
+        counters.refused(&UpgradeError::ForbiddenOrigin);
+        counters.refused(&UpgradeError::Refused(Refusal::unauthorized("no")));
+        counters.ended(&Ended::ServerClosed(Close::new(CloseCode::TOO_BIG, "")));
+        counters.ended(&Ended::ServerClosed(Close::new(CloseCode::POLICY, "")));
+        counters.ended(&Ended::ServerClosed(Close::new(CloseCode::TOO_BIG, "")));
+        counters.ended(&Ended::Lost);
+        let stats = counters.snapshot(0);
+        let refused = |reason| {
+            stats
+                .refused
+                .iter()
+                .find(|(r, _)| *r == reason)
+                .map(|r| r.1)
+        };
+        assert_eq!(refused("origin"), Some(2));
+        assert_eq!(refused("unauthenticated"), Some(1));
+        assert_eq!(refused("full"), Some(0));
+        assert_eq!(stats.refused.len(), UpgradeError::REASONS.len());
+        assert_eq!(
+            stats.closed_by_server,
+            [(CloseCode::POLICY, 1), (CloseCode::TOO_BIG, 2)]
+        );
+        assert_eq!((stats.lost, stats.closed_by_client), (1, 0));
+    }
+
+    #[test]
+    fn every_error_has_its_own_reason() {
+        let errors = [
+            UpgradeError::MethodNotGet,
+            UpgradeError::NotWebSocket,
+            UpgradeError::UnsupportedVersion,
+            UpgradeError::BadKey,
+            UpgradeError::ShuttingDown,
+            UpgradeError::ForbiddenOrigin,
+            UpgradeError::TooManyConnections,
+            UpgradeError::TooManyFromAddress,
+            UpgradeError::Refused(Refusal::unauthorized("who?")),
+            UpgradeError::Refused(Refusal::forbidden("no")),
+        ];
+        assert_eq!(errors.len(), UpgradeError::REASONS.len());
+        for (i, error) in errors.iter().enumerate() {
+            assert_eq!(error.index(), i);
+            assert_eq!(error.reason(), UpgradeError::REASONS[i]);
+        }
+    }
+}
