@@ -123,6 +123,15 @@ pub struct Args {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub token_ttl: Duration,
 
+    /// On SIGINT/SIGTERM, clients are closed with 1001 this many at a
+    /// time (per endpoint), so they do not all reconnect at once.
+    #[arg(long, env = "CHAT_SHUTDOWN_BATCH", default_value_t = 500)]
+    pub shutdown_batch: usize,
+
+    /// The pause between two batches of --shutdown-batch.
+    #[arg(long, env = "CHAT_SHUTDOWN_BATCH_INTERVAL", default_value = "20ms", value_parser = parse_duration)]
+    pub shutdown_batch_interval: Duration,
+
     /// On SIGINT/SIGTERM, how long to wait for clients to finish their close
     /// handshake before exiting.
     #[arg(long, env = "CHAT_SHUTDOWN_GRACE", default_value = "4s", value_parser = parse_duration)]

@@ -122,6 +122,7 @@ pub mod fuzzing {
                     "to {to:?}"
                 );
                 assert!(!body.is_empty() && body.trim() == body, "text {body:?}");
+                assert!(!body.contains(char::is_control), "text {body:?}");
                 Some(payload(
                     "private",
                     json!({ "from": "alice", "to": to, "text": body }),
@@ -179,6 +180,8 @@ pub struct Server {
     tls: Option<TlsAcceptor>,
     routes: Routes,
     grace: Duration,
+    /// Clients closed at a time on shutdown, and the pause between.
+    batches: (usize, Duration),
 }
 
 impl std::fmt::Debug for Server {
@@ -188,6 +191,7 @@ impl std::fmt::Debug for Server {
             .field("tls", &self.tls.is_some())
             .field("routes", &self.routes)
             .field("grace", &self.grace)
+            .field("batches", &self.batches)
             .finish()
     }
 }
@@ -269,6 +273,7 @@ impl Server {
                 echo: WsServer::with_config(hub(args), Echo::new(auth), config),
             },
             grace: args.shutdown_grace,
+            batches: (args.shutdown_batch, args.shutdown_batch_interval),
         })
     }
 
@@ -300,14 +305,15 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting, closes every
-    /// WebSocket client with 1001 and idle HTTP connections, and waits up to
-    /// the shutdown grace period for all of them to finish.
+    /// WebSocket client with 1001 (in batches) and idle HTTP connections,
+    /// and waits up to the shutdown grace period for all of them to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             listener,
             tls,
             routes,
             grace,
+            batches: (batch, pause),
         } = self;
         tokio::pin!(shutdown);
         // Plain HTTP connections (keep-alive included), to close on shutdown.
@@ -347,9 +353,9 @@ impl Server {
         http.close();
         let drained = async {
             tokio::join!(
-                routes.chat.shutdown(),
-                routes.rooms.shutdown(),
-                routes.echo.shutdown(),
+                routes.chat.shutdown_in_batches(batch, pause),
+                routes.rooms.shutdown_in_batches(batch, pause),
+                routes.echo.shutdown_in_batches(batch, pause),
                 http.wait()
             );
         };

@@ -214,7 +214,11 @@ fn room_json(topic: &Topic) -> String {
 /// A command typed in the room chat.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Command<'a> {
-    Msg { to: &'a str, text: &'a str },
+    /// `text` is one line, as chat text is (see [`one_line`]).
+    Msg {
+        to: &'a str,
+        text: String,
+    },
     Who,
     Nick(&'a str),
     Unknown(&'a str),
@@ -227,10 +231,13 @@ pub(crate) fn parse_command(text: &str) -> Option<Command<'_>> {
     let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
     let args = args.trim();
     Some(match word {
-        "msg" => match args.split_once(char::is_whitespace) {
+        "msg" => match args
+            .split_once(char::is_whitespace)
+            .map(|(to, text)| (to, one_line(text)))
+        {
             Some((to, text)) if !text.trim().is_empty() => Command::Msg {
                 to,
-                text: text.trim(),
+                text: text.trim().to_owned(),
             },
             _ => Command::Usage("usage: /msg NAME text"),
         },
@@ -317,8 +324,28 @@ mod tests {
             parse_command("/msg bob  hi there "),
             Some(Command::Msg {
                 to: "bob",
-                text: "hi there"
+                text: "hi there".into()
             })
+        );
+        // Found by fuzz/fuzz_targets/command.rs: a private line faked a
+        // second line (a carriage return, here) in text mode.
+        assert_eq!(
+            parse_command("/msg b*ocnb\x0c/h i\x0c\x0c\ra\t\0\0\0\0ttwi"),
+            Some(Command::Msg {
+                to: "b*ocnb",
+                text: "/h i   a     ttwi".into()
+            })
+        );
+        assert_eq!(
+            parse_command("/msg bob hi\nalice: give me your password"),
+            Some(Command::Msg {
+                to: "bob",
+                text: "hi alice: give me your password".into()
+            })
+        );
+        assert_eq!(
+            parse_command("/msg bob \0\u{7f}"),
+            Some(Command::Usage("usage: /msg NAME text"))
         );
         assert_eq!(
             parse_command("/msg bob"),

@@ -375,6 +375,18 @@ impl<H: Handler> WsServer<H> {
         self.inner.sessions.close();
         self.inner.sessions.wait().await;
     }
+
+    /// Shuts down like [`shutdown`](Self::shutdown), but closes the
+    /// clients `batch` at a time, `pause` apart ([`Hub::shutdown_some`]),
+    /// so that they do not all reconnect elsewhere at the same instant. New
+    /// sessions are refused from the start.
+    pub async fn shutdown_in_batches(&self, batch: usize, pause: std::time::Duration) {
+        self.inner.sessions.close();
+        while self.inner.hub.shutdown_some(batch.max(1)) > 0 {
+            time::sleep(pause).await;
+        }
+        self.inner.sessions.wait().await;
+    }
 }
 
 /// Most bytes read and dropped while waiting for a client to close.

@@ -430,7 +430,31 @@ impl Hub {
         self.inner.shutdown();
     }
 
-    /// Whether [`shutdown`](Self::shutdown) has been called.
+    /// Shuts down a little at a time: refuses new connections (as
+    /// [`shutdown`](Self::shutdown) does) and closes up to `batch` of the
+    /// open ones with [`RecvError::Shutdown`]; returns how many are still
+    /// open. Call it again, with a pause, until it returns 0, so that a
+    /// crowd of clients is not told to reconnect elsewhere all at once.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hub::ConnectError> {
+    /// let hub = hub::Hub::new();
+    /// let _a = hub.connect()?;
+    /// let _b = hub.connect()?;
+    /// let _c = hub.connect()?;
+    /// assert_eq!(hub.shutdown_some(2), 1);
+    /// assert!(hub.is_shut_down());
+    /// assert!(hub.connect().is_err());
+    /// assert_eq!(hub.shutdown_some(2), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn shutdown_some(&self, batch: usize) -> usize {
+        self.inner.shutdown_some(batch)
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) (or
+    /// [`shutdown_some`](Self::shutdown_some)) has been called.
     #[must_use]
     pub fn is_shut_down(&self) -> bool {
         self.inner.lock().shut_down
@@ -970,6 +994,30 @@ impl Inner {
             }
             None => false,
         }
+    }
+
+    /// Refuses new connections and retires up to `batch` open ones;
+    /// returns how many are left.
+    fn shutdown_some(&self, batch: usize) -> usize {
+        let (removed, left) = {
+            let mut registry = self.lock();
+            registry.shut_down = true;
+            let ids: Vec<ConnId> = registry.conns.keys().take(batch).copied().collect();
+            let mut removed = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(entry) = registry.conns.remove(&id) {
+                    if let Some(user) = entry.metadata.user_arc() {
+                        registry.remove_user(&user, id);
+                    }
+                    removed.push((id, entry));
+                }
+            }
+            (removed, registry.conns.len())
+        };
+        for (id, entry) in removed {
+            self.retire(id, entry, RecvError::Shutdown);
+        }
+        left
     }
 
     fn shutdown(&self) {
