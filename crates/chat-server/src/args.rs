@@ -45,6 +45,12 @@ pub struct Args {
     #[arg(long, env = "CHAT_QUEUE_CAPACITY", default_value_t = hub::DEFAULT_QUEUE_CAPACITY)]
     pub queue_capacity: usize,
 
+    /// Most bytes of personal messages (echo replies, notices, private
+    /// lines) waiting for all clients of an endpoint together, e.g. 256MiB;
+    /// past it the clients holding the most are closed with 1013.
+    #[arg(long, env = "CHAT_QUEUE_BUDGET", default_value = "256MiB", value_parser = parse_size)]
+    pub queue_budget: usize,
+
     /// How often quiet clients are pinged (e.g. 30s, 500ms).
     #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ping_interval: Duration,
@@ -155,6 +161,29 @@ impl Default for Args {
     }
 }
 
+/// Parses `512KiB`, `256MiB`, `1GiB`, or a bare number of bytes.
+fn parse_size(value: &str) -> Result<usize, String> {
+    let value = value.trim();
+    let (number, unit) = match value.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => value.split_at(at),
+        None => (value, "B"),
+    };
+    let number: usize = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a size; write e.g. 65536, 512KiB or 256MiB"))?;
+    let scale: usize = match unit {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("unknown unit in `{value}`; use KiB, MiB or GiB")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{value}` is too large"))
+}
+
 /// Parses `250ms`, `5s`, `2m`, or a bare number of seconds.
 fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
@@ -191,10 +220,22 @@ mod tests {
     }
 
     #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("1MB").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
     fn defaults() {
         let args = Args::default();
         assert_eq!(args.port, 8000);
         assert_eq!(args.host.to_string(), "127.0.0.1");
         assert_eq!(args.max_message_size, 64 * 1024);
+        assert_eq!(args.queue_budget, hub::DEFAULT_QUEUE_BUDGET);
     }
 }

@@ -258,6 +258,7 @@ impl Server {
                 .capacity(args.capacity)
                 .queue_capacity(args.queue_capacity)
                 .history(args.history, args.history_bytes)
+                .queue_budget(args.queue_budget)
                 .build()
         };
         Ok(Self {

@@ -26,7 +26,7 @@ impl Endpoint {
 /// A series with one value per endpoint: name, type, help, value.
 type Series<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
 
-const HUB: [Series<Stats>; 14] = [
+const HUB: [Series<Stats>; 16] = [
     ("hub_connections", "gauge", "Connections open now.", |s| {
         s.connections as u64
     }),
@@ -38,6 +38,18 @@ const HUB: [Series<Stats>; 14] = [
         "gauge",
         "Payload bytes kept in history.",
         |s| s.history_bytes as u64,
+    ),
+    (
+        "hub_queued_bytes",
+        "gauge",
+        "Bytes of personal messages waiting in queues.",
+        |s| s.queued_bytes as u64,
+    ),
+    (
+        "hub_shed_total",
+        "counter",
+        "Connections closed for holding the most when the queue budget was exceeded.",
+        |s| s.shed,
     ),
     (
         "hub_connected_total",

@@ -139,3 +139,50 @@ async fn server_memory_stays_bounded_while_a_client_is_stalled() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_clients_that_stop_reading_are_shed_past_the_queue_budget() {
+    let server = common::TestServer::start(&["--queue-budget", "1MiB"]).await;
+    // A client that keeps reading is not touched.
+    let mut good = server.connect("/echo").await;
+    // 200 x 60 KiB of echo requests, none of the replies read: more than
+    // the socket buffers hold, so replies pile up in the server's queue.
+    let mut stalled = server.connect("/echo").await;
+    let request = "x".repeat(60 * 1024);
+    for _ in 0..200 {
+        timeout(LONG_WAIT, stalled.send(Message::text(request.as_str())))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    common::wait_for_metric(server.addr, "hub_shed_total{endpoint=\"echo\"} 1").await;
+    common::send_text(&mut good, "still here").await;
+    assert_eq!(
+        common::recv_text(&mut good).await,
+        "Message text was: still here"
+    );
+    // The stalled client gets every reply accepted for it, then 1013.
+    let expected = format!("Message text was: {request}");
+    let mut replies = 0;
+    let close = loop {
+        match timeout(LONG_WAIT, stalled.next()).await.unwrap() {
+            Some(Ok(Message::Text(text))) => {
+                assert_eq!(text.as_str(), expected);
+                replies += 1;
+            }
+            Some(Ok(Message::Close(Some(frame)))) => break frame,
+            other => panic!("expected replies then a close, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1013);
+    assert_eq!(
+        close.reason.as_str(),
+        "server overloaded: too much queued for this client; reconnect"
+    );
+    assert!((1..200).contains(&replies), "{replies} replies");
+    let (_, _, metrics) = http(server.addr, "GET", "/metrics").await;
+    assert!(metrics
+        .lines()
+        .any(|l| l == "ws_server_closes_total{endpoint=\"echo\",code=\"1013\"} 1"));
+    server.stop().await;
+}

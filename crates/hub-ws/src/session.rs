@@ -243,6 +243,10 @@ fn ended_by_hub(closed: RecvError) -> Ended {
             CloseCode::TRY_AGAIN_LATER,
             format!("fell {missed} messages behind; reconnect"),
         )),
+        RecvError::Overloaded { .. } => server_close(
+            CloseCode::TRY_AGAIN_LATER,
+            "server overloaded: too much queued for this client; reconnect",
+        ),
         _ => server_close(CloseCode::NORMAL, "disconnected by the server"),
     }
 }

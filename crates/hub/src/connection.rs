@@ -179,6 +179,7 @@ impl Connection {
             }
             match self.personal.try_recv() {
                 Ok(message) => {
+                    self.took_personal(&message);
                     // More may be queued: look again next time.
                     self.membership.notify();
                     return Ok(Event::Personal(message));
@@ -244,6 +245,14 @@ impl Connection {
         }
     }
 
+    /// A personal message left the queue: its bytes no longer count
+    /// toward the hub's budget.
+    fn took_personal(&self, message: &Message) {
+        self.inner
+            .budget
+            .remove(&self.membership.queued, message.len());
+    }
+
     /// Waits until something arrives; what arrived is handed to `take`.
     async fn wait(&mut self) -> Woke {
         let personal_open = !self.draining;
@@ -259,7 +268,10 @@ impl Connection {
         match woke {
             Woke::Control(Some(control)) => self.apply(control),
             Woke::Control(None) | Woke::Personal(None) => self.draining = true,
-            Woke::Personal(Some(message)) => return Some(Ok(Event::Personal(message))),
+            Woke::Personal(Some(message)) => {
+                self.took_personal(&message);
+                return Some(Ok(Event::Personal(message)));
+            }
             Woke::Topic(index, Ok(envelope)) => return self.accept(index, envelope),
             Woke::Topic(_, Err(ChannelRecvError::Lagged(missed))) => return self.lagged(missed),
             Woke::Topic(_, Err(ChannelRecvError::Closed)) => {}
@@ -457,6 +469,8 @@ async fn recv_any(subs: &mut [Sub]) -> (usize, Result<Envelope, ChannelRecvError
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        // What is still queued goes with the queue.
+        self.inner.budget.detach(&self.membership.queued);
         self.inner.remove(self.id, RecvError::Disconnected);
     }
 }

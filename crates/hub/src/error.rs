@@ -84,6 +84,13 @@ pub enum RecvError {
         /// How many broadcast messages the connection missed.
         missed: u64,
     },
+    /// The hub's [queue budget](crate::Builder::queue_budget) was exceeded
+    /// and this connection had the most bytes waiting in its queue.
+    #[error("the server had too much queued ({queued} bytes for this connection); reconnect")]
+    Overloaded {
+        /// The bytes that were waiting for the connection.
+        queued: usize,
+    },
 }
 
 /// Why [`Connection::try_recv`](crate::Connection::try_recv) returned nothing.

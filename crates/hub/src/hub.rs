@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{Budget, Queued};
 use crate::connection::{Connection, Control};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::presence::{PresenceEvent, PresenceKind};
@@ -28,6 +29,8 @@ pub const DEFAULT_HISTORY_BYTES: usize = 8 << 20;
 /// Default number of empty rooms whose history is kept for clients that
 /// come back.
 pub const DEFAULT_IDLE_ROOMS: usize = 64;
+/// Default hub-wide budget for bytes waiting in personal queues: 256 MiB.
+pub const DEFAULT_QUEUE_BUDGET: usize = 256 << 20;
 /// Largest accepted capacity; larger requests are lowered to this.
 pub const MAX_CAPACITY: usize = 1 << 24;
 
@@ -76,6 +79,7 @@ pub struct Builder {
     history: HistoryLimits,
     idle_rooms: usize,
     slow_consumer: SlowConsumer,
+    queue_budget: usize,
 }
 
 impl Default for Builder {
@@ -89,6 +93,7 @@ impl Default for Builder {
             },
             idle_rooms: DEFAULT_IDLE_ROOMS,
             slow_consumer: SlowConsumer::default(),
+            queue_budget: DEFAULT_QUEUE_BUDGET,
         }
     }
 }
@@ -136,6 +141,25 @@ impl Builder {
         self
     }
 
+    /// How many bytes of personal messages may wait in the queues of all
+    /// connections together (default [`DEFAULT_QUEUE_BUDGET`]).
+    ///
+    /// Broadcasts are stored once per topic, bounded by the channel
+    /// capacity and history; personal messages are queued per connection,
+    /// and a crowd of clients that stop reading could otherwise hold
+    /// [`queue_capacity`](Self::queue_capacity) messages each. Past the
+    /// budget, the hub disconnects the connection holding the most
+    /// ([`RecvError::Overloaded`]), then the next, until the total is back
+    /// under it; [`Stats::shed`] counts them. Personal messages have no
+    /// history to refill them from, so whatever the
+    /// [slow-consumer policy](SlowConsumer), shedding disconnects rather
+    /// than drop messages unannounced: the client can reconnect and resume
+    /// its rooms. A shed connection's queue is freed when it is dropped.
+    pub fn queue_budget(mut self, bytes: usize) -> Self {
+        self.queue_budget = bytes;
+        self
+    }
+
     /// Builds the hub.
     pub fn build(self) -> Hub {
         let (presence, _) = broadcast::channel(PRESENCE_CAPACITY);
@@ -151,6 +175,8 @@ impl Builder {
             idle_rooms: self.idle_rooms,
             slow_consumer: self.slow_consumer,
             counters: Counters::default(),
+            budget: Budget::new(self.queue_budget),
+            shedding: Mutex::new(()),
         });
         Hub {
             _last_handle: Arc::new(LastHandle(Arc::clone(&inner))),
@@ -226,6 +252,9 @@ pub(crate) struct Inner {
     idle_rooms: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) counters: Counters,
+    pub(crate) budget: Budget,
+    /// Held by the one caller shedding connections over the budget.
+    shedding: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -260,6 +289,8 @@ pub(crate) struct Membership {
     /// (a personal message, a join or leave, the removal): the connection
     /// looks at its queues only when this is set.
     signal: AtomicBool,
+    /// Bytes in the personal queue, counted toward the hub's budget.
+    pub(crate) queued: Queued,
 }
 
 /// Why and when a connection was removed.
@@ -546,19 +577,28 @@ impl Hub {
         let Some(entry) = registry.conns.get(&id) else {
             return Err(SendError::UnknownConnection { id, message });
         };
-        match entry.personal.try_send(message) {
+        let (budget, queued, bytes) = (&self.inner.budget, &entry.membership.queued, message.len());
+        let over = budget.add(queued, bytes);
+        let sent = match entry.personal.try_send(message) {
             Ok(()) => {
                 entry.membership.notify();
                 Counters::add(&self.inner.counters.personal, 1);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(message)) => {
+                budget.remove(queued, bytes);
                 Err(SendError::QueueFull { id, message })
             }
             Err(mpsc::error::TrySendError::Closed(message)) => {
+                budget.remove(queued, bytes);
                 Err(SendError::UnknownConnection { id, message })
             }
+        };
+        drop(registry);
+        if over && sent.is_ok() {
+            self.inner.shed();
         }
+        sent
     }
 
     /// Queues `message` for one connection, waiting while its personal queue
@@ -593,9 +633,13 @@ impl Hub {
             () = membership.removed.cancelled() => Err(SendError::UnknownConnection { id, message }),
             permit = sender.reserve() => match permit {
                 Ok(permit) => {
+                    let over = self.inner.budget.add(&membership.queued, message.len());
                     permit.send(message);
                     membership.notify();
                     Counters::add(&self.inner.counters.personal, 1);
+                    if over {
+                        self.inner.shed();
+                    }
                     Ok(())
                 }
                 Err(_) => Err(SendError::UnknownConnection { id, message }),
@@ -612,18 +656,28 @@ impl Hub {
         let Some(ids) = registry.users.get(user) else {
             return 0;
         };
+        let (budget, bytes) = (&self.inner.budget, message.len());
+        let mut over = false;
         let sent = ids
             .iter()
             .filter_map(|id| registry.conns.get(id))
             .filter(|entry| {
+                let queued = &entry.membership.queued;
+                over |= budget.add(queued, bytes);
                 let sent = entry.personal.try_send(message.clone()).is_ok();
                 if sent {
                     entry.membership.notify();
+                } else {
+                    budget.remove(queued, bytes);
                 }
                 sent
             })
             .count();
+        drop(registry);
         Counters::add(&self.inner.counters.personal, sent as u64);
+        if over && sent > 0 {
+            self.inner.shed();
+        }
         sent
     }
 
@@ -822,7 +876,7 @@ impl Hub {
         };
         self.inner
             .counters
-            .snapshot(self.len(), rooms, history_bytes)
+            .snapshot(self.len(), rooms, history_bytes, self.inner.budget.total())
     }
 }
 
@@ -993,6 +1047,34 @@ impl Inner {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Disconnects the connections holding the most queued bytes until the
+    /// hub is back under its budget.
+    fn shed(&self) {
+        // One caller sheds at a time; its loop covers everyone's messages.
+        let Ok(_shedding) = self.shedding.try_lock() else {
+            return;
+        };
+        // Each round removes a connection: bounded by their number.
+        while self.budget.is_over() {
+            let victim = {
+                let registry = self.lock();
+                registry
+                    .conns
+                    .iter()
+                    .max_by_key(|(_, entry)| entry.membership.queued.bytes())
+                    .filter(|(_, entry)| entry.membership.queued.bytes() > 0)
+                    .map(|(id, entry)| (*id, Arc::clone(&entry.membership)))
+            };
+            let Some((id, membership)) = victim else {
+                break;
+            };
+            let queued = self.budget.detach(&membership.queued);
+            if self.remove(id, RecvError::Overloaded { queued }) {
+                Counters::add(&self.counters.shed, 1);
+            }
         }
     }
 

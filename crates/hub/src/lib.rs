@@ -81,6 +81,7 @@
 //!   personal messages in flight.
 #![doc(test(attr(deny(warnings))))]
 
+mod budget;
 mod connection;
 pub mod error;
 mod event;
@@ -97,7 +98,7 @@ pub use error::{ConnectError, JoinError, RecvError, SendError, TryRecvError};
 pub use event::{Broadcast, Event};
 pub use hub::{
     Builder, Hub, Resume, SlowConsumer, DEFAULT_CAPACITY, DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES,
-    DEFAULT_IDLE_ROOMS, DEFAULT_QUEUE_CAPACITY, MAX_CAPACITY,
+    DEFAULT_IDLE_ROOMS, DEFAULT_QUEUE_BUDGET, DEFAULT_QUEUE_CAPACITY, MAX_CAPACITY,
 };
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};

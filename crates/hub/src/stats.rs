@@ -37,6 +37,12 @@ pub struct Stats {
     pub joins: u64,
     /// Times a connection left a room (disconnecting included).
     pub leaves: u64,
+    /// Bytes of personal messages queued now, all connections together
+    /// (see [`Builder::queue_budget`](crate::Builder::queue_budget)).
+    pub queued_bytes: usize,
+    /// Connections disconnected for holding the most when the queue budget
+    /// was exceeded.
+    pub shed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +58,7 @@ pub(crate) struct Counters {
     pub(crate) resyncs: AtomicU64,
     pub(crate) joins: AtomicU64,
     pub(crate) leaves: AtomicU64,
+    pub(crate) shed: AtomicU64,
 }
 
 impl Counters {
@@ -59,8 +66,16 @@ impl Counters {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, connections: usize, rooms: usize, history_bytes: usize) -> Stats {
+    pub(crate) fn snapshot(
+        &self,
+        connections: usize,
+        rooms: usize,
+        history_bytes: usize,
+        queued_bytes: usize,
+    ) -> Stats {
         Stats {
+            queued_bytes,
+            shed: self.shed.load(Relaxed),
             connections,
             rooms,
             history_bytes,
