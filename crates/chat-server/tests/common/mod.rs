@@ -252,6 +252,11 @@ pub struct ChildServer {
 
 impl ChildServer {
     pub async fn spawn(extra: &[&str]) -> Self {
+        Self::spawn_with(extra, Stdio::inherit()).await
+    }
+
+    /// Starts the binary with its log (stderr) going to `stderr`.
+    pub async fn spawn_with(extra: &[&str], stderr: Stdio) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(extra)
@@ -260,7 +265,7 @@ impl ChildServer {
                 std::env::var("CHILD_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .unwrap();
@@ -288,6 +293,13 @@ impl ChildServer {
 
     fn pid(&self) -> u32 {
         self.child.id().expect("server already exited")
+    }
+
+    /// How many files (sockets included) the process has open.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
     }
 
     /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
