@@ -112,7 +112,10 @@ pub mod fuzzing {
             None => {
                 let line = one_line(text);
                 assert_eq!(line.chars().count(), text.chars().count());
-                assert!(!line.contains(['\n', '\r']), "one_line {line:?}");
+                assert!(
+                    !line.contains(['\n', '\r', '\u{2028}', '\u{2029}']),
+                    "one_line {line:?}"
+                );
                 assert!(!line.chars().any(char::is_control), "one_line {line:?}");
                 Some(payload("chat", json!({ "from": "alice", "text": line })))
             }
@@ -148,7 +151,10 @@ pub mod fuzzing {
     /// `one_line` and `valid_name` on any text.
     pub fn line_and_name(text: &str) {
         let line = one_line(text);
-        assert!(!line.contains(['\n', '\r']), "one_line {line:?}");
+        assert!(
+            !line.contains(['\n', '\r', '\u{2028}', '\u{2029}']),
+            "one_line {line:?}"
+        );
         assert!(!line.chars().any(char::is_control), "one_line {line:?}");
         assert_eq!(one_line(&line), line, "one_line is idempotent");
         if valid_name(text) {

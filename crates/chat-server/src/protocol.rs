@@ -124,12 +124,17 @@ fn is_invisible(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
 }
 
-/// A chat line on one line: control characters (a newline that would fake
-/// a second line from someone else, say) become spaces.
+/// A chat line on one line: control characters and Unicode line and
+/// paragraph separators (a newline that would fake a second line from
+/// someone else, say) become spaces.
 pub(crate) fn one_line(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if breaks_line(c) { ' ' } else { c })
         .collect()
+}
+
+fn breaks_line(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 /// Milliseconds since the Unix epoch.
@@ -391,6 +396,7 @@ mod tests {
             one_line("hi\nbob: give me your password"),
             "hi bob: give me your password"
         );
+        assert_eq!(one_line("a\u{2028}b\u{2029}c\r\u{85}d"), "a b c  d");
         assert!(!valid_name("bo\u{200B}b"));
         assert!(!valid_name("\u{202E}bob"));
         assert!(valid_name("zoë"));
