@@ -1,0 +1,235 @@
+//! The idle run: many clients that connect, stay connected (answering the
+//! server's pings) and close, to measure what connections cost the server.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::connect::{self, Dialer, Target};
+use crate::error::Error;
+use crate::proc::{self, Memory, Pid};
+use crate::progress::Progress;
+use crate::report::{seconds, CloseReport, IdleReport, IdleServer};
+use crate::stop::Stop;
+
+/// An idle-connections run, configured with its builder methods then
+/// [`run`](Self::run).
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), hub_bench::Error> {
+/// let report = hub_bench::Idle::new("ws://127.0.0.1:8000/ws")
+///     .clients(10_000)
+///     .hold(std::time::Duration::from_secs(10))
+///     .run()
+///     .await?;
+/// println!("{report}");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Idle {
+    url: String,
+    clients: usize,
+    source_ips: Option<usize>,
+    server_pid: Option<u32>,
+    hold: Duration,
+    handshake_timeout: Duration,
+    progress: bool,
+}
+
+impl Idle {
+    /// A run against `url` (`ws://` on this machine) with 100 clients held
+    /// for 10 s.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            clients: 100,
+            source_ips: None,
+            server_pid: None,
+            hold: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            progress: false,
+        }
+    }
+
+    /// Clients to connect.
+    #[must_use]
+    pub fn clients(mut self, clients: usize) -> Self {
+        self.clients = clients;
+        self
+    }
+
+    /// Loopback addresses to spread the clients over (see
+    /// [`Broadcast::source_ips`](crate::Broadcast::source_ips)).
+    #[must_use]
+    pub fn source_ips(mut self, source_ips: Option<usize>) -> Self {
+        self.source_ips = source_ips;
+        self
+    }
+
+    /// The server's process id, to report its memory.
+    #[must_use]
+    pub fn server_pid(mut self, pid: Option<u32>) -> Self {
+        self.server_pid = pid;
+        self
+    }
+
+    /// How long to keep the clients connected once all are.
+    #[must_use]
+    pub fn hold(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
+    }
+
+    /// Bound on each client's TCP connection and handshake (10 s by
+    /// default).
+    #[must_use]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Whether to draw progress bars on stderr (only when it is a
+    /// terminal).
+    #[must_use]
+    pub fn progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Runs it: connects every client, holds them, closes them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`] when the options or the URL are unusable (the URL must be
+    /// `ws://` on a loopback address) or the server pid cannot be read.
+    /// Clients that fail to connect are counted in the report.
+    pub async fn run(self) -> Result<IdleReport, Error> {
+        if self.clients == 0 {
+            return Err(Error::Option {
+                option: "clients",
+                problem: "use at least 1 client".into(),
+            });
+        }
+        let target = Target::parse(&self.url)?;
+        let source_count = self
+            .source_ips
+            .unwrap_or_else(|| connect::default_source_ips(self.clients));
+        let sources = connect::source_ips(&target, source_count)?;
+        let server_memory = || -> Result<Option<Memory>, Error> {
+            self.server_pid
+                .map(|pid| {
+                    proc::memory(Pid::Other(pid)).map_err(|source| Error::ServerPid { pid, source })
+                })
+                .transpose()
+        };
+        let before = server_memory()?;
+        let progress = Progress::new(self.progress);
+        let run = Arc::new(IdleRun {
+            dialer: Dialer::new(target, sources, self.handshake_timeout),
+            stop: Stop::new(self.clients),
+        });
+
+        let (outcomes_tx, outcomes) = mpsc::channel(1024);
+        let mut tasks = JoinSet::new();
+        for index in 0..self.clients {
+            tasks.spawn(client(run.clone(), index, outcomes_tx.clone()));
+        }
+        drop(outcomes_tx);
+        let connected =
+            connect::gather(outcomes, self.clients, run.dialer.source_count(), progress).await;
+        let connect = connected.report;
+        let after_connect = server_memory().ok().flatten();
+
+        let bar = progress.bar(
+            self.hold.as_millis().try_into().unwrap_or(u64::MAX),
+            "holding",
+        );
+        let held = Instant::now();
+        while held.elapsed() < self.hold {
+            let left = self.hold.saturating_sub(held.elapsed());
+            tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            bar.set_position(held.elapsed().as_millis().try_into().unwrap_or(u64::MAX));
+        }
+        bar.finish_and_clear();
+        let hold_seconds = seconds(held.elapsed());
+        let after_hold = server_memory().ok().flatten();
+
+        let close_start = Instant::now();
+        let clients = connect::close_all(&run.stop, tasks, progress).await;
+        let close = CloseReport {
+            clean: clients.iter().filter(|c| c.closed_cleanly).count(),
+            seconds: seconds(close_start.elapsed()),
+        };
+        let server = match (self.server_pid, before, after_connect, after_hold) {
+            (Some(pid), Some(before), Some(connected), Some(held)) => Some(IdleServer {
+                pid,
+                rss_before_bytes: before.rss,
+                rss_connected_bytes: connected.rss,
+                rss_held_bytes: held.rss,
+                hwm_bytes: held.hwm,
+                bytes_per_connection: (connect.connected > 0)
+                    .then(|| (connected.rss as f64 - before.rss as f64) / connect.connected as f64),
+            }),
+            _ => None,
+        };
+        Ok(IdleReport {
+            url: self.url,
+            clients: self.clients,
+            connect,
+            hold_seconds,
+            disconnected: clients.iter().filter(|c| c.disconnected).count(),
+            server,
+            close,
+        })
+    }
+}
+
+/// What the idle clients share.
+#[derive(Debug)]
+struct IdleRun {
+    dialer: Dialer,
+    stop: Stop,
+}
+
+/// How one idle client fared.
+#[derive(Debug, Default)]
+struct IdleClient {
+    disconnected: bool,
+    closed_cleanly: bool,
+}
+
+/// Connects, reads (so pings are answered) until the stop signal, closes.
+async fn client(
+    run: Arc<IdleRun>,
+    index: usize,
+    outcomes: mpsc::Sender<connect::Outcome>,
+) -> IdleClient {
+    let Some(mut ws) = connect::dial_and_tell(&run.dialer, index, outcomes).await else {
+        return IdleClient::default();
+    };
+    let stop = run.stop.wait(index);
+    tokio::pin!(stop);
+    let disconnected = loop {
+        let message = tokio::select! {
+            biased;
+            message = ws.next() => message,
+            () = &mut stop => break false,
+        };
+        match message {
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break true,
+            Some(Ok(_)) => {}
+        }
+    };
+    let closed_cleanly = !disconnected && connect::close(ws).await;
+    IdleClient {
+        disconnected,
+        closed_cleanly,
+    }
+}

@@ -1,0 +1,82 @@
+//! `hub-bench`: load for WebSocket broadcast servers on this machine. Run
+//! `hub-bench --help`.
+
+mod cli;
+
+use std::error::Error as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use hub_bench::{Broadcast, Error, Idle};
+
+use crate::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Broadcast(args) => {
+            let c = args.common;
+            let run = Broadcast::new(c.url)
+                .clients(c.clients)
+                .senders(args.senders)
+                .messages(args.messages)
+                .size(args.size)
+                .rate(args.rate)
+                .source_ips(c.source_ips)
+                .server_pid(c.server_pid)
+                .timeout(args.timeout)
+                .handshake_timeout(c.handshake_timeout)
+                .progress(!c.quiet)
+                .run()
+                .await;
+            run.and_then(|report| {
+                print!("{report}");
+                save(c.json.as_deref(), |path| report.write_json(path))?;
+                Ok(report.passed())
+            })
+        }
+        Command::Idle(args) => {
+            let c = args.common;
+            let run = Idle::new(c.url)
+                .clients(c.clients)
+                .source_ips(c.source_ips)
+                .server_pid(c.server_pid)
+                .hold(args.hold)
+                .handshake_timeout(c.handshake_timeout)
+                .progress(!c.quiet)
+                .run()
+                .await;
+            run.and_then(|report| {
+                print!("{report}");
+                save(c.json.as_deref(), |path| report.write_json(path))?;
+                Ok(report.passed())
+            })
+        }
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            let mut text = format!("hub-bench: {error}");
+            let mut source = error.source();
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            if let Error::SenderConnect { source, .. } = &error {
+                if let Some(advice) = source.advice() {
+                    text.push_str(&format!(" ({advice})"));
+                }
+            }
+            eprintln!("{text}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn save(path: Option<&Path>, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<(), Error> {
+    path.map_or(Ok(()), write)
+}

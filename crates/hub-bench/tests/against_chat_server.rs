@@ -1,0 +1,197 @@
+//! The broadcast and idle runs against the real chat server, started in
+//! this process on 127.0.0.1:0: exact delivery counts, no loss, no
+//! duplicate.
+// Test helpers panic on purpose when something is off.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_server::{Args, Server};
+use clap::Parser as _;
+use hub_bench::{Broadcast, Error, Idle, UrlError};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The longest any run in these tests may take.
+const WAIT: Duration = Duration::from_secs(60);
+
+struct TestServer {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let args = Args::parse_from([
+            "chat-server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--shutdown-grace",
+            "1s",
+        ]);
+        let server = Server::bind(&args).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Self { addr, stop, task }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        bounded(self.task).await.unwrap();
+    }
+}
+
+async fn bounded<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .expect("the run took too long")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_flat_out() {
+    let server = TestServer::start().await;
+    let report = Broadcast::new(server.url("/ws"))
+        .clients(50)
+        .senders(2)
+        .messages(100)
+        .size(64)
+        .timeout(Duration::from_secs(30))
+        .server_pid(Some(std::process::id()))
+        .run();
+    let report = bounded(report).await.unwrap();
+    assert_eq!(report.connect.connected, 50, "{report}");
+    assert_eq!(report.connect.failed, 0, "{report}");
+    assert_eq!(report.sent, 2 * 100, "{report}");
+    assert_eq!(report.deliveries.expected, 50 * 2 * 100, "{report}");
+    assert_eq!(report.deliveries.received, 50 * 2 * 100, "{report}");
+    assert_eq!(report.deliveries.lost, 0, "{report}");
+    assert_eq!(report.deliveries.duplicated, 0, "{report}");
+    assert_eq!(report.disconnected, 0, "{report}");
+    assert!(!report.timed_out, "{report}");
+    assert!(report.passed(), "{report}");
+    assert!(report.deliveries.per_second > 0.0, "{report}");
+    let latency = report.latency_ms.as_ref().unwrap();
+    assert!(
+        latency.p50 <= latency.p99 && latency.p99 <= latency.max,
+        "{report}"
+    );
+    assert!(report.tool_cpu.is_some(), "{report}");
+    let server_usage = report.server.as_ref().unwrap();
+    assert!(server_usage.vm_rss_bytes.unwrap() > 0, "{report}");
+    assert_eq!(report.close.clean, 50, "{report}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_at_a_rate() {
+    let server = TestServer::start().await;
+    let report = Broadcast::new(server.url("/ws"))
+        .clients(50)
+        .senders(2)
+        .messages(100)
+        .size(64)
+        .rate(Some(200.0))
+        .timeout(Duration::from_secs(30))
+        .run();
+    let report = bounded(report).await.unwrap();
+    assert_eq!(report.deliveries.received, 50 * 2 * 100, "{report}");
+    assert_eq!(report.deliveries.lost, 0, "{report}");
+    assert_eq!(report.deliveries.duplicated, 0, "{report}");
+    assert!(report.passed(), "{report}");
+    // 100 messages at 200/s take about half a second.
+    assert!(report.measured_seconds >= 0.45, "{report}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_reaches_only_the_sender() {
+    // /echo answers `Message text was: {text}` to the sender alone: with
+    // a single client, that is everybody.
+    let server = TestServer::start().await;
+    let report = Broadcast::new(server.url("/echo"))
+        .clients(1)
+        .senders(1)
+        .messages(50)
+        .size(40)
+        .timeout(Duration::from_secs(10))
+        .run();
+    let report = bounded(report).await.unwrap();
+    assert_eq!(report.deliveries.received, 50, "{report}");
+    assert!(report.passed(), "{report}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_all_connect() {
+    let server = TestServer::start().await;
+    let report = Idle::new(server.url("/ws"))
+        .clients(100)
+        .source_ips(Some(2))
+        .hold(Duration::from_millis(300))
+        .server_pid(Some(std::process::id()))
+        .run();
+    let report = bounded(report).await.unwrap();
+    assert_eq!(report.connect.connected, 100, "{report}");
+    assert_eq!(report.connect.failed, 0, "{report}");
+    assert_eq!(report.connect.source_ips, 2, "{report}");
+    assert_eq!(report.disconnected, 0, "{report}");
+    assert_eq!(report.close.clean, 100, "{report}");
+    assert!(report.passed(), "{report}");
+    let memory = report.server.as_ref().unwrap();
+    assert!(memory.rss_connected_bytes > 0, "{report}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_server_is_a_failed_sender() {
+    // Bind then drop a listener: nothing listens on that port any more.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let run = Broadcast::new(format!("ws://{addr}/ws")).clients(3).run();
+    let error = bounded(run).await.unwrap_err();
+    assert!(
+        matches!(error, Error::SenderConnect { index: 0, .. }),
+        "{error:?}"
+    );
+    let Error::SenderConnect { source, .. } = &error else {
+        unreachable!()
+    };
+    assert_eq!(
+        source.advice(),
+        Some("is the server running at this address?")
+    );
+
+    let run = Idle::new(format!("ws://{addr}/ws"))
+        .clients(3)
+        .hold(Duration::ZERO)
+        .run();
+    let report = bounded(run).await.unwrap();
+    assert_eq!(report.connect.failed, 3);
+    assert!(!report.passed());
+}
+
+#[tokio::test]
+async fn remote_targets_are_refused() {
+    for url in ["ws://203.0.113.7:8000/ws", "ws://example.com/ws"] {
+        let error = Idle::new(url).run().await.unwrap_err();
+        assert!(
+            matches!(error, Error::Url(UrlError::NotLoopback { .. })),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("loopback"), "{error}");
+    }
+}
