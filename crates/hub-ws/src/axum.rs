@@ -2,54 +2,108 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::{CloseFrame, Message as AxumMessage, WebSocket, WebSocketUpgrade};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use axum::extract::ws::{
+    CloseFrame, Message as AxumMessage, Utf8Bytes, WebSocket, WebSocketUpgrade,
+};
 use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hub::{Message, Metadata};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use futures_util::{Sink, Stream};
+use hub::{Message, Metadata, Text};
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 
-use crate::frame::{text, utf8, Frame, Framed, Outgoing, ReadError, Wire};
+use crate::frame::{Frame, ReadError};
 use crate::{Close, CloseCode, Ended, Handler, Handshake, PeerAddr, WsServer};
 
-impl Wire for AxumMessage {
+/// axum's read buffer: small keeps idle connections cheap; it grows for
+/// large messages as needed.
+const READ_BUFFER: usize = 4 << 10;
+/// axum flushes once this much is buffered.
+const WRITE_BUFFER: usize = 64 << 10;
+
+/// axum's socket, seen as [`Frame`]s.
+struct AxumSocket(WebSocket);
+
+impl Stream for AxumSocket {
+    type Item = Result<Frame, ReadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = ready!(Pin::new(&mut self.0).poll_next(cx));
+        Poll::Ready(item.map(|item| item.map_err(classify).and_then(incoming)))
+    }
+}
+
+impl Sink<Frame> for AxumSocket {
     type Error = axum::Error;
 
-    fn into_frame(self) -> Result<Option<Frame>, ReadError> {
-        Ok(Some(match self {
-            Self::Text(utf8) => text(Bytes::from(utf8))?,
-            Self::Binary(bytes) => Frame::Message(Message::Binary(bytes)),
-            Self::Ping(bytes) => Frame::Ping(bytes),
-            Self::Pong(bytes) => Frame::Pong(bytes),
-            Self::Close(frame) => {
-                Frame::Close(frame.map(|frame| {
-                    Close::new(CloseCode(frame.code), frame.reason.as_str().to_owned())
-                }))
-            }
-        }))
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_ready(cx)
     }
 
-    fn from_frame(frame: Frame) -> Self {
-        match frame.outgoing() {
-            Outgoing::Text(text) => utf8(text).map_or_else(Self::Binary, Self::Text),
-            Outgoing::Binary(bytes) => Self::Binary(bytes),
-            Outgoing::Ping(bytes) => Self::Ping(bytes),
-            Outgoing::Pong(bytes) => Self::Pong(bytes),
-            Outgoing::Close(close) => Self::Close(close.map(|(code, reason)| CloseFrame {
-                code,
-                reason: reason.into(),
-            })),
-        }
+    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), Self::Error> {
+        Pin::new(&mut self.0).start_send(outgoing(frame))
     }
 
-    fn classify(error: axum::Error) -> ReadError {
-        // axum wraps the tungstenite error it got; this crate uses the same
-        // tungstenite, so the kind of error (and its close code) survives.
-        match error.into_inner().downcast::<WsError>() {
-            Ok(error) => WsMessage::classify(*error),
-            Err(_) => ReadError::Lost,
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+fn incoming(message: AxumMessage) -> Result<Frame, ReadError> {
+    Ok(match message {
+        // axum has checked it is UTF-8; the hub's text type checks again.
+        AxumMessage::Text(utf8) => Text::try_from(Bytes::from(utf8))
+            .map(|text| Frame::Message(Message::Text(text)))
+            .map_err(|_| ReadError::InvalidUtf8)?,
+        AxumMessage::Binary(bytes) => Frame::Message(Message::Binary(bytes)),
+        AxumMessage::Ping(bytes) => Frame::Ping(bytes),
+        AxumMessage::Pong(bytes) => Frame::Pong(bytes),
+        AxumMessage::Close(frame) => Frame::Close(
+            frame.map(|frame| Close::new(CloseCode(frame.code), frame.reason.as_str().to_owned())),
+        ),
+    })
+}
+
+fn outgoing(frame: Frame) -> AxumMessage {
+    match frame {
+        Frame::Message(Message::Text(text)) => {
+            let bytes = text.into_bytes();
+            // Always taken: a hub text is UTF-8.
+            Utf8Bytes::try_from(bytes.clone())
+                .map_or_else(|_| AxumMessage::Binary(bytes), AxumMessage::Text)
         }
+        Frame::Message(Message::Binary(bytes)) => AxumMessage::Binary(bytes),
+        Frame::Message(other) => AxumMessage::Binary(Bytes::copy_from_slice(other.as_bytes())),
+        Frame::Ping(bytes) => AxumMessage::Ping(bytes),
+        Frame::Pong(bytes) => AxumMessage::Pong(bytes),
+        Frame::Close(close) => AxumMessage::Close(close.map(|close| CloseFrame {
+            code: close.code().sendable().0,
+            reason: close.reason().into(),
+        })),
+    }
+}
+
+/// axum wraps the tungstenite error it got; this crate uses the same
+/// tungstenite, so the kind of error (and its close code) survives.
+fn classify(error: axum::Error) -> ReadError {
+    let Ok(error) = error.into_inner().downcast::<WsError>() else {
+        return ReadError::Lost;
+    };
+    match *error {
+        WsError::Capacity(_) => ReadError::TooBig,
+        WsError::Utf8(_) => ReadError::InvalidUtf8,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadError::Lost,
+        WsError::Protocol(_) => ReadError::Protocol,
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => ReadError::Lost,
+        _ => ReadError::Other,
     }
 }
 
@@ -120,8 +174,8 @@ impl<H: Handler> WsServer<H> {
         upgrade
             .max_message_size(config.max_message_size)
             .max_frame_size(config.max_frame_size.min(config.max_message_size))
-            .read_buffer_size(config.read_buffer_size())
-            .write_buffer_size(config.write_buffer_size())
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
             .on_upgrade(move |socket| async move {
                 let _admitted = admitted;
                 server.serve_axum(socket, metadata, peer).await;
@@ -138,8 +192,7 @@ impl<H: Handler> WsServer<H> {
         metadata: Metadata,
         peer: Option<SocketAddr>,
     ) -> Ended {
-        let socket = Framed::<_, AxumMessage>::new(socket);
-        let session = self.run(socket, metadata, peer);
+        let session = self.run(AxumSocket(socket), metadata, peer);
         self.inner.sessions.track_future(session).await.ended
     }
 }

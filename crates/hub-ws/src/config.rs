@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
 use crate::admission::Gate;
 use crate::{Origins, RateLimit};
 
@@ -151,24 +149,5 @@ impl Config {
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
         self
-    }
-
-    /// Small read buffers keep idle connections cheap; they grow for large
-    /// messages as needed.
-    pub(crate) fn read_buffer_size(&self) -> usize {
-        4 << 10
-    }
-
-    /// Writes are flushed once this much is buffered.
-    pub(crate) fn write_buffer_size(&self) -> usize {
-        64 << 10
-    }
-
-    pub(crate) fn tungstenite(&self) -> WebSocketConfig {
-        WebSocketConfig::default()
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_frame_size.min(self.max_message_size)))
-            .read_buffer_size(self.read_buffer_size())
-            .write_buffer_size(self.write_buffer_size())
     }
 }

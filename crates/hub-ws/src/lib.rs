@@ -84,6 +84,7 @@ mod admission;
 #[cfg(feature = "axum")]
 mod axum;
 mod close;
+mod codec;
 mod config;
 mod frame;
 mod handler;

@@ -4,23 +4,24 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::convert::Infallible;
+use std::sync::{Mutex, PoisonError};
+
 use futures_util::{Sink, SinkExt, Stream};
 use hub::{Hub, Metadata};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{self, Instant};
-use tokio_tungstenite::tungstenite::handshake::server::{
-    Request as HandshakeRequest, Response as HandshakeResponse,
-};
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{check_origin, Admitted};
-use crate::frame::{Frame, Framed, ReadError};
+use crate::codec::Socket;
+use crate::frame::{Frame, ReadError};
 use crate::session::{drive, Finished};
 use crate::stats::{Counters, WsStats};
 use crate::upgrade::{accept_key, switching_protocols};
@@ -40,10 +41,13 @@ pub enum ServeError {
     /// The client did not complete the HTTP handshake in time.
     #[error("the WebSocket handshake timed out")]
     HandshakeTimeout,
-    /// The HTTP handshake failed (not a WebSocket request, bad headers or
-    /// an I/O error).
+    /// The HTTP handshake failed (a malformed request or an I/O error).
     #[error("the WebSocket handshake failed")]
     Handshake(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The request was answered with an error instead of an upgrade: not a
+    /// WebSocket handshake, or refused (origin, limits, the handler...).
+    #[error("the WebSocket handshake was refused: {0}")]
+    Refused(UpgradeError),
 }
 
 /// Serves WebSocket sessions: each client becomes a connection of `hub`,
@@ -174,25 +178,53 @@ impl<H: Handler> WsServer<H> {
         mut request: Request<B>,
         metadata: Metadata,
     ) -> Result<Response<R>, UpgradeError> {
-        let accept =
-            accept_key(&request).inspect_err(|error| self.inner.counters.refused(error))?;
+        let accepted = self.accept(&mut request, metadata)?;
+        let server = self.clone();
+        self.inner.sessions.spawn(async move {
+            server.serve_accepted(accepted.upgrade).await;
+        });
+        Ok(accepted.response)
+    }
+
+    /// Checks a handshake and admits it: the `101` to answer with, and what
+    /// serving the session needs once hyper hands the connection over.
+    fn accept<B, R: Default>(
+        &self,
+        request: &mut Request<B>,
+        metadata: Metadata,
+    ) -> Result<Accepted<R>, UpgradeError> {
+        let accept = accept_key(request).inspect_err(|error| self.inner.counters.refused(error))?;
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
         let handshake = Handshake::new(request.uri(), request.headers(), peer);
         let (admitted, metadata) = self.admit(&handshake, metadata)?;
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        let server = self.clone();
-        self.inner.sessions.spawn(async move {
-            let _admitted = admitted;
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let socket = server.tungstenite(TokioIo::new(upgraded)).await;
-                    server.serve_tungstenite(socket, metadata, peer).await;
-                }
-                // Typically the connection was not served `with_upgrades()`.
-                Err(error) => tracing::warn!(%error, "the HTTP upgrade did not complete"),
+        Ok(Accepted {
+            response: switching_protocols(accept),
+            upgrade: Upgrade {
+                on_upgrade: hyper::upgrade::on(request),
+                admitted,
+                metadata,
+                peer,
+            },
+        })
+    }
+
+    /// Serves an admitted session once its connection is upgraded.
+    async fn serve_accepted(&self, upgrade: Upgrade) -> Option<Ended> {
+        let Upgrade {
+            on_upgrade,
+            admitted,
+            metadata,
+            peer,
+        } = upgrade;
+        let _admitted = admitted;
+        match on_upgrade.await {
+            Ok(upgraded) => Some(self.serve_io(TokioIo::new(upgraded), metadata, peer).await),
+            // Typically the connection was not served `with_upgrades()`.
+            Err(error) => {
+                tracing::warn!(%error, "the HTTP upgrade did not complete");
+                None
             }
-        });
-        Ok(switching_protocols(accept))
+        }
     }
 
     /// Decides whether a handshake may open a session: the hub is running,
@@ -251,79 +283,85 @@ impl<H: Handler> WsServer<H> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let socket = self.tungstenite(io).await;
-        let session = self.serve_tungstenite(socket, metadata, peer);
+        let session = self.serve_io(io, metadata, peer);
         self.inner.sessions.track_future(session).await
     }
 
-    async fn tungstenite<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S) -> WebSocketStream<S> {
-        let config = self.inner.config.tungstenite();
-        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
-    }
-
-    /// Serves a session over tungstenite, then closes the transport
-    /// gracefully.
-    async fn serve_tungstenite<S>(
-        &self,
-        socket: WebSocketStream<S>,
-        metadata: Metadata,
-        peer: Option<SocketAddr>,
-    ) -> Ended
+    /// Serves a session over this crate's own framing, then closes the
+    /// transport gracefully.
+    async fn serve_io<S>(&self, io: S, metadata: Metadata, peer: Option<SocketAddr>) -> Ended
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let finished = self
-            .run(Framed::<_, WsMessage>::new(socket), metadata, peer)
-            .await;
+        let config = &self.inner.config;
+        let socket = Socket::new(io, config.max_message_size, config.max_frame_size);
+        let finished = self.run(socket, metadata, peer).await;
         if let (Some(socket), false) = (finished.socket, finished.ended == Ended::Lost) {
-            let mut socket = socket.into_inner();
-            linger(socket.get_mut(), finished.deadline).await;
+            let mut io = socket.into_inner();
+            linger(&mut io, finished.deadline).await;
         }
         finished.ended
     }
 
-    /// Runs the HTTP handshake on a plain TCP stream, then serves the
-    /// session; returns how it ended. For servers without hyper.
+    /// Runs the HTTP handshake on a plain TCP stream (through hyper, as
+    /// [`upgrade`](Self::upgrade) would), then serves the session; returns
+    /// how it ended. For servers without hyper.
     ///
     /// # Errors
     ///
-    /// [`ServeError`] if the handshake fails or times out; no session was
-    /// started then.
+    /// [`ServeError`] if the handshake fails, times out or is refused; no
+    /// session was started then. A refused client was answered with the
+    /// error's status.
     pub async fn serve_tcp(
         &self,
         stream: TcpStream,
         metadata: Metadata,
     ) -> Result<Ended, ServeError> {
         let peer = stream.peer_addr().ok();
-        let config = self.inner.config.tungstenite();
-        let mut metadata = Some(metadata);
-        let mut admitted = None;
-        // The shape of the error is tungstenite's handshake callback's.
-        #[allow(clippy::result_large_err)]
-        let check = |request: &HandshakeRequest, response: HandshakeResponse| {
-            let handshake = Handshake::new(request.uri(), request.headers(), peer);
-            match self.admit(&handshake, metadata.take().unwrap_or_default()) {
-                Ok(place) => {
-                    admitted = Some(place);
-                    Ok(response)
-                }
-                Err(refused) => Err(refused.to_response::<String>().map(Some)),
+        let _ = stream.set_nodelay(true);
+        // The one request's outcome: an admitted upgrade or the refusal.
+        let outcome: Mutex<Option<Result<Upgrade, UpgradeError>>> = Mutex::new(None);
+        let metadata = Mutex::new(Some(metadata));
+        let service = service_fn(|mut request: Request<hyper::body::Incoming>| {
+            if let Some(peer) = peer {
+                request.extensions_mut().insert(PeerAddr(peer));
             }
-        };
-        let handshake =
-            tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config));
-        let socket = time::timeout(self.inner.config.handshake_timeout, handshake)
+            let metadata = lock(&metadata).take().unwrap_or_default();
+            let response = match self.accept::<_, String>(&mut request, metadata) {
+                Ok(accepted) => {
+                    *lock(&outcome) = Some(Ok(accepted.upgrade));
+                    accepted.response
+                }
+                Err(refused) => {
+                    let response = refused.to_response();
+                    *lock(&outcome) = Some(Err(refused));
+                    response
+                }
+            };
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.inner.config.handshake_timeout)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        time::timeout(self.inner.config.handshake_timeout, connection)
             .await
             .map_err(|_| ServeError::HandshakeTimeout)?
             .map_err(|error| ServeError::Handshake(Box::new(error)))?;
-        let Some((_place, metadata)) = admitted else {
-            // tungstenite completed a handshake without asking: not expected.
-            return Err(ServeError::Handshake(
-                "the handshake was not checked".into(),
-            ));
-        };
-        let session = self.serve_tungstenite(socket, metadata, peer);
-        Ok(self.inner.sessions.track_future(session).await)
+        let outcome = lock(&outcome).take();
+        match outcome {
+            Some(Ok(upgrade)) => {
+                let session = self.serve_accepted(upgrade);
+                match self.inner.sessions.track_future(session).await {
+                    Some(ended) => Ok(ended),
+                    None => Err(ServeError::Handshake("the upgrade did not complete".into())),
+                }
+            }
+            Some(Err(refused)) => Err(ServeError::Refused(refused)),
+            None => Err(ServeError::Handshake("the client sent no request".into())),
+        }
     }
 
     /// Registers the client with the hub and drives its session over a
@@ -387,6 +425,24 @@ impl<H: Handler> WsServer<H> {
         }
         self.inner.sessions.wait().await;
     }
+}
+
+/// An admitted handshake whose connection hyper has yet to hand over.
+struct Upgrade {
+    on_upgrade: OnUpgrade,
+    admitted: Admitted,
+    metadata: Metadata,
+    peer: Option<SocketAddr>,
+}
+
+/// [`Upgrade`] and the `101` response that starts it.
+struct Accepted<R> {
+    response: Response<R>,
+    upgrade: Upgrade,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Most bytes read and dropped while waiting for a client to close.

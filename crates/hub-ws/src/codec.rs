@@ -1,0 +1,798 @@
+//! The server side of the WebSocket framing (RFC 6455, section 5) over any
+//! byte stream, for sessions upgraded through hyper or plain TCP.
+//!
+//! Two things make it fit a broadcast server better than a general
+//! WebSocket library:
+//!
+//! - Writes share the message's bytes: a broadcast reaches every socket as
+//!   the same reference-counted buffer, behind a small per-socket header,
+//!   written with vectored I/O (server frames are not masked, so the bytes
+//!   on the wire are the same for everyone). Small payloads are copied next
+//!   to their header instead, where one copy is cheaper than one more
+//!   buffer to write. Nothing is re-validated on the way out: a hub text is
+//!   UTF-8 already.
+//! - An idle connection holds no buffer: reads go through a small buffer on
+//!   the stack and only what is read is kept, until the frames in it are
+//!   taken out.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use hub::{Message, Text};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::frame::{Frame, ReadError};
+use crate::{Close, CloseCode};
+
+/// Bytes read at once (on the stack).
+const READ_CHUNK: usize = 4096;
+/// Payloads up to this size are copied next to their header.
+const INLINE: usize = 512;
+/// Buffers handed to one vectored write.
+const MAX_IOV: usize = 64;
+/// Past this many bytes waiting to be written, `poll_ready` writes first.
+const HIGH_WATER: usize = 1 << 20;
+/// Most bytes gathered into one write on a stream without vectored writes.
+const COALESCE: usize = 64 * 1024;
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// A WebSocket server socket: a `Stream` of the client's [`Frame`]s and a
+/// `Sink` of ours. Answers pings and the client's close frame by itself.
+pub(crate) struct Socket<S> {
+    io: S,
+    max_message: usize,
+    max_frame: usize,
+    /// Read and not yet parsed; empty (unallocated) when idle.
+    read: BytesMut,
+    /// A fragmented message being put together: is it text, and its bytes.
+    partial: Option<(bool, BytesMut)>,
+    /// No more frames will be read: the client closed, or broke the
+    /// protocol.
+    read_done: bool,
+    /// Frames to write, in order, each as one or two buffers.
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    /// Headers (and small payloads) are written here, then split off: one
+    /// allocation serves many frames.
+    scratch: BytesMut,
+    /// The answer to the latest ping, not yet queued (at most one: RFC
+    /// 6455 allows answering only the most recent).
+    pong: Option<Bytes>,
+    /// Our close frame is queued: nothing may follow it.
+    close_sent: bool,
+}
+
+impl<S> Socket<S> {
+    /// A socket over a stream whose handshake is done.
+    pub(crate) fn new(io: S, max_message: usize, max_frame: usize) -> Self {
+        Self {
+            io,
+            max_message,
+            max_frame: max_frame.min(max_message),
+            read: BytesMut::new(),
+            partial: None,
+            read_done: false,
+            out: VecDeque::new(),
+            out_len: 0,
+            scratch: BytesMut::new(),
+            pong: None,
+            close_sent: false,
+        }
+    }
+
+    pub(crate) fn into_inner(self) -> S {
+        self.io
+    }
+
+    /// Queues one frame.
+    fn queue(&mut self, opcode: u8, payload: &[u8], shared: Option<Bytes>) {
+        let len = payload.len();
+        let header_len = match len {
+            0..=125 => 2,
+            126..=0xFFFF => 4,
+            _ => 10,
+        };
+        let inline = shared.is_none() || len <= INLINE;
+        let need = header_len + if inline { len } else { 0 };
+        if self.scratch.capacity() - self.scratch.len() < need {
+            self.scratch.reserve(need.max(4096));
+        }
+        self.scratch.put_u8(0x80 | opcode);
+        match len {
+            0..=125 => self.scratch.put_u8(len as u8),
+            126..=0xFFFF => {
+                self.scratch.put_u8(126);
+                self.scratch.put_u16(len as u16);
+            }
+            _ => {
+                self.scratch.put_u8(127);
+                self.scratch.put_u64(len as u64);
+            }
+        }
+        if inline {
+            self.scratch.put_slice(payload);
+        }
+        let head = self.scratch.split().freeze();
+        self.out_len += head.len();
+        self.out.push_back(head);
+        if let (false, Some(payload)) = (inline, shared) {
+            self.out_len += payload.len();
+            self.out.push_back(payload);
+        }
+    }
+
+    fn queue_frame(&mut self, frame: Frame) {
+        if self.close_sent {
+            return;
+        }
+        self.close_sent = matches!(frame, Frame::Close(_));
+        match frame {
+            Frame::Message(Message::Text(text)) => {
+                let bytes = text.into_bytes();
+                self.queue(OP_TEXT, &bytes.clone(), Some(bytes));
+            }
+            Frame::Message(Message::Binary(bytes)) => {
+                self.queue(OP_BINARY, &bytes.clone(), Some(bytes));
+            }
+            Frame::Message(other) => self.queue(OP_BINARY, other.as_bytes(), None),
+            Frame::Ping(bytes) => self.queue(OP_PING, &bytes[..bytes.len().min(125)], None),
+            Frame::Pong(bytes) => self.queue(OP_PONG, &bytes[..bytes.len().min(125)], None),
+            Frame::Close(None) => self.queue(OP_CLOSE, &[], None),
+            Frame::Close(Some(close)) => {
+                let mut payload = Vec::with_capacity(2 + close.reason().len());
+                payload.extend_from_slice(&close.code().sendable().0.to_be_bytes());
+                payload.extend_from_slice(truncate(close.reason(), 123).as_bytes());
+                self.queue(OP_CLOSE, &payload, None);
+            }
+        }
+    }
+}
+
+/// `reason` cut to at most `max` bytes, on a character boundary.
+fn truncate(reason: &str, max: usize) -> &str {
+    let mut end = reason.len().min(max);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// One parsed frame header.
+struct Header {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    /// Where the payload starts in the buffer.
+    start: usize,
+    len: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
+    /// Parses the header at the start of `self.read`; `Ok(None)` if more
+    /// bytes are needed.
+    fn header(&self) -> Result<Option<Header>, ReadError> {
+        let buf = &self.read[..];
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0F);
+        if b0 & 0x70 != 0 || b1 & 0x80 == 0 {
+            // Reserved bits without an extension, or an unmasked frame.
+            return Err(ReadError::Protocol);
+        }
+        let control = opcode & 0x08 != 0;
+        match opcode {
+            OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
+            OP_CLOSE | OP_PING | OP_PONG if fin => {}
+            _ => return Err(ReadError::Protocol),
+        }
+        let (len, at) = match b1 & 0x7F {
+            126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+            127 if buf.len() >= 10 => {
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(&buf[2..10]);
+                let len = u64::from_be_bytes(raw);
+                if len >> 63 != 0 {
+                    return Err(ReadError::Protocol);
+                }
+                (usize::try_from(len).unwrap_or(usize::MAX), 10)
+            }
+            126 | 127 => return Ok(None),
+            len => (usize::from(len), 2),
+        };
+        if control && len > 125 {
+            return Err(ReadError::Protocol);
+        }
+        if len > self.max_frame {
+            return Err(ReadError::TooBig);
+        }
+        if buf.len() < at + 4 {
+            return Ok(None);
+        }
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&buf[at..at + 4]);
+        Ok(Some(Header {
+            fin,
+            opcode,
+            mask,
+            start: at + 4,
+            len,
+        }))
+    }
+
+    /// The next complete frame in the buffer, if there is one.
+    fn parse(&mut self) -> Result<Option<Frame>, ReadError> {
+        loop {
+            let Some(header) = self.header()? else {
+                return Ok(None);
+            };
+            if self.read.len() < header.start + header.len {
+                // Room for the rest of the frame, at once.
+                self.read
+                    .reserve(header.start + header.len - self.read.len());
+                return Ok(None);
+            }
+            self.read.advance(header.start);
+            let mut payload = self.read.split_to(header.len);
+            unmask(&mut payload, header.mask);
+            if self.read.is_empty() {
+                // Idle again: hold no buffer.
+                self.read = BytesMut::new();
+            }
+            match header.opcode {
+                OP_PING => {
+                    self.pong = Some(payload.freeze());
+                    let ping = self.pong.clone().unwrap_or_default();
+                    return Ok(Some(Frame::Ping(ping)));
+                }
+                OP_PONG => return Ok(Some(Frame::Pong(payload.freeze()))),
+                OP_CLOSE => return self.closed(&payload).map(Some),
+                OP_CONTINUATION => {
+                    let Some((_, data)) = self.partial.as_mut() else {
+                        return Err(ReadError::Protocol);
+                    };
+                    if data.len() + payload.len() > self.max_message {
+                        return Err(ReadError::TooBig);
+                    }
+                    data.extend_from_slice(&payload);
+                    if header.fin {
+                        let Some((text, data)) = self.partial.take() else {
+                            return Err(ReadError::Protocol);
+                        };
+                        return message(text, data.freeze()).map(Some);
+                    }
+                }
+                opcode => {
+                    if self.partial.is_some() {
+                        // A new message inside a fragmented one.
+                        return Err(ReadError::Protocol);
+                    }
+                    let text = opcode == OP_TEXT;
+                    if header.fin {
+                        return message(text, payload.freeze()).map(Some);
+                    }
+                    self.partial = Some((text, payload));
+                }
+            }
+        }
+    }
+
+    /// The client's close frame: checked, answered, and handed on.
+    fn closed(&mut self, payload: &[u8]) -> Result<Frame, ReadError> {
+        self.read_done = true;
+        let close = match payload {
+            [] => None,
+            [_] => return Err(ReadError::Protocol),
+            [high, low, reason @ ..] => {
+                let code = u16::from_be_bytes([*high, *low]);
+                if !is_valid_received(code) {
+                    return Err(ReadError::Protocol);
+                }
+                let reason = std::str::from_utf8(reason).map_err(|_| ReadError::InvalidUtf8)?;
+                Some(Close::new(CloseCode(code), reason.to_owned()))
+            }
+        };
+        // The answer echoes the code, without the reason.
+        let reply = close
+            .as_ref()
+            .map(|close| Close::new(close.code(), String::new()));
+        self.queue_frame(Frame::Close(reply));
+        Ok(Frame::Close(close))
+    }
+
+    /// Reads more bytes into the buffer; `Ok(false)` at the end of the
+    /// stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(())) => {
+                self.read.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes what is queued, and the pong owed, until done or the stream
+    /// is full.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(ping) = self.pong.take() {
+            if !self.close_sent {
+                self.queue(OP_PONG, &ping, None);
+            }
+        }
+        let vectored = self.io.is_write_vectored();
+        while !self.out.is_empty() {
+            if !vectored && self.out.len() > 1 && self.out[0].len() < COALESCE {
+                self.gather();
+            }
+            let written = if vectored {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                for (slice, chunk) in slices.iter_mut().zip(&self.out) {
+                    *slice = IoSlice::new(chunk);
+                    n += 1;
+                }
+                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n])
+            } else {
+                Pin::new(&mut self.io).poll_write(cx, &self.out[0])
+            };
+            match written {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(mut n)) => {
+                    self.out_len -= n;
+                    while n > 0 {
+                        let Some(front) = self.out.front_mut() else {
+                            break;
+                        };
+                        if n >= front.len() {
+                            n -= front.len();
+                            self.out.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S> Socket<S> {
+    /// Gathers the first buffers into one (up to [`COALESCE`] bytes), for
+    /// streams that write one buffer at a time.
+    fn gather(&mut self) {
+        let mut gathered = BytesMut::with_capacity(self.out_len.min(COALESCE));
+        while let Some(front) = self.out.front() {
+            if !gathered.is_empty() && gathered.len() + front.len() > COALESCE {
+                break;
+            }
+            gathered.extend_from_slice(front);
+            self.out.pop_front();
+        }
+        self.out.push_front(gathered.freeze());
+    }
+}
+
+/// A complete message from the client.
+fn message(text: bool, bytes: Bytes) -> Result<Frame, ReadError> {
+    if text {
+        Text::try_from(bytes)
+            .map(|text| Frame::Message(Message::Text(text)))
+            .map_err(|_| ReadError::InvalidUtf8)
+    } else {
+        Ok(Frame::Message(Message::Binary(bytes)))
+    }
+}
+
+/// Close codes a client may send (RFC 6455, section 7.4).
+fn is_valid_received(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    // Eight bytes at a time, then the rest.
+    let word = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(raw) ^ word).to_ne_bytes());
+    }
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i % 4];
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Socket<S> {
+    type Item = Result<Frame, ReadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // An owed pong or close reply goes out as soon as it can, even when
+        // the session has nothing else to write.
+        if this.pong.is_some() || (!this.out.is_empty() && this.read_done) {
+            if let Poll::Ready(Err(_)) = this.poll_write_out(cx) {
+                return Poll::Ready(Some(Err(ReadError::Lost)));
+            }
+        }
+        loop {
+            if this.read_done {
+                return Poll::Ready(None);
+            }
+            match this.parse() {
+                Ok(Some(frame)) => {
+                    if matches!(frame, Frame::Ping(_)) {
+                        let _ = this.poll_write_out(cx);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    this.read_done = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+            match this.poll_fill(cx) {
+                Poll::Ready(Ok(true)) => {}
+                // The end of the stream, or an error: the client is gone.
+                Poll::Ready(Ok(false)) => {
+                    this.read_done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Err(_)) => {
+                    this.read_done = true;
+                    return Poll::Ready(Some(Err(ReadError::Lost)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for Socket<S> {
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.out_len >= HIGH_WATER {
+            return this.poll_write_out(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Frame) -> io::Result<()> {
+        self.get_mut().queue_frame(frame);
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    /// Writes what is queued; the transport itself is closed by its owner.
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_flush(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// A client frame: masked with a fixed key.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        match payload.len() {
+            len @ 0..=125 => out.push(0x80 | len as u8),
+            len @ 126..=0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn pair() -> (Socket<DuplexStream>, DuplexStream) {
+        let (server, client) = duplex(1 << 20);
+        (Socket::new(server, 64 * 1024, 64 * 1024), client)
+    }
+
+    async fn next(socket: &mut Socket<DuplexStream>) -> Option<Result<Frame, ReadError>> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), socket.next())
+            .await
+            .unwrap()
+    }
+
+    /// Reads one server frame: (fin, opcode, payload); server frames are
+    /// never masked.
+    async fn server_frame(client: &mut DuplexStream) -> (bool, u8, Vec<u8>) {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        let len = match head[1] & 0x7F {
+            126 => usize::from(client.read_u16().await.unwrap()),
+            127 => client.read_u64().await.unwrap() as usize,
+            len => usize::from(len),
+        };
+        let mut payload = vec![0; len];
+        client.read_exact(&mut payload).await.unwrap();
+        (head[0] & 0x80 != 0, head[0] & 0x0F, payload)
+    }
+
+    #[tokio::test]
+    async fn reads_messages_of_every_length_split_anywhere() {
+        let (mut socket, mut client) = pair();
+        let sizes = [0, 1, 125, 126, 127, 4000, 65535, 65536];
+        let mut wire = Vec::new();
+        for size in sizes {
+            wire.extend(client_frame(
+                true,
+                OP_TEXT,
+                &"é".repeat(size / 2).into_bytes(),
+            ));
+            wire.extend(client_frame(true, OP_BINARY, &vec![7u8; size]));
+        }
+        // Byte by byte at first, then in uneven chunks.
+        let writer = tokio::spawn(async move {
+            for (i, chunk) in wire.chunks(1 + wire.len() / 97).enumerate() {
+                if i < 40 {
+                    for byte in chunk {
+                        client.write_all(&[*byte]).await.unwrap();
+                    }
+                } else {
+                    client.write_all(chunk).await.unwrap();
+                }
+            }
+            client
+        });
+        for size in sizes {
+            let text = "é".repeat(size / 2);
+            assert_eq!(
+                next(&mut socket).await,
+                Some(Ok(Frame::Message(Message::text(text))))
+            );
+            assert_eq!(
+                next(&mut socket).await,
+                Some(Ok(Frame::Message(Message::binary(vec![7u8; size]))))
+            );
+        }
+        let client = writer.await.unwrap();
+        drop(client);
+        assert_eq!(next(&mut socket).await, None);
+        assert_eq!(socket.read.capacity(), 0, "no buffer held when idle");
+    }
+
+    #[tokio::test]
+    async fn puts_fragments_together_with_control_frames_between() {
+        let (mut socket, mut client) = pair();
+        let mut wire = client_frame(false, OP_TEXT, b"hel");
+        wire.extend(client_frame(true, OP_PING, b"p"));
+        wire.extend(client_frame(false, OP_CONTINUATION, b"lo "));
+        wire.extend(client_frame(true, OP_CONTINUATION, "wörld".as_bytes()));
+        client.write_all(&wire).await.unwrap();
+        assert_eq!(
+            next(&mut socket).await,
+            Some(Ok(Frame::Ping(Bytes::from_static(b"p"))))
+        );
+        assert_eq!(
+            next(&mut socket).await,
+            Some(Ok(Frame::Message(Message::text("hello wörld"))))
+        );
+        // The ping was answered by itself.
+        assert_eq!(
+            server_frame(&mut client).await,
+            (true, OP_PONG, b"p".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn protocol_errors_size_limits_and_bad_utf8_are_told_apart() {
+        let cases: Vec<(Vec<u8>, ReadError)> = vec![
+            // Unmasked.
+            (vec![0x81, 0x01, b'a'], ReadError::Protocol),
+            // Reserved bit.
+            (vec![0xC1, 0x80, 0, 0, 0, 0], ReadError::Protocol),
+            // Reserved opcodes.
+            (client_frame(true, 0x3, b""), ReadError::Protocol),
+            (client_frame(true, 0xB, b""), ReadError::Protocol),
+            // Fragmented or long control frames.
+            (client_frame(false, OP_PING, b""), ReadError::Protocol),
+            (client_frame(true, OP_PING, &[0; 126]), ReadError::Protocol),
+            // A continuation with nothing to continue; a new message inside
+            // a fragmented one.
+            (
+                client_frame(true, OP_CONTINUATION, b"x"),
+                ReadError::Protocol,
+            ),
+            (
+                [
+                    client_frame(false, OP_TEXT, b"a"),
+                    client_frame(true, OP_TEXT, b"b"),
+                ]
+                .concat(),
+                ReadError::Protocol,
+            ),
+            // A length with the top bit set.
+            (
+                [vec![0x82, 0xFF], vec![0x80; 8], vec![0; 4]].concat(),
+                ReadError::Protocol,
+            ),
+            // Too big, as one frame or as fragments; said before reading it.
+            (
+                [vec![0x82, 0xFF], (1u64 << 40).to_be_bytes().to_vec()].concat(),
+                ReadError::TooBig,
+            ),
+            (
+                client_frame(true, OP_BINARY, &vec![0; 65537]),
+                ReadError::TooBig,
+            ),
+            (
+                [
+                    client_frame(false, OP_BINARY, &vec![0; 40000]),
+                    client_frame(true, OP_CONTINUATION, &vec![0; 40000]),
+                ]
+                .concat(),
+                ReadError::TooBig,
+            ),
+            // Not UTF-8, whole or split inside a character.
+            (
+                client_frame(true, OP_TEXT, &[0xFF, 0xFE]),
+                ReadError::InvalidUtf8,
+            ),
+            (
+                [
+                    client_frame(false, OP_TEXT, &[0xC3]),
+                    client_frame(true, OP_CONTINUATION, &[0x28]),
+                ]
+                .concat(),
+                ReadError::InvalidUtf8,
+            ),
+            // Close frames: one byte, a code no one may send, a reason
+            // that is not UTF-8.
+            (client_frame(true, OP_CLOSE, &[3]), ReadError::Protocol),
+            (
+                client_frame(true, OP_CLOSE, &1005u16.to_be_bytes()),
+                ReadError::Protocol,
+            ),
+            (
+                client_frame(true, OP_CLOSE, &[3, 232, 0xFF]),
+                ReadError::InvalidUtf8,
+            ),
+        ];
+        for (wire, expected) in cases {
+            let (mut socket, mut client) = pair();
+            client.write_all(&wire).await.unwrap();
+            assert_eq!(next(&mut socket).await, Some(Err(expected)), "{wire:02x?}");
+            // Nothing more is read after an error.
+            assert_eq!(next(&mut socket).await, None);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_split_character_across_fragments_is_fine() {
+        let (mut socket, mut client) = pair();
+        let wire = [
+            client_frame(false, OP_TEXT, &[0xC3]),
+            client_frame(true, OP_CONTINUATION, &[0xA9]),
+        ]
+        .concat();
+        client.write_all(&wire).await.unwrap();
+        assert_eq!(
+            next(&mut socket).await,
+            Some(Ok(Frame::Message(Message::text("é"))))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_clients_close_is_answered_with_its_code() {
+        let (mut socket, mut client) = pair();
+        let mut payload = 4000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        client
+            .write_all(&client_frame(true, OP_CLOSE, &payload))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut socket).await,
+            Some(Ok(Frame::Close(Some(Close::new(CloseCode(4000), "bye")))))
+        );
+        socket.close().await.unwrap();
+        assert_eq!(
+            server_frame(&mut client).await,
+            (true, OP_CLOSE, 4000u16.to_be_bytes().to_vec())
+        );
+        assert_eq!(next(&mut socket).await, None);
+    }
+
+    #[tokio::test]
+    async fn writes_frames_of_every_length_unmasked_and_in_order() {
+        let (mut socket, mut client) = pair();
+        let sizes = [0usize, 5, 125, 126, 600, 65535, 65536, 100_000];
+        for size in sizes {
+            socket
+                .feed(Frame::Message(Message::binary(vec![1u8; size])))
+                .await
+                .unwrap();
+        }
+        socket
+            .feed(Frame::Message(Message::text("done")))
+            .await
+            .unwrap();
+        let long_reason = "é".repeat(100);
+        socket
+            .feed(Frame::Close(Some(Close::new(
+                CloseCode::GOING_AWAY,
+                long_reason,
+            ))))
+            .await
+            .unwrap();
+        let reader = tokio::spawn(async move {
+            let mut frames = Vec::new();
+            for _ in 0..sizes.len() + 2 {
+                frames.push(server_frame(&mut client).await);
+            }
+            frames
+        });
+        socket.flush().await.unwrap();
+        let frames = reader.await.unwrap();
+        for (frame, size) in frames.iter().zip(sizes) {
+            assert_eq!(frame, &(true, OP_BINARY, vec![1u8; size]));
+        }
+        assert_eq!(frames[sizes.len()], (true, OP_TEXT, b"done".to_vec()));
+        let (fin, opcode, close) = &frames[sizes.len() + 1];
+        assert_eq!((*fin, *opcode), (true, OP_CLOSE));
+        assert_eq!(close[..2], 1001u16.to_be_bytes());
+        // Cut to 125 bytes in all, on a character boundary.
+        assert_eq!(close.len(), 2 + 122);
+        assert!(std::str::from_utf8(&close[2..]).is_ok());
+    }
+
+    #[test]
+    fn unmasking_matches_the_definition() {
+        let mask = [1, 2, 3, 250];
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut fast = data.clone();
+            unmask(&mut fast, mask);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(fast, slow);
+        }
+    }
+}
