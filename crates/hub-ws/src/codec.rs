@@ -94,6 +94,11 @@ impl<S> Socket<S> {
         self.io
     }
 
+    #[cfg(fuzzing)]
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.io
+    }
+
     /// Queues one frame.
     fn queue(&mut self, opcode: u8, payload: &[u8], shared: Option<Bytes>) {
         let len = payload.len();

@@ -111,10 +111,117 @@ pub use upgrade::{is_upgrade_request, UpgradeError};
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use futures_util::{Sink, Stream};
     use hyper::header::{self, HeaderMap, HeaderValue};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
     use crate::admission::check_origin;
+    use crate::codec::Socket;
+    use crate::frame::Frame;
     use crate::Origins;
+
+    /// A client's bytes, handed over `chunk` at a time; what the server
+    /// writes is counted.
+    struct Wire<'a> {
+        input: &'a [u8],
+        chunk: usize,
+        written: usize,
+    }
+
+    impl AsyncRead for Wire<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self.input.len().min(self.chunk).min(buf.remaining());
+            buf.put_slice(&self.input[..n]);
+            self.input = &self.input[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Wire<'_> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.written += buf.len();
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The WebSocket frame reader on a client's bytes (`data[0]` sets how
+    /// many bytes each read returns; limits of 1 KiB per frame and 4 KiB
+    /// per message), then a close frame written back.
+    ///
+    /// Never panics or loops; every frame is within the limits; nothing is
+    /// read after an error or the client's close; the server never writes
+    /// more than the pongs and close it owes.
+    pub fn frames(data: &[u8]) {
+        let Some((first, input)) = data.split_first() else {
+            return;
+        };
+        let wire = Wire {
+            input,
+            chunk: usize::from(*first % 64) + 1,
+            written: 0,
+        };
+        let mut socket = Socket::new(wire, 4096, 1024);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut frames = 0;
+        let mut ended = false;
+        // Each frame takes at least two bytes.
+        for _ in 0..=input.len() {
+            match Pin::new(&mut socket).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    frames += 1;
+                    assert!(!ended, "a frame after the end");
+                    match frame {
+                        Frame::Message(message) => assert!(message.len() <= 4096),
+                        Frame::Ping(bytes) | Frame::Pong(bytes) => assert!(bytes.len() <= 125),
+                        Frame::Close(close) => {
+                            assert!(close.is_none_or(|c| c.reason().len() <= 123));
+                            ended = true;
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => ended = true,
+                Poll::Ready(None) => break,
+                Poll::Pending => unreachable!("the wire never waits"),
+            }
+        }
+        assert!(frames <= input.len() / 2 + 1);
+        let close = Frame::Close(Some(crate::Close::new(crate::CloseCode::NORMAL, "bye")));
+        let mut socket = Pin::new(&mut socket);
+        assert!(matches!(
+            socket.as_mut().poll_ready(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(socket.as_mut().start_send(close).is_ok());
+        assert!(matches!(
+            socket.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        // Pongs of at most 125 bytes, one per ping, and one close.
+        let written = Pin::into_inner(socket).get_ref().written;
+        assert!(
+            written <= (frames + 1) * 127 + 2 + 5,
+            "{written} bytes written"
+        );
+    }
 
     /// `check_origin` on a handshake with this `Origin` (raw header bytes),
     /// this `Host` (if any) and these allowed-origin patterns.
