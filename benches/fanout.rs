@@ -1,27 +1,34 @@
-//! In-process fan-out: one publisher, N subscribers, 64-byte messages.
+//! In-process fan-out: one publisher, N subscribers, 32-byte and 4 KiB
+//! messages, in deliveries per second (N × MESSAGES per iteration).
 //!
-//! Run with `cargo bench --bench fanout`. Each iteration publishes
-//! `MESSAGES` messages and then every subscriber reads all of them, so the
-//! throughput figure is deliveries per second (N × MESSAGES per iteration).
+//! Run with `cargo bench --bench fanout`, then `scripts/bench-report` for
+//! medians and ratios. In each group, measured in the same run:
 //!
-//! `hub` is this workspace's hub. `seed_style` is the FastAPI seed's
-//! `ConnectionManager` written in Rust: a `Vec` of per-connection senders,
-//! each awaited in turn. Both run on the same single-threaded runtime and
-//! are read the same way, so their ratio is meaningful on a noisy machine.
+//! - `hub`: this workspace's hub; each iteration broadcasts `MESSAGES`
+//!   messages, then every connection drains them.
+//! - `hub_tasks`: the same, with one task per connection waiting on
+//!   `recv` (how a server runs it: a task per session).
+//! - `broadcast_tasks`: plain `tokio::sync::broadcast` with one task per
+//!   receiver: the floor the hub builds on.
+//! - `seed_style`: the FastAPI seed's `ConnectionManager` in Rust: a `Vec`
+//!   of per-connection senders, each awaited in turn, then each drained.
+//!
+//! Everything runs on one single-threaded runtime, so the ratios hold on
+//! a noisy machine.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hub::{Event, Hub, Message};
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc, Notify};
 
 const MESSAGES: usize = 16;
 const SUBSCRIBERS: [usize; 4] = [1, 100, 1_000, 10_000];
-
-fn payload() -> Message {
-    Message::text("x".repeat(64))
-}
+const SIZES: [(usize, &str); 2] = [(32, "32B"), (4096, "4KiB")];
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -72,41 +79,157 @@ async fn seed_round(
     }
 }
 
-fn fanout(c: &mut Criterion) {
-    let mut group = c.benchmark_group("fanout_64B");
-    group
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
-    let message = payload();
-    for n in SUBSCRIBERS {
-        group.throughput(Throughput::Elements((n * MESSAGES) as u64));
+/// Counts receivers that have read a round; wakes the publisher when all
+/// have.
+struct Round {
+    left: AtomicUsize,
+    done: Notify,
+}
 
-        let hub = Hub::builder().capacity(MESSAGES * 2).build();
-        let mut connections: Vec<_> = (0..n)
-            .map(|_| hub.connect().unwrap_or_else(|e| panic!("{e}")))
-            .collect();
-        group.bench_with_input(BenchmarkId::new("hub", n), &n, |b, _| {
-            b.iter(|| hub_round(&hub, &mut connections, &message));
-        });
-        drop(connections);
-
-        let rt = runtime();
-        let (senders, mut receivers): (Vec<_>, Vec<_>) =
-            (0..n).map(|_| mpsc::channel(MESSAGES)).unzip();
-        group.bench_with_input(BenchmarkId::new("seed_style", n), &n, |b, _| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        seed_round(&senders, &mut receivers, &message).await;
-                    }
-                    start.elapsed()
-                })
-            });
-        });
+impl Round {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            left: AtomicUsize::new(0),
+            done: Notify::new(),
+        })
     }
-    group.finish();
+
+    fn start(&self, receivers: usize) {
+        self.left.store(receivers, Ordering::SeqCst);
+    }
+
+    fn finished_one(&self) {
+        if self.left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// Runs `iters` rounds: `publish` sends MESSAGES messages, then the round
+/// ends when every receiver task has read them.
+fn task_rounds<F, Fut>(
+    rt: &Runtime,
+    iters: u64,
+    round: &Round,
+    receivers: usize,
+    publish: F,
+) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            round.start(receivers);
+            let done = round.done.notified();
+            publish().await;
+            done.await;
+        }
+        start.elapsed()
+    })
+}
+
+fn fanout(c: &mut Criterion) {
+    for (size, label) in SIZES {
+        let mut group = c.benchmark_group(format!("fanout_{label}"));
+        group
+            .sample_size(20)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        let message = Message::text("x".repeat(size));
+        for n in SUBSCRIBERS {
+            group.throughput(Throughput::Elements((n * MESSAGES) as u64));
+
+            let hub = Hub::builder().capacity(MESSAGES * 2).build();
+            let mut connections: Vec<_> = (0..n)
+                .map(|_| hub.connect().unwrap_or_else(|e| panic!("{e}")))
+                .collect();
+            group.bench_with_input(BenchmarkId::new("hub", n), &n, |b, _| {
+                b.iter(|| hub_round(&hub, &mut connections, &message));
+            });
+            drop(connections);
+
+            let rt = runtime();
+            let round = Round::new();
+            for _ in 0..n {
+                let mut connection = hub.connect().unwrap_or_else(|e| panic!("{e}"));
+                let round = Arc::clone(&round);
+                rt.spawn(async move {
+                    loop {
+                        for _ in 0..MESSAGES {
+                            match connection.recv().await {
+                                Ok(Event::Broadcast(m)) => {
+                                    std::hint::black_box(m);
+                                }
+                                _ => return,
+                            }
+                        }
+                        round.finished_one();
+                    }
+                });
+            }
+            group.bench_with_input(BenchmarkId::new("hub_tasks", n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    task_rounds(&rt, iters, &round, n, || async {
+                        for _ in 0..MESSAGES {
+                            hub.broadcast(message.clone());
+                        }
+                    })
+                });
+            });
+            hub.shutdown();
+            drop(rt);
+
+            let rt = runtime();
+            let round = Round::new();
+            let (sender, _) = broadcast::channel::<Message>(MESSAGES * 2);
+            for _ in 0..n {
+                let mut receiver = sender.subscribe();
+                let round = Arc::clone(&round);
+                rt.spawn(async move {
+                    loop {
+                        for _ in 0..MESSAGES {
+                            match receiver.recv().await {
+                                Ok(m) => {
+                                    std::hint::black_box(m);
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                        round.finished_one();
+                    }
+                });
+            }
+            group.bench_with_input(BenchmarkId::new("broadcast_tasks", n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    task_rounds(&rt, iters, &round, n, || async {
+                        for _ in 0..MESSAGES {
+                            let _ = sender.send(message.clone());
+                        }
+                    })
+                });
+            });
+            drop(sender);
+            drop(rt);
+
+            let rt = runtime();
+            let (senders, mut receivers): (Vec<_>, Vec<_>) =
+                (0..n).map(|_| mpsc::channel(MESSAGES)).unzip();
+            group.bench_with_input(BenchmarkId::new("seed_style", n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            seed_round(&senders, &mut receivers, &message).await;
+                        }
+                        start.elapsed()
+                    })
+                });
+            });
+        }
+        group.finish();
+    }
 }
 
 criterion_group!(benches, fanout);
