@@ -81,7 +81,7 @@ pub struct Args {
     pub any_origin: bool,
 
     /// Most WebSocket clients at once; more are refused with 503.
-    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 19_000)]
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 19_900)]
     pub max_connections: usize,
 
     /// Most WebSocket clients at once from one address; more are refused
