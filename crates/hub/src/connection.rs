@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use futures_core::Stream;
@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::{
     RecvError as ChannelRecvError, TryRecvError as ChannelTryRecvError,
 };
 use tokio::sync::mpsc::error::TryRecvError as QueueTryRecvError;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{RecvError, TryRecvError};
@@ -31,6 +31,49 @@ pub(crate) enum Control {
     Leave(Topic),
 }
 
+/// A connection's joins and leaves, queued by the hub. Unlike a channel,
+/// it allocates nothing until something is queued: most connections never
+/// join anything after connecting.
+#[derive(Default)]
+pub(crate) struct Controls {
+    queue: Mutex<VecDeque<Control>>,
+    ready: Notify,
+}
+
+impl Controls {
+    pub(crate) fn send(&self, control: Control) {
+        self.lock().push_back(control);
+        self.ready.notify_one();
+    }
+
+    fn try_recv(&self) -> Option<Control> {
+        self.lock().pop_front()
+    }
+
+    /// Cancel safe: a control is taken only when it is returned.
+    async fn recv(&self) -> Control {
+        loop {
+            if let Some(control) = self.try_recv() {
+                return control;
+            }
+            // A send after the check leaves a permit: no wake-up is lost.
+            self.ready.notified().await;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Control>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Controls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controls")
+            .field("queued", &self.lock().len())
+            .finish()
+    }
+}
+
 /// A connection registered with a [`Hub`](crate::Hub): it receives what the
 /// hub delivers to it.
 ///
@@ -47,7 +90,6 @@ pub struct Connection {
     inner: Arc<Inner>,
     subs: Vec<Sub>,
     personal: mpsc::Receiver<Message>,
-    control: mpsc::UnboundedReceiver<Control>,
     /// Events decided but not yet handed out (history replays, notices).
     pending: VecDeque<Event>,
     membership: Arc<Membership>,
@@ -70,7 +112,7 @@ struct Sub {
 
 /// What woke a waiting `recv`.
 enum Woke {
-    Control(Option<Control>),
+    Control(Control),
     Personal(Option<Message>),
     Topic(usize, Result<Envelope, ChannelRecvError>),
 }
@@ -82,7 +124,6 @@ impl Connection {
         inner: Arc<Inner>,
         all: (Arc<Room>, Subscribed),
         personal: mpsc::Receiver<Message>,
-        control: mpsc::UnboundedReceiver<Control>,
         membership: Arc<Membership>,
     ) -> Self {
         let (room, subscribed) = all;
@@ -97,7 +138,6 @@ impl Connection {
                 done: false,
             }],
             personal,
-            control,
             pending: VecDeque::new(),
             membership,
             draining: false,
@@ -164,15 +204,8 @@ impl Connection {
         // without it the queues are not looked at (the common case is a
         // stream of broadcasts).
         if self.membership.take_signal() {
-            loop {
-                match self.control.try_recv() {
-                    Ok(control) => self.apply(control),
-                    Err(QueueTryRecvError::Disconnected) => {
-                        self.draining = true;
-                        break;
-                    }
-                    Err(QueueTryRecvError::Empty) => break,
-                }
+            while let Some(control) = self.membership.controls.try_recv() {
+                self.apply(control);
             }
             if self.membership.removal().is_some() {
                 self.draining = true;
@@ -258,7 +291,7 @@ impl Connection {
         let personal_open = !self.draining;
         tokio::select! {
             biased;
-            control = self.control.recv() => Woke::Control(control),
+            control = self.membership.controls.recv() => Woke::Control(control),
             personal = self.personal.recv(), if personal_open => Woke::Personal(personal),
             (index, received) = recv_any(&mut self.subs) => Woke::Topic(index, received),
         }
@@ -266,8 +299,8 @@ impl Connection {
 
     fn take(&mut self, woke: Woke) -> Option<Result<Event, RecvError>> {
         match woke {
-            Woke::Control(Some(control)) => self.apply(control),
-            Woke::Control(None) | Woke::Personal(None) => self.draining = true,
+            Woke::Control(control) => self.apply(control),
+            Woke::Personal(None) => self.draining = true,
             Woke::Personal(Some(message)) => {
                 self.took_personal(&message);
                 return Some(Ok(Event::Personal(message)));

@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Budget, Queued};
-use crate::connection::{Connection, Control};
+use crate::connection::{Connection, Control, Controls};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::presence::{PresenceEvent, PresenceKind};
 use crate::room::{HistoryLimits, Room};
@@ -273,7 +273,6 @@ struct Registry {
 
 struct Entry {
     personal: mpsc::Sender<Message>,
-    control: mpsc::UnboundedSender<Control>,
     metadata: Metadata,
     rooms: HashSet<RoomName>,
     membership: Arc<Membership>,
@@ -291,6 +290,8 @@ pub(crate) struct Membership {
     signal: AtomicBool,
     /// Bytes in the personal queue, counted toward the hub's budget.
     pub(crate) queued: Queued,
+    /// Joins and leaves for the connection.
+    pub(crate) controls: Controls,
 }
 
 /// Why and when a connection was removed.
@@ -410,7 +411,6 @@ impl Hub {
         let raw = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = ConnId::new(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MIN));
         let (personal, personal_rx) = mpsc::channel(inner.queue_capacity);
-        let (control, control_rx) = mpsc::unbounded_channel();
         let membership = Arc::new(Membership::default());
         if let Some(user) = metadata.user_arc() {
             registry.users.entry(user).or_default().insert(id);
@@ -419,7 +419,6 @@ impl Hub {
             id,
             Entry {
                 personal,
-                control,
                 metadata: metadata.clone(),
                 rooms: HashSet::new(),
                 membership: Arc::clone(&membership),
@@ -437,7 +436,6 @@ impl Hub {
             Arc::clone(inner),
             (Arc::clone(&inner.all), all),
             personal_rx,
-            control_rx,
             membership,
         ))
     }
@@ -544,8 +542,9 @@ impl Hub {
             let Some(room) = entry.rooms.take(room) else {
                 return false;
             };
-            let _ = entry
-                .control
+            entry
+                .membership
+                .controls
                 .send(Control::Leave(Topic::Room(room.clone())));
             entry.membership.notify();
             // Under the registry lock: a join of the same id cannot slip in
@@ -947,7 +946,10 @@ impl Inner {
         let (room, subscribed) = self.open_room(&name, from, (id, entry.metadata.clone()));
         let resume = resume_outcome(&subscribed);
         entry.rooms.insert(name.clone());
-        let _ = entry.control.send(Control::Join { room, subscribed });
+        entry
+            .membership
+            .controls
+            .send(Control::Join { room, subscribed });
         entry.membership.notify();
         if !already {
             Counters::add(&self.counters.joins, 1);
@@ -964,7 +966,7 @@ impl Inner {
         };
         let subscribed = self.all.subscribe(Some(from), None);
         let resume = resume_outcome(&subscribed);
-        let _ = entry.control.send(Control::Join {
+        entry.membership.controls.send(Control::Join {
             room: Arc::clone(&self.all),
             subscribed,
         });
