@@ -29,6 +29,7 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::common::{common_options, Common};
 use crate::connect::{self, Dialer, Target, Ws};
 use crate::error::Error;
 use crate::latency::{Latencies, Samples};
@@ -71,17 +72,12 @@ const REFRESH_EVERY: Duration = Duration::from_millis(100);
 /// ```
 #[derive(Clone, Debug)]
 pub struct Broadcast {
-    url: String,
-    clients: usize,
+    common: Common,
     senders: usize,
     messages: u32,
     size: usize,
     rate: Option<f64>,
-    source_ips: Option<usize>,
-    server_pid: Option<u32>,
     timeout: Duration,
-    handshake_timeout: Duration,
-    progress: bool,
 }
 
 impl Broadcast {
@@ -90,26 +86,16 @@ impl Broadcast {
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
-            clients: 100,
+            common: Common::new(url.into()),
             senders: 1,
             messages: 1000,
             size: 64,
             rate: None,
-            source_ips: None,
-            server_pid: None,
             timeout: Duration::from_secs(60),
-            handshake_timeout: Duration::from_secs(10),
-            progress: false,
         }
     }
 
-    /// Clients to connect, senders included.
-    #[must_use]
-    pub fn clients(mut self, clients: usize) -> Self {
-        self.clients = clients;
-        self
-    }
+    common_options!();
 
     /// How many of the clients send (the first ones); at most `clients`.
     #[must_use]
@@ -145,22 +131,6 @@ impl Broadcast {
         self
     }
 
-    /// Loopback addresses to spread the clients over (127.0.0.1,
-    /// 127.0.0.2...). By default one per 20 000 clients, so that no address
-    /// runs out of ephemeral ports.
-    #[must_use]
-    pub fn source_ips(mut self, source_ips: Option<usize>) -> Self {
-        self.source_ips = source_ips;
-        self
-    }
-
-    /// The server's process id, to report its CPU and memory.
-    #[must_use]
-    pub fn server_pid(mut self, pid: Option<u32>) -> Self {
-        self.server_pid = pid;
-        self
-    }
-
     /// Bound on the warm-up, and on the measured phase.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -168,33 +138,17 @@ impl Broadcast {
         self
     }
 
-    /// Bound on each client's TCP connection and handshake (10 s by
-    /// default).
-    #[must_use]
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// Whether to draw progress bars on stderr (only when it is a
-    /// terminal).
-    #[must_use]
-    pub fn progress(mut self, progress: bool) -> Self {
-        self.progress = progress;
-        self
-    }
-
     fn check(&self) -> Result<(u32, Option<RatePlan>), Error> {
         let problem = |option, problem: String| Error::Option { option, problem };
-        if self.clients == 0 {
+        if self.common.clients == 0 {
             return Err(problem("clients", "use at least 1 client".into()));
         }
-        if self.senders == 0 || self.senders > self.clients {
+        if self.senders == 0 || self.senders > self.common.clients {
             return Err(problem(
                 "senders",
                 format!(
                     "{} is not between 1 and --clients ({})",
-                    self.senders, self.clients
+                    self.senders, self.common.clients
                 ),
             ));
         }
@@ -237,26 +191,27 @@ impl Broadcast {
     /// pid cannot be read, or not every client hears the warm-up in time.
     pub async fn run(self) -> Result<BroadcastReport, Error> {
         let (senders, plan) = self.check()?;
-        let target = Target::parse(&self.url)?;
+        let target = Target::parse(&self.common.url)?;
         let source_count = self
+            .common
             .source_ips
-            .unwrap_or_else(|| connect::default_source_ips(self.clients));
+            .unwrap_or_else(|| connect::default_source_ips(self.common.clients));
         let sources = connect::source_ips(&target, source_count)?;
-        if let Some(pid) = self.server_pid {
+        if let Some(pid) = self.common.server_pid {
             proc::cpu_time(Pid::Other(pid)).map_err(|source| Error::ServerPid { pid, source })?;
         }
-        let progress = Progress::new(self.progress);
+        let progress = Progress::new(self.common.progress);
         let senders_thread = SenderThread::start();
         let run = Arc::new(Run {
             start: Instant::now(),
-            clients: self.clients,
+            clients: self.common.clients,
             senders,
             messages: self.messages,
             size: self.size,
             plan,
             send_on: senders_thread.handle(),
-            dialer: Dialer::new(target, sources, self.handshake_timeout),
-            stop: Stop::new(self.clients + self.senders),
+            dialer: Dialer::new(target, sources, self.common.handshake_timeout),
+            stop: Stop::new(self.common.clients + self.senders),
             latencies: Latencies::for_this_machine(),
             counts: Counts::default(),
         });
@@ -264,14 +219,19 @@ impl Broadcast {
         let (phase_tx, phase_rx) = watch::channel(Phase::Connect);
         let (outcomes_tx, outcomes) = mpsc::channel(1024);
         let mut tasks = JoinSet::new();
-        for index in 0..self.clients {
+        for index in 0..self.common.clients {
             let phase = (index < self.senders).then(|| phase_rx.clone());
             tasks.spawn(client(run.clone(), index, outcomes_tx.clone(), phase));
         }
         drop((outcomes_tx, phase_rx));
 
-        let connected =
-            connect::gather(outcomes, self.clients, run.dialer.source_count(), progress).await;
+        let connected = connect::gather(
+            outcomes,
+            self.common.clients,
+            run.dialer.source_count(),
+            progress,
+        )
+        .await;
         let connect = connected.report;
         if let Some((index, source)) = connected
             .failures
@@ -307,6 +267,7 @@ impl Broadcast {
 
         let tool_before = proc::cpu_time(Pid::Current).ok();
         let server_before = self
+            .common
             .server_pid
             .and_then(|pid| proc::cpu_time(Pid::Other(pid)).ok());
         let measure_start = Instant::now();
@@ -325,7 +286,7 @@ impl Broadcast {
         let tool_cpu = tool_before
             .zip(proc::cpu_time(Pid::Current).ok())
             .map(|(before, after)| Cpu::new(after.saturating_sub(before), measured));
-        let server = self.server_pid.map(|pid| {
+        let server = self.common.server_pid.map(|pid| {
             let cpu = server_before
                 .zip(proc::cpu_time(Pid::Other(pid)).ok())
                 .map(|(before, after)| Cpu::new(after.saturating_sub(before), measured));
@@ -356,8 +317,8 @@ impl Broadcast {
             _ => 0.0,
         };
         Ok(BroadcastReport {
-            url: self.url,
-            clients: self.clients,
+            url: self.common.url,
+            clients: self.common.clients,
             senders: self.senders,
             messages: self.messages,
             size: self.size,

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::common::{common_options, Common};
 use crate::connect::{self, Dialer, Target};
 use crate::error::Error;
 use crate::proc::{self, Memory, Pid};
@@ -33,13 +34,8 @@ use crate::stop::Stop;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Idle {
-    url: String,
-    clients: usize,
-    source_ips: Option<usize>,
-    server_pid: Option<u32>,
+    common: Common,
     hold: Duration,
-    handshake_timeout: Duration,
-    progress: bool,
 }
 
 impl Idle {
@@ -48,58 +44,17 @@ impl Idle {
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
-            clients: 100,
-            source_ips: None,
-            server_pid: None,
+            common: Common::new(url.into()),
             hold: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            progress: false,
         }
     }
 
-    /// Clients to connect.
-    #[must_use]
-    pub fn clients(mut self, clients: usize) -> Self {
-        self.clients = clients;
-        self
-    }
-
-    /// Loopback addresses to spread the clients over (see
-    /// [`Broadcast::source_ips`](crate::Broadcast::source_ips)).
-    #[must_use]
-    pub fn source_ips(mut self, source_ips: Option<usize>) -> Self {
-        self.source_ips = source_ips;
-        self
-    }
-
-    /// The server's process id, to report its memory.
-    #[must_use]
-    pub fn server_pid(mut self, pid: Option<u32>) -> Self {
-        self.server_pid = pid;
-        self
-    }
+    common_options!();
 
     /// How long to keep the clients connected once all are.
     #[must_use]
     pub fn hold(mut self, hold: Duration) -> Self {
         self.hold = hold;
-        self
-    }
-
-    /// Bound on each client's TCP connection and handshake (10 s by
-    /// default).
-    #[must_use]
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// Whether to draw progress bars on stderr (only when it is a
-    /// terminal).
-    #[must_use]
-    pub fn progress(mut self, progress: bool) -> Self {
-        self.progress = progress;
         self
     }
 
@@ -111,39 +66,46 @@ impl Idle {
     /// `ws://` on a loopback address) or the server pid cannot be read.
     /// Clients that fail to connect are counted in the report.
     pub async fn run(self) -> Result<IdleReport, Error> {
-        if self.clients == 0 {
+        if self.common.clients == 0 {
             return Err(Error::Option {
                 option: "clients",
                 problem: "use at least 1 client".into(),
             });
         }
-        let target = Target::parse(&self.url)?;
+        let target = Target::parse(&self.common.url)?;
         let source_count = self
+            .common
             .source_ips
-            .unwrap_or_else(|| connect::default_source_ips(self.clients));
+            .unwrap_or_else(|| connect::default_source_ips(self.common.clients));
         let sources = connect::source_ips(&target, source_count)?;
         let server_memory = || -> Result<Option<Memory>, Error> {
-            self.server_pid
+            self.common
+                .server_pid
                 .map(|pid| {
                     proc::memory(Pid::Other(pid)).map_err(|source| Error::ServerPid { pid, source })
                 })
                 .transpose()
         };
         let before = server_memory()?;
-        let progress = Progress::new(self.progress);
+        let progress = Progress::new(self.common.progress);
         let run = Arc::new(IdleRun {
-            dialer: Dialer::new(target, sources, self.handshake_timeout),
-            stop: Stop::new(self.clients),
+            dialer: Dialer::new(target, sources, self.common.handshake_timeout),
+            stop: Stop::new(self.common.clients),
         });
 
         let (outcomes_tx, outcomes) = mpsc::channel(1024);
         let mut tasks = JoinSet::new();
-        for index in 0..self.clients {
+        for index in 0..self.common.clients {
             tasks.spawn(client(run.clone(), index, outcomes_tx.clone()));
         }
         drop(outcomes_tx);
-        let connected =
-            connect::gather(outcomes, self.clients, run.dialer.source_count(), progress).await;
+        let connected = connect::gather(
+            outcomes,
+            self.common.clients,
+            run.dialer.source_count(),
+            progress,
+        )
+        .await;
         let connect = connected.report;
         let after_connect = server_memory().ok().flatten();
 
@@ -167,7 +129,7 @@ impl Idle {
             clean: clients.iter().filter(|c| c.closed_cleanly).count(),
             seconds: seconds(close_start.elapsed()),
         };
-        let server = match (self.server_pid, before, after_connect, after_hold) {
+        let server = match (self.common.server_pid, before, after_connect, after_hold) {
             (Some(pid), Some(before), Some(connected), Some(held)) => Some(IdleServer {
                 pid,
                 rss_before_bytes: before.rss,
@@ -180,8 +142,8 @@ impl Idle {
             _ => None,
         };
         Ok(IdleReport {
-            url: self.url,
-            clients: self.clients,
+            url: self.common.url,
+            clients: self.common.clients,
             connect,
             hold_seconds,
             disconnected: clients.iter().filter(|c| c.disconnected).count(),

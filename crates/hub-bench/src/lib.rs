@@ -34,6 +34,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod broadcast;
+mod common;
 mod connect;
 mod error;
 mod idle;

@@ -1,0 +1,77 @@
+//! What every run has: its clients and how they reach the server, with the
+//! builder methods for them written once.
+
+use std::time::Duration;
+
+/// The options [`Broadcast`](crate::Broadcast) and [`Idle`](crate::Idle)
+/// share.
+#[derive(Clone, Debug)]
+pub(crate) struct Common {
+    pub(crate) url: String,
+    pub(crate) clients: usize,
+    pub(crate) source_ips: Option<usize>,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) progress: bool,
+}
+
+impl Common {
+    /// 100 clients, 10 s per handshake, no progress bars.
+    pub(crate) fn new(url: String) -> Self {
+        Self {
+            url,
+            clients: 100,
+            source_ips: None,
+            server_pid: None,
+            handshake_timeout: Duration::from_secs(10),
+            progress: false,
+        }
+    }
+}
+
+/// The builder methods for [`Common`]'s options, in a run's `impl` block
+/// (the run keeps them in a field named `common`).
+macro_rules! common_options {
+    () => {
+        /// Clients to connect (senders included).
+        #[must_use]
+        pub fn clients(mut self, clients: usize) -> Self {
+            self.common.clients = clients;
+            self
+        }
+
+        /// Loopback addresses to spread the clients over (127.0.0.1,
+        /// 127.0.0.2...). By default one per 20 000 clients, so that no
+        /// address runs out of ephemeral ports.
+        #[must_use]
+        pub fn source_ips(mut self, source_ips: Option<usize>) -> Self {
+            self.common.source_ips = source_ips;
+            self
+        }
+
+        /// The server's process id, to report its CPU and memory.
+        #[must_use]
+        pub fn server_pid(mut self, pid: Option<u32>) -> Self {
+            self.common.server_pid = pid;
+            self
+        }
+
+        /// Bound on each client's TCP connection and handshake (10 s by
+        /// default).
+        #[must_use]
+        pub fn handshake_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.common.handshake_timeout = timeout;
+            self
+        }
+
+        /// Whether to draw progress bars on stderr (only when it is a
+        /// terminal).
+        #[must_use]
+        pub fn progress(mut self, progress: bool) -> Self {
+            self.common.progress = progress;
+            self
+        }
+    };
+}
+
+pub(crate) use common_options;
