@@ -11,8 +11,7 @@ use futures_core::Stream;
 use tokio::sync::broadcast::error::{
     RecvError as ChannelRecvError, TryRecvError as ChannelTryRecvError,
 };
-use tokio::sync::mpsc::error::TryRecvError as QueueTryRecvError;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{RecvError, TryRecvError};
@@ -66,6 +65,135 @@ impl Controls {
     }
 }
 
+/// A connection's personal messages: bounded, and, unlike a channel,
+/// allocating nothing until something is queued.
+pub(crate) struct Personal {
+    state: Mutex<PersonalState>,
+    /// Something was queued, or the queue closed.
+    ready: Notify,
+    /// A place came free, or the queue closed.
+    room: Notify,
+}
+
+struct PersonalState {
+    messages: VecDeque<Message>,
+    capacity: usize,
+    closed: bool,
+}
+
+/// Why a personal message was not queued; the message comes back.
+pub(crate) enum Refused {
+    Full(Message),
+    Closed(Message),
+}
+
+impl Personal {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(PersonalState {
+                messages: VecDeque::new(),
+                capacity,
+                closed: false,
+            }),
+            ready: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    pub(crate) fn try_send(&self, message: Message) -> Result<(), Refused> {
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(Refused::Closed(message));
+            }
+            if state.messages.len() >= state.capacity {
+                return Err(Refused::Full(message));
+            }
+            state.messages.push_back(message);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues `message` once there is room; gives it back if the queue
+    /// closes first. Dropped early, it has not queued the message.
+    pub(crate) async fn send(&self, mut message: Message) -> Result<(), Message> {
+        loop {
+            // Registered before the attempt: a place freed in between
+            // still wakes this sender.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_send(message) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Closed(back)) => return Err(back),
+                Err(Refused::Full(back)) => {
+                    message = back;
+                    room.await;
+                }
+            }
+        }
+    }
+
+    /// No more messages: senders waiting for room give up, and the
+    /// connection takes what is queued, then learns the queue is closed.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+        self.room.notify_waiters();
+    }
+
+    /// The next message; `Err(true)` once the queue is closed and empty.
+    fn try_recv(&self) -> Result<Message, bool> {
+        let taken = {
+            let mut state = self.lock();
+            match state.messages.pop_front() {
+                Some(message) => {
+                    if state.messages.is_empty() && state.messages.capacity() > 64 {
+                        // A burst is over: give its memory back.
+                        state.messages = VecDeque::new();
+                    }
+                    Ok(message)
+                }
+                None => Err(state.closed),
+            }
+        };
+        if taken.is_ok() {
+            self.room.notify_one();
+        }
+        taken
+    }
+
+    /// The next message, or `None` once the queue is closed and empty.
+    /// Cancel safe: a message is taken only when it is returned.
+    async fn recv(&self) -> Option<Message> {
+        loop {
+            match self.try_recv() {
+                Ok(message) => return Some(message),
+                Err(true) => return None,
+                // A send after the check leaves a permit: no wake-up is
+                // lost.
+                Err(false) => self.ready.notified().await,
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PersonalState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Personal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Personal")
+            .field("queued", &state.messages.len())
+            .field("capacity", &state.capacity)
+            .field("closed", &state.closed)
+            .finish()
+    }
+}
+
 impl fmt::Debug for Controls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Controls")
@@ -89,7 +217,6 @@ pub struct Connection {
     metadata: Metadata,
     inner: Arc<Inner>,
     subs: Vec<Sub>,
-    personal: mpsc::Receiver<Message>,
     /// Events decided but not yet handed out (history replays, notices).
     pending: VecDeque<Event>,
     membership: Arc<Membership>,
@@ -123,7 +250,6 @@ impl Connection {
         metadata: Metadata,
         inner: Arc<Inner>,
         all: (Arc<Room>, Subscribed),
-        personal: mpsc::Receiver<Message>,
         membership: Arc<Membership>,
     ) -> Self {
         let (room, subscribed) = all;
@@ -137,7 +263,6 @@ impl Connection {
                 next: subscribed.next_offset,
                 done: false,
             }],
-            personal,
             pending: VecDeque::new(),
             membership,
             draining: false,
@@ -210,15 +335,15 @@ impl Connection {
             if self.membership.removal().is_some() {
                 self.draining = true;
             }
-            match self.personal.try_recv() {
+            match self.membership.personal.try_recv() {
                 Ok(message) => {
                     self.took_personal(&message);
                     // More may be queued: look again next time.
                     self.membership.notify();
                     return Ok(Event::Personal(message));
                 }
-                Err(QueueTryRecvError::Disconnected) => self.draining = true,
-                Err(QueueTryRecvError::Empty) => {}
+                Err(true) => self.draining = true,
+                Err(false) => {}
             }
         }
         if let Some(event) = self.pending.pop_front() {
@@ -292,7 +417,7 @@ impl Connection {
         tokio::select! {
             biased;
             control = self.membership.controls.recv() => Woke::Control(control),
-            personal = self.personal.recv(), if personal_open => Woke::Personal(personal),
+            personal = self.membership.personal.recv(), if personal_open => Woke::Personal(personal),
             (index, received) = recv_any(&mut self.subs) => Woke::Topic(index, received),
         }
     }
@@ -562,5 +687,50 @@ impl fmt::Debug for Events {
             .field("id", &self.id)
             .field("ended", &self.next.is_none())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod personal_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{Personal, Refused};
+    use crate::Message;
+
+    #[tokio::test]
+    async fn a_full_queue_makes_senders_wait_and_closing_gives_messages_back() {
+        let queue = Arc::new(Personal::new(1));
+        assert!(queue.try_send(Message::text("one")).is_ok());
+        assert!(matches!(
+            queue.try_send(Message::text("x")),
+            Err(Refused::Full(_))
+        ));
+        let waiting = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.send(Message::text("two")).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // Taking one makes room for the waiting sender.
+        assert_eq!(queue.try_recv().ok(), Some(Message::text("one")));
+        let sent = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(matches!(sent, Ok(Ok(Ok(())))));
+        // A sender still waiting when the queue closes gets its message back;
+        // what was queued is still read, then the end.
+        let waiting = tokio::spawn({
+            let queue = Arc::clone(&queue);
+            async move { queue.send(Message::text("three")).await }
+        });
+        tokio::task::yield_now().await;
+        queue.close();
+        let back = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert!(matches!(back, Ok(Ok(Err(m))) if m == Message::text("three")));
+        assert_eq!(queue.recv().await, Some(Message::text("two")));
+        assert_eq!(queue.recv().await, None);
+        assert!(matches!(
+            queue.try_send(Message::text("late")),
+            Err(Refused::Closed(_))
+        ));
     }
 }

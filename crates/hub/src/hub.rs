@@ -6,11 +6,10 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use tokio::sync::{broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::broadcast;
 
 use crate::budget::{Budget, Queued};
-use crate::connection::{Connection, Control, Controls};
+use crate::connection::{Connection, Control, Controls, Personal, Refused};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::presence::{PresenceEvent, PresenceKind};
 use crate::room::{HistoryLimits, Room};
@@ -272,18 +271,15 @@ struct Registry {
 }
 
 struct Entry {
-    personal: mpsc::Sender<Message>,
     metadata: Metadata,
     rooms: HashSet<RoomName>,
     membership: Arc<Membership>,
 }
 
 /// Shared by a registry entry and its connection: how the connection left.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Membership {
     removal: OnceLock<Removal>,
-    /// Cancelled on removal, waking senders that wait for queue room.
-    removed: CancellationToken,
     /// Set after anything is queued for the connection besides broadcasts
     /// (a personal message, a join or leave, the removal): the connection
     /// looks at its queues only when this is set.
@@ -292,6 +288,26 @@ pub(crate) struct Membership {
     pub(crate) queued: Queued,
     /// Joins and leaves for the connection.
     pub(crate) controls: Controls,
+    /// Personal messages for the connection.
+    pub(crate) personal: Personal,
+}
+
+/// Takes back bytes counted for a personal message that ends up not
+/// queued; [`keep`](Self::keep) once it is.
+struct Uncount<'a>(Option<(&'a Budget, &'a Queued, usize)>);
+
+impl Uncount<'_> {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        if let Some((budget, queued, bytes)) = self.0.take() {
+            budget.remove(queued, bytes);
+        }
+    }
 }
 
 /// Why and when a connection was removed.
@@ -313,9 +329,20 @@ impl Removal {
 }
 
 impl Membership {
+    fn new(queue_capacity: usize) -> Self {
+        Self {
+            removal: OnceLock::new(),
+            signal: AtomicBool::new(false),
+            queued: Queued::default(),
+            controls: Controls::default(),
+            personal: Personal::new(queue_capacity),
+        }
+    }
+
     fn remove(&self, removal: Removal) {
         let _ = self.removal.set(removal);
-        self.removed.cancel();
+        // Senders waiting for room give up; what is queued is still read.
+        self.personal.close();
         self.notify();
     }
 
@@ -410,15 +437,13 @@ impl Hub {
         }
         let raw = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = ConnId::new(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MIN));
-        let (personal, personal_rx) = mpsc::channel(inner.queue_capacity);
-        let membership = Arc::new(Membership::default());
+        let membership = Arc::new(Membership::new(inner.queue_capacity));
         if let Some(user) = metadata.user_arc() {
             registry.users.entry(user).or_default().insert(id);
         }
         registry.conns.insert(
             id,
             Entry {
-                personal,
                 metadata: metadata.clone(),
                 rooms: HashSet::new(),
                 membership: Arc::clone(&membership),
@@ -435,7 +460,6 @@ impl Hub {
             metadata,
             Arc::clone(inner),
             (Arc::clone(&inner.all), all),
-            personal_rx,
             membership,
         ))
     }
@@ -578,17 +602,17 @@ impl Hub {
         };
         let (budget, queued, bytes) = (&self.inner.budget, &entry.membership.queued, message.len());
         let over = budget.add(queued, bytes);
-        let sent = match entry.personal.try_send(message) {
+        let sent = match entry.membership.personal.try_send(message) {
             Ok(()) => {
                 entry.membership.notify();
                 Counters::add(&self.inner.counters.personal, 1);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(message)) => {
+            Err(Refused::Full(message)) => {
                 budget.remove(queued, bytes);
                 Err(SendError::QueueFull { id, message })
             }
-            Err(mpsc::error::TrySendError::Closed(message)) => {
+            Err(Refused::Closed(message)) => {
                 budget.remove(queued, bytes);
                 Err(SendError::UnknownConnection { id, message })
             }
@@ -622,27 +646,26 @@ impl Hub {
         message: impl Into<Message>,
     ) -> Result<(), SendError> {
         let message = message.into();
-        let found = (self.inner.lock().conns.get(&id))
-            .map(|e| (e.personal.clone(), Arc::clone(&e.membership)));
-        let Some((sender, membership)) = found else {
+        let found = (self.inner.lock().conns.get(&id)).map(|e| Arc::clone(&e.membership));
+        let Some(membership) = found else {
             return Err(SendError::UnknownConnection { id, message });
         };
-        tokio::select! {
-            biased;
-            () = membership.removed.cancelled() => Err(SendError::UnknownConnection { id, message }),
-            permit = sender.reserve() => match permit {
-                Ok(permit) => {
-                    let over = self.inner.budget.add(&membership.queued, message.len());
-                    permit.send(message);
-                    membership.notify();
-                    Counters::add(&self.inner.counters.personal, 1);
-                    if over {
-                        self.inner.shed();
-                    }
-                    Ok(())
+        let (budget, bytes) = (&self.inner.budget, message.len());
+        // Counted before it can be taken; uncounted if it never is queued
+        // (the queue closed, or this future was dropped while waiting).
+        let over = budget.add(&membership.queued, bytes);
+        let uncount = Uncount(Some((budget, &membership.queued, bytes)));
+        match membership.personal.send(message).await {
+            Ok(()) => {
+                uncount.keep();
+                membership.notify();
+                Counters::add(&self.inner.counters.personal, 1);
+                if over || budget.is_over() {
+                    self.inner.shed();
                 }
-                Err(_) => Err(SendError::UnknownConnection { id, message }),
-            },
+                Ok(())
+            }
+            Err(message) => Err(SendError::UnknownConnection { id, message }),
         }
     }
 
@@ -663,7 +686,7 @@ impl Hub {
             .filter(|entry| {
                 let queued = &entry.membership.queued;
                 over |= budget.add(queued, bytes);
-                let sent = entry.personal.try_send(message.clone()).is_ok();
+                let sent = entry.membership.personal.try_send(message.clone()).is_ok();
                 if sent {
                     entry.membership.notify();
                 } else {
