@@ -100,15 +100,29 @@ impl<S> Socket<S> {
     }
 
     /// Queues one frame.
-    fn queue(&mut self, opcode: u8, payload: &[u8], shared: Option<Bytes>) {
-        let len = payload.len();
-        let header_len = match len {
-            0..=125 => 2,
-            126..=0xFFFF => 4,
-            _ => 10,
-        };
-        let inline = shared.is_none() || len <= INLINE;
-        let need = header_len + if inline { len } else { 0 };
+    /// Queues one frame whose payload is copied next to its header.
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        self.put_header(opcode, payload.len(), payload.len());
+        self.scratch.put_slice(payload);
+        self.push_scratch();
+    }
+
+    /// Queues one frame whose payload is shared with every other socket it
+    /// goes to (copied instead when small).
+    fn queue_shared(&mut self, opcode: u8, payload: Bytes) {
+        if payload.len() <= INLINE {
+            return self.queue(opcode, &payload);
+        }
+        self.put_header(opcode, payload.len(), 0);
+        self.push_scratch();
+        self.out_len += payload.len();
+        self.out.push_back(payload);
+    }
+
+    /// Writes a frame header into the scratch buffer, with room for
+    /// `extra` more bytes after it.
+    fn put_header(&mut self, opcode: u8, len: usize, extra: usize) {
+        let need = 10 + extra;
         if self.scratch.capacity() - self.scratch.len() < need {
             self.scratch.reserve(need.max(4096));
         }
@@ -124,16 +138,13 @@ impl<S> Socket<S> {
                 self.scratch.put_u64(len as u64);
             }
         }
-        if inline {
-            self.scratch.put_slice(payload);
-        }
+    }
+
+    /// Queues what the scratch buffer holds as one buffer.
+    fn push_scratch(&mut self) {
         let head = self.scratch.split().freeze();
         self.out_len += head.len();
         self.out.push_back(head);
-        if let (false, Some(payload)) = (inline, shared) {
-            self.out_len += payload.len();
-            self.out.push_back(payload);
-        }
     }
 
     fn queue_frame(&mut self, frame: Frame) {
@@ -143,21 +154,20 @@ impl<S> Socket<S> {
         self.close_sent = matches!(frame, Frame::Close(_));
         match frame {
             Frame::Message(Message::Text(text)) => {
-                let bytes = text.into_bytes();
-                self.queue(OP_TEXT, &bytes.clone(), Some(bytes));
+                self.queue_shared(OP_TEXT, text.into_bytes());
             }
             Frame::Message(Message::Binary(bytes)) => {
-                self.queue(OP_BINARY, &bytes.clone(), Some(bytes));
+                self.queue_shared(OP_BINARY, bytes);
             }
-            Frame::Message(other) => self.queue(OP_BINARY, other.as_bytes(), None),
-            Frame::Ping(bytes) => self.queue(OP_PING, &bytes[..bytes.len().min(125)], None),
-            Frame::Pong(bytes) => self.queue(OP_PONG, &bytes[..bytes.len().min(125)], None),
-            Frame::Close(None) => self.queue(OP_CLOSE, &[], None),
+            Frame::Message(other) => self.queue(OP_BINARY, other.as_bytes()),
+            Frame::Ping(bytes) => self.queue(OP_PING, &bytes[..bytes.len().min(125)]),
+            Frame::Pong(bytes) => self.queue(OP_PONG, &bytes[..bytes.len().min(125)]),
+            Frame::Close(None) => self.queue(OP_CLOSE, &[]),
             Frame::Close(Some(close)) => {
                 let mut payload = Vec::with_capacity(2 + close.reason().len());
                 payload.extend_from_slice(&close.code().sendable().0.to_be_bytes());
                 payload.extend_from_slice(truncate(close.reason(), 123).as_bytes());
-                self.queue(OP_CLOSE, &payload, None);
+                self.queue(OP_CLOSE, &payload);
             }
         }
     }
@@ -337,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(ping) = self.pong.take() {
             if !self.close_sent {
-                self.queue(OP_PONG, &ping, None);
+                self.queue(OP_PONG, &ping);
             }
         }
         let vectored = self.io.is_write_vectored();
