@@ -16,7 +16,7 @@ use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{RecvError, TryRecvError};
 use crate::hub::{Inner, Membership, SlowConsumer};
-use crate::room::{Envelope, Room, Subscribed};
+use crate::room::{Envelope, Payload, Room, Subscribed, PENDING};
 use crate::stats::Counters;
 use crate::{Broadcast, ConnId, Event, Message, Metadata, Topic};
 
@@ -231,6 +231,8 @@ pub struct Connection {
 struct Sub {
     room: Arc<Room>,
     receiver: broadcast::Receiver<Envelope>,
+    /// The epoch this connection follows ([`PENDING`]: none yet).
+    epoch: u64,
     /// The offset this connection expects next.
     next: u64,
     /// While draining: reached the removal cutoff.
@@ -260,6 +262,7 @@ impl Connection {
             subs: vec![Sub {
                 room,
                 receiver: subscribed.receiver,
+                epoch: subscribed.epoch,
                 next: subscribed.next_offset,
                 done: false,
             }],
@@ -452,19 +455,18 @@ impl Connection {
                 let first = subscribed.first;
                 let mut replayed = 0;
                 for stored in subscribed.backlog {
-                    if stored.offset >= first && stored.except != Some(self.id) {
-                        replayed += 1;
-                        self.pending.push_back(broadcast_event(
-                            &room,
-                            stored.offset,
-                            stored.message,
-                        ));
+                    if stored.offset >= first {
+                        if let Some(event) = self.event(&topic, stored) {
+                            replayed += 1;
+                            self.pending.push_back(event);
+                        }
                     }
                 }
                 Counters::add(&self.inner.counters.replayed, replayed);
                 self.subs.push(Sub {
                     room,
                     receiver: subscribed.receiver,
+                    epoch: subscribed.epoch,
                     next: subscribed.next_offset,
                     done: false,
                 });
@@ -490,19 +492,40 @@ impl Connection {
         if self.draining {
             let sub = &self.subs[index];
             let topic = &sub.room.topic;
-            let cutoff = (self.membership.removal()).map_or(0, |removal| removal.cutoff(topic));
-            if envelope.offset >= cutoff {
+            let cutoff = (self.membership.removal()).and_then(|removal| removal.cutoff(topic));
+            let (epoch, cutoff) = cutoff.unwrap_or((envelope.epoch, 0));
+            if envelope.epoch != epoch || envelope.offset >= cutoff {
                 // What was sent before the removal and went by unseen is a
                 // gap like any other.
                 let (from, room) = (sub.next, Arc::clone(&sub.room));
+                let same_epoch = sub.epoch == epoch;
                 self.subs[index].done = true;
                 self.subs[index].next = cutoff.max(from);
-                if from < cutoff {
+                if same_epoch && from < cutoff {
                     if let Err(closed) = self.fill_gap(&room, from, cutoff) {
                         return Some(Err(closed));
                     }
                 }
                 return self.pending.pop_front().map(Ok);
+            }
+        }
+        if matches!(envelope.payload, Payload::Placed) {
+            return self.placed(index, &envelope);
+        }
+        let sub = &mut self.subs[index];
+        if envelope.epoch != sub.epoch {
+            // The topic's numbering started over (a backplane that came
+            // back, or one this room follows for the first time).
+            let known = sub.epoch != PENDING;
+            sub.epoch = envelope.epoch;
+            sub.next = envelope.offset;
+            if known {
+                let topic = sub.room.topic.clone();
+                Counters::add(&self.inner.counters.resyncs, 1);
+                self.pending.push_back(Event::Resync {
+                    topic,
+                    missed: None,
+                });
             }
         }
         let sub = &mut self.subs[index];
@@ -518,15 +541,71 @@ impl Connection {
         }
         let sub = &mut self.subs[index];
         sub.next = envelope.offset + 1;
-        if envelope.except == Some(self.id) {
+        let topic = sub.room.topic.clone();
+        let Some(event) = self.event(&topic, envelope) else {
             return self.pending.pop_front().map(Ok);
-        }
-        let event = broadcast_event(&sub.room, envelope.offset, envelope.message);
+        };
         if self.pending.is_empty() {
             return Some(Ok(event));
         }
         self.pending.push_back(event);
         self.pending.pop_front().map(Ok)
+    }
+
+    /// The backplane placed topic `index`: its next message has the
+    /// envelope's epoch and offset.
+    fn placed(&mut self, index: usize, envelope: &Envelope) -> Option<Result<Event, RecvError>> {
+        let sub = &mut self.subs[index];
+        let (epoch, next) = (envelope.epoch, envelope.offset);
+        if sub.epoch == epoch {
+            // Resuming (or still following): what history has up to the
+            // place comes first.
+            if sub.next < next {
+                let (from, room) = (sub.next, Arc::clone(&sub.room));
+                if let Err(closed) = self.fill_gap(&room, from, next) {
+                    return Some(Err(closed));
+                }
+            }
+        } else if sub.epoch != PENDING {
+            Counters::add(&self.inner.counters.resyncs, 1);
+            self.pending.push_back(Event::Resync {
+                topic: sub.room.topic.clone(),
+                missed: None,
+            });
+        }
+        let sub = &mut self.subs[index];
+        // A resuming connection may already be past the place.
+        sub.next = if sub.epoch == epoch {
+            sub.next.max(next)
+        } else {
+            next
+        };
+        sub.epoch = epoch;
+        self.pending.pop_front().map(Ok)
+    }
+
+    /// What an envelope of `topic` means to this connection, if anything.
+    fn event(&self, topic: &Topic, envelope: Envelope) -> Option<Event> {
+        if envelope.except == Some(self.id) {
+            return None;
+        }
+        match envelope.payload {
+            Payload::Message(message) => Some(Event::Broadcast(Broadcast {
+                topic: topic.clone(),
+                epoch: envelope.epoch,
+                offset: envelope.offset,
+                message,
+            })),
+            Payload::Missed(0) | Payload::Placed => None,
+            Payload::Missed(missed) => {
+                Counters::add(&self.inner.counters.missed, missed);
+                Counters::add(&self.inner.counters.resyncs, 1);
+                Some(Event::Resync {
+                    topic: topic.clone(),
+                    missed: Some(missed),
+                })
+            }
+        }
     }
 
     /// Offsets `from..to` of `room` went by unseen.
@@ -554,18 +633,14 @@ impl Connection {
                     Counters::add(&counters.missed, range.missing);
                     Counters::add(&counters.resyncs, 1);
                     self.pending.push_back(Event::Resync {
-                        topic,
+                        topic: topic.clone(),
                         missed: Some(range.missing),
                     });
                 }
                 Counters::add(&counters.repaired, range.found.len() as u64);
                 for stored in range.found {
-                    if stored.except != Some(self.id) {
-                        self.pending.push_back(broadcast_event(
-                            room,
-                            stored.offset,
-                            stored.message,
-                        ));
+                    if let Some(event) = self.event(&topic, stored) {
+                        self.pending.push_back(event);
                     }
                 }
             }
@@ -591,15 +666,6 @@ impl Connection {
         self.pending.clear();
         closed
     }
-}
-
-fn broadcast_event(room: &Room, offset: u64, message: Message) -> Event {
-    Event::Broadcast(Broadcast {
-        topic: room.topic.clone(),
-        epoch: room.epoch,
-        offset,
-        message,
-    })
 }
 
 /// Waits for the first of several topics to deliver.

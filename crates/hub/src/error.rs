@@ -49,6 +49,16 @@ pub enum SendError {
         /// The message that was not sent.
         message: Message,
     },
+    /// The connection belongs to another node ([`ConnId::node`]), and the
+    /// [backplane](crate::Backplane) cannot reach it now. Retry once it is
+    /// back.
+    #[error("connection {id} is on node {node}, which cannot be reached now", node = id.node())]
+    Unreachable {
+        /// The id that was addressed.
+        id: ConnId,
+        /// The message that was not sent.
+        message: Message,
+    },
 }
 
 impl SendError {
@@ -56,7 +66,9 @@ impl SendError {
     #[must_use]
     pub fn into_message(self) -> Message {
         match self {
-            Self::UnknownConnection { message, .. } | Self::QueueFull { message, .. } => message,
+            Self::UnknownConnection { message, .. }
+            | Self::QueueFull { message, .. }
+            | Self::Unreachable { message, .. } => message,
         }
     }
 }

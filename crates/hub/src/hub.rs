@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use tokio::sync::broadcast;
 
+use crate::backplane::{Backplane, Publication, Remote, LOCAL_BITS, MAX_NODE};
 use crate::budget::{Budget, Queued};
 use crate::connection::{Connection, Control, Controls, Personal, Refused};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::presence::{PresenceEvent, PresenceKind};
-use crate::room::{HistoryLimits, Room};
+use crate::room::{HistoryLimits, Payload, Room, PENDING};
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
 
@@ -79,6 +80,7 @@ pub struct Builder {
     idle_rooms: usize,
     slow_consumer: SlowConsumer,
     queue_budget: usize,
+    backplane: Option<Arc<dyn Backplane>>,
 }
 
 impl Default for Builder {
@@ -93,6 +95,7 @@ impl Default for Builder {
             idle_rooms: DEFAULT_IDLE_ROOMS,
             slow_consumer: SlowConsumer::default(),
             queue_budget: DEFAULT_QUEUE_BUDGET,
+            backplane: None,
         }
     }
 }
@@ -159,11 +162,27 @@ impl Builder {
         self
     }
 
+    /// Shares this hub's broadcasts, personal and user messages with the
+    /// hubs of other nodes through `backplane` (see the
+    /// [`backplane`](crate::backplane) module). Without one (the default),
+    /// the hub serves its own connections only and needs nothing else.
+    ///
+    /// With a backplane, the count a broadcast returns is the connections
+    /// of this node it will reach, and rooms are numbered by the backplane:
+    /// a room's [`position`](Hub::position) is known once the backplane
+    /// has placed it.
+    pub fn backplane(mut self, backplane: Arc<dyn Backplane>) -> Self {
+        self.backplane = Some(backplane);
+        self
+    }
+
     /// Builds the hub.
     pub fn build(self) -> Hub {
         let (presence, _) = broadcast::channel(PRESENCE_CAPACITY);
+        let mirrored = self.backplane.is_some();
+        let node = (self.backplane.as_ref()).map_or(0, |b| b.node().clamp(1, MAX_NODE));
         let inner = Arc::new(Inner {
-            all: Arc::new(Room::new(Topic::All, self.capacity)),
+            all: Arc::new(Room::new(Topic::All, self.capacity, mirrored)),
             rooms: Mutex::new(Rooms::default()),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
@@ -176,13 +195,21 @@ impl Builder {
             counters: Counters::default(),
             budget: Budget::new(self.queue_budget),
             shedding: Mutex::new(()),
+            node_bits: u64::from(node) << LOCAL_BITS,
+            backplane: self.backplane,
         });
+        if let Some(backplane) = &inner.backplane {
+            backplane.start(Remote::new(&inner));
+        }
         Hub {
             _last_handle: Arc::new(LastHandle(Arc::clone(&inner))),
             inner,
         }
     }
 }
+
+/// The bits of a connection id that count this node's connections.
+const LOCAL_MASK: u64 = (1 << LOCAL_BITS) - 1;
 
 /// Presence events kept for slow subscribers.
 const PRESENCE_CAPACITY: usize = 1024;
@@ -254,6 +281,9 @@ pub(crate) struct Inner {
     pub(crate) budget: Budget,
     /// Held by the one caller shedding connections over the budget.
     shedding: Mutex<()>,
+    /// This node's number, placed where connection ids carry it.
+    node_bits: u64,
+    backplane: Option<Arc<dyn Backplane>>,
 }
 
 #[derive(Default)]
@@ -314,17 +344,18 @@ impl Drop for Uncount<'_> {
 #[derive(Clone, Debug)]
 pub(crate) struct Removal {
     pub(crate) reason: RecvError,
-    /// For each topic the connection was in, the offset of the first
-    /// message sent after the removal: earlier ones are still delivered.
-    pub(crate) cutoffs: Vec<(Topic, u64)>,
+    /// For each topic the connection was in, the epoch and offset of the
+    /// first message sent after the removal: earlier ones are still
+    /// delivered.
+    pub(crate) cutoffs: Vec<(Topic, u64, u64)>,
 }
 
 impl Removal {
-    pub(crate) fn cutoff(&self, topic: &Topic) -> u64 {
+    pub(crate) fn cutoff(&self, topic: &Topic) -> Option<(u64, u64)> {
         self.cutoffs
             .iter()
-            .find(|(t, _)| t == topic)
-            .map_or(0, |(_, offset)| *offset)
+            .find(|(t, _, _)| t == topic)
+            .map(|(_, epoch, offset)| (*epoch, *offset))
     }
 }
 
@@ -381,6 +412,11 @@ pub enum Resume {
         /// How many came from history.
         replayed: u64,
     },
+    /// The hub's [backplane](Builder::backplane) has not placed the room
+    /// yet (it was just created on this node): what history has after the
+    /// given position follows among the events, or a
+    /// [`Resync`](crate::Event::Resync) if it does not reach back that far.
+    Pending,
 }
 
 impl Default for Hub {
@@ -435,7 +471,8 @@ impl Hub {
         if registry.shut_down {
             return Err(ConnectError::Shutdown);
         }
-        let raw = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let count = inner.next_id.fetch_add(1, Ordering::Relaxed) & LOCAL_MASK;
+        let raw = inner.node_bits | count;
         let id = ConnId::new(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MIN));
         let membership = Arc::new(Membership::new(inner.queue_capacity));
         if let Some(user) = metadata.user_arc() {
@@ -588,40 +625,22 @@ impl Hub {
     /// - [`SendError::UnknownConnection`] if `id` is not registered (never
     ///   was, or has disconnected).
     /// - [`SendError::QueueFull`] if the connection's personal queue is full.
+    /// - [`SendError::Unreachable`] if `id` is on another node (see
+    ///   [`Builder::backplane`]) and the backplane cannot reach it now. A
+    ///   message the backplane takes is queued there if the connection is
+    ///   still open and its queue has room.
     ///
-    /// Both give the message back.
+    /// All give the message back.
     pub fn try_send_personal(
         &self,
         id: ConnId,
         message: impl Into<Message>,
     ) -> Result<(), SendError> {
         let message = message.into();
-        let registry = self.inner.lock();
-        let Some(entry) = registry.conns.get(&id) else {
-            return Err(SendError::UnknownConnection { id, message });
-        };
-        let (budget, queued, bytes) = (&self.inner.budget, &entry.membership.queued, message.len());
-        let over = budget.add(queued, bytes);
-        let sent = match entry.membership.personal.try_send(message) {
-            Ok(()) => {
-                entry.membership.notify();
-                Counters::add(&self.inner.counters.personal, 1);
-                Ok(())
-            }
-            Err(Refused::Full(message)) => {
-                budget.remove(queued, bytes);
-                Err(SendError::QueueFull { id, message })
-            }
-            Err(Refused::Closed(message)) => {
-                budget.remove(queued, bytes);
-                Err(SendError::UnknownConnection { id, message })
-            }
-        };
-        drop(registry);
-        if over && sent.is_ok() {
-            self.inner.shed();
+        if let Some(backplane) = self.inner.backplane_of(id) {
+            return self.inner.send_remote(backplane, id, message);
         }
-        sent
+        self.inner.send_personal_local(id, message)
     }
 
     /// Queues `message` for one connection, waiting while its personal queue
@@ -629,12 +648,18 @@ impl Hub {
     ///
     /// This waits for that one connection only; nothing else is held up. If
     /// the connection may stall, prefer [`try_send_personal`](Self::try_send_personal)
-    /// or wrap this in a timeout.
+    /// or wrap this in a timeout. A connection of another node (see
+    /// [`Builder::backplane`]) is handed its message without waiting; that
+    /// node drops it if the connection is gone or its queue is full.
     ///
     /// # Errors
     ///
-    /// [`SendError::UnknownConnection`] if `id` is not registered, or is
-    /// removed while waiting; the message is given back.
+    /// - [`SendError::UnknownConnection`] if `id` is not registered, or is
+    ///   removed while waiting.
+    /// - [`SendError::Unreachable`] if `id` is on another node and the
+    ///   backplane cannot reach it now.
+    ///
+    /// Both give the message back.
     ///
     /// # Cancel safety
     ///
@@ -646,6 +671,9 @@ impl Hub {
         message: impl Into<Message>,
     ) -> Result<(), SendError> {
         let message = message.into();
+        if let Some(backplane) = self.inner.backplane_of(id) {
+            return self.inner.send_remote(backplane, id, message);
+        }
         let found = (self.inner.lock().conns.get(&id)).map(|e| Arc::clone(&e.membership));
         let Some(membership) = found else {
             return Err(SendError::UnknownConnection { id, message });
@@ -671,34 +699,18 @@ impl Hub {
 
     /// Queues `message` for every connection of `user` (see
     /// [`Metadata::with_user`]), without waiting; returns how many it was
-    /// queued for. A connection whose queue is full is skipped.
+    /// queued for. A connection whose queue is full is skipped. With a
+    /// [backplane](Builder::backplane), the user's connections on other
+    /// nodes receive it too; the count is this node's.
     pub fn send_to_user(&self, user: &str, message: impl Into<Message>) -> usize {
         let message = message.into();
-        let registry = self.inner.lock();
-        let Some(ids) = registry.users.get(user) else {
-            return 0;
-        };
-        let (budget, bytes) = (&self.inner.budget, message.len());
-        let mut over = false;
-        let sent = ids
-            .iter()
-            .filter_map(|id| registry.conns.get(id))
-            .filter(|entry| {
-                let queued = &entry.membership.queued;
-                over |= budget.add(queued, bytes);
-                let sent = entry.membership.personal.try_send(message.clone()).is_ok();
-                if sent {
-                    entry.membership.notify();
-                } else {
-                    budget.remove(queued, bytes);
-                }
-                sent
-            })
-            .count();
-        drop(registry);
-        Counters::add(&self.inner.counters.personal, sent as u64);
-        if over && sent > 0 {
-            self.inner.shed();
+        let sent = self.inner.send_to_user_local(user, &message);
+        if let Some(backplane) = &self.inner.backplane {
+            // Given back when out of reach: then it stays local.
+            let _ = backplane.publish(Publication::User {
+                user: user.into(),
+                message,
+            });
         }
         sent
     }
@@ -709,14 +721,14 @@ impl Hub {
     /// [slow-consumer policy](SlowConsumer) instead of holding the others
     /// back. With no connection it returns 0.
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
-        self.inner.publish(&self.inner.all, message.into(), None)
+        self.inner.broadcast(Topic::All, message.into(), None)
     }
 
     /// Sends `message` to every connection except `except` (typically the
     /// sender); returns how many it reached.
     pub fn broadcast_except(&self, except: ConnId, message: impl Into<Message>) -> usize {
         self.inner
-            .publish(&self.inner.all, message.into(), Some(except))
+            .broadcast(Topic::All, message.into(), Some(except))
     }
 
     /// Sends `message` to the members of `room`; returns how many it
@@ -752,10 +764,8 @@ impl Hub {
     }
 
     fn broadcast_room_inner(&self, room: &str, message: Message, except: Option<ConnId>) -> usize {
-        let Some(room) = self.inner.room(room) else {
-            return 0;
-        };
-        self.inner.publish(&room, message, except)
+        self.inner
+            .broadcast(Topic::Room(room.into()), message, except)
     }
 
     /// The members of `room` with their metadata, in id order.
@@ -795,18 +805,12 @@ impl Hub {
     }
 
     /// Where `topic` stands: its epoch and the offset its next message will
-    /// get. `None` for a room that does not exist (anymore).
+    /// get. `None` for a room that does not exist (anymore), or that the
+    /// hub's [backplane](Builder::backplane) has not placed yet.
     #[must_use]
     pub fn position(&self, topic: &Topic) -> Option<Position> {
-        let room = match topic {
-            Topic::All => Arc::clone(&self.inner.all),
-            Topic::Room(name) => self.inner.room(name.as_str())?,
-        };
-        let (offset, _) = room.position();
-        Some(Position {
-            epoch: room.epoch,
-            offset,
-        })
+        let (epoch, offset, _) = self.inner.topic(topic)?.position();
+        (epoch != PENDING).then_some(Position { epoch, offset })
     }
 
     /// Joins and leaves of every topic ([`Topic::All`] for connects and
@@ -888,12 +892,12 @@ impl Hub {
     pub fn stats(&self) -> Stats {
         let rooms = self.rooms().len();
         let history_bytes = {
-            let all = self.inner.all.position().1;
+            let all = self.inner.all.position().2;
             let rooms = self.inner.rooms_lock();
             all + rooms
                 .by_name
                 .values()
-                .map(|r| r.position().1)
+                .map(|r| r.position().2)
                 .sum::<usize>()
         };
         self.inner
@@ -928,17 +932,214 @@ impl Inner {
         self.rooms_lock().by_name.get(name).cloned()
     }
 
-    fn publish(&self, room: &Room, message: Message, except: Option<ConnId>) -> usize {
+    fn topic(&self, topic: &Topic) -> Option<Arc<Room>> {
+        match topic {
+            Topic::All => Some(Arc::clone(&self.all)),
+            Topic::Room(name) => self.room(name.as_str()),
+        }
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.lock().shut_down
+    }
+
+    /// Broadcasts through the backplane if there is one and it takes the
+    /// message, or else to this node's connections.
+    fn broadcast(&self, topic: Topic, message: Message, except: Option<ConnId>) -> usize {
         Counters::add(&self.counters.broadcasts, 1);
+        let room = self.topic(&topic);
+        let message = match &self.backplane {
+            None => message,
+            Some(backplane) => {
+                let reach = room.as_ref().map_or(0, |room| self.reach(room, except));
+                let publication = Publication::Broadcast {
+                    topic,
+                    message,
+                    except,
+                };
+                match backplane.publish(publication) {
+                    // Counted as delivered when it comes back.
+                    Ok(()) => return reach,
+                    Err(back) => back.into_message(),
+                }
+            }
+        };
+        match room {
+            Some(room) => self.publish_local(&room, message, except),
+            None => 0,
+        }
+    }
+
+    /// Numbers and delivers a broadcast on this node alone.
+    fn publish_local(&self, room: &Room, message: Message, except: Option<ConnId>) -> usize {
+        let reached = room.publish(message, except, self.history);
+        self.delivered(room, reached, except)
+    }
+
+    pub(crate) fn publish_here(
+        &self,
+        topic: &Topic,
+        message: Message,
+        except: Option<ConnId>,
+    ) -> usize {
+        (self.topic(topic)).map_or(0, |room| self.publish_local(&room, message, except))
+    }
+
+    /// Delivers what the backplane placed at `position` of `topic`.
+    pub(crate) fn deliver(
+        &self,
+        topic: &Topic,
+        position: Position,
+        payload: Payload,
+        except: Option<ConnId>,
+    ) -> usize {
+        let Some(room) = self.topic(topic) else {
+            return 0;
+        };
+        let is_message = matches!(payload, Payload::Message(_));
+        let reached = room.publish_at(
+            position.epoch,
+            position.offset,
+            payload,
+            except,
+            self.history,
+        );
+        if is_message {
+            self.delivered(&room, reached, except)
+        } else {
+            0
+        }
+    }
+
+    /// Counts the deliveries of a message sent to `reached` subscribers of
+    /// `room` (for everyone, `except` is among them).
+    fn delivered(&self, room: &Room, reached: usize, except: Option<ConnId>) -> usize {
         let excluded = match (&room.topic, except) {
             (Topic::All, Some(id)) => usize::from(self.lock().conns.contains_key(&id)),
             _ => 0,
         };
-        let reached = room
-            .publish(message, except, self.history)
-            .saturating_sub(excluded);
+        let reached = reached.saturating_sub(excluded);
         Counters::add(&self.counters.deliveries, reached as u64);
         reached
+    }
+
+    /// How many of this node's connections a broadcast to `room` reaches.
+    fn reach(&self, room: &Room, except: Option<ConnId>) -> usize {
+        match &room.topic {
+            Topic::All => {
+                let registry = self.lock();
+                let excluded = except.is_some_and(|id| registry.conns.contains_key(&id));
+                registry.conns.len() - usize::from(excluded)
+            }
+            Topic::Room(_) => room.reach(except),
+        }
+    }
+
+    pub(crate) fn rebase(
+        &self,
+        topic: &Topic,
+        next: Position,
+        backfill: impl IntoIterator<Item = (u64, Message, Option<ConnId>)>,
+    ) {
+        if let Some(room) = self.topic(topic) {
+            room.rebase(next.epoch, next.offset, backfill, self.history);
+        }
+    }
+
+    pub(crate) fn is_following(&self, topic: &Topic) -> bool {
+        self.topic(topic).is_some_and(|room| room.is_mirrored())
+    }
+
+    pub(crate) fn topics(&self) -> Vec<Topic> {
+        let rooms = self.rooms_lock();
+        let mut topics = Vec::with_capacity(rooms.by_name.len() + 1);
+        topics.push(Topic::All);
+        topics.extend(rooms.by_name.keys().cloned().map(Topic::Room));
+        topics
+    }
+
+    /// The backplane to reach `id` through, if it belongs to another node.
+    fn backplane_of(&self, id: ConnId) -> Option<&dyn Backplane> {
+        let backplane = self.backplane.as_deref()?;
+        (id.get() & !LOCAL_MASK != self.node_bits).then_some(backplane)
+    }
+
+    fn send_remote(
+        &self,
+        backplane: &dyn Backplane,
+        id: ConnId,
+        message: Message,
+    ) -> Result<(), SendError> {
+        match backplane.publish(Publication::Personal { to: id, message }) {
+            Ok(()) => Ok(()),
+            Err(back) => Err(SendError::Unreachable {
+                id,
+                message: back.into_message(),
+            }),
+        }
+    }
+
+    pub(crate) fn send_personal_local(
+        &self,
+        id: ConnId,
+        message: Message,
+    ) -> Result<(), SendError> {
+        let registry = self.lock();
+        let Some(entry) = registry.conns.get(&id) else {
+            return Err(SendError::UnknownConnection { id, message });
+        };
+        let (budget, queued, bytes) = (&self.budget, &entry.membership.queued, message.len());
+        let over = budget.add(queued, bytes);
+        let sent = match entry.membership.personal.try_send(message) {
+            Ok(()) => {
+                entry.membership.notify();
+                Counters::add(&self.counters.personal, 1);
+                Ok(())
+            }
+            Err(Refused::Full(message)) => {
+                budget.remove(queued, bytes);
+                Err(SendError::QueueFull { id, message })
+            }
+            Err(Refused::Closed(message)) => {
+                budget.remove(queued, bytes);
+                Err(SendError::UnknownConnection { id, message })
+            }
+        };
+        drop(registry);
+        if over && sent.is_ok() {
+            self.shed();
+        }
+        sent
+    }
+
+    pub(crate) fn send_to_user_local(&self, user: &str, message: &Message) -> usize {
+        let registry = self.lock();
+        let Some(ids) = registry.users.get(user) else {
+            return 0;
+        };
+        let (budget, bytes) = (&self.budget, message.len());
+        let mut over = false;
+        let sent = ids
+            .iter()
+            .filter_map(|id| registry.conns.get(id))
+            .filter(|entry| {
+                let queued = &entry.membership.queued;
+                over |= budget.add(queued, bytes);
+                let sent = entry.membership.personal.try_send(message.clone()).is_ok();
+                if sent {
+                    entry.membership.notify();
+                } else {
+                    budget.remove(queued, bytes);
+                }
+                sent
+            })
+            .count();
+        drop(registry);
+        Counters::add(&self.counters.personal, sent as u64);
+        if over && sent > 0 {
+            self.shed();
+        }
+        sent
     }
 
     fn announce(&self, kind: PresenceKind, topic: Topic, id: ConnId, metadata: &Metadata) {
@@ -1013,8 +1214,13 @@ impl Inner {
                 room
             }
             None => {
-                let room = Arc::new(Room::new(Topic::Room(name.clone()), self.capacity));
+                let topic = Topic::Room(name.clone());
+                let mirrored = self.backplane.is_some();
+                let room = Arc::new(Room::new(topic, self.capacity, mirrored));
                 rooms.by_name.insert(name.clone(), Arc::clone(&room));
+                if let Some(backplane) = &self.backplane {
+                    backplane.watch(&room.topic);
+                }
                 room
             }
         };
@@ -1036,7 +1242,7 @@ impl Inner {
         if left != Some(0) {
             return;
         }
-        if self.history.enabled() && self.idle_rooms > 0 && room.position().1 > 0 {
+        if self.history.enabled() && self.idle_rooms > 0 && room.position().2 > 0 {
             rooms.idle.push_back(name.clone());
             while rooms.idle.len() > self.idle_rooms {
                 let Some(evicted) = rooms.idle.pop_front() else {
@@ -1049,10 +1255,18 @@ impl Inner {
                     .is_some_and(|r| r.member_count() == 0)
                 {
                     rooms.by_name.remove(&evicted);
+                    self.unwatch(evicted);
                 }
             }
         } else {
             rooms.by_name.remove(name);
+            self.unwatch(name.clone());
+        }
+    }
+
+    fn unwatch(&self, room: RoomName) {
+        if let Some(backplane) = &self.backplane {
+            backplane.unwatch(&Topic::Room(room));
         }
     }
 
@@ -1143,10 +1357,12 @@ impl Inner {
     fn retire(&self, id: ConnId, entry: Entry, reason: RecvError) {
         // Read after the removal: every broadcast that completed before it
         // has a lower offset.
-        let mut cutoffs = vec![(Topic::All, self.all.position().0)];
+        let (epoch, next, _) = self.all.position();
+        let mut cutoffs = vec![(Topic::All, epoch, next)];
         for name in &entry.rooms {
             if let Some(room) = self.room(name.as_str()) {
-                cutoffs.push((room.topic.clone(), room.position().0));
+                let (epoch, next, _) = room.position();
+                cutoffs.push((room.topic.clone(), epoch, next));
             }
         }
         entry.membership.remove(Removal { reason, cutoffs });
@@ -1164,6 +1380,9 @@ impl Inner {
 }
 
 fn resume_outcome(subscribed: &crate::room::Subscribed) -> Resume {
+    if subscribed.pending {
+        return Resume::Pending;
+    }
     let replayed = subscribed.backlog.len() as u64;
     match subscribed.missed {
         None => Resume::CaughtUp { replayed },

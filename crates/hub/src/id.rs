@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 /// The unique id of a connection within a hub.
 ///
-/// Ids are never reused by the hub that issued them, so a stale id can only
-/// ever address nothing (and [`Hub::try_send_personal`](crate::Hub::try_send_personal)
+/// Ids are never reused by the hub that issued them (and hubs sharing a
+/// [`Backplane`](crate::Backplane) issue different ones), so a stale id can
+/// only ever address nothing (and [`Hub::try_send_personal`](crate::Hub::try_send_personal)
 /// says so), never a newer connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(NonZeroU64);
@@ -22,6 +23,30 @@ impl ConnId {
     #[must_use]
     pub fn get(self) -> u64 {
         self.0.get()
+    }
+
+    /// The number of the node whose hub issued this id (see
+    /// [`Backplane::node`](crate::Backplane::node)); 0 for a hub without a
+    /// backplane.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), hub::ConnectError> {
+    /// let hub = hub::Hub::new();
+    /// assert_eq!(hub.connect()?.id().node(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn node(self) -> u32 {
+        // The shift leaves at most 20 bits.
+        u32::try_from(self.0.get() >> crate::backplane::LOCAL_BITS).unwrap_or(u32::MAX)
+    }
+
+    /// The id with this raw value (as [`get`](Self::get) returns it), for a
+    /// backplane carrying ids between nodes; `None` for 0.
+    #[must_use]
+    pub fn from_raw(raw: u64) -> Option<Self> {
+        NonZeroU64::new(raw).map(Self)
     }
 }
 

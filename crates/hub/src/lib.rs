@@ -81,6 +81,7 @@
 //!   personal messages in flight.
 #![doc(test(attr(deny(warnings))))]
 
+pub mod backplane;
 mod budget;
 mod connection;
 pub mod error;
@@ -93,6 +94,7 @@ mod room;
 mod stats;
 mod topic;
 
+pub use backplane::{Backplane, Publication, Remote};
 pub use connection::{Connection, Events};
 pub use error::{ConnectError, JoinError, RecvError, SendError, TryRecvError};
 pub use event::{Broadcast, Event};

@@ -10,15 +10,41 @@ use tokio::sync::broadcast;
 
 use crate::{ConnId, Message, Metadata, Topic};
 
-/// What travels through a topic's channel.
+/// What travels through a topic's channel, and what its history keeps.
 #[derive(Clone, Debug)]
 pub(crate) struct Envelope {
-    pub(crate) message: Message,
+    pub(crate) payload: Payload,
     /// A connection that must not receive this message.
     pub(crate) except: Option<ConnId>,
     /// Place in the topic.
+    pub(crate) epoch: u64,
     pub(crate) offset: u64,
 }
+
+/// What an offset of a topic holds.
+#[derive(Clone, Debug)]
+pub(crate) enum Payload {
+    Message(Message),
+    /// A notice from the backplane: this many messages published elsewhere
+    /// never reached this topic's stream (0: nothing to tell here).
+    Missed(u64),
+    /// Not a message: the backplane placed the room, and its next message
+    /// will have this envelope's epoch and offset. Never in history.
+    Placed,
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Self::Message(message) => message.len(),
+            Self::Missed(_) | Self::Placed => 0,
+        }
+    }
+}
+
+/// The epoch of a mirrored room whose position the backplane has not
+/// given yet. Real epochs are never zero.
+pub(crate) const PENDING: u64 = 0;
 
 /// How much history each topic keeps.
 #[derive(Clone, Copy, Debug)]
@@ -37,35 +63,33 @@ impl HistoryLimits {
 #[derive(Debug)]
 pub(crate) struct Room {
     pub(crate) topic: Topic,
-    pub(crate) epoch: u64,
     state: Mutex<RoomState>,
 }
 
 #[derive(Debug)]
 struct RoomState {
     sender: broadcast::Sender<Envelope>,
+    epoch: u64,
+    /// Offsets come from a backplane ([`Room::publish_at`]) rather than
+    /// from this room ([`Room::publish`]).
+    mirrored: bool,
     next_offset: u64,
-    /// Consecutive offsets, oldest first, with the connection each one
-    /// was not for.
-    history: VecDeque<Stored>,
+    /// Increasing offsets of the current epoch, oldest first.
+    history: VecDeque<Envelope>,
     history_bytes: usize,
     members: HashMap<ConnId, Metadata>,
-}
-
-/// A message kept in history.
-#[derive(Clone, Debug)]
-pub(crate) struct Stored {
-    pub(crate) offset: u64,
-    pub(crate) message: Message,
-    pub(crate) except: Option<ConnId>,
 }
 
 /// A new subscription to a room: its receiver, the offset it starts at,
 /// and what history had from the requested offset on.
 pub(crate) struct Subscribed {
     pub(crate) receiver: broadcast::Receiver<Envelope>,
+    /// The epoch the subscriber follows ([`PENDING`] if not known yet).
+    pub(crate) epoch: u64,
+    /// The room has no place in its backplane's stream yet.
+    pub(crate) pending: bool,
     pub(crate) next_offset: u64,
-    pub(crate) backlog: Vec<Stored>,
+    pub(crate) backlog: Vec<Envelope>,
     /// The first offset the subscriber wants (in this room's epoch).
     pub(crate) first: u64,
     /// Requested messages history no longer has (`None`: epoch changed).
@@ -74,18 +98,21 @@ pub(crate) struct Subscribed {
 
 /// What [`Room::history_range`] found.
 pub(crate) struct Range {
-    pub(crate) found: Vec<Stored>,
+    pub(crate) found: Vec<Envelope>,
     pub(crate) missing: u64,
 }
 
 impl Room {
-    pub(crate) fn new(topic: Topic, capacity: usize) -> Self {
+    /// A room that numbers its own messages, or, `mirrored`, one whose
+    /// offsets a backplane gives ([`PENDING`] until it does).
+    pub(crate) fn new(topic: Topic, capacity: usize, mirrored: bool) -> Self {
         let (sender, _) = broadcast::channel(capacity);
         Self {
             topic,
-            epoch: new_epoch(),
             state: Mutex::new(RoomState {
                 sender,
+                epoch: if mirrored { PENDING } else { new_epoch() },
+                mirrored,
                 next_offset: 0,
                 history: VecDeque::new(),
                 history_bytes: 0,
@@ -103,6 +130,10 @@ impl Room {
     /// Numbers, records and sends a message; returns how many members it
     /// reached (for [`Topic::All`], how many connections are subscribed,
     /// before `except` is skipped).
+    ///
+    /// A mirrored room numbering a message itself (its backplane is out of
+    /// reach) forks: it starts an epoch of its own, which its members see
+    /// as a [`Resync`](crate::Event::Resync), until [`rebase`](Self::rebase).
     pub(crate) fn publish(
         &self,
         message: Message,
@@ -110,37 +141,90 @@ impl Room {
         limits: HistoryLimits,
     ) -> usize {
         let mut state = self.lock();
-        let offset = state.next_offset;
-        state.next_offset += 1;
-        if limits.enabled() {
-            state.history_bytes += message.len();
-            state.history.push_back(Stored {
-                offset,
-                message: message.clone(),
-                except,
-            });
-            while state.history.len() > limits.messages || state.history_bytes > limits.bytes {
-                match state.history.pop_front() {
-                    Some(old) => state.history_bytes -= old.message.len(),
-                    None => break,
-                }
-            }
+        if state.mirrored {
+            state.mirrored = false;
+            state.epoch = new_epoch();
+            state.next_offset = 0;
+            state.clear_history();
         }
-        // Numbered and sent under the lock: each channel carries its
-        // messages in offset order.
-        let envelope = Envelope {
-            message,
+        let offset = state.next_offset;
+        state.send(
+            self.topic == Topic::All,
+            Payload::Message(message),
             except,
             offset,
-        };
-        let receivers = state.sender.send(envelope).unwrap_or(0);
-        match self.topic {
-            Topic::All => receivers,
-            Topic::Room(_) => {
-                let skipped = except.is_some_and(|id| state.members.contains_key(&id));
-                state.members.len() - usize::from(skipped)
-            }
+            limits,
+        )
+    }
+
+    /// Records and sends what the backplane placed at `epoch`/`offset`.
+    /// Offsets already seen are skipped; a jump is a gap the members
+    /// repair from history or report. Returns how many members it reached,
+    /// as [`publish`](Self::publish) does; 0 if it was not for this room's
+    /// current epoch.
+    pub(crate) fn publish_at(
+        &self,
+        epoch: u64,
+        offset: u64,
+        payload: Payload,
+        except: Option<ConnId>,
+        limits: HistoryLimits,
+    ) -> usize {
+        let mut state = self.lock();
+        if !state.mirrored || state.epoch != epoch || offset < state.next_offset {
+            return 0;
         }
+        state.send(self.topic == Topic::All, payload, except, offset, limits)
+    }
+
+    /// Follows the backplane from `epoch`/`next` on, with `backfill` (its
+    /// messages before `next`, oldest first) as history. Members see the
+    /// change of epoch, if any, with the next message.
+    pub(crate) fn rebase(
+        &self,
+        epoch: u64,
+        next: u64,
+        backfill: impl IntoIterator<Item = (u64, Message, Option<ConnId>)>,
+        limits: HistoryLimits,
+    ) {
+        let mut state = self.lock();
+        state.mirrored = true;
+        state.epoch = epoch;
+        state.next_offset = next;
+        state.clear_history();
+        let backfill = backfill.into_iter().filter(|_| limits.enabled());
+        for (offset, message, except) in backfill {
+            if offset >= next
+                || state
+                    .history
+                    .back()
+                    .is_some_and(|last| last.offset >= offset)
+            {
+                continue;
+            }
+            state.remember(
+                Envelope {
+                    payload: Payload::Message(message),
+                    except,
+                    epoch,
+                    offset,
+                },
+                limits,
+            );
+        }
+        // Members learn the place now, not with the next message: one that
+        // resumed before the room was placed gets its replay at once.
+        let _ = state.sender.send(Envelope {
+            payload: Payload::Placed,
+            except: None,
+            epoch,
+            offset: next,
+        });
+    }
+
+    /// Whether this room follows a backplane (rather than a fork of its own).
+    pub(crate) fn is_mirrored(&self) -> bool {
+        self.lock().mirrored
     }
 
     /// Subscribes; with `from`, also returns the history from that position
@@ -156,10 +240,25 @@ impl Room {
         }
         let receiver = state.sender.subscribe();
         let next_offset = state.next_offset;
+        if state.epoch == PENDING {
+            // The backplane has not placed this room yet: a resuming
+            // subscriber keeps its place and meets the first message (and
+            // the history that came with the room's position) with it.
+            let (epoch, next) = from.unwrap_or((PENDING, 0));
+            return Subscribed {
+                receiver,
+                epoch,
+                next_offset: next,
+                backlog: Vec::new(),
+                first: next,
+                missed: None,
+                pending: true,
+            };
+        }
         let (backlog, first, missed) = match from {
             None => (Vec::new(), next_offset, None),
             Some((epoch, first)) => {
-                let first = if epoch == self.epoch { first } else { 0 };
+                let first = if epoch == state.epoch { first } else { 0 };
                 let oldest = state
                     .history
                     .front()
@@ -170,7 +269,7 @@ impl Room {
                     .filter(|stored| stored.offset >= first)
                     .cloned()
                     .collect();
-                let missed = if epoch != self.epoch {
+                let missed = if epoch != state.epoch {
                     Some(None)
                 } else if first < oldest {
                     Some(Some(oldest - first))
@@ -182,10 +281,12 @@ impl Room {
         };
         Subscribed {
             receiver,
+            epoch: state.epoch,
             next_offset,
             backlog,
             first,
             missed,
+            pending: false,
         }
     }
 
@@ -226,14 +327,69 @@ impl Room {
         members
     }
 
+    /// How many members a broadcast skipping `except` reaches.
+    pub(crate) fn reach(&self, except: Option<ConnId>) -> usize {
+        let state = self.lock();
+        let skipped = except.is_some_and(|id| state.members.contains_key(&id));
+        state.members.len() - usize::from(skipped)
+    }
+
     pub(crate) fn member_count(&self) -> usize {
         self.lock().members.len()
     }
 
-    /// The next offset and the history's size in bytes.
-    pub(crate) fn position(&self) -> (u64, usize) {
+    /// The epoch, the next offset and the history's size in bytes.
+    pub(crate) fn position(&self) -> (u64, u64, usize) {
         let state = self.lock();
-        (state.next_offset, state.history_bytes)
+        (state.epoch, state.next_offset, state.history_bytes)
+    }
+}
+
+impl RoomState {
+    /// Records and sends the message at `offset`, the next one from now on.
+    fn send(
+        &mut self,
+        everyone: bool,
+        payload: Payload,
+        except: Option<ConnId>,
+        offset: u64,
+        limits: HistoryLimits,
+    ) -> usize {
+        self.next_offset = offset + 1;
+        let envelope = Envelope {
+            payload,
+            except,
+            epoch: self.epoch,
+            offset,
+        };
+        if limits.enabled() {
+            self.remember(envelope.clone(), limits);
+        }
+        // Numbered and sent under the lock: each channel carries its
+        // messages in offset order.
+        let receivers = self.sender.send(envelope).unwrap_or(0);
+        if everyone {
+            receivers
+        } else {
+            let skipped = except.is_some_and(|id| self.members.contains_key(&id));
+            self.members.len() - usize::from(skipped)
+        }
+    }
+
+    fn remember(&mut self, envelope: Envelope, limits: HistoryLimits) {
+        self.history_bytes += envelope.payload.len();
+        self.history.push_back(envelope);
+        while self.history.len() > limits.messages || self.history_bytes > limits.bytes {
+            match self.history.pop_front() {
+                Some(old) => self.history_bytes -= old.payload.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn clear_history(&mut self) {
+        self.history = VecDeque::new();
+        self.history_bytes = 0;
     }
 }
 

@@ -1,0 +1,457 @@
+//! A Redis [backplane](hub::backplane) for the broadcast hub: several
+//! nodes, each with its own [`Hub`](hub::Hub), behave as one.
+//!
+//! ```no_run
+//! use hub::Hub;
+//! use hub_redis::RedisBackplane;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let backplane = RedisBackplane::connect("redis://127.0.0.1:6379").await?;
+//! let hub = Hub::builder().backplane(backplane.clone()).build();
+//! // Reaches the connections of every node sharing this Redis.
+//! hub.broadcast("hello, everyone");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What it keeps in Redis
+//!
+//! Each topic (everyone, and each room) is numbered by Redis: a small hash
+//! holds its epoch and next offset, and a stream holds its latest messages
+//! ([`Builder::history`] of them). A broadcast is numbered and stored by
+//! one script, in one step; every node, the sender's included, reads the
+//! stream and delivers each message to its own connections at the same
+//! offset. So offsets mean the same on every node: a client can resume on
+//! any of them, and a node that reconnects reads on from where it was,
+//! without gap or duplicate. Personal messages go to the addressee's node
+//! through that node's inbox stream ([`hub::ConnId::node`] tells which),
+//! user messages through a stream every node reads.
+//!
+//! Node numbers come from a counter in Redis, so connection ids are unique
+//! across nodes.
+//!
+//! # When Redis is out of reach
+//!
+//! - Local delivery goes on: each node delivers its own broadcasts to its
+//!   own connections, in an epoch of its own; personal messages to other
+//!   nodes fail with [`SendError::Unreachable`](hub::SendError::Unreachable).
+//! - The link retries with exponential backoff ([`Builder::backoff`]),
+//!   logs the loss and the return, and [`Stats`] counts them.
+//! - Once back, each node places its topics again and reads on from its
+//!   cursor: messages other nodes stored meanwhile are delivered, after a
+//!   [`Resync`](hub::Event::Resync) (the local epoch ends). What a node
+//!   delivered only locally is reported to the other nodes' connections as
+//!   a `Resync` with the count missed. Nothing is claimed delivered that
+//!   was not.
+//!
+//! A broadcast in flight when the connection breaks may have been stored
+//! or not; it is delivered locally, and if Redis did store it, this node's
+//! connections receive it again after the `Resync`.
+#![doc(test(attr(deny(warnings))))]
+
+mod link;
+mod wire;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hub::backplane::MAX_NODE;
+use hub::{Backplane, Publication, Remote, Topic};
+use tokio::sync::{mpsc, watch};
+
+use crate::link::{Command, Link};
+use crate::wire::Keys;
+
+/// Default prefix of every key the backplane uses.
+pub const DEFAULT_PREFIX: &str = "hub";
+/// Default number of messages each topic's stream keeps, for nodes that
+/// catch up and clients that resume.
+pub const DEFAULT_HISTORY: usize = hub::DEFAULT_HISTORY;
+/// Default time a topic's keys live after its last message: one day.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default number of publications waiting to be written.
+pub const DEFAULT_QUEUE: usize = 65_536;
+
+/// Why the backplane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL is not a Redis URL.
+    #[error("invalid Redis URL {url:?}: {source}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        source: redis::RedisError,
+    },
+    /// Redis did not answer. A node needs Redis to start (to get its node
+    /// number); once started, it rides out outages.
+    #[error("cannot reach Redis at {url}: {source}; is redis-server running?")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// What went wrong.
+        source: redis::RedisError,
+    },
+}
+
+/// Configures a [`RedisBackplane`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let builder = hub_redis::RedisBackplane::builder("redis://127.0.0.1:6379")
+///     .prefix("chat")
+///     .history(1000)
+///     .ttl(Duration::from_secs(3600))
+///     .backoff(Duration::from_millis(50), Duration::from_secs(2));
+/// # drop(builder);
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Builder {
+    url: String,
+    prefix: String,
+    config: Config,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) history: usize,
+    pub(crate) ttl: Duration,
+    pub(crate) queue: usize,
+    pub(crate) backoff: (Duration, Duration),
+}
+
+impl Builder {
+    /// Prefix of every key (default [`DEFAULT_PREFIX`]): deployments with
+    /// different prefixes share nothing.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How many messages each topic's stream keeps (default
+    /// [`DEFAULT_HISTORY`]). Give it the hub's
+    /// [history](hub::Builder::history), so a node that places a topic
+    /// has what resume needs.
+    pub fn history(mut self, messages: usize) -> Self {
+        self.config.history = messages;
+        self
+    }
+
+    /// How long a topic's keys live in Redis after its last message or
+    /// since a node last followed it (default [`DEFAULT_TTL`]); zero keeps
+    /// them forever. A topic that expires starts a new epoch.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = ttl;
+        self
+    }
+
+    /// How many publications may wait to be written (default
+    /// [`DEFAULT_QUEUE`]). Past that, broadcasts are delivered locally and
+    /// reported as missed to the other nodes, as during an outage.
+    pub fn queue(mut self, publications: usize) -> Self {
+        self.config.queue = publications.max(1);
+        self
+    }
+
+    /// The delays between reconnect attempts: doubling from `min` up to
+    /// `max` (defaults 100 ms and 5 s), with some jitter.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.backoff = (min, max.max(min));
+        self
+    }
+
+    /// Connects to Redis, takes a node number, and starts the link task
+    /// (on the current tokio runtime). Give the result to
+    /// [`hub::Builder::backplane`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Url`] for a bad URL, [`Error::Connect`] if Redis does not
+    /// answer.
+    pub async fn connect(self) -> Result<Arc<RedisBackplane>, Error> {
+        let url = self.url;
+        let client = redis::Client::open(url.as_str()).map_err(|source| Error::Url {
+            url: url.clone(),
+            source,
+        })?;
+        let keys = Keys::new(&self.prefix);
+        let connect = |source| Error::Connect {
+            url: url.clone(),
+            source,
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)));
+        let mut connection = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(connect)?;
+        let count: u64 = redis::cmd("INCR")
+            .arg(keys.nodes())
+            .query_async(&mut connection)
+            .await
+            .map_err(connect)?;
+        let node = u32::try_from((count.max(1) - 1) % u64::from(MAX_NODE) + 1).unwrap_or(1);
+        let shared = Arc::new(Shared {
+            up: AtomicBool::new(false),
+            signal: watch::channel(false).0,
+            queued: AtomicUsize::new(0),
+            limit: self.config.queue,
+            forks: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            commands: Mutex::new(None),
+        });
+        let (commands, receiver) = mpsc::unbounded_channel();
+        *shared.commands() = Some(commands.clone());
+        let link = Link::new(
+            client,
+            keys,
+            self.config,
+            Arc::clone(&shared),
+            node,
+            receiver,
+        );
+        tokio::spawn(link.run());
+        tracing::info!(node, url = %url, "joined the Redis backplane");
+        Ok(Arc::new(RedisBackplane {
+            node,
+            shared,
+            commands,
+        }))
+    }
+}
+
+/// Shares a hub's traffic with the other nodes through Redis; see the
+/// [crate docs](crate).
+pub struct RedisBackplane {
+    node: u32,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl fmt::Debug for RedisBackplane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackplane")
+            .field("node", &self.node)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisBackplane {
+    fn drop(&mut self) {
+        // The link holds a sender too (to ask itself to place a topic);
+        // dropping it lets the link end.
+        self.shared.commands().take();
+    }
+}
+
+impl RedisBackplane {
+    /// Starts configuring a backplane on the Redis at `url`
+    /// (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> Builder {
+        Builder {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            config: Config {
+                history: DEFAULT_HISTORY,
+                ttl: DEFAULT_TTL,
+                queue: DEFAULT_QUEUE,
+                backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            },
+        }
+    }
+
+    /// A backplane with default settings; see [`builder`](Self::builder).
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::connect`].
+    pub async fn connect(url: impl Into<String>) -> Result<Arc<Self>, Error> {
+        Self::builder(url).connect().await
+    }
+
+    /// Whether Redis is reachable and this node shares its traffic.
+    #[must_use]
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Acquire)
+    }
+
+    /// Waits until this node shares its traffic through Redis: connected,
+    /// with [`Topic::All`] and its rooms placed. A hub serves its own
+    /// connections before that; use this as a readiness check.
+    pub async fn until_up(&self) {
+        self.until(true).await;
+    }
+
+    /// Waits until this node has lost Redis (and delivers locally only).
+    pub async fn until_down(&self) {
+        self.until(false).await;
+    }
+
+    async fn until(&self, up: bool) {
+        let mut signal = self.shared.signal.subscribe();
+        // Fails only once the link is gone: then it is down for good.
+        if signal.wait_for(|now| *now == up).await.is_err() && up {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// A snapshot of the backplane's counters.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            node: self.node,
+            up: self.is_up(),
+            disconnects: c.disconnects.load(Ordering::Relaxed),
+            published: c.published.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            local_only: c.local_only.load(Ordering::Relaxed),
+            notices: c.notices.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Backplane for RedisBackplane {
+    fn node(&self) -> u32 {
+        self.node
+    }
+
+    fn start(&self, remote: Remote) {
+        let _ = self.commands.send(Command::Start(remote));
+    }
+
+    fn publish(&self, publication: Publication) -> Result<(), Publication> {
+        let shared = &self.shared;
+        let room = shared.queued.load(Ordering::Acquire) < shared.limit;
+        if !shared.up.load(Ordering::Acquire) || !room {
+            if let Some(topic) = publication.topic() {
+                shared.fork(topic);
+            }
+            return Err(publication);
+        }
+        shared.queued.fetch_add(1, Ordering::AcqRel);
+        match self.commands.send(Command::Publish(publication)) {
+            // The link is gone (its runtime is shutting down).
+            Err(mpsc::error::SendError(Command::Publish(publication))) => {
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                Err(publication)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn watch(&self, topic: &Topic) {
+        let since = tokio::time::Instant::now();
+        let _ = self.commands.send(Command::Watch(topic.clone(), since));
+    }
+
+    fn unwatch(&self, topic: &Topic) {
+        let _ = self.commands.send(Command::Unwatch(topic.clone()));
+    }
+}
+
+/// A snapshot of a [`RedisBackplane`]'s counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// This node's number.
+    pub node: u32,
+    /// Whether Redis is reachable now.
+    pub up: bool,
+    /// Times the connection to Redis was lost.
+    pub disconnects: u64,
+    /// Broadcasts written to Redis.
+    pub published: u64,
+    /// Topic entries read from Redis (this node's own included).
+    pub delivered: u64,
+    /// Broadcasts delivered on this node only (Redis out of reach, or the
+    /// queue full).
+    pub local_only: u64,
+    /// Missed-messages notices written for the other nodes.
+    pub notices: u64,
+    /// Personal and user messages lost: taken but not written before
+    /// Redis went, or read for a connection that is gone or full.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) disconnects: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) local_only: AtomicU64,
+    pub(crate) notices: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+}
+
+/// State shared by the backplane handle and its link task.
+pub(crate) struct Shared {
+    up: AtomicBool,
+    /// `up`, for those who wait for it.
+    signal: watch::Sender<bool>,
+    pub(crate) queued: AtomicUsize,
+    limit: usize,
+    /// Topics delivered locally, with how many broadcasts, not yet
+    /// reported.
+    forks: Mutex<HashMap<Topic, u64>>,
+    pub(crate) counters: Counters,
+    /// For the link to queue commands to itself; emptied when the handle
+    /// goes.
+    commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+}
+
+impl Shared {
+    pub(crate) fn set_up(&self, up: bool) -> bool {
+        let was = self.up.swap(up, Ordering::AcqRel);
+        self.signal.send_replace(up);
+        was
+    }
+
+    fn commands(&self) -> MutexGuard<'_, Option<mpsc::UnboundedSender<Command>>> {
+        self.commands.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn forks(&self) -> MutexGuard<'_, HashMap<Topic, u64>> {
+        self.forks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A broadcast to `topic` was delivered locally only. The first one
+    /// asks the link to report it and place the topic again.
+    pub(crate) fn fork(&self, topic: &Topic) {
+        self.counters.local_only.fetch_add(1, Ordering::Relaxed);
+        let first = {
+            let mut forks = self.forks();
+            let count = forks.entry(topic.clone()).or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if first {
+            self.refork(topic);
+        }
+    }
+
+    /// Asks the link to place `topic` again.
+    pub(crate) fn refork(&self, topic: &Topic) {
+        if let Some(commands) = self.commands().as_ref() {
+            let _ = commands.send(Command::Refork(topic.clone()));
+        }
+    }
+
+    pub(crate) fn take_fork(&self, topic: &Topic) -> Option<u64> {
+        self.forks().remove(topic)
+    }
+
+    pub(crate) fn take_forks(&self) -> Vec<(Topic, u64)> {
+        self.forks().drain().collect()
+    }
+}

@@ -1,0 +1,818 @@
+//! The task that talks to Redis: writes what the hub publishes, reads what
+//! every node published, and reconnects.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hub::{ConnId, Message, Position, Publication, Remote, Topic};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Pipeline, RedisError, Value};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+
+use crate::wire::{self, Entry, Keys, MISSED};
+use crate::{Config, Shared};
+
+/// What the hub asks of the link, in the order it asked.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Start(Remote),
+    /// Start following a room this node began to keep at that instant.
+    Watch(Topic, Instant),
+    Unwatch(Topic),
+    Publish(Publication),
+    /// The topic forked while connected: report and place it again.
+    Refork(Topic),
+}
+
+/// How far this node has read a topic's stream.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    epoch: u64,
+    next: u64,
+}
+
+/// Commands taken from the queue per pipeline.
+const BATCH: usize = 256;
+/// Entries read per stream per `XREAD`.
+const READ_COUNT: usize = 512;
+/// How long one `XREAD` blocks.
+const BLOCK: Duration = Duration::from_secs(2);
+/// How long any other command may take.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a personal message waits in a node's inbox, in seconds.
+const INBOX_TTL: u64 = 3600;
+/// Added to how long ago a room was created here when placing it, for
+/// the difference between this node's and Redis's notion of "now".
+const PLACE_MARGIN: Duration = Duration::from_millis(20);
+/// Entries looked at when placing a topic, at least.
+const PLACE_LOOKBACK: usize = 256;
+/// Length of the inbox and user streams.
+const INBOX_LENGTH: usize = 10_000;
+
+pub(crate) struct Link {
+    client: Client,
+    keys: Keys,
+    config: Config,
+    shared: Arc<Shared>,
+    node: u32,
+    commands: mpsc::UnboundedReceiver<Command>,
+    remote: Option<Remote>,
+    /// The topics this node keeps; `None` until placed.
+    watched: HashMap<Topic, Option<Cursor>>,
+    /// Where this node reads its inbox and the user stream (stream ids).
+    inbox: Option<(u64, u64)>,
+    users: Option<(u64, u64)>,
+}
+
+/// Why a session ended.
+enum Ended {
+    /// The hub is gone.
+    Closed,
+    Lost(Lost),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error(transparent)]
+    Reply(#[from] wire::Unexpected),
+    #[error("Redis did not answer in time")]
+    Timeout,
+}
+
+/// One pipelined command and what to do with its reply.
+enum Step {
+    Publish(Publication),
+    /// A personal message: the `XADD` and the `EXPIRE`.
+    Personal(ConnId, Message),
+    Place(Topic),
+    Plain,
+}
+
+/// The connections of one session.
+struct Session {
+    writer: MultiplexedConnection,
+    reader: MultiplexedConnection,
+    reader_id: i64,
+    publish: String,
+    place: String,
+}
+
+impl Link {
+    pub(crate) fn new(
+        client: Client,
+        keys: Keys,
+        config: Config,
+        shared: Arc<Shared>,
+        node: u32,
+        commands: mpsc::UnboundedReceiver<Command>,
+    ) -> Self {
+        let mut watched = HashMap::new();
+        watched.insert(Topic::All, None);
+        Self {
+            client,
+            keys,
+            config,
+            shared,
+            node,
+            commands,
+            remote: None,
+            watched,
+            inbox: None,
+            users: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        // Nothing to do until the hub is built.
+        loop {
+            match self.commands.recv().await {
+                Some(Command::Start(remote)) => {
+                    self.remote = Some(remote);
+                    break;
+                }
+                Some(command) => self.offline(command),
+                None => return,
+            }
+        }
+        let mut failures: u32 = 0;
+        loop {
+            let started = Instant::now();
+            match self.session().await {
+                Ended::Closed => return,
+                Ended::Lost(lost) => {
+                    let was_up = self.shared.set_up(false);
+                    if was_up {
+                        tracing::warn!(error = %lost, "lost Redis; delivering locally until it is back");
+                        self.shared
+                            .counters
+                            .disconnects
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        tracing::debug!(error = %lost, "Redis still out of reach");
+                    }
+                }
+            }
+            // A session that lasted resets the backoff.
+            if started.elapsed() > self.config.backoff.1 {
+                failures = 0;
+            }
+            let delay = backoff(self.config.backoff, failures);
+            failures = failures.saturating_add(1);
+            if !self.wait_offline(delay).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits `delay`, handling commands meanwhile; `false` once the hub is
+    /// gone.
+    async fn wait_offline(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return true,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.offline(command),
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    /// Handles a command while Redis is out of reach.
+    fn offline(&mut self, command: Command) {
+        match command {
+            Command::Start(remote) => self.remote = Some(remote),
+            Command::Watch(topic, _) => {
+                self.watched.entry(topic).or_insert(None);
+            }
+            Command::Unwatch(topic) => {
+                self.watched.remove(&topic);
+            }
+            Command::Refork(_) => {}
+            Command::Publish(publication) => {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                self.give_back(publication);
+            }
+        }
+    }
+
+    /// A publication taken but not written: a broadcast is delivered here
+    /// alone (and reported to the other nodes once Redis is back); personal
+    /// and user messages for other nodes are lost, and counted.
+    fn give_back(&self, publication: Publication) {
+        match publication {
+            Publication::Broadcast {
+                topic,
+                message,
+                except,
+            } => {
+                self.shared.fork(&topic);
+                if let Some(remote) = &self.remote {
+                    remote.deliver_here(&topic, message, except);
+                }
+            }
+            other => {
+                tracing::warn!(publication = ?other, "Redis lost before a message for another node was written; dropped");
+                self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Session, Lost> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let mut writer = (self.client)
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // The reader blocks in XREAD; its own timeout guards it.
+        let reader_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(None);
+        let mut reader = (self.client)
+            .get_multiplexed_async_connection_with_config(&reader_config)
+            .await?;
+        let reader_id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut reader)
+            .await?;
+        let publish: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(wire::PUBLISH)
+            .query_async(&mut writer)
+            .await?;
+        let place: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(wire::PLACE)
+            .query_async(&mut writer)
+            .await?;
+        Ok(Session {
+            writer,
+            reader,
+            reader_id,
+            publish,
+            place,
+        })
+    }
+
+    async fn session(&mut self) -> Ended {
+        let mut session = match self.connect().await {
+            Ok(session) => session,
+            Err(lost) => return Ended::Lost(lost),
+        };
+        if let Err(lost) = self.resume(&mut session).await {
+            return Ended::Lost(lost);
+        }
+        self.shared.set_up(true);
+        if self.shared.counters.disconnects.load(Ordering::Relaxed) > 0 {
+            tracing::info!("Redis is back; sharing again");
+        }
+        match self.serve(&mut session).await {
+            Ok(()) => Ended::Closed,
+            Err(lost) => Ended::Lost(lost),
+        }
+    }
+
+    /// Starts reading the inbox and user streams (from now, the first
+    /// time), reports forks and places every topic kept.
+    async fn resume(&mut self, session: &mut Session) -> Result<(), Lost> {
+        if self.inbox.is_none() || self.users.is_none() {
+            let (seconds, micros): (u64, u64) =
+                redis::cmd("TIME").query_async(&mut session.writer).await?;
+            // Node numbers are never reused: all of the inbox is for this
+            // node. Of the user stream, what is stored from this
+            // millisecond on (ids name the millisecond they were stored in).
+            let ms = seconds * 1000 + micros / 1000;
+            self.inbox.get_or_insert((0, 0));
+            self.users.get_or_insert((ms.saturating_sub(1), u64::MAX));
+        }
+        let Some(remote) = self.remote.clone() else {
+            return Ok(());
+        };
+        let topics = remote.topics();
+        self.watched.retain(|topic, _| topics.contains(topic));
+        for topic in &topics {
+            self.watched.entry(topic.clone()).or_insert(None);
+        }
+        let forked: Vec<(Topic, u64)> = self.shared.take_forks();
+        let mut pipe = redis::pipe();
+        let mut steps = Vec::new();
+        for (topic, missed) in forked {
+            self.missed_notice(&mut pipe, session, &topic, missed);
+            steps.push(Step::Plain);
+        }
+        for topic in topics {
+            self.place_command(&mut pipe, session, &topic, Duration::ZERO);
+            steps.push(Step::Place(topic));
+        }
+        self.execute(session, pipe, steps).await
+    }
+
+    /// Writes and reads until Redis is lost (`Err`) or the hub is gone.
+    async fn serve(&mut self, session: &mut Session) -> Result<(), Lost> {
+        let refresh_every = (self.config.ttl / 4).max(Duration::from_secs(1));
+        let mut refresh = tokio::time::interval_at(Instant::now() + refresh_every, refresh_every);
+        let mut read = Box::pin(self.read(session));
+        // Set while the set of streams read changed and the read in flight
+        // still uses the old one.
+        let mut stale = false;
+        let mut nudge = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                biased;
+                got = &mut read => {
+                    let news = got?;
+                    self.take_in(news);
+                    stale = false;
+                    read = Box::pin(self.read(session));
+                }
+                first = self.commands.recv() => {
+                    let Some(first) = first else { return Ok(()) };
+                    let changed = self.write(session, first).await?;
+                    stale |= changed;
+                    if changed {
+                        self.unblock(session).await?;
+                    }
+                }
+                _ = nudge.tick(), if stale => self.unblock(session).await?,
+                _ = refresh.tick() => self.refresh(session).await?,
+            }
+        }
+    }
+
+    /// Wakes the reader from its blocking read, to read a new set of streams.
+    async fn unblock(&self, session: &mut Session) -> Result<(), Lost> {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(session.reader_id)
+            .query_async(&mut session.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Keeps the topics this node follows from expiring.
+    async fn refresh(&self, session: &mut Session) -> Result<(), Lost> {
+        let seconds = self.config.ttl.as_secs();
+        if seconds == 0 {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for topic in self.watched.keys() {
+            pipe.cmd("EXPIRE")
+                .arg(self.keys.meta(topic))
+                .arg(seconds)
+                .ignore();
+            pipe.cmd("EXPIRE")
+                .arg(self.keys.stream(topic))
+                .arg(seconds)
+                .ignore();
+        }
+        bounded(pipe.query_async::<()>(&mut session.writer)).await
+    }
+
+    /// The next `XREAD` of every stream this node follows.
+    fn read(
+        &self,
+        session: &Session,
+    ) -> impl std::future::Future<Output = Result<Value, Lost>> + 'static {
+        let mut reader = session.reader.clone();
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS");
+        let mut ids = Vec::new();
+        let following = self.remote.as_ref().map(|remote| {
+            (self.watched.iter())
+                .filter(|(topic, _)| remote.is_following(topic))
+                .filter_map(|(topic, cursor)| cursor.map(|c| (topic.clone(), c)))
+                .collect::<Vec<_>>()
+        });
+        for (topic, cursor) in following.unwrap_or_default() {
+            cmd.arg(self.keys.stream(&topic));
+            ids.push(format!("0-{}", cursor.next));
+        }
+        let (inbox, users) = (
+            self.inbox.unwrap_or_default(),
+            self.users.unwrap_or_default(),
+        );
+        cmd.arg(self.keys.inbox(self.node)).arg(self.keys.users());
+        ids.push(format!("{}-{}", inbox.0, inbox.1));
+        ids.push(format!("{}-{}", users.0, users.1));
+        cmd.arg(ids);
+        async move {
+            match timeout(
+                BLOCK + RESPONSE_TIMEOUT,
+                cmd.query_async::<Value>(&mut reader),
+            )
+            .await
+            {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => Err(Lost::Redis(error)),
+                Err(_) => Err(Lost::Timeout),
+            }
+        }
+    }
+
+    /// Delivers what an `XREAD` brought.
+    fn take_in(&mut self, news: Value) {
+        let streams = match wire::streams(news) {
+            Ok(streams) => streams,
+            Err(error) => {
+                tracing::warn!(%error, "skipped an unreadable XREAD reply");
+                return;
+            }
+        };
+        let inbox = self.keys.inbox(self.node).into_bytes();
+        let users = self.keys.users().into_bytes();
+        let topics: HashMap<Vec<u8>, Topic> = (self.watched.keys())
+            .map(|topic| (self.keys.stream(topic).into_bytes(), topic.clone()))
+            .collect();
+        for (key, entries) in streams {
+            if key == inbox {
+                for entry in entries {
+                    self.inbox = Some(entry.id);
+                    self.personal(entry);
+                }
+            } else if key == users {
+                for entry in entries {
+                    self.users = Some(entry.id);
+                    self.user(entry);
+                }
+            } else if let Some(topic) = topics.get(&key) {
+                for entry in entries {
+                    self.broadcast(topic, entry);
+                }
+            }
+        }
+    }
+
+    fn personal(&self, mut entry: Entry) {
+        let (Some(remote), Some(to)) = (&self.remote, entry.number("c").and_then(ConnId::from_raw))
+        else {
+            return;
+        };
+        let Some(message) = take_message(&mut entry) else {
+            return;
+        };
+        if let Err(error) = remote.send_personal(to, message) {
+            tracing::debug!(%error, "a personal message from another node was not queued");
+            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn user(&self, mut entry: Entry) {
+        let Some(remote) = &self.remote else { return };
+        if entry.number("n") == Some(u64::from(self.node)) {
+            return;
+        }
+        let Some(user) = entry.take("u").and_then(|u| String::from_utf8(u).ok()) else {
+            return;
+        };
+        if let Some(message) = take_message(&mut entry) {
+            remote.send_to_user(&user, message);
+        }
+    }
+
+    fn broadcast(&mut self, topic: &Topic, mut entry: Entry) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let (Some(offset), Some(epoch)) = (entry.offset(), entry.number("e")) else {
+            return;
+        };
+        let Some(Some(cursor)) = self.watched.get_mut(topic) else {
+            return;
+        };
+        if epoch != cursor.epoch {
+            // The topic started over in Redis (its keys expired, say): place
+            // it again.
+            tracing::info!(%topic, "topic restarted in Redis; placing it again");
+            self.watched.insert(topic.clone(), None);
+            self.shared.refork(topic);
+            return;
+        }
+        if !remote.is_following(topic) {
+            // Forked since the read began: read again once placed.
+            return;
+        }
+        cursor.next = cursor.next.max(offset + 1);
+        self.shared
+            .counters
+            .delivered
+            .fetch_add(1, Ordering::Relaxed);
+        let position = Position { epoch, offset };
+        if entry.field("k") == Some(MISSED.as_bytes()) {
+            let missed = if entry.number("n") == Some(u64::from(self.node)) {
+                0
+            } else {
+                entry.number("m").unwrap_or(0)
+            };
+            remote.deliver_missed(topic, position, missed);
+            return;
+        }
+        let except = entry.number("x").and_then(ConnId::from_raw);
+        if let Some(message) = take_message(&mut entry) {
+            remote.deliver(topic, position, message, except);
+        } else {
+            remote.deliver_missed(topic, position, 1);
+        }
+    }
+
+    /// Writes `first` and whatever else is queued, in one pipeline.
+    /// Returns whether the set of streams to read changed.
+    async fn write(&mut self, session: &mut Session, first: Command) -> Result<bool, Lost> {
+        let mut pipe = redis::pipe();
+        let mut steps = Vec::new();
+        let mut changed = false;
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Start(remote) => self.remote = Some(remote),
+                Command::Watch(topic, since) => {
+                    // Messages stored since the room was created here are
+                    // for its members (with a margin for the clocks).
+                    let age = since.elapsed() + PLACE_MARGIN;
+                    self.watched.entry(topic.clone()).or_insert(None);
+                    self.place_command(&mut pipe, session, &topic, age);
+                    steps.push(Step::Place(topic));
+                    changed = true;
+                }
+                Command::Refork(topic) => {
+                    if let Some(missed) = self.shared.take_fork(&topic) {
+                        self.missed_notice(&mut pipe, session, &topic, missed);
+                        steps.push(Step::Plain);
+                    }
+                    if self.watched.contains_key(&topic) {
+                        self.place_command(&mut pipe, session, &topic, Duration::ZERO);
+                        steps.push(Step::Place(topic));
+                        changed = true;
+                    }
+                }
+                Command::Unwatch(topic) => {
+                    changed |= self.watched.remove(&topic).is_some();
+                }
+                Command::Publish(publication) => {
+                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                    self.publish_command(&mut pipe, session, publication, &mut steps);
+                }
+            }
+            if steps.len() < BATCH {
+                next = self.commands.try_recv().ok();
+            }
+        }
+        self.execute(session, pipe, steps).await?;
+        Ok(changed)
+    }
+
+    fn publish_command(
+        &self,
+        pipe: &mut Pipeline,
+        session: &Session,
+        publication: Publication,
+        steps: &mut Vec<Step>,
+    ) {
+        match &publication {
+            Publication::Broadcast {
+                topic,
+                message,
+                except,
+            } => {
+                let (kind, payload) = wire::encode(message);
+                self.script(pipe, &session.publish, topic)
+                    .arg(self.config.history)
+                    .arg(self.config.ttl.as_secs())
+                    .arg(self.node)
+                    .arg(wire::raw_id(*except))
+                    .arg(kind)
+                    .arg(payload);
+                steps.push(Step::Publish(publication));
+            }
+            Publication::Personal { to, message } => {
+                let inbox = self.keys.inbox(to.node());
+                let (kind, payload) = wire::encode(message);
+                pipe.cmd("XADD")
+                    .arg(&inbox)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(INBOX_LENGTH)
+                    .arg("*")
+                    .arg("c")
+                    .arg(to.get())
+                    .arg("k")
+                    .arg(kind)
+                    .arg("m")
+                    .arg(payload);
+                pipe.cmd("EXPIRE").arg(&inbox).arg(INBOX_TTL).ignore();
+                steps.push(Step::Personal(*to, message.clone()));
+            }
+            Publication::User { user, message } => {
+                let (kind, payload) = wire::encode(message);
+                pipe.cmd("XADD")
+                    .arg(self.keys.users())
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(INBOX_LENGTH)
+                    .arg("*")
+                    .arg("u")
+                    .arg(user.as_bytes())
+                    .arg("n")
+                    .arg(self.node)
+                    .arg("k")
+                    .arg(kind)
+                    .arg("m")
+                    .arg(payload);
+                steps.push(Step::Plain);
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts an `EVALSHA` of `sha` on `topic`'s keys, with a fresh epoch
+    /// as the first argument.
+    fn script<'p>(&self, pipe: &'p mut Pipeline, sha: &str, topic: &Topic) -> &'p mut Pipeline {
+        pipe.cmd("EVALSHA")
+            .arg(sha)
+            .arg(2)
+            .arg(self.keys.meta(topic))
+            .arg(self.keys.stream(topic))
+            .arg(fresh_epoch())
+    }
+
+    fn missed_notice(&self, pipe: &mut Pipeline, session: &Session, topic: &Topic, missed: u64) {
+        tracing::info!(%topic, missed, "telling the other nodes what they missed from this one");
+        self.shared.counters.notices.fetch_add(1, Ordering::Relaxed);
+        self.script(pipe, &session.publish, topic)
+            .arg(self.config.history)
+            .arg(self.config.ttl.as_secs())
+            .arg(self.node)
+            .arg(0)
+            .arg(MISSED)
+            .arg(missed);
+    }
+
+    fn place_command(&self, pipe: &mut Pipeline, session: &Session, topic: &Topic, age: Duration) {
+        self.script(pipe, &session.place, topic)
+            .arg(self.config.history.max(PLACE_LOOKBACK))
+            .arg(self.config.ttl.as_secs())
+            .arg(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+    }
+
+    /// Runs a pipeline and acts on its replies. If Redis is lost first,
+    /// its publications are given back.
+    async fn execute(
+        &mut self,
+        session: &mut Session,
+        pipe: Pipeline,
+        steps: Vec<Step>,
+    ) -> Result<(), Lost> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let replies = match bounded(pipe.query_async::<Vec<Value>>(&mut session.writer)).await {
+            Ok(replies) => replies,
+            Err(lost) => {
+                for step in steps {
+                    match step {
+                        Step::Publish(publication) => self.give_back(publication),
+                        Step::Personal(to, message) => {
+                            self.give_back(Publication::Personal { to, message });
+                        }
+                        _ => {}
+                    }
+                }
+                return Err(lost);
+            }
+        };
+        for (step, reply) in steps.into_iter().zip(replies) {
+            match step {
+                Step::Place(topic) => {
+                    let placed = wire::place(reply)?;
+                    self.place(topic, placed);
+                }
+                Step::Publish(_) => {
+                    self.shared
+                        .counters
+                        .published
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Step::Personal(..) | Step::Plain => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows `topic` from where Redis says it stands: from this node's
+    /// cursor if it follows the same epoch, or else from where a new
+    /// follower starts, with the stream's latest entries before that as
+    /// history.
+    fn place(&mut self, topic: Topic, placed: wire::Placed) {
+        let wire::Placed {
+            epoch, start, tail, ..
+        } = placed;
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let Some(slot) = self.watched.get_mut(&topic) else {
+            // Unwatched meanwhile.
+            return;
+        };
+        let following = remote.is_following(&topic);
+        let start = match *slot {
+            Some(cursor) if cursor.epoch == epoch => {
+                if following {
+                    return;
+                }
+                cursor.next
+            }
+            // The topic started over while this node followed it (Redis
+            // lost it, or it expired): everything in the new epoch is news.
+            Some(_) => 0,
+            None => start,
+        };
+        *slot = Some(Cursor { epoch, next: start });
+        let backfill = tail.into_iter().filter_map(|mut entry| {
+            let offset = entry.offset()?;
+            let except = entry.number("x").and_then(ConnId::from_raw);
+            (offset < start).then_some(())?;
+            Some((offset, take_message(&mut entry)?, except))
+        });
+        remote.rebase(
+            &topic,
+            Position {
+                epoch,
+                offset: start,
+            },
+            backfill,
+        );
+    }
+}
+
+/// The message of an entry, from its kind and payload fields.
+fn take_message(entry: &mut Entry) -> Option<Message> {
+    let kind = entry.take("k")?;
+    let payload = entry.take("m")?;
+    wire::decode(&kind, payload)
+}
+
+/// A command's result, or `Lost::Timeout` past the response timeout.
+async fn bounded<T>(
+    query: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, Lost> {
+    match timeout(RESPONSE_TIMEOUT, query).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Lost::Timeout),
+    }
+}
+
+/// The delay before reconnect attempt `failures`: doubling from the
+/// minimum to the maximum, with up to a quarter of jitter.
+fn backoff((min, max): (Duration, Duration), failures: u32) -> Duration {
+    let base = min.saturating_mul(1 << failures.min(16)).min(max);
+    let jitter = u64::try_from(base.as_micros() / 4).unwrap_or(0);
+    let random = fresh_epoch() % jitter.max(1);
+    base + Duration::from_micros(random)
+}
+
+/// An epoch to offer for a topic Redis does not know: random, never zero.
+fn fresh_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    // Lua keeps numbers as doubles; epochs stay strings there, but keep
+    // them exact as numbers anyway.
+    (hasher.finish() >> 11).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_bounded_jitter() {
+        let limits = (Duration::from_millis(100), Duration::from_secs(2));
+        for failures in 0..40 {
+            let delay = backoff(limits, failures);
+            let base = Duration::from_millis(100 * (1u64 << failures.min(16))).min(limits.1);
+            assert!(
+                delay >= base && delay <= base + base / 4,
+                "{failures}: {delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn epochs_are_never_zero() {
+        assert!((0..1000).all(|_| fresh_epoch() != 0));
+    }
+}

@@ -1,0 +1,342 @@
+//! What the backplane keeps in Redis, and how it reads it back.
+//!
+//! Per topic, a hash `{prefix}:meta:{topic}` holds the topic's `epoch` and
+//! `next` offset, and a stream `{prefix}:stream:{topic}` holds its recent
+//! messages, the one at offset `o` under the entry id `0-(o+1)`: offsets
+//! are consecutive, shared by every node, and a range of them is a range
+//! of ids. Both are written by one script, so numbering and storing are one
+//! atomic step. Personal messages go to the addressee node's inbox stream
+//! `{prefix}:inbox:{node}`, user messages to `{prefix}:users`.
+
+use bytes::Bytes;
+use hub::{ConnId, Message, Topic};
+use redis::Value;
+
+/// Numbers a message and stores it in the topic's stream; creates the
+/// topic (with the epoch offered) if Redis does not know it.
+///
+/// KEYS: meta, stream. ARGV: epoch offered, stream length, time to live
+/// (seconds, 0 for none), origin node, excluded connection, kind, payload.
+/// Returns the epoch and the offset given.
+pub(crate) const PUBLISH: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'next', 1) - 1
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. (offset + 1),
+  'e', epoch, 'n', ARGV[4], 'x', ARGV[5], 'k', ARGV[6], 'm', ARGV[7], 's', ms)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return {epoch, offset}
+";
+
+/// Where a topic stands, creating it if needed, with its latest messages.
+///
+/// KEYS: meta, stream. ARGV: epoch offered, how many messages, time to
+/// live, and an age in milliseconds. Returns the epoch, the next offset, up
+/// to that many entries (newest first), and where a node that began to
+/// keep the topic that long ago starts: the first message stored since
+/// then (by Redis's clock), or the next offset.
+pub(crate) const PLACE: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0)
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+local next = redis.call('HGET', KEYS[1], 'next')
+local tail = {}
+if tonumber(ARGV[2]) > 0 then
+  tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+end
+local start = tonumber(next)
+if tonumber(ARGV[4]) > 0 then
+  local now = redis.call('TIME')
+  local since = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
+  for _, entry in ipairs(tail) do
+    local stored = nil
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 's' then stored = tonumber(fields[i + 1]) end
+    end
+    if stored == nil or stored < since then break end
+    start = tonumber(string.match(entry[1], '-(%d+)$')) - 1
+  end
+end
+return {epoch, next, tail, start}
+";
+
+/// Kinds of topic entries.
+pub(crate) const TEXT: &str = "t";
+pub(crate) const BINARY: &str = "b";
+/// A notice: this many messages published on the origin node never
+/// reached the stream.
+pub(crate) const MISSED: &str = "g";
+
+/// The Redis keys of one deployment.
+#[derive(Clone, Debug)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    fn topic_part(topic: &Topic) -> String {
+        match topic {
+            Topic::All => "*".to_owned(),
+            Topic::Room(room) => format!("room:{room}"),
+        }
+    }
+
+    pub(crate) fn meta(&self, topic: &Topic) -> String {
+        format!("{}:meta:{}", self.prefix, Self::topic_part(topic))
+    }
+
+    pub(crate) fn stream(&self, topic: &Topic) -> String {
+        format!("{}:stream:{}", self.prefix, Self::topic_part(topic))
+    }
+
+    pub(crate) fn inbox(&self, node: u32) -> String {
+        format!("{}:inbox:{node}", self.prefix)
+    }
+
+    pub(crate) fn users(&self) -> String {
+        format!("{}:users", self.prefix)
+    }
+
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+}
+
+/// A message as a kind and payload.
+pub(crate) fn encode(message: &Message) -> (&'static str, &[u8]) {
+    match message {
+        Message::Text(text) => (TEXT, text.as_bytes()),
+        _ => (BINARY, message.as_bytes()),
+    }
+}
+
+/// A message from a kind and payload; `None` for text that is not UTF-8
+/// or an unknown kind.
+pub(crate) fn decode(kind: &[u8], payload: Vec<u8>) -> Option<Message> {
+    match kind {
+        b"t" => String::from_utf8(payload).ok().map(Message::text),
+        b"b" => Some(Message::binary(Bytes::from(payload))),
+        _ => None,
+    }
+}
+
+/// The raw value of an optional connection id, 0 for none.
+pub(crate) fn raw_id(id: Option<ConnId>) -> u64 {
+    id.map_or(0, ConnId::get)
+}
+
+/// One stream entry: its id and fields.
+#[derive(Debug, Default)]
+pub(crate) struct Entry {
+    /// The id's two parts.
+    pub(crate) id: (u64, u64),
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    pub(crate) fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(key, _)| key == name.as_bytes())
+            .map(|(_, value)| value.as_slice())
+    }
+
+    pub(crate) fn take(&mut self, name: &str) -> Option<Vec<u8>> {
+        let index = self
+            .fields
+            .iter()
+            .position(|(key, _)| key == name.as_bytes())?;
+        Some(self.fields.swap_remove(index).1)
+    }
+
+    pub(crate) fn number(&self, name: &str) -> Option<u64> {
+        std::str::from_utf8(self.field(name)?).ok()?.parse().ok()
+    }
+
+    /// For a topic entry: its offset (the id's sequence minus one).
+    pub(crate) fn offset(&self) -> Option<u64> {
+        (self.id.0 == 0 && self.id.1 > 0).then(|| self.id.1 - 1)
+    }
+}
+
+/// Why a reply could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected reply from Redis: {0}")]
+pub(crate) struct Unexpected(pub(crate) &'static str);
+
+pub(crate) fn bytes(value: Value) -> Result<Vec<u8>, Unexpected> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        Value::SimpleString(text) => Ok(text.into_bytes()),
+        Value::Int(n) => Ok(n.to_string().into_bytes()),
+        _ => Err(Unexpected("expected a string")),
+    }
+}
+
+pub(crate) fn number(value: Value) -> Result<u64, Unexpected> {
+    let bytes = bytes(value)?;
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(Unexpected("expected a number"))
+}
+
+fn array(value: Value) -> Result<Vec<Value>, Unexpected> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        _ => Err(Unexpected("expected an array")),
+    }
+}
+
+/// A stream id, `ms-seq`.
+pub(crate) fn parse_id(id: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(id).ok()?;
+    let (ms, seq) = text.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// One entry, `[id, [field, value, ...]]`.
+pub(crate) fn entry(value: Value) -> Result<Entry, Unexpected> {
+    let mut parts = array(value)?.into_iter();
+    let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+        return Err(Unexpected("expected an entry"));
+    };
+    let id = parse_id(&bytes(id)?).ok_or(Unexpected("expected an entry id"))?;
+    let mut flat = array(fields)?.into_iter();
+    let mut fields = Vec::new();
+    while let (Some(key), Some(value)) = (flat.next(), flat.next()) {
+        fields.push((bytes(key)?, bytes(value)?));
+    }
+    Ok(Entry { id, fields })
+}
+
+/// An `XREAD` reply: for each stream with news, its key and entries.
+/// `Nil` (timed out or unblocked) is no news.
+/// Each stream's key and entries.
+pub(crate) type Streams = Vec<(Vec<u8>, Vec<Entry>)>;
+
+pub(crate) fn streams(value: Value) -> Result<Streams, Unexpected> {
+    let mut out = Vec::new();
+    match value {
+        Value::Map(pairs) => {
+            for (key, entries) in pairs {
+                let entries = array(entries)?.into_iter().map(entry);
+                out.push((bytes(key)?, entries.collect::<Result<_, _>>()?));
+            }
+        }
+        other => {
+            for stream in array(other)? {
+                let mut parts = array(stream)?.into_iter();
+                let (Some(key), Some(entries)) = (parts.next(), parts.next()) else {
+                    return Err(Unexpected("expected a stream"));
+                };
+                let entries = array(entries)?.into_iter().map(entry);
+                out.push((bytes(key)?, entries.collect::<Result<_, _>>()?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A [`PLACE`] reply.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    pub(crate) epoch: u64,
+    /// Where a new follower starts.
+    pub(crate) start: u64,
+    /// The latest entries, oldest first.
+    pub(crate) tail: Vec<Entry>,
+}
+
+pub(crate) fn place(value: Value) -> Result<Placed, Unexpected> {
+    let mut parts = array(value)?.into_iter();
+    let (Some(epoch), Some(_next), Some(tail), Some(start)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Unexpected("expected epoch, next, entries and start"));
+    };
+    let mut tail = array(tail)?
+        .into_iter()
+        .map(entry)
+        .collect::<Result<Vec<_>, _>>()?;
+    tail.reverse();
+    Ok(Placed {
+        epoch: number(epoch)?,
+        start: number(start)?,
+        tail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn entries_are_read_with_their_offsets_and_fields() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("hub:stream:*"),
+            Value::Array(vec![Value::Array(vec![
+                bulk("0-8"),
+                Value::Array(vec![bulk("e"), bulk("42"), bulk("m"), bulk("hi")]),
+            ])]),
+        ])]);
+        let mut streams = streams(reply).unwrap_or_default();
+        assert_eq!(streams.len(), 1);
+        let (key, mut entries) = streams.remove(0);
+        assert_eq!(key, b"hub:stream:*");
+        let entry = &mut entries[0];
+        assert_eq!(entry.offset(), Some(7));
+        assert_eq!(entry.number("e"), Some(42));
+        assert_eq!(entry.take("m"), Some(b"hi".to_vec()));
+        assert_eq!(entry.field("m"), None);
+        assert!(streams_of_nil_are_empty());
+    }
+
+    fn streams_of_nil_are_empty() -> bool {
+        matches!(streams(Value::Nil), Ok(found) if found.is_empty())
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        assert!(streams(bulk("nope")).is_err());
+        assert!(place(Value::Array(vec![bulk("1")])).is_err());
+        assert!(entry(Value::Array(vec![bulk("x-y"), Value::Array(vec![])])).is_err());
+        assert_eq!(parse_id(b"12-3"), Some((12, 3)));
+        assert_eq!(parse_id(b"12"), None);
+    }
+
+    #[test]
+    fn messages_survive_encoding() {
+        for message in [Message::text("héllo"), Message::binary(vec![0, 159, 146])] {
+            let (kind, payload) = encode(&message);
+            assert_eq!(decode(kind.as_bytes(), payload.to_vec()), Some(message));
+        }
+        assert_eq!(decode(b"t", vec![0xff]), None);
+        assert_eq!(decode(b"?", vec![]), None);
+    }
+}

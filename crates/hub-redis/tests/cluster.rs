@@ -1,0 +1,252 @@
+//! Several nodes sharing one real `redis-server`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashSet;
+
+use hub::{Event, Metadata, Position, Resume, Topic};
+use support::{message, next, node, text, RedisServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_every_node_once_in_the_same_order() {
+    let redis = RedisServer::start().await;
+    let nodes = [
+        node(&redis.url()).await,
+        node(&redis.url()).await,
+        node(&redis.url()).await,
+    ];
+    let numbers: HashSet<u32> = nodes.iter().map(|(_, b)| b.stats().node).collect();
+    assert_eq!(numbers.len(), 3, "every node has its own number");
+    let mut connections = Vec::new();
+    for (hub, _) in &nodes {
+        connections.push(hub.connect().unwrap());
+        connections.push(hub.connect().unwrap());
+    }
+    let ids: HashSet<_> = connections.iter().map(|c| c.id()).collect();
+    assert_eq!(ids.len(), 6, "connection ids are unique across nodes");
+
+    const EACH: usize = 20;
+    for i in 0..EACH {
+        for (n, (hub, _)) in nodes.iter().enumerate() {
+            assert_eq!(
+                hub.broadcast(format!("{n}-{i}")),
+                2,
+                "counts this node's connections"
+            );
+        }
+    }
+    let mut seen = Vec::new();
+    for connection in &mut connections {
+        let mut got = Vec::new();
+        for _ in 0..EACH * 3 {
+            match next(connection).await {
+                Event::Broadcast(b) => {
+                    assert_eq!(b.topic, Topic::All);
+                    got.push((b.epoch, b.offset, b.message.as_text().unwrap().to_owned()));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        seen.push(got);
+    }
+    // One numbering, shared by all: every connection saw the same thing.
+    assert!(seen.windows(2).all(|pair| pair[0] == pair[1]));
+    let order = &seen[0];
+    let offsets: Vec<u64> = order.iter().map(|(_, offset, _)| *offset).collect();
+    assert_eq!(offsets, (0..(EACH * 3) as u64).collect::<Vec<_>>());
+    for n in 0..3 {
+        let from_n: Vec<&str> = (order.iter())
+            .map(|(_, _, text)| text.as_str())
+            .filter(|text| text.starts_with(&format!("{n}-")))
+            .collect();
+        let expected: Vec<String> = (0..EACH).map(|i| format!("{n}-{i}")).collect();
+        assert_eq!(from_n, expected, "each sender's order is kept");
+    }
+    for (_, backplane) in &nodes {
+        let stats = backplane.stats();
+        assert_eq!(stats.published, EACH as u64);
+        assert_eq!(stats.delivered, (EACH * 3) as u64);
+        assert_eq!(
+            (stats.local_only, stats.dropped, stats.disconnects),
+            (0, 0, 0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_reach_their_members_on_every_node() {
+    let redis = RedisServer::start().await;
+    let (a, _) = node(&redis.url()).await;
+    let (b, _) = node(&redis.url()).await;
+    let (c, _) = node(&redis.url()).await;
+    let mut a1 = a.connect().unwrap();
+    let mut b1 = b.connect().unwrap();
+    let mut c1 = c.connect().unwrap();
+    a.join(a1.id(), "rust").unwrap();
+    b.join(b1.id(), "rust").unwrap();
+
+    // Sent from a node whose sender is excluded.
+    assert_eq!(a.broadcast_room_except("rust", a1.id(), "x"), 0);
+    assert_eq!(text(&mut b1).await, "x");
+    assert_eq!(b.broadcast_room("rust", "y"), 1);
+    assert_eq!(text(&mut b1).await, "y");
+    // a1 was excluded from "x": "y" comes first.
+    match next(&mut a1).await {
+        Event::Broadcast(y) => {
+            assert_eq!(y.message.as_text(), Some("y"));
+            assert_eq!(y.topic, Topic::Room("rust".into()));
+            assert_eq!(y.offset, 1, "offsets count every message of the room");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A node without members relays nothing to its connections.
+    assert_eq!(c.broadcast_room("rust", "from c"), 0);
+    assert_eq!(text(&mut a1).await, "from c");
+    assert_eq!(text(&mut b1).await, "from c");
+    c.broadcast("end");
+    assert_eq!(text(&mut c1).await, "end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_and_user_messages_cross_nodes() {
+    let redis = RedisServer::start().await;
+    let (a, _) = node(&redis.url()).await;
+    let (b, b_backplane) = node(&redis.url()).await;
+    let mut a1 = a.connect_with(Metadata::new().with_user("ann")).unwrap();
+    let mut b1 = b.connect_with(Metadata::new().with_user("ann")).unwrap();
+    let mut b2 = b.connect_with(Metadata::new().with_user("bob")).unwrap();
+
+    a.try_send_personal(b2.id(), "psst").unwrap();
+    b.send_personal(a1.id(), message("hi back")).await.unwrap();
+    assert_eq!(next(&mut b2).await, Event::Personal(message("psst")));
+    assert_eq!(next(&mut a1).await, Event::Personal(message("hi back")));
+
+    // Every connection of the user, on every node, exactly once.
+    assert_eq!(b.send_to_user("ann", "to ann"), 1, "counts this node's");
+    assert_eq!(next(&mut b1).await, Event::Personal(message("to ann")));
+    assert_eq!(next(&mut a1).await, Event::Personal(message("to ann")));
+
+    // To a connection that is gone: taken, then dropped there, counted.
+    let gone = b2.id();
+    drop(b2);
+    a.try_send_personal(gone, "too late").unwrap();
+    a.broadcast("marker");
+    assert_eq!(text(&mut b1).await, "marker");
+    tokio::time::timeout(support::WAIT, async {
+        while b_backplane.stats().dropped == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the dropped message is counted");
+    // Only ann's own messages reached her: nothing else is queued.
+    assert_eq!(text(&mut a1).await, "marker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
+    let redis = RedisServer::start().await;
+    let (a, _) = node(&redis.url()).await;
+    let (b, _) = node(&redis.url()).await;
+    let mut a1 = a.connect().unwrap();
+    a.join(a1.id(), "news").unwrap();
+    let mut seen = Vec::new();
+    for i in 0..5 {
+        a.broadcast_room("news", format!("m{i}"));
+    }
+    for _ in 0..5 {
+        match next(&mut a1).await {
+            Event::Broadcast(m) => seen.push(m),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(a1);
+    let last_seen = Position {
+        epoch: seen[2].epoch,
+        offset: seen[2].offset,
+    };
+
+    // The client comes back on node B, where the room is new.
+    let mut b1 = b.connect().unwrap();
+    let resumed = b.resume(b1.id(), "news", last_seen).unwrap();
+    assert_eq!(resumed, Resume::Pending);
+    for expected in &seen[3..] {
+        assert_eq!(next(&mut b1).await, Event::Broadcast(expected.clone()));
+    }
+    a.broadcast_room("news", "m5");
+    match next(&mut b1).await {
+        Event::Broadcast(m) => {
+            assert_eq!(m.message.as_text(), Some("m5"));
+            assert_eq!((m.epoch, m.offset), (seen[4].epoch, seen[4].offset + 1));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Now placed on B: a second resume is answered at once.
+    let mut b2 = b.connect().unwrap();
+    let resumed = b.resume(b2.id(), "news", last_seen).unwrap();
+    assert_eq!(resumed, Resume::CaughtUp { replayed: 3 });
+    assert_eq!(text(&mut b2).await, "m3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_keeps_local_delivery_and_reports_what_others_missed() {
+    let mut redis = RedisServer::start().await;
+    let (a, a_backplane) = node(&redis.url()).await;
+    let (b, b_backplane) = node(&redis.url()).await;
+    let mut a1 = a.connect().unwrap();
+    let mut b1 = b.connect().unwrap();
+    a.broadcast("before");
+    assert_eq!(text(&mut a1).await, "before");
+    assert_eq!(text(&mut b1).await, "before");
+
+    redis.stop().await;
+    // Each node still reaches its own connections, in an epoch of its own.
+    a.broadcast("during a");
+    b.broadcast("during b");
+    let resync = Event::Resync {
+        topic: Topic::All,
+        missed: None,
+    };
+    assert_eq!(next(&mut a1).await, resync);
+    assert_eq!(text(&mut a1).await, "during a");
+    assert_eq!(next(&mut b1).await, resync);
+    assert_eq!(text(&mut b1).await, "during b");
+    // Once a node knows, personal messages to the other node fail rather
+    // than vanish.
+    tokio::time::timeout(support::WAIT, a_backplane.until_down())
+        .await
+        .unwrap();
+    let refused = a.try_send_personal(b1.id(), "psst").unwrap_err();
+    assert!(
+        matches!(refused, hub::SendError::Unreachable { .. }),
+        "{refused}"
+    );
+
+    redis.restart().await;
+    tokio::time::timeout(support::WAIT, a_backplane.until_up())
+        .await
+        .unwrap();
+    tokio::time::timeout(support::WAIT, b_backplane.until_up())
+        .await
+        .unwrap();
+    a.broadcast("after");
+    // Back on the shared numbering (a new epoch: this Redis lost its data),
+    // each side is told the other delivered one message it did not get.
+    let missed_one = Event::Resync {
+        topic: Topic::All,
+        missed: Some(1),
+    };
+    for connection in [&mut a1, &mut b1] {
+        assert_eq!(next(connection).await, resync);
+        assert_eq!(next(connection).await, missed_one);
+        assert_eq!(text(connection).await, "after");
+    }
+    for backplane in [&a_backplane, &b_backplane] {
+        let stats = backplane.stats();
+        assert_eq!(
+            (stats.disconnects, stats.local_only, stats.notices),
+            (1, 1, 1)
+        );
+    }
+}
