@@ -51,6 +51,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod link;
+mod presence;
 mod wire;
 
 use std::collections::HashMap;
@@ -60,10 +61,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hub::backplane::MAX_NODE;
-use hub::{Backplane, Publication, Remote, Topic};
+use hub::{Backplane, ConnId, Metadata, PresenceEvent, PresenceKind, Publication, Remote, Topic};
 use tokio::sync::{mpsc, watch};
 
 use crate::link::{Command, Link};
+use crate::presence::Roster;
 use crate::wire::Keys;
 
 /// Default prefix of every key the backplane uses.
@@ -73,6 +75,9 @@ pub const DEFAULT_PREFIX: &str = "hub";
 pub const DEFAULT_HISTORY: usize = hub::DEFAULT_HISTORY;
 /// Default time a topic's keys live after its last message: one day.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default time after which a node that stopped answering has its room
+/// members dropped by the others.
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);
 /// Default number of publications waiting to be written.
 pub const DEFAULT_QUEUE: usize = 65_536;
 
@@ -125,6 +130,7 @@ pub(crate) struct Config {
     pub(crate) ttl: Duration,
     pub(crate) queue: usize,
     pub(crate) backoff: (Duration, Duration),
+    pub(crate) presence_ttl: Duration,
 }
 
 impl Builder {
@@ -167,6 +173,16 @@ impl Builder {
         self
     }
 
+    /// How long the other nodes keep listing this node's room members
+    /// after its last heartbeat (default [`DEFAULT_PRESENCE_TTL`], at
+    /// least a second). Heartbeats go every third of it, so a node that
+    /// dies has its members leave the others' lists within this time plus
+    /// a third.
+    pub fn presence_ttl(mut self, ttl: Duration) -> Self {
+        self.config.presence_ttl = ttl.max(Duration::from_millis(300));
+        self
+    }
+
     /// Connects to Redis, takes a node number, and starts the link task
     /// (on the current tokio runtime). Give the result to
     /// [`hub::Builder::backplane`].
@@ -205,6 +221,7 @@ impl Builder {
             queued: AtomicUsize::new(0),
             limit: self.config.queue,
             forks: Mutex::new(HashMap::new()),
+            roster: Mutex::new(Roster::default()),
             counters: Counters::default(),
             commands: Mutex::new(None),
         });
@@ -265,6 +282,7 @@ impl RedisBackplane {
                 ttl: DEFAULT_TTL,
                 queue: DEFAULT_QUEUE,
                 backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+                presence_ttl: DEFAULT_PRESENCE_TTL,
             },
         }
     }
@@ -358,6 +376,19 @@ impl Backplane for RedisBackplane {
     fn unwatch(&self, topic: &Topic) {
         let _ = self.commands.send(Command::Unwatch(topic.clone()));
     }
+
+    /// Room joins and leaves, and changes of name or user, are shared;
+    /// connects and disconnects are not.
+    fn announce(&self, event: &PresenceEvent) {
+        let shared = matches!(event.topic, Topic::Room(_)) || event.kind == PresenceKind::Updated;
+        if shared {
+            let _ = self.commands.send(Command::Presence(event.clone()));
+        }
+    }
+
+    fn members(&self, topic: &Topic) -> Vec<(ConnId, Metadata)> {
+        self.shared.roster().members(topic)
+    }
 }
 
 /// A snapshot of a [`RedisBackplane`]'s counters.
@@ -404,6 +435,8 @@ pub(crate) struct Shared {
     /// Topics delivered locally, with how many broadcasts, not yet
     /// reported.
     forks: Mutex<HashMap<Topic, u64>>,
+    /// The other nodes' room members.
+    roster: Mutex<Roster>,
     pub(crate) counters: Counters,
     /// For the link to queue commands to itself; emptied when the handle
     /// goes.
@@ -419,6 +452,10 @@ impl Shared {
 
     fn commands(&self) -> MutexGuard<'_, Option<mpsc::UnboundedSender<Command>>> {
         self.commands.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn roster(&self) -> MutexGuard<'_, Roster> {
+        self.roster.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn forks(&self) -> MutexGuard<'_, HashMap<Topic, u64>> {

@@ -6,12 +6,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub::{ConnId, Message, Position, Publication, Remote, Topic};
+use hub::{ConnId, Message, Position, PresenceEvent, PresenceKind, Publication, Remote, Topic};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Pipeline, RedisError, Value};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
+use crate::presence::{self, Member};
 use crate::wire::{self, Entry, Keys, MISSED};
 use crate::{Config, Shared};
 
@@ -25,6 +26,8 @@ pub(crate) enum Command {
     Publish(Publication),
     /// The topic forked while connected: report and place it again.
     Refork(Topic),
+    /// A room member of this node joined, left or changed.
+    Presence(PresenceEvent),
 }
 
 /// How far this node has read a topic's stream.
@@ -62,9 +65,15 @@ pub(crate) struct Link {
     remote: Option<Remote>,
     /// The topics this node keeps; `None` until placed.
     watched: HashMap<Topic, Option<Cursor>>,
-    /// Where this node reads its inbox and the user stream (stream ids).
+    /// Where this node reads its inbox, the user and presence streams
+    /// (stream ids).
     inbox: Option<(u64, u64)>,
     users: Option<(u64, u64)>,
+    presence: Option<(u64, u64)>,
+    /// This node's room members, as the other nodes should see them.
+    mine: HashMap<(Topic, ConnId), Member>,
+    /// Nodes whose members to read again (they wrote them anew).
+    reload: Vec<u32>,
 }
 
 /// Why a session ended.
@@ -124,6 +133,9 @@ impl Link {
             watched,
             inbox: None,
             users: None,
+            presence: None,
+            mine: HashMap::new(),
+            reload: Vec::new(),
         }
     }
 
@@ -195,6 +207,10 @@ impl Link {
                 self.watched.remove(&topic);
             }
             Command::Refork(_) => {}
+            Command::Presence(event) => {
+                // Written in full once Redis is back.
+                self.remember(&event);
+            }
             Command::Publish(publication) => {
                 self.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 self.give_back(publication);
@@ -291,6 +307,8 @@ impl Link {
             let ms = seconds * 1000 + micros / 1000;
             self.inbox.get_or_insert((0, 0));
             self.users.get_or_insert((ms.saturating_sub(1), u64::MAX));
+            self.presence
+                .get_or_insert((ms.saturating_sub(1), u64::MAX));
         }
         let Some(remote) = self.remote.clone() else {
             return Ok(());
@@ -311,7 +329,150 @@ impl Link {
             self.place_command(&mut pipe, session, &topic, Duration::ZERO);
             steps.push(Step::Place(topic));
         }
-        self.execute(session, pipe, steps).await
+        // This node's members, in full (Redis may have lost them), and a
+        // word to the others to read them again.
+        let members = self.keys.members(self.node);
+        pipe.cmd("DEL").arg(&members).ignore();
+        for ((topic, id), member) in &self.mine {
+            if let Topic::Room(room) = topic {
+                let field = presence::field(room.as_str(), *id);
+                pipe.cmd("HSET")
+                    .arg(&members)
+                    .arg(field)
+                    .arg(member.encode())
+                    .ignore();
+            }
+        }
+        self.presence_entry(&mut pipe, "s", &[]);
+        steps.push(Step::Plain);
+        self.heartbeat_commands(&mut pipe);
+        self.execute(session, pipe, steps).await?;
+        self.reload_all(session).await
+    }
+
+    /// Reads every other node's members anew.
+    async fn reload_all(&mut self, session: &mut Session) -> Result<(), Lost> {
+        let own = self.keys.members(self.node);
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        // SCAN ends when its cursor comes back to 0; bounded all the same.
+        for _ in 0..10_000 {
+            let (next, found): (u64, Vec<String>) = bounded(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(self.keys.members_pattern())
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut session.writer),
+            )
+            .await?;
+            keys.extend(found.into_iter().filter(|key| *key != own));
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        for key in keys {
+            let Some(node) = key.rsplit(':').next().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            self.reload(session, node).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads node `node`'s members anew.
+    async fn reload(&mut self, session: &mut Session, node: u32) -> Result<(), Lost> {
+        let fields: HashMap<String, String> = bounded(
+            redis::cmd("HGETALL")
+                .arg(self.keys.members(node))
+                .query_async(&mut session.writer),
+        )
+        .await?;
+        let members = (fields.iter())
+            .filter_map(|(field, value)| {
+                Some((presence::parse_field(field)?, Member::decode(value)?))
+            })
+            .collect();
+        let events = self.shared.roster().replace(node, members);
+        self.announce(events);
+        Ok(())
+    }
+
+    fn announce(&self, events: Vec<PresenceEvent>) {
+        if let Some(remote) = &self.remote {
+            for event in events {
+                remote.announce(event);
+            }
+        }
+    }
+
+    /// Records a change of this node's members; returns the hash fields
+    /// to write (`Some` value) or delete (`None`).
+    fn remember(&mut self, event: &PresenceEvent) -> Vec<(String, Option<String>)> {
+        let member = Member::of(&event.metadata);
+        let mut changes = Vec::new();
+        match (&event.kind, &event.topic) {
+            (PresenceKind::Joined, Topic::Room(room)) => {
+                changes.push((
+                    presence::field(room.as_str(), event.id),
+                    Some(member.encode()),
+                ));
+                self.mine.insert((event.topic.clone(), event.id), member);
+            }
+            (PresenceKind::Left, Topic::Room(room)) => {
+                changes.push((presence::field(room.as_str(), event.id), None));
+                self.mine.remove(&(event.topic.clone(), event.id));
+            }
+            (PresenceKind::Updated, _) => {
+                for ((topic, id), known) in &mut self.mine {
+                    if let (Topic::Room(room), true) = (topic, *id == event.id) {
+                        *known = member.clone();
+                        changes.push((presence::field(room.as_str(), *id), Some(member.encode())));
+                    }
+                }
+            }
+            _ => {}
+        }
+        changes
+    }
+
+    /// Adds an entry of kind `kind` to the presence stream.
+    fn presence_entry(&self, pipe: &mut Pipeline, kind: &str, fields: &[(&str, &[u8])]) {
+        pipe.cmd("XADD")
+            .arg(self.keys.presence())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(INBOX_LENGTH)
+            .arg("*")
+            .arg("n")
+            .arg(self.node)
+            .arg("k")
+            .arg(kind);
+        for (name, value) in fields {
+            pipe.arg(*name).arg(*value);
+        }
+    }
+
+    /// A heartbeat, and this node's members kept from expiring.
+    fn heartbeat_commands(&self, pipe: &mut Pipeline) {
+        let seconds = self.config.presence_ttl.as_millis();
+        self.presence_entry(pipe, "h", &[]);
+        pipe.ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(self.keys.members(self.node))
+            .arg(u64::try_from(seconds).unwrap_or(u64::MAX))
+            .ignore();
+    }
+
+    async fn heartbeat(&mut self, session: &mut Session) -> Result<(), Lost> {
+        let mut pipe = redis::pipe();
+        self.heartbeat_commands(&mut pipe);
+        bounded(pipe.query_async::<()>(&mut session.writer)).await?;
+        let gone = self.shared.roster().expire(self.config.presence_ttl);
+        self.announce(gone);
+        Ok(())
     }
 
     /// Writes and reads until Redis is lost (`Err`) or the hub is gone.
@@ -323,12 +484,17 @@ impl Link {
         // still uses the old one.
         let mut stale = false;
         let mut nudge = tokio::time::interval(Duration::from_millis(10));
+        let beat = self.config.presence_ttl / 3;
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + beat, beat);
         loop {
             tokio::select! {
                 biased;
                 got = &mut read => {
                     let news = got?;
                     self.take_in(news);
+                    for node in std::mem::take(&mut self.reload) {
+                        self.reload(session, node).await?;
+                    }
                     stale = false;
                     read = Box::pin(self.read(session));
                 }
@@ -342,6 +508,7 @@ impl Link {
                 }
                 _ = nudge.tick(), if stale => self.unblock(session).await?,
                 _ = refresh.tick() => self.refresh(session).await?,
+                _ = heartbeat.tick() => self.heartbeat(session).await?,
             }
         }
     }
@@ -403,9 +570,13 @@ impl Link {
             self.inbox.unwrap_or_default(),
             self.users.unwrap_or_default(),
         );
-        cmd.arg(self.keys.inbox(self.node)).arg(self.keys.users());
-        ids.push(format!("{}-{}", inbox.0, inbox.1));
-        ids.push(format!("{}-{}", users.0, users.1));
+        let presence = self.presence.unwrap_or_default();
+        cmd.arg(self.keys.inbox(self.node))
+            .arg(self.keys.users())
+            .arg(self.keys.presence());
+        for (ms, seq) in [inbox, users, presence] {
+            ids.push(format!("{ms}-{seq}"));
+        }
         cmd.arg(ids);
         async move {
             match timeout(
@@ -432,6 +603,7 @@ impl Link {
         };
         let inbox = self.keys.inbox(self.node).into_bytes();
         let users = self.keys.users().into_bytes();
+        let presence = self.keys.presence().into_bytes();
         let topics: HashMap<Vec<u8>, Topic> = (self.watched.keys())
             .map(|topic| (self.keys.stream(topic).into_bytes(), topic.clone()))
             .collect();
@@ -445,6 +617,11 @@ impl Link {
                 for entry in entries {
                     self.users = Some(entry.id);
                     self.user(entry);
+                }
+            } else if key == presence {
+                for entry in entries {
+                    self.presence = Some(entry.id);
+                    self.presence_change(entry);
                 }
             } else if let Some(topic) = topics.get(&key) {
                 for entry in entries {
@@ -479,6 +656,40 @@ impl Link {
         if let Some(message) = take_message(&mut entry) {
             remote.send_to_user(&user, message);
         }
+    }
+
+    /// Another node's join, leave, change, heartbeat or new list.
+    fn presence_change(&mut self, mut entry: Entry) {
+        let Some(node) = entry.number("n").and_then(|n| u32::try_from(n).ok()) else {
+            return;
+        };
+        if node == self.node {
+            return;
+        }
+        let kind = match entry.field("k") {
+            Some(b"j") => PresenceKind::Joined,
+            Some(b"l") => PresenceKind::Left,
+            Some(b"u") => PresenceKind::Updated,
+            Some(b"s") => {
+                self.reload.push(node);
+                return;
+            }
+            _ => {
+                self.shared.roster().heard(node);
+                return;
+            }
+        };
+        let field = entry.take("f").and_then(|f| String::from_utf8(f).ok());
+        let member = entry.take("a").and_then(|a| String::from_utf8(a).ok());
+        let Some((topic, id)) = field.as_deref().and_then(presence::parse_field) else {
+            return;
+        };
+        let member = member
+            .as_deref()
+            .and_then(Member::decode)
+            .unwrap_or_default();
+        let event = self.shared.roster().apply(node, kind, topic, id, member);
+        self.announce(event.into_iter().collect());
     }
 
     fn broadcast(&mut self, topic: &Topic, mut entry: Entry) {
@@ -562,6 +773,28 @@ impl Link {
                 Command::Publish(publication) => {
                     self.shared.queued.fetch_sub(1, Ordering::AcqRel);
                     self.publish_command(&mut pipe, session, publication, &mut steps);
+                }
+                Command::Presence(event) => {
+                    let kind = match event.kind {
+                        PresenceKind::Joined => "j",
+                        PresenceKind::Left => "l",
+                        _ => "u",
+                    };
+                    let members = self.keys.members(self.node);
+                    for (field, value) in self.remember(&event) {
+                        match &value {
+                            Some(value) => pipe.cmd("HSET").arg(&members).arg(&field).arg(value),
+                            None => pipe.cmd("HDEL").arg(&members).arg(&field),
+                        };
+                        pipe.ignore();
+                        let value = value.unwrap_or_default();
+                        self.presence_entry(
+                            &mut pipe,
+                            kind,
+                            &[("f", field.as_bytes()), ("a", value.as_bytes())],
+                        );
+                        steps.push(Step::Plain);
+                    }
                 }
             }
             if steps.len() < BATCH {

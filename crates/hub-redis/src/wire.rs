@@ -117,6 +117,18 @@ impl Keys {
         format!("{}:users", self.prefix)
     }
 
+    pub(crate) fn members(&self, node: u32) -> String {
+        format!("{}:members:{node}", self.prefix)
+    }
+
+    pub(crate) fn members_pattern(&self) -> String {
+        format!("{}:members:*", self.prefix)
+    }
+
+    pub(crate) fn presence(&self) -> String {
+        format!("{}:presence", self.prefix)
+    }
+
     pub(crate) fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }

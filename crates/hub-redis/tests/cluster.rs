@@ -250,3 +250,114 @@ async fn a_redis_outage_keeps_local_delivery_and_reports_what_others_missed() {
         );
     }
 }
+
+/// The next presence event about `id` in room `room`, within the wait.
+async fn presence_of(
+    events: &mut tokio::sync::broadcast::Receiver<hub::PresenceEvent>,
+    room: &str,
+    id: hub::ConnId,
+) -> hub::PresenceEvent {
+    tokio::time::timeout(support::WAIT, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.topic == Topic::Room(room.into()) && event.id == id {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("no presence event in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_presence_is_shared_and_a_silent_node_expires() {
+    use hub::PresenceKind::{Joined, Left, Updated};
+    use std::time::Duration;
+
+    let redis = RedisServer::start().await;
+    let ttl = Duration::from_millis(600);
+    let start = |url: String| async move {
+        let backplane = hub_redis::RedisBackplane::builder(url)
+            .presence_ttl(ttl)
+            .connect()
+            .await
+            .unwrap();
+        let hub = hub::Hub::builder().backplane(backplane.clone()).build();
+        tokio::time::timeout(support::WAIT, backplane.until_up())
+            .await
+            .unwrap();
+        (hub, backplane)
+    };
+    let (a, _a_backplane) = start(redis.url()).await;
+    let (b, _b_backplane) = start(redis.url()).await;
+    let mut seen_by_b = b.presence();
+    let a1 = a.connect_with(Metadata::new().with_name("ann")).unwrap();
+    a.join(a1.id(), "r").unwrap();
+    let joined = presence_of(&mut seen_by_b, "r", a1.id()).await;
+    assert_eq!(joined.kind, Joined);
+    assert_eq!(joined.metadata.name(), Some("ann"));
+    let b1 = b.connect_with(Metadata::new().with_name("bo")).unwrap();
+    b.join(b1.id(), "r").unwrap();
+    let names = |hub: &hub::Hub| -> Vec<(hub::ConnId, Option<String>)> {
+        (hub.members("r").into_iter())
+            .map(|(id, m)| (id, m.name().map(str::to_owned)))
+            .collect()
+    };
+    let mut expected = vec![
+        (a1.id(), Some("ann".to_owned())),
+        (b1.id(), Some("bo".to_owned())),
+    ];
+    expected.sort();
+    assert_eq!(names(&b), expected);
+
+    a.set_metadata(a1.id(), Metadata::new().with_name("anna"));
+    let updated = presence_of(&mut seen_by_b, "r", a1.id()).await;
+    assert_eq!(
+        (updated.kind, updated.metadata.name()),
+        (Updated, Some("anna"))
+    );
+    a.leave(a1.id(), "r");
+    let left = presence_of(&mut seen_by_b, "r", a1.id()).await;
+    assert_eq!(left.kind, Left);
+    assert_eq!(names(&b), vec![(b1.id(), Some("bo".to_owned()))]);
+
+    // A node that stops answering (here: one that wrote its member and
+    // then went silent) has its members leave after the time to live.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let ghost = hub::ConnId::from_raw((77u64 << 44) | 1).unwrap();
+    let field = format!("r\u{1f}{}", ghost.get());
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg("hub:members:77")
+        .arg(&field)
+        .arg("5:ghost-")
+        .ignore()
+        .cmd("XADD")
+        .arg("hub:presence")
+        .arg("*")
+        .arg("n")
+        .arg(77)
+        .arg("k")
+        .arg("j")
+        .arg("f")
+        .arg(&field)
+        .arg("a")
+        .arg("5:ghost-")
+        .ignore()
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let joined = presence_of(&mut seen_by_b, "r", ghost).await;
+    assert_eq!(
+        (joined.kind, joined.metadata.name()),
+        (Joined, Some("ghost"))
+    );
+    assert_eq!(b.members("r").len(), 2);
+    let gone = tokio::time::Instant::now();
+    let left = presence_of(&mut seen_by_b, "r", ghost).await;
+    assert_eq!(left.kind, Left);
+    assert!(gone.elapsed() <= ttl + ttl / 3 + Duration::from_millis(500));
+    assert_eq!(b.members("r").len(), 1);
+    drop(a1);
+}

@@ -24,7 +24,7 @@ use std::sync::{Arc, Weak};
 
 use crate::hub::Inner;
 use crate::room::Payload;
-use crate::{ConnId, Message, Position, SendError, Topic};
+use crate::{ConnId, Message, Metadata, Position, PresenceEvent, SendError, Topic};
 
 /// The largest node number; connection ids carry it in their top bits.
 pub const MAX_NODE: u32 = (1 << NODE_BITS) - 1;
@@ -123,6 +123,19 @@ pub trait Backplane: fmt::Debug + Send + Sync + 'static {
 
     /// The hub no longer keeps a room: stop delivering its messages.
     fn unwatch(&self, topic: &Topic);
+
+    /// A connection of this node joined, left or changed: tell the other
+    /// nodes (they pass it to [`Remote::announce`]). By default, nothing.
+    fn announce(&self, event: &PresenceEvent) {
+        let _ = event;
+    }
+
+    /// The members of `topic` on the other nodes, as last heard of, for
+    /// [`Hub::members`](crate::Hub::members). By default, none.
+    fn members(&self, topic: &Topic) -> Vec<(ConnId, Metadata)> {
+        let _ = topic;
+        Vec::new()
+    }
 }
 
 /// A backplane's handle on its hub, given by [`Backplane::start`]. It does
@@ -243,6 +256,14 @@ impl Remote {
         self.inner
             .upgrade()
             .map_or(0, |inner| inner.send_to_user_local(user, &message))
+    }
+
+    /// Passes a presence event of another node to this hub's
+    /// [`presence`](crate::Hub::presence) subscribers.
+    pub fn announce(&self, event: PresenceEvent) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.announce_remote(event);
+        }
     }
 
     /// The topics this node keeps ([`Topic::All`] and its rooms), for a

@@ -768,13 +768,20 @@ impl Hub {
             .broadcast(Topic::Room(room.into()), message, except)
     }
 
-    /// The members of `room` with their metadata, in id order.
+    /// The members of `room` with their metadata, in id order. With a
+    /// [backplane](Builder::backplane), those of the other nodes are
+    /// listed too, as the backplane last heard of them (with their name and
+    /// user).
     #[must_use]
     pub fn members(&self, room: &str) -> Vec<(ConnId, Metadata)> {
-        self.inner
-            .room(room)
+        let mut members = (self.inner.room(room))
             .map(|room| room.members())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(backplane) = &self.inner.backplane {
+            members.extend(backplane.members(&Topic::Room(room.into())));
+            members.sort_by_key(|(id, _)| *id);
+        }
+        members
     }
 
     /// The rooms that have members, sorted by name.
@@ -814,7 +821,10 @@ impl Hub {
     }
 
     /// Joins and leaves of every topic ([`Topic::All`] for connects and
-    /// disconnects) from now on, and metadata changes.
+    /// disconnects) from now on, and metadata changes. With a
+    /// [backplane](Builder::backplane), those of the other nodes too, as
+    /// the backplane hears of them (a node that stops answering has its
+    /// members leave).
     ///
     /// A subscriber that falls more than 1024 events behind gets
     /// `RecvError::Lagged` from the receiver, then continues.
@@ -1143,12 +1153,21 @@ impl Inner {
     }
 
     fn announce(&self, kind: PresenceKind, topic: Topic, id: ConnId, metadata: &Metadata) {
-        let _ = self.presence.send(PresenceEvent {
+        let event = PresenceEvent {
             kind,
             topic,
             id,
             metadata: metadata.clone(),
-        });
+        };
+        if let Some(backplane) = &self.backplane {
+            backplane.announce(&event);
+        }
+        let _ = self.presence.send(event);
+    }
+
+    /// Passes on a presence event of another node.
+    pub(crate) fn announce_remote(&self, event: PresenceEvent) {
+        let _ = self.presence.send(event);
     }
 
     /// Joins (or, with `from`, resumes) a room; `None` if already a member

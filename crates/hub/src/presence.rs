@@ -27,3 +27,17 @@ pub struct PresenceEvent {
     /// The connection's metadata (after the change, for `Updated`).
     pub metadata: Metadata,
 }
+
+impl PresenceEvent {
+    /// An event, for a [backplane](crate::Backplane) passing on another
+    /// node's ([`Remote::announce`](crate::Remote::announce)).
+    #[must_use]
+    pub fn new(kind: PresenceKind, topic: Topic, id: ConnId, metadata: Metadata) -> Self {
+        Self {
+            kind,
+            topic,
+            id,
+            metadata,
+        }
+    }
+}
