@@ -27,6 +27,17 @@ pub struct Args {
     #[arg(long, env = "CHAT_MAX_MESSAGE_SIZE", default_value_t = hub_ws::DEFAULT_MAX_MESSAGE_SIZE)]
     pub max_message_size: usize,
 
+    /// Share fan-out with other chat-server nodes through this Redis
+    /// (e.g. redis://127.0.0.1:6379): broadcasts, rooms, private lines,
+    /// presence and resume work across every node using the same Redis and
+    /// prefix. Without it the server stands alone and needs nothing else.
+    #[arg(long, env = "CHAT_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the Redis keys, so several deployments can share a Redis.
+    #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat")]
+    pub redis_prefix: String,
+
     /// Messages each room's channel holds for clients that have not read
     /// them yet; a client further behind is refilled from history.
     #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::DEFAULT_CAPACITY)]

@@ -125,6 +125,8 @@ impl Handler for RoomChat {
             (Some(_), Resume::Resync { missed, replayed }) => {
                 json!({ "replayed": replayed, "resync": { "missed": missed } })
             }
+            // The room is new on this node: the replay follows.
+            (Some(_), Resume::Pending) => json!({ "pending": true }),
             (Some(_), _) => json!(null),
         };
         let welcome = payload(

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hub::Hub;
+use hub_redis::RedisBackplane;
 use hub_ws::{Config, Origins, RateLimit, WsServer};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -202,6 +203,9 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// How long [`Server::bind`] waits for a backplane to be ready.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
 /// Why [`Server::bind`] could not start a server.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -218,6 +222,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// Redis (`--redis-url`) could not be reached.
+    #[error(transparent)]
+    Redis(#[from] hub_redis::Error),
 }
 
 impl Server {
@@ -259,25 +266,59 @@ impl Server {
             config = config.allow_origin(origin.as_str());
         }
         let auth = args.auth();
-        let hub = |args: &Args| {
+        let builder = || {
             Hub::builder()
                 .capacity(args.capacity)
                 .queue_capacity(args.queue_capacity)
                 .history(args.history, args.history_bytes)
                 .queue_budget(args.queue_budget)
-                .build()
         };
+        // `/ws` and the rooms share fan-out with other nodes, each under its
+        // own prefix; echo replies never leave the node.
+        let mut backplanes = Vec::new();
+        let shared = |endpoint: &'static str| {
+            let builder = builder();
+            let url = args.redis_url.clone();
+            let prefix = format!("{}:{endpoint}", args.redis_prefix);
+            let history = args.history;
+            async move {
+                let Some(url) = url else {
+                    return Ok::<_, StartError>((builder.build(), None));
+                };
+                let backplane = RedisBackplane::builder(url)
+                    .prefix(prefix)
+                    .history(history)
+                    .connect()
+                    .await?;
+                let hub = builder.backplane(backplane.clone()).build();
+                // Ready once placed, so the first clients already share
+                // fan-out; if that takes too long, serve locally meanwhile.
+                let up = tokio::time::timeout(READY_WITHIN, backplane.until_up()).await;
+                if up.is_err() {
+                    tracing::warn!(
+                        endpoint,
+                        "Redis not ready yet; serving this node's clients meanwhile"
+                    );
+                }
+                Ok((hub, Some((endpoint, backplane))))
+            }
+        };
+        let (chat_hub, chat_backplane) = shared("ws").await?;
+        let (rooms_hub, rooms_backplane) = shared("rooms").await?;
+        backplanes.extend(chat_backplane);
+        backplanes.extend(rooms_backplane);
         Ok(Self {
             listener,
             tls,
             routes: Routes {
-                chat: WsServer::with_config(hub(args), Chat::new(auth.clone()), config.clone()),
+                chat: WsServer::with_config(chat_hub, Chat::new(auth.clone()), config.clone()),
                 rooms: WsServer::with_config(
-                    hub(args),
+                    rooms_hub,
                     RoomChat::new(auth.clone()),
                     config.clone(),
                 ),
-                echo: WsServer::with_config(hub(args), Echo::new(auth), config),
+                echo: WsServer::with_config(builder().build(), Echo::new(auth), config),
+                backplanes,
             },
             grace: args.shutdown_grace,
             batches: (args.shutdown_batch, args.shutdown_batch_interval),

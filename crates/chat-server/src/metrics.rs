@@ -168,9 +168,66 @@ const WS: [Series<WsStats>; 9] = [
     ),
 ];
 
-/// The exposition of all endpoints' counters.
-pub(crate) fn render(endpoints: &[Endpoint]) -> String {
+const BACKPLANE: [Series<hub_redis::Stats>; 7] = [
+    (
+        "backplane_up",
+        "gauge",
+        "1 while Redis is reachable and fan-out is shared with the other nodes.",
+        |s| u64::from(s.up),
+    ),
+    (
+        "backplane_disconnects_total",
+        "counter",
+        "Times the connection to Redis was lost.",
+        |s| s.disconnects,
+    ),
+    (
+        "backplane_published_total",
+        "counter",
+        "Broadcasts written to Redis.",
+        |s| s.published,
+    ),
+    (
+        "backplane_delivered_total",
+        "counter",
+        "Broadcasts read from Redis and delivered on this node.",
+        |s| s.delivered,
+    ),
+    (
+        "backplane_local_only_total",
+        "counter",
+        "Broadcasts delivered on this node only, Redis being out of reach.",
+        |s| s.local_only,
+    ),
+    (
+        "backplane_notices_total",
+        "counter",
+        "Notices written to tell the other nodes what they missed from this one.",
+        |s| s.notices,
+    ),
+    (
+        "backplane_dropped_total",
+        "counter",
+        "Private and user messages for other nodes lost to an outage or a gone client.",
+        |s| s.dropped,
+    ),
+];
+
+/// The exposition of all endpoints' counters, and those of their
+/// backplanes if any.
+pub(crate) fn render(
+    endpoints: &[Endpoint],
+    backplanes: &[(&'static str, hub_redis::Stats)],
+) -> String {
     let mut out = String::new();
+    if !backplanes.is_empty() {
+        for (name, kind, help, value) in BACKPLANE {
+            family(&mut out, name, kind, help);
+            for (endpoint, stats) in backplanes {
+                sample(&mut out, name, endpoint, None, value(stats));
+            }
+        }
+    }
     for (name, kind, help, value) in HUB {
         family(&mut out, name, kind, help);
         for endpoint in endpoints {

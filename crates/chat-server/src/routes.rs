@@ -1,10 +1,12 @@
 //! HTTP routing: the page, the two WebSocket endpoints, health and metrics.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hub::Metadata;
+use hub_redis::RedisBackplane;
 use hub_ws::{PeerAddr, UpgradeError, WsServer};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -23,6 +25,8 @@ pub(crate) struct Routes {
     pub(crate) chat: WsServer<Chat>,
     pub(crate) rooms: WsServer<RoomChat>,
     pub(crate) echo: WsServer<Echo>,
+    /// With `--redis-url`: the backplane of each endpoint that has one.
+    pub(crate) backplanes: Vec<(&'static str, Arc<RedisBackplane>)>,
 }
 
 type Body = Full<Bytes>;
@@ -45,6 +49,10 @@ impl Routes {
             "/healthz" => get_only(&request, || {
                 if self.chat.hub().is_shut_down() {
                     respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "shutting down\n")
+                } else if self.backplanes.iter().any(|(_, b)| !b.is_up()) {
+                    // Still serving: this node's clients reach each other.
+                    let body = "ok; Redis out of reach, serving this node's clients only\n";
+                    respond(StatusCode::OK, TEXT, body)
                 } else {
                     respond(StatusCode::OK, TEXT, "ok\n")
                 }
@@ -53,7 +61,7 @@ impl Routes {
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    metrics::render(&self.endpoints()),
+                    metrics::render(&self.endpoints(), &self.backplane_stats()),
                 )
             }),
             _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
@@ -68,6 +76,13 @@ impl Routes {
             Endpoint::of("rooms", &self.rooms),
             Endpoint::of("echo", &self.echo),
         ]
+    }
+
+    /// Each backplane's counters, for `/metrics`.
+    fn backplane_stats(&self) -> Vec<(&'static str, hub_redis::Stats)> {
+        (self.backplanes.iter())
+            .map(|(endpoint, backplane)| (*endpoint, backplane.stats()))
+            .collect()
     }
 
     /// `/ws` and `/ws/{room}`: the classic chat without parameters, the

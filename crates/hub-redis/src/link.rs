@@ -47,9 +47,6 @@ const BLOCK: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a personal message waits in a node's inbox, in seconds.
 const INBOX_TTL: u64 = 3600;
-/// Added to how long ago a room was created here when placing it, for
-/// the difference between this node's and Redis's notion of "now".
-const PLACE_MARGIN: Duration = Duration::from_millis(20);
 /// Entries looked at when placing a topic, at least.
 const PLACE_LOOKBACK: usize = 256;
 /// Length of the inbox and user streams.
@@ -98,7 +95,8 @@ enum Step {
     Publish(Publication),
     /// A personal message: the `XADD` and the `EXPIRE`.
     Personal(ConnId, Message),
-    Place(Topic),
+    /// Placing a topic; for a room new here, when it was created.
+    Place(Topic, Option<Instant>),
     Plain,
 }
 
@@ -326,8 +324,8 @@ impl Link {
             steps.push(Step::Plain);
         }
         for topic in topics {
-            self.place_command(&mut pipe, session, &topic, Duration::ZERO);
-            steps.push(Step::Place(topic));
+            self.place_command(&mut pipe, session, &topic);
+            steps.push(Step::Place(topic, None));
         }
         // This node's members, in full (Redis may have lost them), and a
         // word to the others to read them again.
@@ -747,13 +745,10 @@ impl Link {
         while let Some(command) = next.take() {
             match command {
                 Command::Start(remote) => self.remote = Some(remote),
-                Command::Watch(topic, since) => {
-                    // Messages stored since the room was created here are
-                    // for its members (with a margin for the clocks).
-                    let age = since.elapsed() + PLACE_MARGIN;
+                Command::Watch(topic, created) => {
                     self.watched.entry(topic.clone()).or_insert(None);
-                    self.place_command(&mut pipe, session, &topic, age);
-                    steps.push(Step::Place(topic));
+                    self.place_command(&mut pipe, session, &topic);
+                    steps.push(Step::Place(topic, Some(created)));
                     changed = true;
                 }
                 Command::Refork(topic) => {
@@ -762,8 +757,8 @@ impl Link {
                         steps.push(Step::Plain);
                     }
                     if self.watched.contains_key(&topic) {
-                        self.place_command(&mut pipe, session, &topic, Duration::ZERO);
-                        steps.push(Step::Place(topic));
+                        self.place_command(&mut pipe, session, &topic);
+                        steps.push(Step::Place(topic, None));
                         changed = true;
                     }
                 }
@@ -891,11 +886,10 @@ impl Link {
             .arg(missed);
     }
 
-    fn place_command(&self, pipe: &mut Pipeline, session: &Session, topic: &Topic, age: Duration) {
+    fn place_command(&self, pipe: &mut Pipeline, session: &Session, topic: &Topic) {
         self.script(pipe, &session.place, topic)
             .arg(self.config.history.max(PLACE_LOOKBACK))
-            .arg(self.config.ttl.as_secs())
-            .arg(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+            .arg(self.config.ttl.as_secs());
     }
 
     /// Runs a pipeline and acts on its replies. If Redis is lost first,
@@ -926,9 +920,12 @@ impl Link {
         };
         for (step, reply) in steps.into_iter().zip(replies) {
             match step {
-                Step::Place(topic) => {
+                Step::Place(topic, created) => {
                     let placed = wire::place(reply)?;
-                    self.place(topic, placed);
+                    // Messages stored since the room was created here are
+                    // for its members.
+                    let start = created.map_or(placed.next, |c| placed.start(c.elapsed()));
+                    self.place(topic, placed, start);
                 }
                 Step::Publish(_) => {
                     self.shared
@@ -946,10 +943,8 @@ impl Link {
     /// cursor if it follows the same epoch, or else from where a new
     /// follower starts, with the stream's latest entries before that as
     /// history.
-    fn place(&mut self, topic: Topic, placed: wire::Placed) {
-        let wire::Placed {
-            epoch, start, tail, ..
-        } = placed;
+    fn place(&mut self, topic: Topic, placed: wire::Placed, start: u64) {
+        let wire::Placed { epoch, tail, .. } = placed;
         let Some(remote) = self.remote.clone() else {
             return;
         };

@@ -39,10 +39,8 @@ return {epoch, offset}
 /// Where a topic stands, creating it if needed, with its latest messages.
 ///
 /// KEYS: meta, stream. ARGV: epoch offered, how many messages, time to
-/// live, and an age in milliseconds. Returns the epoch, the next offset, up
-/// to that many entries (newest first), and where a node that began to
-/// keep the topic that long ago starts: the first message stored since
-/// then (by Redis's clock), or the next offset.
+/// live. Returns the epoch, the next offset, up to that many entries
+/// (newest first) and Redis's clock, in milliseconds.
 pub(crate) const PLACE: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -57,21 +55,8 @@ local tail = {}
 if tonumber(ARGV[2]) > 0 then
   tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
 end
-local start = tonumber(next)
-if tonumber(ARGV[4]) > 0 then
-  local now = redis.call('TIME')
-  local since = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[4])
-  for _, entry in ipairs(tail) do
-    local stored = nil
-    local fields = entry[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 's' then stored = tonumber(fields[i + 1]) end
-    end
-    if stored == nil or stored < since then break end
-    start = tonumber(string.match(entry[1], '-(%d+)$')) - 1
-  end
-end
-return {epoch, next, tail, start}
+local now = redis.call('TIME')
+return {epoch, next, tail, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
 ";
 
 /// Kinds of topic entries.
@@ -275,18 +260,40 @@ pub(crate) fn streams(value: Value) -> Result<Streams, Unexpected> {
 #[derive(Debug)]
 pub(crate) struct Placed {
     pub(crate) epoch: u64,
-    /// Where a new follower starts.
-    pub(crate) start: u64,
+    pub(crate) next: u64,
     /// The latest entries, oldest first.
     pub(crate) tail: Vec<Entry>,
+    /// Redis's clock when it answered, in milliseconds.
+    pub(crate) now: u64,
+}
+
+impl Placed {
+    /// Where a node that began to keep the topic `age` ago starts: at the
+    /// first message Redis stored since then, or at the next one. `age`
+    /// is measured up to the reply, so it errs early, by the round trip
+    /// at most: a member may get a message sent just before it joined,
+    /// never miss one sent after.
+    pub(crate) fn start(&self, age: std::time::Duration) -> u64 {
+        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        // Stored stamps are whole milliseconds: one more for rounding.
+        let since = self.now.saturating_sub(age).saturating_sub(1);
+        let mut start = self.next;
+        for entry in self.tail.iter().rev() {
+            match (entry.number("s"), entry.offset()) {
+                (Some(stored), Some(offset)) if stored >= since => start = offset,
+                _ => break,
+            }
+        }
+        start
+    }
 }
 
 pub(crate) fn place(value: Value) -> Result<Placed, Unexpected> {
     let mut parts = array(value)?.into_iter();
-    let (Some(epoch), Some(_next), Some(tail), Some(start)) =
+    let (Some(epoch), Some(next), Some(tail), Some(now)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Unexpected("expected epoch, next, entries and start"));
+        return Err(Unexpected("expected epoch, next, entries and time"));
     };
     let mut tail = array(tail)?
         .into_iter()
@@ -295,8 +302,9 @@ pub(crate) fn place(value: Value) -> Result<Placed, Unexpected> {
     tail.reverse();
     Ok(Placed {
         epoch: number(epoch)?,
-        start: number(start)?,
+        next: number(next)?,
         tail,
+        now: number(now)?,
     })
 }
 
@@ -340,6 +348,29 @@ mod tests {
         assert!(entry(Value::Array(vec![bulk("x-y"), Value::Array(vec![])])).is_err());
         assert_eq!(parse_id(b"12-3"), Some((12, 3)));
         assert_eq!(parse_id(b"12"), None);
+    }
+
+    #[test]
+    fn a_new_member_starts_at_what_was_stored_since_it_joined() {
+        let stored = |offset: u64, ms: u64| Entry {
+            id: (0, offset + 1),
+            fields: vec![(b"s".to_vec(), ms.to_string().into_bytes())],
+        };
+        let placed = Placed {
+            epoch: 1,
+            next: 3,
+            tail: vec![stored(0, 900), stored(1, 990), stored(2, 995)],
+            now: 1000,
+        };
+        use std::time::Duration;
+        assert_eq!(placed.start(Duration::from_millis(2)), 3, "nothing since");
+        assert_eq!(placed.start(Duration::from_millis(5)), 2);
+        assert_eq!(
+            placed.start(Duration::from_millis(9)),
+            1,
+            "a millisecond early"
+        );
+        assert_eq!(placed.start(Duration::from_secs(5)), 0);
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! Two chat-server nodes sharing one real `redis-server` (`--redis-url`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../hub-redis/tests/support/redis_server.rs"]
+mod redis_server;
+
+use common::{http, recv_text, send_text, TestServer};
+use redis_server::RedisServer;
+use serde_json::Value;
+
+async fn nodes(redis: &RedisServer) -> (TestServer, TestServer) {
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str()];
+    (
+        TestServer::start(&args).await,
+        TestServer::start(&args).await,
+    )
+}
+
+#[tokio::test]
+async fn the_classic_chat_spans_nodes_exactly_once() {
+    let redis = RedisServer::start().await;
+    let (a, b) = nodes(&redis).await;
+    let mut on_a = a.connect("/ws").await;
+    let mut on_b = b.connect("/ws").await;
+
+    send_text(&mut on_a, "hi").await;
+    assert_eq!(recv_text(&mut on_a).await, "Client says: hi");
+    assert_eq!(recv_text(&mut on_b).await, "Client says: hi");
+    send_text(&mut on_b, "yo").await;
+    // The next line is the next message: nothing came twice.
+    assert_eq!(recv_text(&mut on_a).await, "Client says: yo");
+    assert_eq!(recv_text(&mut on_b).await, "Client says: yo");
+
+    drop(on_a);
+    assert_eq!(recv_text(&mut on_b).await, "A client disconnected");
+
+    let (status, _, body) = http(a.addr, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "backplane_up{endpoint=\"ws\"} 1",
+        "backplane_up{endpoint=\"rooms\"} 1",
+        "backplane_published_total{endpoint=\"ws\"} 2",
+        "backplane_delivered_total{endpoint=\"ws\"} 3",
+        "backplane_local_only_total{endpoint=\"ws\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+    }
+    let (status, _, body) = http(b.addr, "GET", "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
+
+#[tokio::test]
+async fn a_room_client_resumes_on_the_other_node() {
+    let redis = RedisServer::start().await;
+    let (a, b) = nodes(&redis).await;
+    let mut writer = a.connect("/ws?room=r&name=writer").await;
+    assert_eq!(recv_text(&mut writer).await, "writer joined");
+    let mut reader = b.connect("/ws?room=r&name=reader&format=json").await;
+    let joined = next_line(&mut reader).await;
+    assert_eq!(
+        (&joined["data"]["kind"], &joined["data"]["from"]),
+        (&Value::from("joined"), &Value::from("reader"))
+    );
+    assert_eq!(recv_text(&mut writer).await, "reader joined");
+    send_text(&mut writer, "one").await;
+    assert_eq!(recv_text(&mut writer).await, "writer: one");
+    let one = next_line(&mut reader).await;
+    assert_eq!(one["data"]["text"], "one");
+    let (epoch, offset) = (
+        one["epoch"].as_str().unwrap(),
+        one["offset"].as_u64().unwrap(),
+    );
+
+    drop(reader);
+    assert_eq!(recv_text(&mut writer).await, "reader left");
+    send_text(&mut writer, "two").await;
+    assert_eq!(recv_text(&mut writer).await, "writer: two");
+
+    // Back on node A this time: the same positions, nothing missed twice.
+    let query = format!("/ws?room=r&name=reader&format=json&epoch={epoch}&offset={offset}");
+    let mut back = a.connect(&query).await;
+    for (i, (kind, field, what)) in [("left", "from", "reader"), ("chat", "text", "two")]
+        .into_iter()
+        .enumerate()
+    {
+        let frame = next_line(&mut back).await;
+        assert_eq!(frame["epoch"].as_str(), Some(epoch));
+        assert_eq!(frame["offset"].as_u64(), Some(offset + 1 + i as u64));
+        assert_eq!(
+            (&frame["data"]["kind"], &frame["data"][field]),
+            (&Value::from(kind), &Value::from(what))
+        );
+    }
+    let rejoined = next_line(&mut back).await;
+    assert_eq!(rejoined["data"]["kind"], "joined");
+    assert_eq!(rejoined["offset"].as_u64(), Some(offset + 3));
+}
+
+/// The next room line of a JSON client (skipping its personal frames).
+async fn next_line(client: &mut common::Client) -> Value {
+    loop {
+        let frame: Value = serde_json::from_str(&recv_text(client).await).unwrap();
+        if frame["type"] == "message" {
+            return frame;
+        }
+    }
+}
