@@ -17,6 +17,10 @@ fn text_only() -> Close {
     Close::new(CloseCode::UNSUPPORTED, "only text messages are supported")
 }
 
+/// How long a join waits for a room new on this node to be placed by the
+/// other nodes (see [`Hub::until_placed`]) before welcoming the client.
+const PLACE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn slow_down(dropped: u32) -> String {
     format!("slow down: {dropped} message(s) dropped")
 }
@@ -110,10 +114,17 @@ impl Handler for RoomChat {
                 .map(|_| Resume::CaughtUp { replayed: 0 }),
         };
         let Ok(joined) = joined else { return };
+        if hub.is_shared() {
+            // A room new on this node gets its place from the other nodes
+            // first; meanwhile this client is a member and misses nothing.
+            let _ = tokio::time::timeout(PLACE_WITHIN, hub.until_placed(&topic)).await;
+        }
         // Where the room stood when this client joined: lines from `next`
-        // on reach it (a room created by this join starts at 0).
+        // on reach it (a room created by this join starts at 0, or, shared
+        // with other nodes, where it was placed).
         let position = hub.position(&topic).map(|after| match before {
             Some(before) if before.epoch == after.epoch => before,
+            _ if hub.is_shared() => after,
             _ => Position {
                 epoch: after.epoch,
                 offset: 0,

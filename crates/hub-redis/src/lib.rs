@@ -48,6 +48,23 @@
 //! A broadcast in flight when the connection breaks may have been stored
 //! or not; it is delivered locally, and if Redis did store it, this node's
 //! connections receive it again after the `Resync`.
+//!
+//! # When a topic starts over in Redis
+//!
+//! A topic's keys can vanish (they expire after [`Builder::ttl`] without
+//! traffic, Redis may evict them, or it may restart empty), and Redis may
+//! restart from a snapshot that lacks its latest messages. Either way the
+//! topic starts a new epoch rather than give an offset a second meaning.
+//! Nodes notice at once when they publish to it, and otherwise at their
+//! next check (every third of [`Builder::presence_ttl`]); their
+//! connections get a `Resync`, then the new epoch's messages from its
+//! start.
+//!
+//! Node numbers are taken from a counter that every node raises back to
+//! its own number when it reconnects. A node started while Redis is back
+//! but before the older nodes have reconnected (a few seconds at most)
+//! could take a number in use: start nodes after Redis has been back for
+//! longer than [`Builder::backoff`]'s maximum.
 #![doc(test(attr(deny(warnings))))]
 
 mod link;
@@ -78,8 +95,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default time after which a node that stopped answering has its room
 /// members dropped by the others.
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);
-/// Default number of publications waiting to be written.
-pub const DEFAULT_QUEUE: usize = 65_536;
+/// Default size of the publications waiting to be written: 64 MiB.
+pub const DEFAULT_QUEUE: usize = 64 << 20;
 
 /// Why the backplane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -158,11 +175,13 @@ impl Builder {
         self
     }
 
-    /// How many publications may wait to be written (default
-    /// [`DEFAULT_QUEUE`]). Past that, broadcasts are delivered locally and
-    /// reported as missed to the other nodes, as during an outage.
-    pub fn queue(mut self, publications: usize) -> Self {
-        self.config.queue = publications.max(1);
+    /// How many bytes of publications may wait to be written (default
+    /// [`DEFAULT_QUEUE`]; each counts its message and 64 bytes). Past
+    /// that, Redis is not keeping up: broadcasts are delivered locally and
+    /// reported as missed to the other nodes, as during an outage, and
+    /// personal messages to other nodes are refused.
+    pub fn queue(mut self, bytes: usize) -> Self {
+        self.config.queue = bytes.max(1);
         self
     }
 
@@ -350,18 +369,19 @@ impl Backplane for RedisBackplane {
 
     fn publish(&self, publication: Publication) -> Result<(), Publication> {
         let shared = &self.shared;
-        let room = shared.queued.load(Ordering::Acquire) < shared.limit;
-        if !shared.up.load(Ordering::Acquire) || !room {
+        let cost = cost(&publication);
+        let queued = shared.queued.fetch_add(cost, Ordering::AcqRel);
+        if !shared.up.load(Ordering::Acquire) || queued + cost > shared.limit {
+            shared.queued.fetch_sub(cost, Ordering::AcqRel);
             if let Some(topic) = publication.topic() {
                 shared.fork(topic);
             }
             return Err(publication);
         }
-        shared.queued.fetch_add(1, Ordering::AcqRel);
         match self.commands.send(Command::Publish(publication)) {
             // The link is gone (its runtime is shutting down).
             Err(mpsc::error::SendError(Command::Publish(publication))) => {
-                shared.queued.fetch_sub(1, Ordering::AcqRel);
+                shared.queued.fetch_sub(cost, Ordering::AcqRel);
                 Err(publication)
             }
             _ => Ok(()),
@@ -369,8 +389,7 @@ impl Backplane for RedisBackplane {
     }
 
     fn watch(&self, topic: &Topic) {
-        let since = tokio::time::Instant::now();
-        let _ = self.commands.send(Command::Watch(topic.clone(), since));
+        let _ = self.commands.send(Command::Watch(topic.clone()));
     }
 
     fn unwatch(&self, topic: &Topic) {
@@ -389,6 +408,11 @@ impl Backplane for RedisBackplane {
     fn members(&self, topic: &Topic) -> Vec<(ConnId, Metadata)> {
         self.shared.roster().members(topic)
     }
+}
+
+/// What a queued publication counts toward [`Builder::queue`].
+pub(crate) fn cost(publication: &Publication) -> usize {
+    publication.message().len() + 64
 }
 
 /// A snapshot of a [`RedisBackplane`]'s counters.
@@ -484,6 +508,11 @@ impl Shared {
         }
     }
 
+    /// Puts back a count whose notice could not be written.
+    pub(crate) fn restore_fork(&self, topic: Topic, missed: u64) {
+        *self.forks().entry(topic).or_insert(0) += missed;
+    }
+
     pub(crate) fn take_fork(&self, topic: &Topic) -> Option<u64> {
         self.forks().remove(topic)
     }
@@ -492,3 +521,8 @@ impl Shared {
         self.forks().drain().collect()
     }
 }
+
+/// The crate README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -20,8 +20,8 @@ use crate::{Config, Shared};
 #[derive(Debug)]
 pub(crate) enum Command {
     Start(Remote),
-    /// Start following a room this node began to keep at that instant.
-    Watch(Topic, Instant),
+    /// Start following a room this node began to keep.
+    Watch(Topic),
     Unwatch(Topic),
     Publish(Publication),
     /// The topic forked while connected: report and place it again.
@@ -47,8 +47,6 @@ const BLOCK: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a personal message waits in a node's inbox, in seconds.
 const INBOX_TTL: u64 = 3600;
-/// Entries looked at when placing a topic, at least.
-const PLACE_LOOKBACK: usize = 256;
 /// Length of the inbox and user streams.
 const INBOX_LENGTH: usize = 10_000;
 
@@ -71,6 +69,8 @@ pub(crate) struct Link {
     mine: HashMap<(Topic, ConnId), Member>,
     /// Nodes whose members to read again (they wrote them anew).
     reload: Vec<u32>,
+    /// Topics to place again at the next heartbeat (placing failed).
+    retry: Vec<Topic>,
 }
 
 /// Why a session ended.
@@ -95,10 +95,15 @@ enum Step {
     Publish(Publication),
     /// A personal message: the `XADD` and the `EXPIRE`.
     Personal(ConnId, Message),
-    /// Placing a topic; for a room new here, when it was created.
-    Place(Topic, Option<Instant>),
+    /// Placing a topic.
+    Place(Topic),
+    /// A missed-messages notice for a topic, and its count.
+    Notice(Topic, u64),
     Plain,
 }
+
+/// Topics placed per pipeline when placing them all.
+const PLACE_BATCH: usize = 128;
 
 /// The connections of one session.
 struct Session {
@@ -134,6 +139,7 @@ impl Link {
             presence: None,
             mine: HashMap::new(),
             reload: Vec::new(),
+            retry: Vec::new(),
         }
     }
 
@@ -198,7 +204,7 @@ impl Link {
     fn offline(&mut self, command: Command) {
         match command {
             Command::Start(remote) => self.remote = Some(remote),
-            Command::Watch(topic, _) => {
+            Command::Watch(topic) => {
                 self.watched.entry(topic).or_insert(None);
             }
             Command::Unwatch(topic) => {
@@ -210,7 +216,7 @@ impl Link {
                 self.remember(&event);
             }
             Command::Publish(publication) => {
-                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                (self.shared.queued).fetch_sub(crate::cost(&publication), Ordering::AcqRel);
                 self.give_back(publication);
             }
         }
@@ -316,17 +322,28 @@ impl Link {
         for topic in &topics {
             self.watched.entry(topic.clone()).or_insert(None);
         }
-        let forked: Vec<(Topic, u64)> = self.shared.take_forks();
         let mut pipe = redis::pipe();
         let mut steps = Vec::new();
-        for (topic, missed) in forked {
+        for (topic, missed) in self.shared.take_forks() {
             self.missed_notice(&mut pipe, session, &topic, missed);
-            steps.push(Step::Plain);
+            steps.push(Step::Notice(topic, missed));
         }
         for topic in topics {
             self.place_command(&mut pipe, session, &topic);
-            steps.push(Step::Place(topic, None));
+            steps.push(Step::Place(topic));
+            if steps.len() >= PLACE_BATCH {
+                let full = std::mem::replace(&mut pipe, redis::pipe());
+                self.execute(session, full, std::mem::take(&mut steps))
+                    .await?;
+            }
         }
+        // Nodes started from now on take higher numbers than this one.
+        pipe.cmd("EVAL")
+            .arg(wire::CLAIM)
+            .arg(1)
+            .arg(self.keys.nodes())
+            .arg(self.node)
+            .ignore();
         // This node's members, in full (Redis may have lost them), and a
         // word to the others to read them again.
         let members = self.keys.members(self.node);
@@ -489,7 +506,7 @@ impl Link {
                 biased;
                 got = &mut read => {
                     let news = got?;
-                    self.take_in(news);
+                    self.take_in(news)?;
                     for node in std::mem::take(&mut self.reload) {
                         self.reload(session, node).await?;
                     }
@@ -506,7 +523,10 @@ impl Link {
                 }
                 _ = nudge.tick(), if stale => self.unblock(session).await?,
                 _ = refresh.tick() => self.refresh(session).await?,
-                _ = heartbeat.tick() => self.heartbeat(session).await?,
+                _ = heartbeat.tick() => {
+                    self.heartbeat(session).await?;
+                    self.check_epochs(session).await?;
+                }
             }
         }
     }
@@ -590,15 +610,10 @@ impl Link {
         }
     }
 
-    /// Delivers what an `XREAD` brought.
-    fn take_in(&mut self, news: Value) {
-        let streams = match wire::streams(news) {
-            Ok(streams) => streams,
-            Err(error) => {
-                tracing::warn!(%error, "skipped an unreadable XREAD reply");
-                return;
-            }
-        };
+    /// Delivers what an `XREAD` brought. An unreadable reply ends the
+    /// session (reading it again at once would loop).
+    fn take_in(&mut self, news: Value) -> Result<(), Lost> {
+        let streams = wire::streams(news)?;
         let inbox = self.keys.inbox(self.node).into_bytes();
         let users = self.keys.users().into_bytes();
         let presence = self.keys.presence().into_bytes();
@@ -627,6 +642,7 @@ impl Link {
                 }
             }
         }
+        Ok(())
     }
 
     fn personal(&self, mut entry: Entry) {
@@ -694,17 +710,21 @@ impl Link {
         let Some(remote) = self.remote.clone() else {
             return;
         };
-        let (Some(offset), Some(epoch)) = (entry.offset(), entry.number("e")) else {
+        let Some(Some(cursor)) = self.watched.get_mut(topic) else {
             return;
         };
-        let Some(Some(cursor)) = self.watched.get_mut(topic) else {
+        let (Some(offset), Some(epoch)) = (entry.offset(), entry.number("e")) else {
+            // Not ours to read, but never to be read again either.
+            tracing::warn!(%topic, id = ?entry.id, "skipped a malformed entry");
+            if entry.id.0 == 0 {
+                cursor.next = cursor.next.max(entry.id.1);
+            }
             return;
         };
         if epoch != cursor.epoch {
             // The topic started over in Redis (its keys expired, say): place
-            // it again.
+            // it again; the cursor, kept, says it is news from its start.
             tracing::info!(%topic, "topic restarted in Redis; placing it again");
-            self.watched.insert(topic.clone(), None);
             self.shared.refork(topic);
             return;
         }
@@ -745,20 +765,20 @@ impl Link {
         while let Some(command) = next.take() {
             match command {
                 Command::Start(remote) => self.remote = Some(remote),
-                Command::Watch(topic, created) => {
+                Command::Watch(topic) => {
                     self.watched.entry(topic.clone()).or_insert(None);
                     self.place_command(&mut pipe, session, &topic);
-                    steps.push(Step::Place(topic, Some(created)));
+                    steps.push(Step::Place(topic));
                     changed = true;
                 }
                 Command::Refork(topic) => {
                     if let Some(missed) = self.shared.take_fork(&topic) {
                         self.missed_notice(&mut pipe, session, &topic, missed);
-                        steps.push(Step::Plain);
+                        steps.push(Step::Notice(topic.clone(), missed));
                     }
                     if self.watched.contains_key(&topic) {
                         self.place_command(&mut pipe, session, &topic);
-                        steps.push(Step::Place(topic, None));
+                        steps.push(Step::Place(topic));
                         changed = true;
                     }
                 }
@@ -766,7 +786,7 @@ impl Link {
                     changed |= self.watched.remove(&topic).is_some();
                 }
                 Command::Publish(publication) => {
-                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                    (self.shared.queued).fetch_sub(crate::cost(&publication), Ordering::AcqRel);
                     self.publish_command(&mut pipe, session, publication, &mut steps);
                 }
                 Command::Presence(event) => {
@@ -886,10 +906,22 @@ impl Link {
             .arg(missed);
     }
 
+    /// Places `topic`, with its latest entries unless this node follows
+    /// it already (then only a change of epoch matters, and it needs no
+    /// history: the node reads the new epoch from its start).
     fn place_command(&self, pipe: &mut Pipeline, session: &Session, topic: &Topic) {
+        let cursor = self.watched.get(topic).copied().flatten();
+        let following = self.remote.as_ref().is_some_and(|r| r.is_following(topic));
+        let tail = match cursor {
+            Some(_) if following => 0,
+            _ => self.config.history,
+        };
+        let (epoch, next) = cursor.map_or((0, 0), |c| (c.epoch, c.next));
         self.script(pipe, &session.place, topic)
-            .arg(self.config.history.max(PLACE_LOOKBACK))
-            .arg(self.config.ttl.as_secs());
+            .arg(tail)
+            .arg(self.config.ttl.as_secs())
+            .arg(epoch)
+            .arg(next);
     }
 
     /// Runs a pipeline and acts on its replies. If Redis is lost first,
@@ -897,54 +929,113 @@ impl Link {
     async fn execute(
         &mut self,
         session: &mut Session,
-        pipe: Pipeline,
+        mut pipe: Pipeline,
         steps: Vec<Step>,
     ) -> Result<(), Lost> {
         if steps.is_empty() {
             return Ok(());
         }
+        // One failed command must not fail the others.
+        pipe.ignore_errors();
         let replies = match bounded(pipe.query_async::<Vec<Value>>(&mut session.writer)).await {
             Ok(replies) => replies,
             Err(lost) => {
                 for step in steps {
-                    match step {
-                        Step::Publish(publication) => self.give_back(publication),
-                        Step::Personal(to, message) => {
-                            self.give_back(Publication::Personal { to, message });
-                        }
-                        _ => {}
-                    }
+                    self.not_done(step);
                 }
                 return Err(lost);
             }
         };
-        for (step, reply) in steps.into_iter().zip(replies) {
+        let mut steps = steps.into_iter();
+        for reply in replies {
+            let Some(step) = steps.next() else { break };
+            if let Value::ServerError(error) = &reply {
+                tracing::warn!(%error, "Redis refused a command");
+                self.not_done(step);
+                continue;
+            }
             match step {
-                Step::Place(topic, created) => {
+                Step::Place(topic) => {
                     let placed = wire::place(reply)?;
-                    // Messages stored since the room was created here are
-                    // for its members.
-                    let start = created.map_or(placed.next, |c| placed.start(c.elapsed()));
-                    self.place(topic, placed, start);
+                    self.place(topic, placed);
                 }
-                Step::Publish(_) => {
-                    self.shared
-                        .counters
-                        .published
-                        .fetch_add(1, Ordering::Relaxed);
+                Step::Publish(publication) => {
+                    let counters = &self.shared.counters;
+                    counters.published.fetch_add(1, Ordering::Relaxed);
+                    // The epoch it was numbered in: another one than the
+                    // one followed means the topic started over in Redis.
+                    if let (Some(topic), Some(epoch)) =
+                        (publication.topic(), wire::first_number(reply))
+                    {
+                        self.check_epoch(topic, epoch);
+                    }
                 }
-                Step::Personal(..) | Step::Plain => {}
+                Step::Personal(..) | Step::Notice(..) | Step::Plain => {}
+            }
+        }
+        // Steps without a reply (cannot happen with a complete pipeline).
+        for step in steps {
+            self.not_done(step);
+        }
+        Ok(())
+    }
+
+    /// A step that did not happen: its publication is given back, its
+    /// notice kept for later, its topic placed again later.
+    fn not_done(&mut self, step: Step) {
+        match step {
+            Step::Publish(publication) => self.give_back(publication),
+            Step::Personal(to, message) => self.give_back(Publication::Personal { to, message }),
+            Step::Notice(topic, missed) => self.shared.restore_fork(topic, missed),
+            Step::Place(topic) => self.retry.push(topic),
+            Step::Plain => {}
+        }
+    }
+
+    /// Places `topic` again if Redis numbers it in another epoch than the
+    /// one this node follows.
+    fn check_epoch(&mut self, topic: &Topic, epoch: u64) {
+        if let Some(Some(cursor)) = self.watched.get(topic) {
+            if cursor.epoch != epoch {
+                tracing::info!(%topic, "topic started over in Redis; placing it again");
+                self.shared.refork(topic);
+            }
+        }
+    }
+
+    /// Checks that every topic followed is still in the epoch followed, and
+    /// places again those whose placing failed.
+    async fn check_epochs(&mut self, session: &mut Session) -> Result<(), Lost> {
+        for topic in std::mem::take(&mut self.retry) {
+            self.shared.refork(&topic);
+        }
+        let followed: Vec<(Topic, u64)> = (self.watched.iter())
+            .filter_map(|(topic, cursor)| cursor.map(|c| (topic.clone(), c.epoch)))
+            .collect();
+        for chunk in followed.chunks(PLACE_BATCH) {
+            let mut pipe = redis::pipe();
+            for (topic, _) in chunk {
+                pipe.cmd("HGET").arg(self.keys.meta(topic)).arg("epoch");
+            }
+            let epochs: Vec<Option<u64>> = bounded(pipe.query_async(&mut session.writer)).await?;
+            for ((topic, followed), epoch) in chunk.iter().zip(epochs) {
+                if epoch != Some(*followed) {
+                    tracing::info!(%topic, "topic started over in Redis; placing it again");
+                    self.shared.refork(topic);
+                }
             }
         }
         Ok(())
     }
 
     /// Follows `topic` from where Redis says it stands: from this node's
-    /// cursor if it follows the same epoch, or else from where a new
-    /// follower starts, with the stream's latest entries before that as
-    /// history.
-    fn place(&mut self, topic: Topic, placed: wire::Placed, start: u64) {
-        let wire::Placed { epoch, tail, .. } = placed;
+    /// cursor if it follows the same epoch, from the start of a new epoch,
+    /// or, for a topic new here, from the next message, with the stream's
+    /// latest entries before that as history. (What this node publishes
+    /// after asking is numbered after that: its members get every message
+    /// that follows anything they were seen to do.)
+    fn place(&mut self, topic: Topic, placed: wire::Placed) {
+        let wire::Placed { epoch, next, tail } = placed;
         let Some(remote) = self.remote.clone() else {
             return;
         };
@@ -963,13 +1054,13 @@ impl Link {
             // The topic started over while this node followed it (Redis
             // lost it, or it expired): everything in the new epoch is news.
             Some(_) => 0,
-            None => start,
+            None => next,
         };
         *slot = Some(Cursor { epoch, next: start });
         let backfill = tail.into_iter().filter_map(|mut entry| {
             let offset = entry.offset()?;
             let except = entry.number("x").and_then(ConnId::from_raw);
-            (offset < start).then_some(())?;
+            (offset < start && entry.number("e") == Some(epoch)).then_some(())?;
             Some((offset, take_message(&mut entry)?, except))
         });
         remote.rebase(

@@ -13,7 +13,8 @@ use hub::{ConnId, Message, Topic};
 use redis::Value;
 
 /// Numbers a message and stores it in the topic's stream; creates the
-/// topic (with the epoch offered) if Redis does not know it.
+/// topic (with the epoch offered, and an empty stream) if Redis does not
+/// know it.
 ///
 /// KEYS: meta, stream. ARGV: epoch offered, stream length, time to live
 /// (seconds, 0 for none), origin node, excluded connection, kind, payload.
@@ -22,13 +23,12 @@ pub(crate) const PUBLISH: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'next', 1) - 1
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. (offset + 1),
-  'e', epoch, 'n', ARGV[4], 'x', ARGV[5], 'k', ARGV[6], 'm', ARGV[7], 's', ms)
+  'e', epoch, 'n', ARGV[4], 'x', ARGV[5], 'k', ARGV[6], 'm', ARGV[7])
 if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -39,24 +39,43 @@ return {epoch, offset}
 /// Where a topic stands, creating it if needed, with its latest messages.
 ///
 /// KEYS: meta, stream. ARGV: epoch offered, how many messages, time to
-/// live. Returns the epoch, the next offset, up to that many entries
-/// (newest first) and Redis's clock, in milliseconds.
+/// live, and the epoch and next offset a node has read up to (0 0 if
+/// none). If Redis is behind that node in the same epoch (it restarted
+/// from a snapshot that lacks the latest writes), the topic starts a new
+/// epoch: reusing offsets would give one offset two meanings. Returns the
+/// epoch, the next offset and up to that many entries, newest first.
 pub(crate) const PLACE: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local next = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
+if epoch and epoch == ARGV[4] and next < tonumber(ARGV[5]) then
+  epoch = nil
+end
 if not epoch then
   epoch = ARGV[1]
+  next = 0
+  redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0)
 end
 if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
 end
-local next = redis.call('HGET', KEYS[1], 'next')
 local tail = {}
 if tonumber(ARGV[2]) > 0 then
   tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
 end
-local now = redis.call('TIME')
-return {epoch, next, tail, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)}
+return {epoch, next, tail}
+";
+
+/// Raises the node counter to at least a node's number, so that nodes
+/// started after Redis lost its data do not take the numbers of nodes
+/// still running. KEYS: the counter. ARGV: the node's number.
+pub(crate) const CLAIM: &str = r"
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
 ";
 
 /// Kinds of topic entries.
@@ -190,6 +209,15 @@ pub(crate) fn bytes(value: Value) -> Result<Vec<u8>, Unexpected> {
     }
 }
 
+/// The first element of an array reply, as a number.
+pub(crate) fn first_number(value: Value) -> Option<u64> {
+    array(value)
+        .ok()?
+        .into_iter()
+        .next()
+        .and_then(|v| number(v).ok())
+}
+
 pub(crate) fn number(value: Value) -> Result<u64, Unexpected> {
     let bytes = bytes(value)?;
     std::str::from_utf8(&bytes)
@@ -263,37 +291,12 @@ pub(crate) struct Placed {
     pub(crate) next: u64,
     /// The latest entries, oldest first.
     pub(crate) tail: Vec<Entry>,
-    /// Redis's clock when it answered, in milliseconds.
-    pub(crate) now: u64,
-}
-
-impl Placed {
-    /// Where a node that began to keep the topic `age` ago starts: at the
-    /// first message Redis stored since then, or at the next one. `age`
-    /// is measured up to the reply, so it errs early, by the round trip
-    /// at most: a member may get a message sent just before it joined,
-    /// never miss one sent after.
-    pub(crate) fn start(&self, age: std::time::Duration) -> u64 {
-        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-        // Stored stamps are whole milliseconds: one more for rounding.
-        let since = self.now.saturating_sub(age).saturating_sub(1);
-        let mut start = self.next;
-        for entry in self.tail.iter().rev() {
-            match (entry.number("s"), entry.offset()) {
-                (Some(stored), Some(offset)) if stored >= since => start = offset,
-                _ => break,
-            }
-        }
-        start
-    }
 }
 
 pub(crate) fn place(value: Value) -> Result<Placed, Unexpected> {
     let mut parts = array(value)?.into_iter();
-    let (Some(epoch), Some(next), Some(tail), Some(now)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Unexpected("expected epoch, next, entries and time"));
+    let (Some(epoch), Some(next), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Unexpected("expected epoch, next and entries"));
     };
     let mut tail = array(tail)?
         .into_iter()
@@ -304,7 +307,6 @@ pub(crate) fn place(value: Value) -> Result<Placed, Unexpected> {
         epoch: number(epoch)?,
         next: number(next)?,
         tail,
-        now: number(now)?,
     })
 }
 
@@ -348,29 +350,6 @@ mod tests {
         assert!(entry(Value::Array(vec![bulk("x-y"), Value::Array(vec![])])).is_err());
         assert_eq!(parse_id(b"12-3"), Some((12, 3)));
         assert_eq!(parse_id(b"12"), None);
-    }
-
-    #[test]
-    fn a_new_member_starts_at_what_was_stored_since_it_joined() {
-        let stored = |offset: u64, ms: u64| Entry {
-            id: (0, offset + 1),
-            fields: vec![(b"s".to_vec(), ms.to_string().into_bytes())],
-        };
-        let placed = Placed {
-            epoch: 1,
-            next: 3,
-            tail: vec![stored(0, 900), stored(1, 990), stored(2, 995)],
-            now: 1000,
-        };
-        use std::time::Duration;
-        assert_eq!(placed.start(Duration::from_millis(2)), 3, "nothing since");
-        assert_eq!(placed.start(Duration::from_millis(5)), 2);
-        assert_eq!(
-            placed.start(Duration::from_millis(9)),
-            1,
-            "a millisecond early"
-        );
-        assert_eq!(placed.start(Duration::from_secs(5)), 0);
     }
 
     #[test]

@@ -85,6 +85,11 @@ async fn rooms_reach_their_members_on_every_node() {
     let mut c1 = c.connect().unwrap();
     a.join(a1.id(), "rust").unwrap();
     b.join(b1.id(), "rust").unwrap();
+    // Joined "before" A's broadcast across nodes: once B has placed it.
+    let rust = Topic::Room("rust".into());
+    tokio::time::timeout(support::WAIT, b.until_placed(&rust))
+        .await
+        .unwrap();
 
     // Sent from a node whose sender is excluded.
     assert_eq!(a.broadcast_room_except("rust", a1.id(), "x"), 0);
@@ -360,4 +365,65 @@ async fn room_presence_is_shared_and_a_silent_node_expires() {
     assert!(gone.elapsed() <= ttl + ttl / 3 + Duration::from_millis(500));
     assert_eq!(b.members("r").len(), 1);
     drop(a1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_starts_over_in_redis_is_followed_again_everywhere() {
+    use std::time::Duration;
+
+    let redis = RedisServer::start().await;
+    // Epochs are checked every third of the presence time to live.
+    let builder = |url: String| {
+        hub_redis::RedisBackplane::builder(url)
+            .presence_ttl(Duration::from_millis(600))
+            .backoff(Duration::from_millis(20), Duration::from_millis(200))
+    };
+    let a_backplane = builder(redis.url()).connect().await.unwrap();
+    let b_backplane = builder(redis.url()).connect().await.unwrap();
+    let a = hub::Hub::builder().backplane(a_backplane.clone()).build();
+    let b = hub::Hub::builder().backplane(b_backplane.clone()).build();
+    for backplane in [&a_backplane, &b_backplane] {
+        tokio::time::timeout(support::WAIT, backplane.until_up())
+            .await
+            .unwrap();
+    }
+    let mut a1 = a.connect().unwrap();
+    let mut b1 = b.connect().unwrap();
+    a.broadcast("one");
+    a.broadcast("two");
+    assert_eq!(text(&mut a1).await, "one");
+    assert_eq!(text(&mut b1).await, "one");
+    assert_eq!(text(&mut a1).await, "two");
+    assert_eq!(text(&mut b1).await, "two");
+
+    // Its keys vanish (expired, evicted, deleted): the next broadcast
+    // starts a new epoch at offset 0, far behind both nodes' cursors.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("hub:meta:*")
+        .arg("hub:stream:*")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    a.broadcast("three");
+    let resync = Event::Resync {
+        topic: Topic::All,
+        missed: None,
+    };
+    // The sender's node notices from the reply, the other at its next
+    // check; both deliver it, announced as a new epoch.
+    for connection in [&mut a1, &mut b1] {
+        assert_eq!(next(connection).await, resync);
+        match next(connection).await {
+            Event::Broadcast(m) => {
+                assert_eq!(m.message.as_text(), Some("three"));
+                assert_eq!(m.offset, 0);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    b.broadcast("four");
+    assert_eq!(text(&mut a1).await, "four");
+    assert_eq!(text(&mut b1).await, "four");
 }

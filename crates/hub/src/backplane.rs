@@ -69,6 +69,16 @@ pub enum Publication {
 impl Publication {
     /// The message carried.
     #[must_use]
+    pub fn message(&self) -> &Message {
+        match self {
+            Self::Broadcast { message, .. }
+            | Self::Personal { message, .. }
+            | Self::User { message, .. } => message,
+        }
+    }
+
+    /// The message carried.
+    #[must_use]
     pub fn into_message(self) -> Message {
         match self {
             Self::Broadcast { message, .. }
@@ -90,10 +100,15 @@ impl Publication {
 /// Connects hubs on several nodes; see the [module docs](self).
 ///
 /// A hub calls these methods from whatever thread uses it, sometimes under
-/// its own locks: an implementation must never wait in them (hand work to
-/// a task instead), and must keep [`watch`](Self::watch),
+/// its own locks: an implementation must never wait in them, nor call its
+/// [`Remote`] from them (that would deadlock); it hands the work to a task
+/// of its own. It must keep [`watch`](Self::watch),
 /// [`unwatch`](Self::unwatch) and [`publish`](Self::publish) calls in the
 /// order they were made.
+///
+/// With a backplane, a broadcast is sent when the backplane has numbered
+/// it: a connection removed right after a broadcast call may not receive
+/// it, and one added right after may.
 pub trait Backplane: fmt::Debug + Send + Sync + 'static {
     /// This node's number, `1..=MAX_NODE`, unique among the nodes sharing
     /// the backplane; the hub puts it in every [`ConnId`] it issues.

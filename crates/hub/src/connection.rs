@@ -510,7 +510,7 @@ impl Connection {
             }
         }
         if matches!(envelope.payload, Payload::Placed) {
-            return self.placed(index, &envelope);
+            return self.placed(index, &envelope).map(Ok);
         }
         let sub = &mut self.subs[index];
         if envelope.epoch != sub.epoch {
@@ -554,17 +554,15 @@ impl Connection {
 
     /// The backplane placed topic `index`: its next message has the
     /// envelope's epoch and offset.
-    fn placed(&mut self, index: usize, envelope: &Envelope) -> Option<Result<Event, RecvError>> {
+    fn placed(&mut self, index: usize, envelope: &Envelope) -> Option<Event> {
         let sub = &mut self.subs[index];
         let (epoch, next) = (envelope.epoch, envelope.offset);
         if sub.epoch == epoch {
-            // Resuming (or still following): what history has up to the
-            // place comes first.
+            // Resuming: what history has up to the place comes first, as
+            // a replay (not a gap: the connection asked for it).
             if sub.next < next {
                 let (from, room) = (sub.next, Arc::clone(&sub.room));
-                if let Err(closed) = self.fill_gap(&room, from, next) {
-                    return Some(Err(closed));
-                }
+                self.repair(&room, from, next);
             }
         } else if sub.epoch != PENDING {
             Counters::add(&self.inner.counters.resyncs, 1);
@@ -581,7 +579,7 @@ impl Connection {
             next
         };
         sub.epoch = epoch;
-        self.pending.pop_front().map(Ok)
+        self.pending.pop_front()
     }
 
     /// What an envelope of `topic` means to this connection, if anything.
@@ -627,25 +625,31 @@ impl Connection {
                     missed: to - from,
                 });
             }
-            _ => {
-                let range = room.history_range(from, to);
-                if range.missing > 0 {
-                    Counters::add(&counters.missed, range.missing);
-                    Counters::add(&counters.resyncs, 1);
-                    self.pending.push_back(Event::Resync {
-                        topic: topic.clone(),
-                        missed: Some(range.missing),
-                    });
-                }
-                Counters::add(&counters.repaired, range.found.len() as u64);
-                for stored in range.found {
-                    if let Some(event) = self.event(&topic, stored) {
-                        self.pending.push_back(event);
-                    }
-                }
-            }
+            _ => self.repair(room, from, to),
         }
         Ok(())
+    }
+
+    /// Queues what history has of offsets `from..to` of `room`, after a
+    /// [`Resync`](Event::Resync) for what it no longer has.
+    fn repair(&mut self, room: &Room, from: u64, to: u64) {
+        let counters = &self.inner.counters;
+        let topic = &room.topic;
+        let range = room.history_range(from, to);
+        if range.missing > 0 {
+            Counters::add(&counters.missed, range.missing);
+            Counters::add(&counters.resyncs, 1);
+            self.pending.push_back(Event::Resync {
+                topic: topic.clone(),
+                missed: Some(range.missing),
+            });
+        }
+        Counters::add(&counters.repaired, range.found.len() as u64);
+        for stored in range.found {
+            if let Some(event) = self.event(topic, stored) {
+                self.pending.push_back(event);
+            }
+        }
     }
 
     /// The channel overwrote messages this connection had not read.

@@ -820,6 +820,32 @@ impl Hub {
         (epoch != PENDING).then_some(Position { epoch, offset })
     }
 
+    /// Whether a [backplane](Builder::backplane) shares this hub's traffic
+    /// with other nodes.
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        self.inner.backplane.is_some()
+    }
+
+    /// Waits until `topic` has its place in the [backplane](Builder::backplane)'s
+    /// stream; at once without a backplane, for a topic placed already, or
+    /// for a room that does not exist.
+    ///
+    /// A room new on this node is placed shortly after its first
+    /// [`join`](Self::join). Its members receive what the backplane numbers
+    /// after that: every broadcast made after they were seen to join (a
+    /// broadcast of this node after the join, and whatever follows it, is
+    /// numbered after the placing), while a broadcast from another node at
+    /// the same moment as the join may come before or after the place.
+    /// Wait for this where "after the join" must also hold across nodes
+    /// with no message in between (in tests, say), or before reading the
+    /// room's [`position`](Self::position).
+    pub async fn until_placed(&self, topic: &Topic) {
+        if let Some(room) = self.inner.topic(topic) {
+            room.until_placed().await;
+        }
+    }
+
     /// Joins and leaves of every topic ([`Topic::All`] for connects and
     /// disconnects) from now on, and metadata changes. With a
     /// [backplane](Builder::backplane), those of the other nodes too, as

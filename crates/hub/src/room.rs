@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 use crate::{ConnId, Message, Metadata, Topic};
 
@@ -64,6 +64,8 @@ impl HistoryLimits {
 pub(crate) struct Room {
     pub(crate) topic: Topic,
     state: Mutex<RoomState>,
+    /// Woken when the backplane places the room.
+    placed: Notify,
 }
 
 #[derive(Debug)]
@@ -118,6 +120,22 @@ impl Room {
                 history_bytes: 0,
                 members: HashMap::new(),
             }),
+            placed: Notify::new(),
+        }
+    }
+
+    /// Waits until the room has a place in its backplane's stream (at
+    /// once for a room that numbers its own messages).
+    pub(crate) async fn until_placed(&self) {
+        loop {
+            let placed = self.placed.notified();
+            tokio::pin!(placed);
+            // Registered before the check: a placing in between wakes it.
+            placed.as_mut().enable();
+            if self.lock().epoch != PENDING {
+                return;
+            }
+            placed.await;
         }
     }
 
@@ -220,6 +238,8 @@ impl Room {
             epoch,
             offset: next,
         });
+        drop(state);
+        self.placed.notify_waiters();
     }
 
     /// Whether this room follows a backplane (rather than a fork of its own).
