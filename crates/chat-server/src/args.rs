@@ -38,6 +38,13 @@ pub struct Args {
     #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat")]
     pub redis_prefix: String,
 
+    /// With --redis-url: how long other nodes keep listing this node's
+    /// room members after its last heartbeat (heartbeats go every third
+    /// of it), so a node that dies has its members leave within this plus
+    /// a third.
+    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub presence_ttl: Duration,
+
     /// Messages each room's channel holds for clients that have not read
     /// them yet; a client further behind is refilled from history.
     #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::DEFAULT_CAPACITY)]

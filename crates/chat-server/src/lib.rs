@@ -280,7 +280,7 @@ impl Server {
             let builder = builder();
             let url = args.redis_url.clone();
             let prefix = format!("{}:{endpoint}", args.redis_prefix);
-            let history = args.history;
+            let (history, presence_ttl) = (args.history, args.presence_ttl);
             async move {
                 let Some(url) = url else {
                     return Ok::<_, StartError>((builder.build(), None));
@@ -288,6 +288,7 @@ impl Server {
                 let backplane = RedisBackplane::builder(url)
                     .prefix(prefix)
                     .history(history)
+                    .presence_ttl(presence_ttl)
                     .connect()
                     .await?;
                 let hub = builder.backplane(backplane.clone()).build();

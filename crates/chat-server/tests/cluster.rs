@@ -5,7 +5,9 @@ mod common;
 #[path = "../../hub-redis/tests/support/redis_server.rs"]
 mod redis_server;
 
-use common::{http, recv_text, send_text, TestServer};
+use std::time::Duration;
+
+use common::{http, recv_text, send_text, ChildServer, TestServer};
 use redis_server::RedisServer;
 use serde_json::Value;
 
@@ -106,4 +108,66 @@ async fn next_line(client: &mut common::Client) -> Value {
             return frame;
         }
     }
+}
+
+#[tokio::test]
+async fn a_killed_node_has_its_room_members_leave_the_others_lists() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str(), "--presence-ttl", "900ms"];
+    let survivor = TestServer::start(&args).await;
+    let mut presence = survivor.rooms.presence();
+    let mut doomed = ChildServer::spawn(&args).await;
+    let mut ann = common::connect(&doomed.url("/ws?room=r&name=ann")).await;
+    assert_eq!(recv_text(&mut ann).await, "ann joined");
+    let mut bo = survivor.connect("/ws?room=r&name=bo").await;
+    assert_eq!(recv_text(&mut bo).await, "bo joined");
+    // The survivor lists both, its own and the other node's.
+    let names = |hub: &hub::Hub| -> Vec<String> {
+        let members = hub.members("r").into_iter();
+        members
+            .filter_map(|(_, m)| m.name().map(str::to_owned))
+            .collect()
+    };
+    let ann_id = wait_presence(&mut presence, hub::PresenceKind::Joined, "ann").await;
+    let mut listed = names(&survivor.rooms);
+    listed.sort();
+    assert_eq!(listed, ["ann", "bo"]);
+
+    doomed.signal("KILL").await;
+    let _ = doomed.wait_exit(Duration::from_secs(10)).await;
+    let killed = tokio::time::Instant::now();
+    let left = wait_presence(&mut presence, hub::PresenceKind::Left, "ann").await;
+    assert_eq!(left, ann_id);
+    // Within the time to live and a third (and some slack for the load).
+    assert!(
+        killed.elapsed() < Duration::from_millis(1200 + 1000),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(names(&survivor.rooms), ["bo"]);
+    drop(ann);
+}
+
+/// Waits for a presence event of `kind` about the member called `name` in
+/// room r; returns its id.
+async fn wait_presence(
+    events: &mut tokio::sync::broadcast::Receiver<hub::PresenceEvent>,
+    kind: hub::PresenceKind,
+    name: &str,
+) -> hub::ConnId {
+    let wait = async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.kind == kind
+                && event.topic == hub::Topic::Room("r".into())
+                && event.metadata.name() == Some(name)
+            {
+                return event.id;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("no such presence event in time")
 }
