@@ -30,7 +30,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::common::{common_options, Common};
-use crate::connect::{self, Dialer, Target, Ws};
+use crate::connect::{self, Dialer, Ws};
 use crate::error::Error;
 use crate::latency::{Latencies, Samples};
 use crate::payload::{self, Marker};
@@ -191,12 +191,12 @@ impl Broadcast {
     /// pid cannot be read, or not every client hears the warm-up in time.
     pub async fn run(self) -> Result<BroadcastReport, Error> {
         let (senders, plan) = self.check()?;
-        let target = Target::parse(&self.common.url)?;
+        let targets = self.common.targets()?;
         let source_count = self
             .common
             .source_ips
             .unwrap_or_else(|| connect::default_source_ips(self.common.clients));
-        let sources = connect::source_ips(&target, source_count)?;
+        let sources = connect::source_ips(&targets[0], source_count)?;
         if let Some(pid) = self.common.server_pid {
             proc::cpu_time(Pid::Other(pid)).map_err(|source| Error::ServerPid { pid, source })?;
         }
@@ -210,7 +210,7 @@ impl Broadcast {
             size: self.size,
             plan,
             send_on: senders_thread.handle(),
-            dialer: Dialer::new(target, sources, self.common.handshake_timeout),
+            dialer: Dialer::new(targets, sources, self.common.handshake_timeout),
             stop: Stop::new(self.common.clients + self.senders),
             latencies: Latencies::for_this_machine(),
             counts: Counts::default(),
@@ -317,7 +317,7 @@ impl Broadcast {
             _ => 0.0,
         };
         Ok(BroadcastReport {
-            url: self.common.url,
+            url: self.common.urls(),
             clients: self.common.clients,
             senders: self.senders,
             messages: self.messages,

@@ -33,6 +33,11 @@ pub(crate) struct Common {
     #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
     pub(crate) url: String,
 
+    /// Another endpoint of the same service (another node sharing a
+    /// Redis, say); repeatable. Clients connect to the URLs in turn.
+    #[arg(long = "also-url", value_name = "URL")]
+    pub(crate) also: Vec<String>,
+
     /// Clients to connect.
     #[arg(long, default_value_t = 100)]
     pub(crate) clients: usize,

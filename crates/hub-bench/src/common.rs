@@ -8,6 +8,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub(crate) struct Common {
     pub(crate) url: String,
+    /// More endpoints of the same service; clients go to each in turn.
+    pub(crate) also: Vec<String>,
     pub(crate) clients: usize,
     pub(crate) source_ips: Option<usize>,
     pub(crate) server_pid: Option<u32>,
@@ -16,10 +18,27 @@ pub(crate) struct Common {
 }
 
 impl Common {
+    /// The endpoints' targets, the first URL's first.
+    pub(crate) fn targets(&self) -> Result<Vec<crate::connect::Target>, crate::error::UrlError> {
+        std::iter::once(&self.url)
+            .chain(&self.also)
+            .map(|url| crate::connect::Target::parse(url))
+            .collect()
+    }
+
+    /// The endpoints, for reports.
+    pub(crate) fn urls(&self) -> String {
+        std::iter::once(self.url.as_str())
+            .chain(self.also.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// 100 clients, 10 s per handshake, no progress bars.
     pub(crate) fn new(url: String) -> Self {
         Self {
             url,
+            also: Vec::new(),
             clients: 100,
             source_ips: None,
             server_pid: None,
@@ -33,6 +52,15 @@ impl Common {
 /// (the run keeps them in a field named `common`).
 macro_rules! common_options {
     () => {
+        /// More endpoints of the same service (nodes sharing a Redis, say),
+        /// on this machine too: clients connect to each URL in turn, the
+        /// first to [`new`](Self::new)'s.
+        #[must_use]
+        pub fn also_urls(mut self, urls: Vec<String>) -> Self {
+            self.common.also = urls;
+            self
+        }
+
         /// Clients to connect (senders included).
         #[must_use]
         pub fn clients(mut self, clients: usize) -> Self {

@@ -127,7 +127,8 @@ pub(crate) fn source_ips(target: &Target, count: usize) -> Result<Vec<IpAddr>, E
 /// number of handshakes at a time.
 #[derive(Debug)]
 pub(crate) struct Dialer {
-    target: Target,
+    /// Never empty: client `i` goes to `targets[i % len]`.
+    targets: Vec<Target>,
     sources: Vec<IpAddr>,
     permits: Semaphore,
     timeout: Duration,
@@ -135,11 +136,11 @@ pub(crate) struct Dialer {
 }
 
 impl Dialer {
-    /// Clients to `target` from `sources` (not empty), each handshake
-    /// bounded by `timeout`.
-    pub(crate) fn new(target: Target, sources: Vec<IpAddr>, timeout: Duration) -> Self {
+    /// Clients to `targets` (not empty; in turn) from `sources` (not
+    /// empty), each handshake bounded by `timeout`.
+    pub(crate) fn new(targets: Vec<Target>, sources: Vec<IpAddr>, timeout: Duration) -> Self {
         Self {
-            target,
+            targets,
             sources,
             permits: Semaphore::new(HANDSHAKES_IN_FLIGHT),
             timeout,
@@ -165,13 +166,14 @@ impl Dialer {
         // The semaphore is never closed; without a permit, go anyway.
         let _permit = self.permits.acquire().await.ok();
         let started = Instant::now();
-        let ws = tokio::time::timeout(self.timeout, self.handshake(from))
+        let target = &self.targets[index % self.targets.len().max(1)];
+        let ws = tokio::time::timeout(self.timeout, self.handshake(target, from))
             .await
             .map_err(|_| ConnectError::TimedOut(self.timeout))??;
         Ok((ws, started.elapsed()))
     }
 
-    async fn handshake(&self, from: IpAddr) -> Result<Ws, ConnectError> {
+    async fn handshake(&self, target: &Target, from: IpAddr) -> Result<Ws, ConnectError> {
         let tcp = |source| ConnectError::Tcp { from, source };
         let socket = match from {
             IpAddr::V4(_) => TcpSocket::new_v4(),
@@ -180,9 +182,9 @@ impl Dialer {
         .map_err(tcp)?;
         socket.set_nodelay(true).map_err(tcp)?;
         socket.bind(SocketAddr::new(from, 0)).map_err(tcp)?;
-        let stream = socket.connect(self.target.addr).await.map_err(tcp)?;
+        let stream = socket.connect(target.addr).await.map_err(tcp)?;
         let (ws, _response) = tokio_tungstenite::client_async_with_config(
-            self.target.uri.clone(),
+            target.uri.clone(),
             stream,
             Some(self.config),
         )

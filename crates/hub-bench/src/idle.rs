@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{common_options, Common};
-use crate::connect::{self, Dialer, Target};
+use crate::connect::{self, Dialer};
 use crate::error::Error;
 use crate::proc::{self, Memory, Pid};
 use crate::progress::Progress;
@@ -72,12 +72,12 @@ impl Idle {
                 problem: "use at least 1 client".into(),
             });
         }
-        let target = Target::parse(&self.common.url)?;
+        let targets = self.common.targets()?;
         let source_count = self
             .common
             .source_ips
             .unwrap_or_else(|| connect::default_source_ips(self.common.clients));
-        let sources = connect::source_ips(&target, source_count)?;
+        let sources = connect::source_ips(&targets[0], source_count)?;
         let server_memory = || -> Result<Option<Memory>, Error> {
             self.common
                 .server_pid
@@ -89,7 +89,7 @@ impl Idle {
         let before = server_memory()?;
         let progress = Progress::new(self.common.progress);
         let run = Arc::new(IdleRun {
-            dialer: Dialer::new(target, sources, self.common.handshake_timeout),
+            dialer: Dialer::new(targets, sources, self.common.handshake_timeout),
             stop: Stop::new(self.common.clients),
         });
 
@@ -142,7 +142,7 @@ impl Idle {
             _ => None,
         };
         Ok(IdleReport {
-            url: self.common.url,
+            url: self.common.urls(),
             clients: self.common.clients,
             connect,
             hold_seconds,

@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
         Command::Broadcast(args) => {
             let c = args.common;
             let run = Broadcast::new(c.url)
+                .also_urls(c.also)
                 .clients(c.clients)
                 .senders(args.senders)
                 .messages(args.messages)
@@ -40,6 +41,7 @@ async fn main() -> ExitCode {
         Command::Idle(args) => {
             let c = args.common;
             let run = Idle::new(c.url)
+                .also_urls(c.also)
                 .clients(c.clients)
                 .source_ips(c.source_ips)
                 .server_pid(c.server_pid)
