@@ -33,31 +33,20 @@ pub(crate) enum Control {
 /// A connection's joins and leaves, queued by the hub. Unlike a channel,
 /// it allocates nothing until something is queued: most connections never
 /// join anything after connecting.
+///
+/// The hub signals the connection ([`Membership::notify`]) after queueing.
 #[derive(Default)]
 pub(crate) struct Controls {
     queue: Mutex<VecDeque<Control>>,
-    ready: Notify,
 }
 
 impl Controls {
     pub(crate) fn send(&self, control: Control) {
         self.lock().push_back(control);
-        self.ready.notify_one();
     }
 
     fn try_recv(&self) -> Option<Control> {
         self.lock().pop_front()
-    }
-
-    /// Cancel safe: a control is taken only when it is returned.
-    async fn recv(&self) -> Control {
-        loop {
-            if let Some(control) = self.try_recv() {
-                return control;
-            }
-            // A send after the check leaves a permit: no wake-up is lost.
-            self.ready.notified().await;
-        }
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Control>> {
@@ -69,8 +58,6 @@ impl Controls {
 /// allocating nothing until something is queued.
 pub(crate) struct Personal {
     state: Mutex<PersonalState>,
-    /// Something was queued, or the queue closed.
-    ready: Notify,
     /// A place came free, or the queue closed.
     room: Notify,
 }
@@ -95,7 +82,6 @@ impl Personal {
                 capacity,
                 closed: false,
             }),
-            ready: Notify::new(),
             room: Notify::new(),
         }
     }
@@ -111,7 +97,6 @@ impl Personal {
             }
             state.messages.push_back(message);
         }
-        self.ready.notify_one();
         Ok(())
     }
 
@@ -139,7 +124,6 @@ impl Personal {
     /// connection takes what is queued, then learns the queue is closed.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
-        self.ready.notify_one();
         self.room.notify_waiters();
     }
 
@@ -162,20 +146,6 @@ impl Personal {
             self.room.notify_one();
         }
         taken
-    }
-
-    /// The next message, or `None` once the queue is closed and empty.
-    /// Cancel safe: a message is taken only when it is returned.
-    async fn recv(&self) -> Option<Message> {
-        loop {
-            match self.try_recv() {
-                Ok(message) => return Some(message),
-                Err(true) => return None,
-                // A send after the check leaves a permit: no wake-up is
-                // lost.
-                Err(false) => self.ready.notified().await,
-            }
-        }
     }
 
     fn lock(&self) -> MutexGuard<'_, PersonalState> {
@@ -241,8 +211,8 @@ struct Sub {
 
 /// What woke a waiting `recv`.
 enum Woke {
-    Control(Control),
-    Personal(Option<Message>),
+    /// The membership's signal: something was queued, or the removal.
+    Signal,
     Topic(usize, Result<Envelope, ChannelRecvError>),
 }
 
@@ -416,23 +386,28 @@ impl Connection {
 
     /// Waits until something arrives; what arrived is handed to `take`.
     async fn wait(&mut self) -> Woke {
-        let personal_open = !self.draining;
+        // Personal messages, joins, leaves and the removal all raise the
+        // membership's signal: one waker for all of them, lock-free, rather
+        // than a waiter on each queue.
+        let membership = &self.membership;
+        let signalled = std::future::poll_fn(|cx| {
+            if membership.is_signalled(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
         tokio::select! {
             biased;
-            control = self.membership.controls.recv() => Woke::Control(control),
-            personal = self.membership.personal.recv(), if personal_open => Woke::Personal(personal),
+            () = signalled => Woke::Signal,
             (index, received) = recv_any(&mut self.subs) => Woke::Topic(index, received),
         }
     }
 
     fn take(&mut self, woke: Woke) -> Option<Result<Event, RecvError>> {
         match woke {
-            Woke::Control(control) => self.apply(control),
-            Woke::Personal(None) => self.draining = true,
-            Woke::Personal(Some(message)) => {
-                self.took_personal(&message);
-                return Some(Ok(Event::Personal(message)));
-            }
+            // `try_recv` takes what the signal was for.
+            Woke::Signal => {}
             Woke::Topic(index, Ok(envelope)) => return self.accept(index, envelope),
             Woke::Topic(_, Err(ChannelRecvError::Lagged(missed))) => return self.lagged(missed),
             Woke::Topic(_, Err(ChannelRecvError::Closed)) => {}
@@ -539,10 +514,8 @@ impl Connection {
                 return Some(Err(closed));
             }
         }
-        let sub = &mut self.subs[index];
-        sub.next = envelope.offset + 1;
-        let topic = sub.room.topic.clone();
-        let Some(event) = self.event(&topic, envelope) else {
+        self.subs[index].next = envelope.offset + 1;
+        let Some(event) = self.event(&self.subs[index].room.topic, envelope) else {
             return self.pending.pop_front().map(Ok);
         };
         if self.pending.is_empty() {
@@ -796,8 +769,8 @@ mod personal_tests {
         queue.close();
         let back = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         assert!(matches!(back, Ok(Ok(Err(m))) if m == Message::text("three")));
-        assert_eq!(queue.recv().await, Some(Message::text("two")));
-        assert_eq!(queue.recv().await, None);
+        assert_eq!(queue.try_recv().ok(), Some(Message::text("two")));
+        assert!(matches!(queue.try_recv(), Err(true)), "closed and empty");
         assert!(matches!(
             queue.try_send(Message::text("late")),
             Err(Refused::Closed(_))

@@ -6,6 +6,7 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::broadcast;
 
 use crate::backplane::{Backplane, Publication, Remote, LOCAL_BITS, MAX_NODE};
@@ -320,6 +321,8 @@ pub(crate) struct Membership {
     pub(crate) controls: Controls,
     /// Personal messages for the connection.
     pub(crate) personal: Personal,
+    /// The connection waiting for the signal, if it is.
+    waker: AtomicWaker,
 }
 
 /// Takes back bytes counted for a personal message that ends up not
@@ -367,6 +370,7 @@ impl Membership {
             queued: Queued::default(),
             controls: Controls::default(),
             personal: Personal::new(queue_capacity),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -380,11 +384,21 @@ impl Membership {
     /// Something was queued for the connection.
     pub(crate) fn notify(&self) {
         self.signal.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether the signal is up; if not, `cx` is woken when it goes up.
+    pub(crate) fn is_signalled(&self, cx: &std::task::Context<'_>) -> bool {
+        // Registered before the check: a signal in between still wakes.
+        self.waker.register(cx.waker());
+        self.signal.load(Ordering::Acquire)
     }
 
     /// Takes the signal: whether anything was queued since the last take.
     pub(crate) fn take_signal(&self) -> bool {
-        self.signal.swap(false, Ordering::Acquire)
+        // Read first: most calls find nothing, and a read leaves the cache
+        // line shared where a swap would take it.
+        self.signal.load(Ordering::Relaxed) && self.signal.swap(false, Ordering::Acquire)
     }
 
     pub(crate) fn removal(&self) -> Option<&Removal> {
