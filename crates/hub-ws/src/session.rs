@@ -2,6 +2,9 @@
 //! draining the hub, in one task.
 
 use std::fmt;
+use std::future::Future;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -158,7 +161,7 @@ where
             event = connection.recv() => match event {
                 Ok(event) => {
                     let batch = write_batch(sink, connection, event, session, handler, counters);
-                    time::timeout(config.write_timeout, batch).await
+                    within(config.write_timeout, batch).await
                 }
                 Err(closed) => return ended_by_hub(closed),
             },
@@ -182,6 +185,19 @@ where
                 )
             }
         }
+    }
+}
+
+/// `future`'s output, or [`Elapsed`](time::error::Elapsed) if it takes
+/// longer than `limit`. A future that completes at its first poll (a write
+/// the socket takes at once, the usual case) never arms a timer: arming
+/// and disarming one per write costs more than the write's own work.
+async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, time::error::Elapsed> {
+    let mut future = std::pin::pin!(future);
+    let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(output) => Ok(output),
+        Poll::Pending => time::timeout(limit, future).await,
     }
 }
 
