@@ -427,3 +427,46 @@ async fn a_topic_that_starts_over_in_redis_is_followed_again_everywhere() {
     assert_eq!(text(&mut a1).await, "four");
     assert_eq!(text(&mut b1).await, "four");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_queue_is_full_delivers_locally_and_reports_it() {
+    let redis = RedisServer::start().await;
+    // No room at all in A's write queue: as if Redis could not keep up.
+    let (a, a_backplane) =
+        support::node_with_backplane(hub_redis::RedisBackplane::builder(redis.url()).queue(1))
+            .await;
+    let (b, _) = node(&redis.url()).await;
+    let mut a1 = a.connect().unwrap();
+    let mut b1 = b.connect().unwrap();
+
+    assert_eq!(a.broadcast("local"), 1);
+    let resync = Event::Resync {
+        topic: Topic::All,
+        missed: None,
+    };
+    // A's own connection gets it at once, in an epoch of A's own...
+    assert_eq!(next(&mut a1).await, resync);
+    assert_eq!(text(&mut a1).await, "local");
+    // ...and, once A has placed the topic again, is back on the shared
+    // numbering, while B's is told what it missed.
+    assert_eq!(next(&mut a1).await, resync);
+    assert_eq!(
+        next(&mut b1).await,
+        Event::Resync {
+            topic: Topic::All,
+            missed: Some(1),
+        }
+    );
+    // Personal messages to the other node are refused, not dropped.
+    let refused = a.try_send_personal(b1.id(), "psst").unwrap_err();
+    assert!(matches!(refused, hub::SendError::Unreachable { .. }));
+    // B, whose queue has room, still reaches A.
+    b.broadcast("shared");
+    assert_eq!(text(&mut a1).await, "shared");
+    assert_eq!(text(&mut b1).await, "shared");
+    let stats = a_backplane.stats();
+    assert_eq!(
+        (stats.local_only, stats.notices, stats.published),
+        (1, 1, 0)
+    );
+}

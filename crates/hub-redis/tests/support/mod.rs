@@ -20,12 +20,18 @@ pub async fn node(url: &str) -> (Hub, Arc<RedisBackplane>) {
 }
 
 pub async fn node_with(url: &str, builder: hub::Builder) -> (Hub, Arc<RedisBackplane>) {
-    let backplane = RedisBackplane::builder(url)
-        .backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .connect()
-        .await
-        .unwrap();
+    let backplane =
+        RedisBackplane::builder(url).backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let backplane = backplane.connect().await.unwrap();
     let hub = builder.backplane(backplane.clone()).build();
+    timeout(WAIT, backplane.until_up()).await.unwrap();
+    (hub, backplane)
+}
+
+/// A node with a backplane configured by the test.
+pub async fn node_with_backplane(backplane: hub_redis::Builder) -> (Hub, Arc<RedisBackplane>) {
+    let backplane = backplane.connect().await.unwrap();
+    let hub = Hub::builder().backplane(backplane.clone()).build();
     timeout(WAIT, backplane.until_up()).await.unwrap();
     (hub, backplane)
 }
