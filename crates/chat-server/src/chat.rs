@@ -6,9 +6,10 @@
 //! joins and leaves, commands, members and resumable positions (see
 //! [`crate::protocol`]).
 
-use hub::{Event, Hub, Message, Metadata, Position, Resume, Topic};
+use hub::{ConnId, Event, Hub, Message, Metadata, Position, PresenceKind, Resume, RoomName, Topic};
 use hub_ws::{Close, CloseCode, Ended, Handler, Handshake, Refusal, Session};
 use serde_json::json;
+use tokio::sync::broadcast;
 
 use crate::auth::Auth;
 use crate::protocol::{self, parse_command, payload, ChatOptions, Command};
@@ -287,9 +288,12 @@ fn announce(hub: &Hub, options: &ChatOptions, kind: &str, fields: serde_json::Va
 }
 
 fn member_names(hub: &Hub, options: &ChatOptions) -> Vec<String> {
-    let mut names: Vec<_> = hub
-        .members(options.room.as_str())
-        .into_iter()
+    names_of(&hub.members(options.room.as_str()))
+}
+
+/// The members' names, sorted, each once.
+fn names_of(members: &[(ConnId, Metadata)]) -> Vec<String> {
+    let mut names: Vec<_> = (members.iter())
         .filter_map(|(_, metadata)| metadata.name().map(str::to_owned))
         .collect();
     names.sort();
@@ -300,12 +304,39 @@ fn member_names(hub: &Hub, options: &ChatOptions) -> Vec<String> {
 /// Tells every member of the room who is in it (JSON clients show it).
 /// One shared message: each member costs a reference count, not a copy.
 fn send_members(hub: &Hub, options: &ChatOptions) {
+    send_member_list(hub, &options.room, |_| true);
+}
+
+/// Sends the member list of `room` to its members that `to` picks.
+fn send_member_list(hub: &Hub, room: &RoomName, to: impl Fn(ConnId) -> bool) {
+    let members = hub.members(room.as_str());
     let list = Message::text(payload(
         "members",
-        json!({ "room": options.room.as_str(), "members": member_names(hub, options) }),
+        json!({ "room": room.as_str(), "members": names_of(&members) }),
     ));
-    for (id, _) in hub.members(options.room.as_str()) {
+    for (id, _) in members.into_iter().filter(|(id, _)| to(*id)) {
         let _ = hub.try_send_personal(id, list.clone());
+    }
+}
+
+/// With several nodes: when members of another node leave without a word
+/// (that node died, and its members expired), tells this node's members
+/// of the room who is left. Ends when the hub shuts down.
+pub(crate) async fn follow_departures(hub: Hub, node: u32) {
+    let mut events = hub.presence();
+    loop {
+        match events.recv().await {
+            Ok(event) if event.kind == PresenceKind::Left && event.id.node() != node => {
+                if let Topic::Room(room) = &event.topic {
+                    send_member_list(&hub, room, |id| id.node() == node);
+                }
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+        if hub.is_shut_down() {
+            return;
+        }
     }
 }
 

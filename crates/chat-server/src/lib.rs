@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hub::Hub;
+use hub::{Backplane, Hub};
 use hub_redis::RedisBackplane;
 use hub_ws::{Config, Origins, RateLimit, WsServer};
 use hyper::server::conn::http1;
@@ -306,6 +306,9 @@ impl Server {
         };
         let (chat_hub, chat_backplane) = shared("ws").await?;
         let (rooms_hub, rooms_backplane) = shared("rooms").await?;
+        if let Some((_, backplane)) = &rooms_backplane {
+            tokio::spawn(chat::follow_departures(rooms_hub.clone(), backplane.node()));
+        }
         backplanes.extend(chat_backplane);
         backplanes.extend(rooms_backplane);
         Ok(Self {

@@ -120,8 +120,8 @@ async fn a_killed_node_has_its_room_members_leave_the_others_lists() {
     let mut doomed = ChildServer::spawn(&args).await;
     let mut ann = common::connect(&doomed.url("/ws?room=r&name=ann")).await;
     assert_eq!(recv_text(&mut ann).await, "ann joined");
-    let mut bo = survivor.connect("/ws?room=r&name=bo").await;
-    assert_eq!(recv_text(&mut bo).await, "bo joined");
+    let mut bo = survivor.connect("/ws?room=r&name=bo&format=json").await;
+    wait_members(&mut bo, &["ann", "bo"]).await;
     // The survivor lists both, its own and the other node's.
     let names = |hub: &hub::Hub| -> Vec<String> {
         let members = hub.members("r").into_iter();
@@ -146,7 +146,22 @@ async fn a_killed_node_has_its_room_members_leave_the_others_lists() {
         killed.elapsed()
     );
     assert_eq!(names(&survivor.rooms), ["bo"]);
+    // The survivor's clients are told who is left.
+    wait_members(&mut bo, &["bo"]).await;
     drop(ann);
+}
+
+/// Reads a JSON client's frames until a member list equal to `names`.
+async fn wait_members(client: &mut common::Client, names: &[&str]) {
+    // Bounded: a handful of frames come before it (welcome, lines, lists).
+    for _ in 0..20 {
+        let frame: Value = serde_json::from_str(&recv_text(client).await).unwrap();
+        let members = frame["type"] == "personal" && frame["data"]["kind"] == "members";
+        if members && frame["data"]["members"] == serde_json::json!(names) {
+            return;
+        }
+    }
+    panic!("no member list {names:?}");
 }
 
 /// Waits for a presence event of `kind` about the member called `name` in
