@@ -4,6 +4,9 @@
 // Test helpers panic on purpose when something is off.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../hub-redis/tests/support/redis_server.rs"]
+mod redis_server;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,13 +22,19 @@ const WAIT: Duration = Duration::from_secs(60);
 
 struct TestServer {
     addr: SocketAddr,
+    /// The hub behind `/ws`.
+    chat: hub::Hub,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
 
 impl TestServer {
     async fn start() -> Self {
-        let args = Args::parse_from([
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> Self {
+        let mut argv = vec![
             "chat-server",
             "--host",
             "127.0.0.1",
@@ -33,14 +42,21 @@ impl TestServer {
             "0",
             "--shutdown-grace",
             "1s",
-        ]);
-        let server = Server::bind(&args).await.unwrap();
+        ];
+        argv.extend_from_slice(extra);
+        let server = Server::bind(&Args::parse_from(argv)).await.unwrap();
         let addr = server.local_addr().unwrap();
+        let chat = server.chat_hub().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        Self { addr, stop, task }
+        Self {
+            addr,
+            chat,
+            stop,
+            task,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -92,6 +108,41 @@ async fn broadcast_flat_out() {
     assert!(server_usage.vm_rss_bytes.unwrap() > 0, "{report}");
     assert_eq!(report.close.clean, 50, "{report}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_across_two_nodes_sharing_redis() {
+    let redis = redis_server::RedisServer::start().await;
+    let url = redis.url();
+    let a = TestServer::start_with(&["--redis-url", &url]).await;
+    let b = TestServer::start_with(&["--redis-url", &url]).await;
+    let run = Broadcast::new(a.url("/ws"))
+        .also_urls(vec![b.url("/ws")])
+        .clients(40)
+        .senders(2)
+        .messages(50)
+        .size(64)
+        .timeout(Duration::from_secs(30));
+    let connected = async {
+        // Half the clients on each node, a sender on each.
+        let report = run.run().await.unwrap();
+        assert_eq!(report.deliveries.received, 40 * 2 * 50, "{report}");
+        assert_eq!(report.deliveries.lost, 0, "{report}");
+        assert_eq!(report.deliveries.duplicated, 0, "{report}");
+        assert!(report.passed(), "{report}");
+        assert!(report.url.contains(&b.url("/ws")), "{report}");
+    };
+    bounded(connected).await;
+    assert_eq!(
+        (
+            a.chat.stats().connected_total,
+            b.chat.stats().connected_total
+        ),
+        (20, 20),
+        "clients go to each node in turn"
+    );
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
