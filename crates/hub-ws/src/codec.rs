@@ -60,11 +60,14 @@ pub(crate) struct Socket<S> {
     /// No more frames will be read: the client closed, or broke the
     /// protocol.
     read_done: bool,
-    /// Frames to write, in order, each as one or two buffers.
+    /// Buffers to write, in order; what `scratch` holds follows them.
     out: VecDeque<Bytes>,
+    /// Bytes waiting to be written, in `out` and `scratch`.
     out_len: usize,
-    /// Headers (and small payloads) are written here, then split off: one
-    /// allocation serves many frames.
+    /// Frames being put together: headers, and small payloads next to
+    /// them. Consecutive small frames share one buffer (one entry of
+    /// `out`), split off only when a shared payload follows or the socket
+    /// is written to.
     scratch: BytesMut,
     /// The answer to the latest ping, not yet queued (at most one: RFC
     /// 6455 allows answering only the most recent).
@@ -100,12 +103,11 @@ impl<S> Socket<S> {
         &self.io
     }
 
-    /// Queues one frame.
     /// Queues one frame whose payload is copied next to its header.
     fn queue(&mut self, opcode: u8, payload: &[u8]) {
         self.put_header(opcode, payload.len(), payload.len());
         self.scratch.put_slice(payload);
-        self.push_scratch();
+        self.out_len += payload.len();
     }
 
     /// Queues one frame whose payload is shared with every other socket it
@@ -127,6 +129,7 @@ impl<S> Socket<S> {
         if self.scratch.capacity() - self.scratch.len() < need {
             self.scratch.reserve(need.max(4096));
         }
+        let start = self.scratch.len();
         self.scratch.put_u8(0x80 | opcode);
         match len {
             0..=125 => self.scratch.put_u8(len as u8),
@@ -139,13 +142,20 @@ impl<S> Socket<S> {
                 self.scratch.put_u64(len as u64);
             }
         }
+        self.out_len += self.scratch.len() - start;
     }
 
-    /// Queues what the scratch buffer holds as one buffer.
+    /// Anything waiting to be written?
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || !self.scratch.is_empty()
+    }
+
+    /// Moves the frames being put together to the end of `out`, as one
+    /// buffer.
     fn push_scratch(&mut self) {
-        let head = self.scratch.split().freeze();
-        self.out_len += head.len();
-        self.out.push_back(head);
+        if !self.scratch.is_empty() {
+            self.out.push_back(self.scratch.split().freeze());
+        }
     }
 
     fn queue_frame(&mut self, frame: Frame) {
@@ -353,6 +363,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 self.queue(OP_PONG, &ping);
             }
         }
+        self.push_scratch();
         let vectored = self.io.is_write_vectored();
         while !self.out.is_empty() {
             if !vectored && self.out.len() > 1 && self.out[0].len() < COALESCE {
@@ -449,7 +460,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Socket<S> {
         let this = self.get_mut();
         // An owed pong or close reply goes out as soon as it can, even when
         // the session has nothing else to write.
-        if this.pong.is_some() || (!this.out.is_empty() && this.read_done) {
+        if this.pong.is_some() || (this.has_output() && this.read_done) {
             if let Poll::Ready(Err(_)) = this.poll_write_out(cx) {
                 return Poll::Ready(Some(Err(ReadError::Lost)));
             }

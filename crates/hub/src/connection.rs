@@ -323,12 +323,18 @@ impl Connection {
             return Ok(event);
         }
         let count = self.subs.len();
-        for step in 0..count {
-            let index = (self.turn + step) % count;
+        let mut index = if self.turn < count { self.turn } else { 0 };
+        for _ in 0..count {
             while !self.subs[index].done {
                 let received = self.subs[index].receiver.try_recv();
                 let result = match received {
-                    Ok(envelope) => self.accept(index, envelope),
+                    Ok(envelope) => match self.next_in_line(index, envelope) {
+                        Ok(event) => {
+                            self.turn = index + 1;
+                            return Ok(event);
+                        }
+                        Err(envelope) => self.accept(index, envelope),
+                    },
                     Err(ChannelTryRecvError::Lagged(missed)) => self.lagged(missed),
                     Err(ChannelTryRecvError::Empty | ChannelTryRecvError::Closed) => break,
                 };
@@ -336,6 +342,10 @@ impl Connection {
                     self.turn = index + 1;
                     return result.map_err(TryRecvError::from);
                 }
+            }
+            index += 1;
+            if index == count {
+                index = 0;
             }
         }
         if self.draining {
@@ -461,8 +471,34 @@ impl Connection {
         self.turn = 0;
     }
 
+    /// The common case, without the bookkeeping of [`accept`](Self::accept):
+    /// the message topic `index` expects next, for this connection, with
+    /// nothing else waiting. Anything else is handed back.
+    #[inline]
+    fn next_in_line(&mut self, index: usize, envelope: Envelope) -> Result<Event, Envelope> {
+        let sub = &mut self.subs[index];
+        let in_line = !self.draining
+            && self.pending.is_empty()
+            && envelope.epoch == sub.epoch
+            && envelope.offset == sub.next
+            && envelope.except != Some(self.id);
+        if in_line {
+            if let Payload::Message(message) = envelope.payload {
+                sub.next += 1;
+                return Ok(Event::Broadcast(Broadcast {
+                    topic: sub.room.topic.clone(),
+                    epoch: envelope.epoch,
+                    offset: envelope.offset,
+                    message,
+                }));
+            }
+        }
+        Err(envelope)
+    }
+
     /// Takes in a message from topic `index`: skips duplicates and messages
     /// not for this connection, handles a gap by the slow-consumer policy.
+    #[cold]
     fn accept(&mut self, index: usize, envelope: Envelope) -> Option<Result<Event, RecvError>> {
         if self.draining {
             let sub = &self.subs[index];
