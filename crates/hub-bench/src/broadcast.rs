@@ -16,21 +16,19 @@
 //!    that thousands of busy receivers do not make them late.
 //! 4. **Close** every client with a close frame.
 
+use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt as _, StreamExt as _};
 use indicatif::ProgressBar;
 use tokio::runtime::{Handle, Runtime};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Mutex, Notify};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
-use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::common::{common_options, Common};
-use crate::connect::{self, Dialer, Ws};
+use crate::connect::{self, Dialer};
 use crate::error::Error;
 use crate::latency::{Latencies, Samples};
 use crate::payload::{self, Marker};
@@ -38,6 +36,7 @@ use crate::proc::{self, Pid};
 use crate::progress::Progress;
 use crate::report::{seconds, BroadcastReport, CloseReport, Cpu, Deliveries, Latency, ServerUsage};
 use crate::stop::Stop;
+use crate::ws::{Reader, Status, Writer};
 
 /// How often senders repeat their warm-up until every client heard it.
 const WARM_UP_EVERY: Duration = Duration::from_millis(250);
@@ -556,35 +555,34 @@ async fn client(
     outcomes: mpsc::Sender<connect::Outcome>,
     phase: Option<watch::Receiver<Phase>>,
 ) -> ClientStats {
-    let Some(ws) = connect::dial_and_tell(&run.dialer, index, outcomes).await else {
+    let Some((mut reader, writer)) = connect::dial_and_tell(&run.dialer, index, outcomes).await
+    else {
         return ClientStats::default();
     };
-    let (sink, mut stream) = ws.split();
+    // Shared by the sender (if this client is one) and the receiver, which
+    // answers pings.
+    let writer = Arc::new(Mutex::new(writer));
     let mut receiver = Receiver::new(&run, index);
     let sending = async {
         match (phase, u32::try_from(index)) {
             (Some(phase), Ok(sender)) => {
                 let shared = run.clone();
-                let sending = run.send_on.spawn(async move {
-                    let mut sink = sink;
-                    let sent = send(&shared, sender, &mut sink, phase).await;
-                    (sent, sink)
-                });
-                match sending.await {
-                    Ok((sent, sink)) => (sent, Some(sink)),
-                    // Cancelled: the run is being torn down.
-                    Err(_) => (Sent::default(), None),
-                }
+                let writer = Arc::clone(&writer);
+                let sending = run
+                    .send_on
+                    .spawn(async move { send(&shared, sender, &writer, phase).await });
+                // Cancelled: the run is being torn down.
+                sending.await.ok()
             }
-            _ => (Sent::default(), Some(sink)),
+            _ => Some(Sent::default()),
         }
     };
-    let ((sent, sink), ended_early) = tokio::join!(sending, receiver.receive(&mut stream));
-    let closed_cleanly = match sink.map(|sink| stream.reunite(sink)) {
-        Some(Ok(ws)) if !ended_early => connect::close(ws).await,
+    let (sent, ended_early) = tokio::join!(sending, receiver.receive(&mut reader, &writer));
+    let closed_cleanly = match sent {
+        Some(_) if !ended_early => connect::close(&mut reader, &mut *writer.lock().await).await,
         _ => false,
     };
-    receiver.finish(sent, ended_early, closed_cleanly)
+    receiver.finish(sent.unwrap_or_default(), ended_early, closed_cleanly)
 }
 
 /// What a sender sent.
@@ -598,7 +596,7 @@ struct Sent {
 async fn send(
     run: &Run,
     sender: u32,
-    sink: &mut SplitSink<Ws, Message>,
+    writer: &Mutex<Writer>,
     mut phase: watch::Receiver<Phase>,
 ) -> Sent {
     let mut sent = Sent::default();
@@ -611,9 +609,8 @@ async fn send(
             let Some(warm_up) = payload::warm_up(sender, run.size) else {
                 return Ok(());
             };
-            let warm_up = Message::text(warm_up);
             loop {
-                sink.send(warm_up.clone()).await?;
+                writer.lock().await.send_text(warm_up.as_bytes()).await?;
                 tokio::select! {
                     measure = phase.wait_for(|p| *p >= Phase::Measure) => {
                         if measure.is_err() {
@@ -626,8 +623,8 @@ async fn send(
             }
             sent.first = Some(run.nanos());
             match run.plan {
-                None => flat_out(run, sender, sink, &mut sent.count).await,
-                Some(plan) => paced(run, sender, sink, plan, &mut sent.count).await,
+                None => flat_out(run, sender, writer, &mut sent.count).await,
+                Some(plan) => paced(run, sender, writer, plan, &mut sent.count).await,
             }
         };
         tokio::select! {
@@ -644,20 +641,24 @@ async fn send(
 async fn flat_out(
     run: &Run,
     sender: u32,
-    sink: &mut SplitSink<Ws, Message>,
+    writer: &Mutex<Writer>,
     count: &mut u64,
-) -> Result<(), tungstenite::Error> {
-    for seq in 0..run.messages {
-        let Some(text) = payload::data(sender, seq, run.nanos(), run.size) else {
-            break;
-        };
-        sink.feed(Message::text(text)).await?;
-        *count += 1;
-        if (seq + 1) % FLUSH_EVERY == 0 {
-            sink.flush().await?;
+) -> io::Result<()> {
+    let mut seq = 0;
+    while seq < run.messages {
+        let end = seq.saturating_add(FLUSH_EVERY).min(run.messages);
+        let mut writer = writer.lock().await;
+        while seq < end {
+            let Some(text) = payload::data(sender, seq, run.nanos(), run.size) else {
+                return writer.flush().await;
+            };
+            writer.feed_text(text.as_bytes()).await?;
+            *count += 1;
+            seq += 1;
         }
+        writer.flush().await?;
     }
-    sink.flush().await
+    Ok(())
 }
 
 /// Sends `plan.burst` messages every `plan.tick`, on a fixed schedule:
@@ -666,25 +667,26 @@ async fn flat_out(
 async fn paced(
     run: &Run,
     sender: u32,
-    sink: &mut SplitSink<Ws, Message>,
+    writer: &Mutex<Writer>,
     plan: RatePlan,
     count: &mut u64,
-) -> Result<(), tungstenite::Error> {
+) -> io::Result<()> {
     let mut ticks = tokio::time::interval(plan.tick);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut seq = 0;
     while seq < run.messages {
         ticks.tick().await;
         let end = seq.saturating_add(plan.burst).min(run.messages);
+        let mut writer = writer.lock().await;
         while seq < end {
             let Some(text) = payload::data(sender, seq, run.nanos(), run.size) else {
-                return Ok(());
+                return writer.flush().await;
             };
-            sink.feed(Message::text(text)).await?;
+            writer.feed_text(text.as_bytes()).await?;
             *count += 1;
             seq += 1;
         }
-        sink.flush().await?;
+        writer.flush().await?;
     }
     Ok(())
 }
@@ -734,23 +736,23 @@ impl<'a> Receiver<'a> {
 
     /// Reads until the stop signal (returns `false`) or until the server
     /// closes or drops the connection (returns `true`).
-    async fn receive(&mut self, stream: &mut SplitStream<Ws>) -> bool {
+    async fn receive(&mut self, reader: &mut Reader, writer: &Mutex<Writer>) -> bool {
         let stop = self.run.stop.wait(self.index);
         tokio::pin!(stop);
         loop {
             // The stop future is only polled when nothing is left to read.
-            let message = tokio::select! {
+            let read = tokio::select! {
                 biased;
-                message = stream.next() => message,
+                read = reader.read(|message| self.on_message(message)) => read,
                 () = &mut stop => return false,
             };
-            match message {
-                Some(Ok(Message::Text(text))) => self.on_text(&text),
-                Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                    self.gone();
-                    return true;
-                }
-                Some(Ok(_)) => {}
+            let answered = match reader.take_ping() {
+                Some(ping) => writer.lock().await.pong(&ping).await.is_ok(),
+                None => true,
+            };
+            if !matches!(read, Ok(Status::Open)) || !answered {
+                self.gone();
+                return true;
             }
             if self.run.stop.is_raised() {
                 return false;
@@ -758,9 +760,10 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    fn on_text(&mut self, text: &str) {
+    /// Takes in a message (texts and binary alike: only the marker counts).
+    fn on_message(&mut self, message: &[u8]) {
         let run = self.run;
-        match payload::find(text) {
+        match payload::find(message) {
             Some(Marker::WarmUp { sender }) => {
                 let Some(warmed) = self.warmed.get_mut(sender as usize) else {
                     return;

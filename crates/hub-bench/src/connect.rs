@@ -4,24 +4,20 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::http::Uri;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::error::{ConnectError, Error, UrlError};
 use crate::latency;
 use crate::progress::Progress;
 use crate::report::{seconds, ConnectReport, Spread};
 use crate::stop::Stop;
+use crate::ws::{self, Reader, Status, Writer};
 
-/// A connected client.
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// A connected client: its reading and writing halves.
+pub(crate) type Ws = (Reader, Writer);
 
 /// Handshakes in flight at once.
 const HANDSHAKES_IN_FLIGHT: usize = 256;
@@ -32,15 +28,6 @@ const CLIENTS_PER_SOURCE: usize = 20_000;
 
 /// How long a client waits for the server to answer its close frame.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Bytes read from the socket at a time, per client. Small, because it is
-/// allocated up front for each of thousands of clients; longer messages
-/// still arrive whole.
-const READ_BUFFER: usize = 4 * 1024;
-
-/// Bytes written per client before a write to the socket (a flush always
-/// writes everything).
-const WRITE_BUFFER: usize = 16 * 1024;
 
 /// A validated target: `ws://` on this machine.
 #[derive(Clone, Debug)]
@@ -132,7 +119,6 @@ pub(crate) struct Dialer {
     sources: Vec<IpAddr>,
     permits: Semaphore,
     timeout: Duration,
-    config: WebSocketConfig,
 }
 
 impl Dialer {
@@ -144,9 +130,6 @@ impl Dialer {
             sources,
             permits: Semaphore::new(HANDSHAKES_IN_FLIGHT),
             timeout,
-            config: WebSocketConfig::default()
-                .read_buffer_size(READ_BUFFER)
-                .write_buffer_size(WRITE_BUFFER),
         }
     }
 
@@ -183,14 +166,9 @@ impl Dialer {
         socket.set_nodelay(true).map_err(tcp)?;
         socket.bind(SocketAddr::new(from, 0)).map_err(tcp)?;
         let stream = socket.connect(target.addr).await.map_err(tcp)?;
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(
-            target.uri.clone(),
-            stream,
-            Some(self.config),
-        )
-        .await
-        .map_err(|error| ConnectError::Handshake(Box::new(error)))?;
-        Ok(ws)
+        ws::handshake(stream, &target.uri)
+            .await
+            .map_err(ConnectError::Handshake)
     }
 }
 
@@ -289,23 +267,19 @@ fn describe(index: usize, error: &ConnectError) -> String {
     text
 }
 
-/// Closes `ws` properly: a close frame (1000), then reads until the
+/// Closes a client properly: a close frame (1000), then reads until the
 /// server's answer, within [`CLOSE_TIMEOUT`]. Returns whether the server
 /// answered.
-pub(crate) async fn close(mut ws: Ws) -> bool {
-    let frame = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "benchmark over".into(),
-    };
+pub(crate) async fn close(reader: &mut Reader, writer: &mut Writer) -> bool {
     let handshake = async move {
-        if ws.close(Some(frame)).await.is_err() {
+        if writer.close(ws::NORMAL, "benchmark over").await.is_err() {
             return false;
         }
         loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(_))) | None => return true,
-                Some(Ok(_)) => {}
-                Some(Err(_)) => return false,
+            match reader.read(|_| {}).await {
+                Ok(Status::Closed(_)) => return true,
+                Ok(Status::Open) => {}
+                Err(_) => return false,
             }
         }
     };

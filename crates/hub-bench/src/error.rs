@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite;
 
+use crate::ws::HandshakeError;
+
 /// Why a target URL was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -59,7 +61,7 @@ pub enum ConnectError {
     },
     /// The server refused or botched the WebSocket handshake.
     #[error("WebSocket handshake failed")]
-    Handshake(#[source] Box<tungstenite::Error>),
+    Handshake(#[source] HandshakeError),
     /// No answer in time.
     #[error("no WebSocket handshake within {0:?}")]
     TimedOut(Duration),
@@ -81,15 +83,13 @@ impl ConnectError {
                 }
                 _ => None,
             },
-            Self::Handshake(error) => match &**error {
-                tungstenite::Error::Http(response) if response.status().as_u16() == 503 => {
-                    Some("the server is full: raise its connection limit")
-                }
-                tungstenite::Error::Http(response) if response.status().as_u16() == 429 => {
-                    Some("the server limits clients per address: use more --source-ips")
-                }
-                _ => None,
-            },
+            Self::Handshake(HandshakeError::Status { status: 503 }) => {
+                Some("the server is full: raise its connection limit")
+            }
+            Self::Handshake(HandshakeError::Status { status: 429 }) => {
+                Some("the server limits clients per address: use more --source-ips")
+            }
+            Self::Handshake(_) => None,
             Self::TimedOut(_) => Some("the server is too busy accepting: retry with fewer clients"),
         }
     }

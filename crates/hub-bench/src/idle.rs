@@ -4,10 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{common_options, Common};
 use crate::connect::{self, Dialer};
@@ -16,6 +14,7 @@ use crate::proc::{self, Memory, Pid};
 use crate::progress::Progress;
 use crate::report::{seconds, CloseReport, IdleReport, IdleServer};
 use crate::stop::Stop;
+use crate::ws::Status;
 
 /// An idle-connections run, configured with its builder methods then
 /// [`run`](Self::run).
@@ -173,23 +172,29 @@ async fn client(
     index: usize,
     outcomes: mpsc::Sender<connect::Outcome>,
 ) -> IdleClient {
-    let Some(mut ws) = connect::dial_and_tell(&run.dialer, index, outcomes).await else {
+    let Some((mut reader, mut writer)) = connect::dial_and_tell(&run.dialer, index, outcomes).await
+    else {
         return IdleClient::default();
     };
     let stop = run.stop.wait(index);
     tokio::pin!(stop);
     let disconnected = loop {
-        let message = tokio::select! {
+        let read = tokio::select! {
             biased;
-            message = ws.next() => message,
+            read = reader.read(|_| {}) => read,
             () = &mut stop => break false,
         };
-        match message {
-            Some(Ok(Message::Close(_)) | Err(_)) | None => break true,
-            Some(Ok(_)) => {}
+        match read {
+            Ok(Status::Open) => {}
+            Ok(Status::Closed(_)) | Err(_) => break true,
+        }
+        if let Some(ping) = reader.take_ping() {
+            if writer.pong(&ping).await.is_err() {
+                break true;
+            }
         }
     };
-    let closed_cleanly = !disconnected && connect::close(ws).await;
+    let closed_cleanly = !disconnected && connect::close(&mut reader, &mut writer).await;
     IdleClient {
         disconnected,
         closed_cleanly,

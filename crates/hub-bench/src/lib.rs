@@ -44,6 +44,7 @@ mod proc;
 mod progress;
 mod report;
 mod stop;
+mod ws;
 
 pub use broadcast::Broadcast;
 pub use error::{ConnectError, Error, UrlError};
@@ -52,3 +53,4 @@ pub use report::{
     BroadcastReport, CloseReport, ConnectReport, Cpu, Deliveries, IdleReport, IdleServer, Latency,
     ServerUsage, Spread,
 };
+pub use ws::HandshakeError;

@@ -73,9 +73,8 @@ fn pad(mut text: String, size: usize) -> Option<String> {
     Some(text)
 }
 
-/// The first well-formed marker in `text`, wherever it starts.
-pub(crate) fn find(text: &str) -> Option<Marker> {
-    let bytes = text.as_bytes();
+/// The first well-formed marker in a message's bytes, wherever it starts.
+pub(crate) fn find(bytes: &[u8]) -> Option<Marker> {
     let mut from = 0;
     while let Some(offset) = bytes[from..].iter().position(|&b| b == b'~') {
         let start = from + offset + 1;
@@ -170,11 +169,14 @@ mod tests {
             let text = text.as_deref().unwrap_or_default();
             assert_eq!(text.len(), size);
             assert!(text.ends_with("xxxxxxxxxx"), "{text}");
-            assert_eq!(find(text), Some(Marker::Data { sender, seq, sent }));
+            assert_eq!(
+                find(text.as_bytes()),
+                Some(Marker::Data { sender, seq, sent })
+            );
         }
         let text = warm_up(42, 20).unwrap_or_default();
         assert_eq!(text, "~w42~xxxxxxxxxxxxxxx");
-        assert_eq!(find(&text), Some(Marker::WarmUp { sender: 42 }));
+        assert_eq!(find(text.as_bytes()), Some(Marker::WarmUp { sender: 42 }));
     }
 
     #[test]
@@ -195,11 +197,11 @@ mod tests {
             seq: 17,
             sent: 0xabc,
         });
-        assert_eq!(find(&said), expected);
+        assert_eq!(find(said.as_bytes()), expected);
         let echoed = format!("Message text was: {text}");
-        assert_eq!(find(&echoed), expected);
+        assert_eq!(find(echoed.as_bytes()), expected);
         // A stray `~` before the marker does not hide it.
-        assert_eq!(find(&format!("~~ ~1: {text}")), expected);
+        assert_eq!(find(format!("~~ ~1: {text}").as_bytes()), expected);
     }
 
     #[test]
@@ -217,7 +219,7 @@ mod tests {
             "~w1",
             "~99999999999:0:0000000000000000~",
         ] {
-            assert_eq!(find(text), None, "{text:?}");
+            assert_eq!(find(text.as_bytes()), None, "{text:?}");
         }
     }
 
