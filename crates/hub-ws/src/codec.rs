@@ -33,6 +33,9 @@ use crate::{Close, CloseCode};
 const READ_CHUNK: usize = 4096;
 /// Payloads up to this size are copied next to their header.
 const INLINE: usize = 512;
+/// Room the frame buffer is given at a time, and about the most it keeps
+/// between writes.
+const SCRATCH_KEPT: usize = 4096;
 /// Buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
 /// Past this many bytes waiting to be written, `poll_ready` writes first.
@@ -127,7 +130,7 @@ impl<S> Socket<S> {
     fn put_header(&mut self, opcode: u8, len: usize, extra: usize) {
         let need = 10 + extra;
         if self.scratch.capacity() - self.scratch.len() < need {
-            self.scratch.reserve(need.max(4096));
+            self.scratch.reserve(need.max(SCRATCH_KEPT));
         }
         let start = self.scratch.len();
         self.scratch.put_u8(0x80 | opcode);
@@ -153,9 +156,17 @@ impl<S> Socket<S> {
     /// Moves the frames being put together to the end of `out`, as one
     /// buffer.
     fn push_scratch(&mut self) {
-        if !self.scratch.is_empty() {
-            self.out.push_back(self.scratch.split().freeze());
+        if self.scratch.is_empty() {
+            return;
         }
+        let frames = if self.scratch.len() > SCRATCH_KEPT / 2 {
+            // A burst: its buffer goes with it, and is freed once written,
+            // rather than kept by every connection that once had a burst.
+            std::mem::take(&mut self.scratch)
+        } else {
+            self.scratch.split()
+        };
+        self.out.push_back(frames.freeze());
     }
 
     fn queue_frame(&mut self, frame: Frame) {
@@ -807,6 +818,38 @@ mod tests {
         // Cut to 125 bytes in all, on a character boundary.
         assert_eq!(close.len(), 2 + 122);
         assert!(std::str::from_utf8(&close[2..]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_small_frames_keeps_its_order() {
+        let (mut socket, mut client) = pair();
+        let texts: Vec<String> = (0..300)
+            .map(|i| format!("frame {i:03} {}", "x".repeat(i % 40)))
+            .collect();
+        let reader = tokio::spawn(async move {
+            let mut frames = Vec::new();
+            for _ in 0..301 {
+                frames.push(server_frame(&mut client).await);
+            }
+            frames
+        });
+        for text in &texts {
+            socket
+                .feed(Frame::Message(Message::text(text.clone())))
+                .await
+                .unwrap();
+        }
+        socket.flush().await.unwrap();
+        // The burst's buffer went with it; the next frame starts a new one.
+        socket
+            .send(Frame::Message(Message::text("after")))
+            .await
+            .unwrap();
+        let frames = reader.await.unwrap();
+        for (frame, text) in frames.iter().zip(&texts) {
+            assert_eq!(frame, &(true, OP_TEXT, text.as_bytes().to_vec()));
+        }
+        assert_eq!(frames[300], (true, OP_TEXT, b"after".to_vec()));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::stats::Counters;
 use crate::{Close, CloseCode, Config, Ended, Handler, Session};
 
 /// Most hub messages written to the socket before one flush.
-const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 256;
 
 /// A finished session: how it ended, the socket (to close the transport
 /// underneath gracefully) and the deadline for doing so.
