@@ -646,17 +646,8 @@ async fn flat_out(
 ) -> io::Result<()> {
     let mut seq = 0;
     while seq < run.messages {
-        let end = seq.saturating_add(FLUSH_EVERY).min(run.messages);
-        let mut writer = writer.lock().await;
-        while seq < end {
-            let Some(text) = payload::data(sender, seq, run.nanos(), run.size) else {
-                return writer.flush().await;
-            };
-            writer.feed_text(text.as_bytes()).await?;
-            *count += 1;
-            seq += 1;
-        }
-        writer.flush().await?;
+        let end = seq.saturating_add(FLUSH_EVERY);
+        send_batch(run, sender, writer, &mut seq, end, count).await?;
     }
     Ok(())
 }
@@ -676,19 +667,34 @@ async fn paced(
     let mut seq = 0;
     while seq < run.messages {
         ticks.tick().await;
-        let end = seq.saturating_add(plan.burst).min(run.messages);
-        let mut writer = writer.lock().await;
-        while seq < end {
-            let Some(text) = payload::data(sender, seq, run.nanos(), run.size) else {
-                return writer.flush().await;
-            };
-            writer.feed_text(text.as_bytes()).await?;
-            *count += 1;
-            seq += 1;
-        }
-        writer.flush().await?;
+        let end = seq.saturating_add(plan.burst);
+        send_batch(run, sender, writer, &mut seq, end, count).await?;
     }
     Ok(())
+}
+
+/// Sends messages `*seq..end` (at most up to the run's last), then
+/// flushes. Should a message not fit the size, sending ends there.
+async fn send_batch(
+    run: &Run,
+    sender: u32,
+    writer: &Mutex<Writer>,
+    seq: &mut u32,
+    end: u32,
+    count: &mut u64,
+) -> io::Result<()> {
+    let end = end.min(run.messages);
+    let mut writer = writer.lock().await;
+    while *seq < end {
+        let Some(text) = payload::data(sender, *seq, run.nanos(), run.size) else {
+            *seq = run.messages;
+            break;
+        };
+        writer.feed_text(text.as_bytes()).await?;
+        *count += 1;
+        *seq += 1;
+    }
+    writer.flush().await
 }
 
 /// One client's bookkeeping of what it received.
@@ -746,11 +752,12 @@ impl<'a> Receiver<'a> {
                 read = reader.read(|message| self.on_message(message)) => read,
                 () = &mut stop => return false,
             };
-            let answered = match reader.take_ping() {
-                Some(ping) => writer.lock().await.pong(&ping).await.is_ok(),
-                None => true,
+            let open = match read {
+                Ok(Status::Open) => true,
+                Ok(Status::Ping(ping)) => writer.lock().await.pong(&ping).await.is_ok(),
+                Ok(Status::Closed(_)) | Err(_) => false,
             };
-            if !matches!(read, Ok(Status::Open)) || !answered {
+            if !open {
                 self.gone();
                 return true;
             }

@@ -278,7 +278,8 @@ pub(crate) async fn close(reader: &mut Reader, writer: &mut Writer) -> bool {
         loop {
             match reader.read(|_| {}).await {
                 Ok(Status::Closed(_)) => return true,
-                Ok(Status::Open) => {}
+                // Our close frame is out: pings go unanswered.
+                Ok(Status::Open | Status::Ping(_)) => {}
                 Err(_) => return false,
             }
         }

@@ -186,12 +186,12 @@ async fn client(
         };
         match read {
             Ok(Status::Open) => {}
-            Ok(Status::Closed(_)) | Err(_) => break true,
-        }
-        if let Some(ping) = reader.take_ping() {
-            if writer.pong(&ping).await.is_err() {
-                break true;
+            Ok(Status::Ping(ping)) => {
+                if writer.pong(&ping).await.is_err() {
+                    break true;
+                }
             }
+            Ok(Status::Closed(_)) | Err(_) => break true,
         }
     };
     let closed_cleanly = !disconnected && connect::close(&mut reader, &mut writer).await;

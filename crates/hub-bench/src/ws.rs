@@ -67,10 +67,12 @@ pub(crate) enum ReadError {
 }
 
 /// What one read brought, besides the messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Status {
     /// The connection is open.
     Open,
+    /// The server sent a ping with this payload: answer it with a pong.
+    Ping(Vec<u8>),
     /// The server sent its close frame (with this code, if any), or closed
     /// the connection.
     Closed(Option<u16>),
@@ -152,9 +154,10 @@ pub(crate) struct Reader {
     buf: BytesMut,
     /// A fragmented message being put together.
     partial: Option<Vec<u8>>,
-    /// The payload of the latest ping, not answered yet.
+    /// The payload of the latest ping, not handed out yet.
     ping: Option<Vec<u8>>,
-    closed: Option<Status>,
+    /// The server closed (with this code, if it gave one).
+    closed: Option<Option<u16>>,
 }
 
 impl Reader {
@@ -169,41 +172,39 @@ impl Reader {
     }
 
     /// Hands each complete message already read to `on_message` (text or
-    /// binary alike); while there is none (and no ping to answer), reads
-    /// from the socket. Cancel safe: a read that is cancelled has taken
-    /// nothing.
+    /// binary alike); while there is none, reads from the socket. Returns
+    /// once something was handed out, a ping came (handed out with the
+    /// status, once) or the server closed. Cancel safe: a read that is
+    /// cancelled has taken nothing.
     pub(crate) async fn read(
         &mut self,
         mut on_message: impl FnMut(&[u8]),
     ) -> Result<Status, ReadError> {
         loop {
-            if let Some(status) = self.closed {
-                return Ok(status);
+            let handed = self.closed.is_none() && self.parse(&mut on_message)?;
+            if let Some(code) = self.closed {
+                return Ok(Status::Closed(code));
             }
-            let (status, handed) = self.parse(&mut on_message)?;
-            if handed || status != Status::Open || self.ping.is_some() {
-                return Ok(status);
+            if let Some(ping) = self.ping.take() {
+                return Ok(Status::Ping(ping));
+            }
+            if handed {
+                return Ok(Status::Open);
             }
             if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
                 self.buf.reserve(READ_CHUNK);
             }
             if self.io.read_buf(&mut self.buf).await? == 0 {
-                self.closed = Some(Status::Closed(None));
+                self.closed = Some(None);
             }
         }
     }
 
-    /// The payload of a ping to answer, if one came.
-    pub(crate) fn take_ping(&mut self) -> Option<Vec<u8>> {
-        self.ping.take()
-    }
-
-    /// Parses and hands out every complete frame in the buffer. Returns
-    /// the status and whether any message was handed out.
-    fn parse(&mut self, on_message: &mut impl FnMut(&[u8])) -> Result<(Status, bool), ReadError> {
+    /// Parses and hands out every complete frame in the buffer, up to the
+    /// server's close frame. Returns whether any message was handed out.
+    fn parse(&mut self, on_message: &mut impl FnMut(&[u8])) -> Result<bool, ReadError> {
         let mut at = 0;
         let mut handed = false;
-        let mut status = Status::Open;
         while let Some(frame) = next_frame(&self.buf[at..])? {
             let payload = &self.buf[at + frame.header..at + frame.header + frame.len];
             match (frame.opcode, &mut self.partial) {
@@ -228,8 +229,7 @@ impl Reader {
                 (OP_PONG, _) => {}
                 (OP_CLOSE, _) => {
                     let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                    status = Status::Closed(code);
-                    self.closed = Some(status);
+                    self.closed = Some(code);
                     at += frame.header + frame.len;
                     break;
                 }
@@ -238,7 +238,7 @@ impl Reader {
             at += frame.header + frame.len;
         }
         self.buf.advance(at);
-        Ok((status, handed))
+        Ok(handed)
     }
 }
 
@@ -415,7 +415,8 @@ mod tests {
 
     /// A server that answers the handshake with a text frame in the same
     /// write, sends a fragmented message with a ping between its parts,
-    /// checks the pong and a text from the client, then closes.
+    /// checks the pong and a text from the client, pings again (left
+    /// unanswered), and closes once the client says more.
     async fn scripted_server(listener: TcpListener) {
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut request = Vec::new();
@@ -451,6 +452,8 @@ mod tests {
             .unwrap();
         assert_eq!(client_frame(&mut stream).await, (OP_PONG, b"hi".to_vec()));
         assert_eq!(client_frame(&mut stream).await, (OP_TEXT, b"ok".to_vec()));
+        stream.write_all(&[0x89, 2, b'z', b'z']).await.unwrap();
+        assert_eq!(client_frame(&mut stream).await, (OP_TEXT, b"ack".to_vec()));
         stream.write_all(&[0x88, 2, 0x03, 0xE8]).await.unwrap();
         let (opcode, payload) = client_frame(&mut stream).await;
         assert_eq!((opcode, &payload[..2]), (OP_CLOSE, &[0x03, 0xE8][..]));
@@ -469,17 +472,26 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut messages = Vec::new();
-        let mut status = Status::Open;
+        let mut pings = 0;
         while messages.len() < 2 {
             let read = reader.read(|m| messages.push(m.to_vec()));
-            status = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
-            if let Some(ping) = reader.take_ping() {
-                writer.pong(&ping).await.unwrap();
+            match tokio::time::timeout(WAIT, read).await.unwrap().unwrap() {
+                Status::Ping(ping) => {
+                    pings += 1;
+                    writer.pong(&ping).await.unwrap();
+                }
+                status => assert_eq!(status, Status::Open),
             }
         }
         assert_eq!(messages, [b"first".to_vec(), b"onetwo".to_vec()]);
-        assert_eq!(status, Status::Open);
+        assert_eq!(pings, 1);
         writer.send_text(b"ok").await.unwrap();
+        // A ping is handed out once: a caller that leaves it unanswered
+        // reads on to the close.
+        let read = reader.read(|m| panic!("unexpected {m:?}"));
+        let status = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
+        assert_eq!(status, Status::Ping(b"zz".to_vec()));
+        writer.send_text(b"ack").await.unwrap();
         let read = reader.read(|m| panic!("unexpected {m:?}"));
         let status = tokio::time::timeout(WAIT, read).await.unwrap().unwrap();
         assert_eq!(status, Status::Closed(Some(1000)));
