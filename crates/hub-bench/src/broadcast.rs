@@ -746,12 +746,22 @@ impl<'a> Receiver<'a> {
         let stop = self.run.stop.wait(self.index);
         tokio::pin!(stop);
         loop {
+            // Messages that came in one read arrived at one time: the
+            // clock is read once for them, at the first.
+            let mut now = None;
+            let received = self.received;
             // The stop future is only polled when nothing is left to read.
             let read = tokio::select! {
                 biased;
-                read = reader.read(|message| self.on_message(message)) => read,
+                read = reader.read(|message| self.on_message(message, &mut now)) => read,
                 () = &mut stop => return false,
             };
+            if self.received > received {
+                let shard = &self.run.counts.received[self.index % COUNTER_SHARDS];
+                shard
+                    .0
+                    .fetch_add(self.received - received, Ordering::Relaxed);
+            }
             let open = match read {
                 Ok(Status::Open) => true,
                 Ok(Status::Ping(ping)) => writer.lock().await.pong(&ping).await.is_ok(),
@@ -767,8 +777,9 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    /// Takes in a message (texts and binary alike: only the marker counts).
-    fn on_message(&mut self, message: &[u8]) {
+    /// Takes in a message (texts and binary alike: only the marker counts)
+    /// that arrived at `now` (read from the clock if not yet).
+    fn on_message(&mut self, message: &[u8], now: &mut Option<u64>) {
         let run = self.run;
         match payload::find(message) {
             Some(Marker::WarmUp { sender }) => {
@@ -794,13 +805,11 @@ impl<'a> Receiver<'a> {
                     self.duplicated += 1;
                     return;
                 }
-                let now = run.nanos();
+                let now = *now.get_or_insert_with(|| run.nanos());
                 self.lost += u64::from(seq - *next);
                 *next = seq + 1;
                 self.received += 1;
                 self.last_receipt = Some(now);
-                let shard = &run.counts.received[self.index % COUNTER_SHARDS];
-                shard.0.fetch_add(1, Ordering::Relaxed);
                 self.samples
                     .push(now.saturating_sub(sent) / 1000, &run.latencies);
                 if *next == run.messages {

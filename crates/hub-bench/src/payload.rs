@@ -74,9 +74,11 @@ fn pad(mut text: String, size: usize) -> Option<String> {
 }
 
 /// The first well-formed marker in a message's bytes, wherever it starts.
+/// (Run for every delivery: `~` is looked for with `memchr`, and the
+/// numbers are read without a bounds check per byte.)
 pub(crate) fn find(bytes: &[u8]) -> Option<Marker> {
     let mut from = 0;
-    while let Some(offset) = bytes[from..].iter().position(|&b| b == b'~') {
+    while let Some(offset) = memchr::memchr(b'~', &bytes[from..]) {
         let start = from + offset + 1;
         if let Some(marker) = parse(&bytes[start..]) {
             return Some(marker);
@@ -88,70 +90,65 @@ pub(crate) fn find(bytes: &[u8]) -> Option<Marker> {
 
 /// Parses a marker whose opening `~` is just before `bytes`.
 fn parse(bytes: &[u8]) -> Option<Marker> {
-    let mut cursor = Cursor { bytes, at: 0 };
-    if cursor.eat(b'w') {
-        let sender = cursor.decimal()?;
-        cursor.eat(b'~').then_some(Marker::WarmUp { sender })
-    } else {
-        let sender = cursor.decimal()?;
-        if !cursor.eat(b':') {
-            return None;
-        }
-        let seq = cursor.decimal()?;
-        if !cursor.eat(b':') {
-            return None;
-        }
-        let sent = cursor.hex()?;
-        cursor
-            .eat(b'~')
-            .then_some(Marker::Data { sender, seq, sent })
+    if let Some(rest) = bytes.strip_prefix(b"w") {
+        let (sender, rest) = decimal(rest)?;
+        return rest.starts_with(b"~").then_some(Marker::WarmUp { sender });
     }
+    let (sender, rest) = decimal(bytes)?;
+    let (seq, rest) = decimal(rest.strip_prefix(b":")?)?;
+    let rest = rest.strip_prefix(b":")?;
+    let (digits, rest) = rest.split_first_chunk::<TIME_DIGITS>()?;
+    let sent = hex(digits)?;
+    rest.starts_with(b"~")
+        .then_some(Marker::Data { sender, seq, sent })
 }
 
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// One to ten decimal digits that fit a `u32`, and what follows them.
+fn decimal(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    let mut value = 0u64;
+    let mut digits = 0;
+    for &b in bytes.iter().take(11) {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value * 10 + u64::from(digit);
+        digits += 1;
+    }
+    if digits == 0 || digits > 10 {
+        return None;
+    }
+    Some((u32::try_from(value).ok()?, &bytes[digits..]))
 }
 
-impl Cursor<'_> {
-    fn eat(&mut self, byte: u8) -> bool {
-        let found = self.bytes.get(self.at) == Some(&byte);
-        if found {
-            self.at += 1;
-        }
-        found
+/// Exactly [`TIME_DIGITS`] lowercase hex digits.
+fn hex(digits: &[u8; TIME_DIGITS]) -> Option<u64> {
+    let mut value = 0u64;
+    let mut bad = 0u8;
+    for &b in digits {
+        let digit = HEX[usize::from(b)];
+        bad |= digit;
+        value = (value << 4) | u64::from(digit & 0x0F);
     }
-
-    /// One to ten decimal digits that fit a `u32`.
-    fn decimal(&mut self) -> Option<u32> {
-        let mut value: u32 = 0;
-        let start = self.at;
-        while let Some(&b) = self.bytes.get(self.at) {
-            if !b.is_ascii_digit() {
-                break;
-            }
-            value = value.checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
-            self.at += 1;
-        }
-        (self.at > start).then_some(value)
-    }
-
-    /// Exactly [`TIME_DIGITS`] lowercase hex digits.
-    fn hex(&mut self) -> Option<u64> {
-        let digits = self.bytes.get(self.at..self.at + TIME_DIGITS)?;
-        let mut value: u64 = 0;
-        for &b in digits {
-            let digit = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                _ => return None,
-            };
-            value = (value << 4) | u64::from(digit);
-        }
-        self.at += TIME_DIGITS;
-        Some(value)
-    }
+    // Invalid digits are 0xFF in the table, so any sets the high bits.
+    (bad & 0xF0 == 0).then_some(value)
 }
+
+/// Lowercase hex digit values; 0xFF for every other byte.
+const HEX: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
