@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::future::Future;
-use std::task::Poll;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,13 +46,15 @@ where
     E: fmt::Display,
     H: Handler,
 {
-    let (mut sink, mut stream) = socket.split();
+    let socket = Shared(Mutex::new(socket));
+    let mut half = Half(&socket);
     let mut connection = connection;
     handler.on_open(&session).await;
     let ended = {
+        let mut stream = Half(&socket);
         let reader = read_loop(&mut stream, &session, handler, config, counters);
         let writer = write_loop(
-            &mut sink,
+            &socket,
             &mut connection,
             &session,
             handler,
@@ -66,22 +70,70 @@ where
     if let Ended::ServerClosed(_) = ended {
         // What was already queued for the client (replies, notices) goes
         // out before the close frame.
-        let flushed = flush_queued(&mut sink, &mut connection, &session, handler, counters);
+        let flushed = flush_queued(&mut half, &mut connection, &session, handler, counters);
         let _ = time::timeout_at(deadline, flushed).await;
     }
     drop(connection);
     counters.ended(&ended);
     tracing::debug!(id = %session.id(), ?ended, "session ended");
-    let sent = time::timeout_at(deadline, send_close(&mut sink, &ended)).await;
+    let sent = time::timeout_at(deadline, send_close(&mut half, &ended)).await;
     handler.on_close(&session, &ended).await;
     if matches!(sent, Ok(true)) {
         // The client answers our close frame with its own.
-        let _ = time::timeout_at(deadline, await_close(&mut stream)).await;
+        let _ = time::timeout_at(deadline, await_close(&mut half)).await;
     }
     Finished {
         ended,
-        socket: sink.reunite(stream).ok(),
+        socket: Some(socket.into_inner()),
         deadline,
+    }
+}
+
+/// The socket, shared by the session's reader and writer. They run in one
+/// task and never at once, so the lock is never contended; it is taken
+/// once per read and once per batch of writes (a split sink would take it
+/// once per frame).
+struct Shared<S>(Mutex<S>);
+
+impl<S> Shared<S> {
+    fn lock(&self) -> MutexGuard<'_, S> {
+        // A panic under the lock ends the task that holds the socket.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn into_inner(self) -> S {
+        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The shared socket as a `Stream` and a `Sink`, one lock per call.
+struct Half<'a, S>(&'a Shared<S>);
+
+impl<S: Stream + Unpin> Stream for Half<'_, S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        self.0.lock().poll_next_unpin(cx)
+    }
+}
+
+impl<S: Sink<Frame> + Unpin> Sink<Frame> for Half<'_, S> {
+    type Error = S::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.lock().poll_ready_unpin(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Frame) -> Result<(), S::Error> {
+        self.0.lock().start_send_unpin(frame)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.lock().poll_flush_unpin(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.lock().poll_close_unpin(cx)
     }
 }
 
@@ -140,8 +192,8 @@ where
     }
 }
 
-async fn write_loop<W, E, H>(
-    sink: &mut W,
+async fn write_loop<S, E, H>(
+    socket: &Shared<S>,
     connection: &mut Connection,
     session: &Session,
     handler: &H,
@@ -149,10 +201,11 @@ async fn write_loop<W, E, H>(
     counters: &Counters,
 ) -> Ended
 where
-    W: Sink<Frame, Error = E> + Unpin,
+    S: Sink<Frame, Error = E> + Unpin,
     E: fmt::Display,
     H: Handler,
 {
+    let mut pings = Half(socket);
     let period = config.ping_interval;
     let mut ping = time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -160,13 +213,13 @@ where
         let write = tokio::select! {
             event = connection.recv() => match event {
                 Ok(event) => {
-                    let batch = write_batch(sink, connection, event, session, handler, counters);
+                    let batch = write_batch(socket, connection, event, session, handler, counters);
                     within(config.write_timeout, batch).await
                 }
                 Err(closed) => return ended_by_hub(closed),
             },
             _ = ping.tick() => {
-                time::timeout(config.write_timeout, sink.send(Frame::Ping(Bytes::new())))
+                time::timeout(config.write_timeout, pings.send(Frame::Ping(Bytes::new())))
                     .await
                     .map(|sent| sent.map(|()| None))
             }
@@ -203,48 +256,71 @@ async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, time
 
 /// Writes `first` and whatever else is ready (up to [`MAX_BATCH`]), then
 /// flushes once. Returns the hub's close reason if it came up meanwhile.
-async fn write_batch<W, H>(
-    sink: &mut W,
+/// The socket is locked once for the whole batch.
+async fn write_batch<S, H>(
+    socket: &Shared<S>,
     connection: &mut Connection,
     first: Event,
     session: &Session,
     handler: &H,
     counters: &Counters,
-) -> Result<Option<RecvError>, W::Error>
+) -> Result<Option<RecvError>, S::Error>
 where
-    W: Sink<Frame> + Unpin,
+    S: Sink<Frame> + Unpin,
     H: Handler,
 {
     let mut next = Some(first);
+    // Rendered, waiting for the socket to take it.
+    let mut held: Option<hub::Message> = None;
     let mut closed = None;
     let mut written = 0;
     let (mut messages, mut bytes) = (0, 0);
-    while let Some(event) = next.take() {
-        if let Event::Lagged { topic, missed }
-        | Event::Resync {
-            topic,
-            missed: Some(missed),
-        } = &event
-        {
-            tracing::debug!(id = %connection.id(), %topic, missed, "connection has a gap");
-        }
-        if let Some(message) = handler.render(session, event) {
+    std::future::poll_fn(|cx| {
+        let mut sink = socket.lock();
+        loop {
+            if held.is_none() {
+                let Some(event) = next.take() else {
+                    return Poll::Ready(Ok(()));
+                };
+                if let Event::Lagged { topic, missed }
+                | Event::Resync {
+                    topic,
+                    missed: Some(missed),
+                } = &event
+                {
+                    tracing::debug!(id = %connection.id(), %topic, missed, "connection has a gap");
+                }
+                held = handler.render(session, event);
+                written += 1;
+                if written < MAX_BATCH {
+                    match connection.try_recv() {
+                        Ok(event) => next = Some(event),
+                        Err(TryRecvError::Closed(reason)) => closed = Some(reason),
+                        Err(_) => {}
+                    }
+                }
+            }
+            let Some(message) = held.take() else {
+                continue;
+            };
+            match sink.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {
+                    held = Some(message);
+                    return Poll::Pending;
+                }
+            }
             messages += 1;
             bytes += message.len() as u64;
-            sink.feed(Frame::Message(message)).await?;
+            if let Err(error) = sink.start_send_unpin(Frame::Message(message)) {
+                return Poll::Ready(Err(error));
+            }
         }
-        written += 1;
-        if written == MAX_BATCH {
-            break;
-        }
-        match connection.try_recv() {
-            Ok(event) => next = Some(event),
-            Err(TryRecvError::Closed(reason)) => closed = Some(reason),
-            Err(_) => {}
-        }
-    }
+    })
+    .await?;
     counters.messages_out(messages, bytes);
-    sink.flush().await?;
+    Half(socket).flush().await?;
     Ok(closed)
 }
 
