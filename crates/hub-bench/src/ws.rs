@@ -24,7 +24,7 @@ const READ_CHUNK: usize = 4 * 1024;
 /// The longest handshake answer read.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// The longest message accepted from the server.
-pub(crate) const MAX_MESSAGE: usize = 64 << 20;
+const MAX_MESSAGE: usize = 64 << 20;
 /// Bytes queued before [`Writer::feed`] writes them out.
 const WRITE_BUFFER: usize = 16 * 1024;
 
