@@ -1,5 +1,6 @@
 //! Sessions from axum's own [`WebSocketUpgrade`] extractor (feature `axum`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use hub::{Message, Metadata, Text};
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 
 use crate::frame::{Frame, ReadError};
+use crate::session::Shared;
 use crate::{Close, CloseCode, Ended, Handler, Handshake, PeerAddr, WsServer};
 
 /// axum's read buffer: small keeps idle connections cheap; it grows for
@@ -186,13 +188,18 @@ impl<H: Handler> WsServer<H> {
     /// it ended. Prefer [`axum_upgrade`](Self::axum_upgrade), which also
     /// applies this server's message size limits.
     #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-    pub async fn serve_axum(
+    pub fn serve_axum(
         &self,
         socket: WebSocket,
         metadata: Metadata,
         peer: Option<SocketAddr>,
-    ) -> Ended {
-        let session = self.run(AxumSocket(socket), metadata, peer);
-        self.inner.sessions.track_future(session).await.ended
+    ) -> impl Future<Output = Ended> + '_ {
+        // Not an `async fn`, which would keep the socket twice for the
+        // session's life (as taken, and where its body moves it).
+        let socket = Shared::new(AxumSocket(socket));
+        async move {
+            let session = self.run(&socket, metadata, peer);
+            self.inner.sessions.track_future(session).await.ended
+        }
     }
 }

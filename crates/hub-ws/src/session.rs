@@ -3,15 +3,17 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hub::{Connection, Event, RecvError, TryRecvError};
-use tokio::time::{self, Instant, MissedTickBehavior};
+use tokio::time::{self, Instant};
 
 use crate::frame::{Frame, ReadError};
 use crate::rate::{Bucket, Verdict};
@@ -21,11 +23,10 @@ use crate::{Close, CloseCode, Config, Ended, Handler, Session};
 /// Most hub messages written to the socket before one flush.
 const MAX_BATCH: usize = 256;
 
-/// A finished session: how it ended, the socket (to close the transport
-/// underneath gracefully) and the deadline for doing so.
-pub(crate) struct Finished<S> {
+/// A finished session: how it ended, and the deadline for closing the
+/// transport underneath gracefully.
+pub(crate) struct Finished {
     pub(crate) ended: Ended,
-    pub(crate) socket: Option<S>,
     pub(crate) deadline: Instant,
 }
 
@@ -33,58 +34,100 @@ pub(crate) struct Finished<S> {
 /// the hub, our close frame (or the reply to the client's) goes out, the
 /// handler's `on_close` runs, and the client's close frame is awaited, all
 /// within the close timeout (but for `on_close` itself).
-pub(crate) async fn drive<S, E, H>(
-    socket: S,
-    connection: Connection,
+///
+/// Not an `async fn`: an `async fn` keeps each argument it takes by value
+/// twice, once as taken and once where its body moves it, and this future
+/// is most of what an idle connection costs. An `async move` block keeps
+/// them once.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
+pub(crate) fn drive<'a, S, E, H>(
+    socket: &'a Shared<S>,
+    mut connection: Connection,
     session: Session,
-    handler: &H,
-    config: &Config,
-    counters: &Counters,
-) -> Finished<S>
+    handler: &'a H,
+    config: &'a Config,
+    counters: &'a Counters,
+) -> impl Future<Output = Finished> + 'a
 where
     S: Stream<Item = Result<Frame, ReadError>> + Sink<Frame, Error = E> + Unpin,
     E: fmt::Display,
     H: Handler,
 {
-    let socket = Shared(Mutex::new(socket));
-    let mut half = Half(&socket);
-    let mut connection = connection;
-    handler.on_open(&session).await;
-    let ended = {
-        let mut stream = Half(&socket);
-        let reader = read_loop(&mut stream, &session, handler, config, counters);
-        let writer = write_loop(
-            &socket,
-            &mut connection,
-            &session,
-            handler,
-            config,
-            counters,
-        );
-        tokio::select! {
-            ended = reader => ended,
-            ended = writer => ended,
+    async move {
+        let mut half = Half(socket);
+        handler.on_open(&session).await;
+        let heard = Heard::new();
+        let ended = {
+            let mut reader = pin!(read_loop(
+                Half(socket),
+                &heard,
+                &session,
+                handler,
+                config,
+                counters
+            ));
+            let mut writer = pin!(write_loop(
+                socket,
+                &mut connection,
+                &session,
+                handler,
+                config,
+                counters
+            ));
+            let mut keeper = pin!(keep_alive(socket, &heard, &session, config));
+            // The first of the three to end ends the session. Each is a loop
+            // that ends only with it, so the order of polling is not a matter
+            // of fairness.
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(ended) = reader.as_mut().poll(cx) {
+                    return Poll::Ready(ended);
+                }
+                if let Poll::Ready(ended) = writer.as_mut().poll(cx) {
+                    return Poll::Ready(ended);
+                }
+                keeper.as_mut().poll(cx)
+            })
+            .await
+        };
+        let deadline = Instant::now() + config.close_timeout;
+        if let Ended::ServerClosed(_) = ended {
+            // What was already queued for the client (replies, notices) goes
+            // out before the close frame.
+            let _ = time::timeout_at(
+                deadline,
+                flush_queued(&mut half, &mut connection, &session, handler, counters),
+            )
+            .await;
         }
-    };
-    let deadline = Instant::now() + config.close_timeout;
-    if let Ended::ServerClosed(_) = ended {
-        // What was already queued for the client (replies, notices) goes
-        // out before the close frame.
-        let flushed = flush_queued(&mut half, &mut connection, &session, handler, counters);
-        let _ = time::timeout_at(deadline, flushed).await;
+        drop(connection);
+        counters.ended(&ended);
+        tracing::debug!(id = %session.id(), ?ended, "session ended");
+        let sent = time::timeout_at(deadline, send_close(&mut half, &ended)).await;
+        handler.on_close(&session, &ended).await;
+        if matches!(sent, Ok(true)) {
+            // The client answers our close frame with its own.
+            let _ = time::timeout_at(deadline, await_close(&mut half)).await;
+        }
+        Finished { ended, deadline }
     }
-    drop(connection);
-    counters.ended(&ended);
-    tracing::debug!(id = %session.id(), ?ended, "session ended");
-    let sent = time::timeout_at(deadline, send_close(&mut half, &ended)).await;
-    handler.on_close(&session, &ended).await;
-    if matches!(sent, Ok(true)) {
-        // The client answers our close frame with its own.
-        let _ = time::timeout_at(deadline, await_close(&mut half)).await;
-    }
+}
+
+/// Closes a session the hub did not take: our close frame goes out, within
+/// `timeout`.
+pub(crate) async fn refuse<S: Sink<Frame> + Unpin>(
+    socket: &Shared<S>,
+    close: Close,
+    timeout: Duration,
+) -> Finished {
+    let deadline = Instant::now() + timeout;
+    let mut half = Half(socket);
+    let goodbye = half.send(Frame::Close(Some(close.clone())));
+    let _ = time::timeout_at(deadline, goodbye).await;
     Finished {
-        ended,
-        socket: Some(socket.into_inner()),
+        ended: Ended::ServerClosed(close),
         deadline,
     }
 }
@@ -93,15 +136,19 @@ where
 /// task and never at once, so the lock is never contended; it is taken
 /// once per read and once per batch of writes (a split sink would take it
 /// once per frame).
-struct Shared<S>(Mutex<S>);
+pub(crate) struct Shared<S>(Mutex<S>);
 
 impl<S> Shared<S> {
+    pub(crate) fn new(socket: S) -> Self {
+        Self(Mutex::new(socket))
+    }
+
     fn lock(&self) -> MutexGuard<'_, S> {
         // A panic under the lock ends the task that holds the socket.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn into_inner(self) -> S {
+    pub(crate) fn into_inner(self) -> S {
         self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -138,7 +185,8 @@ impl<S: Sink<Frame> + Unpin> Sink<Frame> for Half<'_, S> {
 }
 
 async fn read_loop<R, H>(
-    stream: &mut R,
+    mut stream: R,
+    heard: &Heard,
     session: &Session,
     handler: &H,
     config: &Config,
@@ -150,12 +198,13 @@ where
 {
     let mut bucket = config.rate_limit.map(Bucket::new);
     loop {
-        let frame = match time::timeout(config.idle_timeout, stream.next()).await {
-            Err(_) => return server_close(CloseCode::GOING_AWAY, "idle timeout"),
-            Ok(None) => return Ended::Lost,
-            Ok(Some(Err(error))) => return ended_by_read_error(error),
-            Ok(Some(Ok(frame))) => frame,
+        let frame = match stream.next().await {
+            None => return Ended::Lost,
+            Some(Err(error)) => return ended_by_read_error(error),
+            Some(Ok(frame)) => frame,
         };
+        // Any frame counts as a sign of life for the idle timeout.
+        heard.now();
         let message = match frame {
             Frame::Message(message) => message,
             // Pings are answered by the WebSocket library, but count against
@@ -164,7 +213,6 @@ where
                 Verdict::Close => return server_close(CloseCode::POLICY, "too many messages"),
                 _ => continue,
             },
-            // Any frame counts as a sign of life for the idle timeout.
             Frame::Pong(_) => continue,
             Frame::Close(close) => {
                 return Ended::ClientClosed {
@@ -186,9 +234,13 @@ where
             Verdict::Close => return server_close(CloseCode::POLICY, "too many messages"),
         }
         counters.message_in(&message);
+        // While the handler has the message, nothing is read: the client
+        // is not idle, however long that takes.
+        heard.busy();
         if let Err(close) = handler.on_message(session, message).await {
             return Ended::ServerClosed(close);
         }
+        heard.now();
     }
 }
 
@@ -205,82 +257,226 @@ where
     E: fmt::Display,
     H: Handler,
 {
-    let mut pings = Half(socket);
-    let period = config.ping_interval;
-    let mut ping = time::interval_at(Instant::now() + period, period);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let write = tokio::select! {
-            event = connection.recv() => match event {
-                Ok(event) => {
-                    let batch = write_batch(socket, connection, event, session, handler, counters);
-                    within(config.write_timeout, batch).await
-                }
-                Err(closed) => return ended_by_hub(closed),
-            },
-            _ = ping.tick() => {
-                time::timeout(config.write_timeout, pings.send(Frame::Ping(Bytes::new())))
-                    .await
-                    .map(|sent| sent.map(|()| None))
-            }
+        let event = match connection.recv().await {
+            Ok(event) => event,
+            Err(closed) => return ended_by_hub(closed),
         };
-        match write {
+        let batch = WriteBatch::new(socket, connection, event, session, handler, counters);
+        match within(config.write_timeout, pin!(batch)).await {
             Ok(Ok(None)) => {}
             Ok(Ok(Some(closed))) => return ended_by_hub(closed),
-            Ok(Err(error)) => {
-                tracing::debug!(id = %connection.id(), %error, "write failed");
-                return Ended::Lost;
-            }
-            Err(_) => {
-                return server_close(
-                    CloseCode::TRY_AGAIN_LATER,
-                    "client is not reading; writes timed out",
-                )
+            Ok(Err(error)) => return write_failed(connection.id(), error),
+            Err(_) => return writes_timed_out(),
+        }
+    }
+}
+
+/// When the client was last heard from: the time of the latest frame read.
+/// Kept as an offset from the session's start, so that the reader can
+/// note it without touching a timer.
+struct Heard {
+    start: Instant,
+    /// Milliseconds from `start`, or [`BUSY`](Self::BUSY).
+    last: AtomicU64,
+}
+
+impl Heard {
+    /// The reader is busy with a message, and reads nothing meanwhile.
+    const BUSY: u64 = u64::MAX;
+
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// A frame was read, or the reader is ready to read again.
+    fn now(&self) {
+        let since = self.start.elapsed().as_millis();
+        let since = u64::try_from(since).unwrap_or(Self::BUSY - 1);
+        self.last.store(since.min(Self::BUSY - 1), Relaxed);
+    }
+
+    fn busy(&self) {
+        self.last.store(Self::BUSY, Relaxed);
+    }
+
+    /// When the client was last heard from; now while the reader is busy.
+    fn last(&self) -> Instant {
+        match self.last.load(Relaxed) {
+            Self::BUSY => Instant::now(),
+            since => self.start + Duration::from_millis(since),
+        }
+    }
+}
+
+/// Pings the client every ping interval and closes it once it has been
+/// silent for the idle timeout, on one timer. Frames read move the idle
+/// deadline without touching the timer: when it fires early, it is set
+/// again for the later deadline.
+async fn keep_alive<S>(
+    socket: &Shared<S>,
+    heard: &Heard,
+    session: &Session,
+    config: &Config,
+) -> Ended
+where
+    S: Sink<Frame> + Unpin,
+    S::Error: fmt::Display,
+{
+    let mut next_ping = Instant::now() + config.ping_interval;
+    let mut timer = pin!(time::sleep_until(next_ping));
+    loop {
+        let idle_at = heard.last() + config.idle_timeout;
+        let wake_at = next_ping.min(idle_at);
+        if timer.deadline() != wake_at {
+            timer.as_mut().reset(wake_at);
+        }
+        timer.as_mut().await;
+        let now = Instant::now();
+        if now >= heard.last() + config.idle_timeout {
+            return server_close(CloseCode::GOING_AWAY, "idle timeout");
+        }
+        if now >= next_ping {
+            // A late ping does not bring the next one forward.
+            next_ping = now + config.ping_interval;
+            // The same timer bounds the write, if the socket does not
+            // take the ping at once.
+            let (mut queued, mut armed) = (false, false);
+            let sent = std::future::poll_fn(|cx| {
+                if let Poll::Ready(sent) = poll_ping(socket, &mut queued, cx) {
+                    return Poll::Ready(Some(sent));
+                }
+                if !armed {
+                    timer.as_mut().reset(Instant::now() + config.write_timeout);
+                    armed = true;
+                }
+                timer.as_mut().poll(cx).map(|()| None)
+            });
+            match sent.await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => return write_failed(session.id(), error),
+                None => return writes_timed_out(),
             }
         }
     }
+}
+
+/// Queues a ping (once: `queued` says it was) and flushes it.
+fn poll_ping<S: Sink<Frame> + Unpin>(
+    socket: &Shared<S>,
+    queued: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), S::Error>> {
+    let mut sink = socket.lock();
+    if !*queued {
+        ready!(sink.poll_ready_unpin(cx))?;
+        sink.start_send_unpin(Frame::Ping(Bytes::new()))?;
+        *queued = true;
+    }
+    sink.poll_flush_unpin(cx)
+}
+
+fn write_failed(id: hub::ConnId, error: impl fmt::Display) -> Ended {
+    tracing::debug!(%id, %error, "write failed");
+    Ended::Lost
+}
+
+fn writes_timed_out() -> Ended {
+    server_close(
+        CloseCode::TRY_AGAIN_LATER,
+        "client is not reading; writes timed out",
+    )
 }
 
 /// `future`'s output, or [`Elapsed`](time::error::Elapsed) if it takes
 /// longer than `limit`. A future that completes at its first poll (a write
 /// the socket takes at once, the usual case) never arms a timer: arming
 /// and disarming one per write costs more than the write's own work.
-async fn within<F: Future>(limit: Duration, future: F) -> Result<F::Output, time::error::Elapsed> {
-    let mut future = std::pin::pin!(future);
+async fn within<F: Future>(
+    limit: Duration,
+    mut future: Pin<&mut F>,
+) -> Result<F::Output, time::error::Elapsed> {
     let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
     match first {
         Poll::Ready(output) => Ok(output),
-        Poll::Pending => time::timeout(limit, future).await,
+        // Boxed: a timer kept in the session's future would cost every
+        // connection its size while idle.
+        Poll::Pending => Box::pin(time::timeout(limit, future)).await,
     }
 }
 
 /// Writes `first` and whatever else is ready (up to [`MAX_BATCH`]), then
 /// flushes once. Returns the hub's close reason if it came up meanwhile.
-/// The socket is locked once for the whole batch.
-async fn write_batch<S, H>(
-    socket: &Shared<S>,
-    connection: &mut Connection,
-    first: Event,
-    session: &Session,
-    handler: &H,
-    counters: &Counters,
-) -> Result<Option<RecvError>, S::Error>
+/// The socket is locked once per poll, for the whole batch.
+///
+/// A hand-written future rather than an `async fn`: it lives in every
+/// session's task, and this way it holds only what it needs.
+struct WriteBatch<'a, S, H> {
+    socket: &'a Shared<S>,
+    connection: &'a mut Connection,
+    session: &'a Session,
+    handler: &'a H,
+    counters: &'a Counters,
+    /// Taken from the hub, not yet rendered.
+    next: Option<Event>,
+    /// Rendered, waiting for the socket to take it.
+    held: Option<hub::Message>,
+    /// The hub closed the connection meanwhile.
+    closed: Option<RecvError>,
+    /// Events taken so far.
+    taken: usize,
+    /// Messages and bytes queued, counted once the batch is.
+    messages: u64,
+    bytes: u64,
+    /// Every message is queued: flushing.
+    queued: bool,
+}
+
+impl<'a, S, H> WriteBatch<'a, S, H> {
+    fn new(
+        socket: &'a Shared<S>,
+        connection: &'a mut Connection,
+        first: Event,
+        session: &'a Session,
+        handler: &'a H,
+        counters: &'a Counters,
+    ) -> Self {
+        Self {
+            socket,
+            connection,
+            session,
+            handler,
+            counters,
+            next: Some(first),
+            held: None,
+            closed: None,
+            taken: 0,
+            messages: 0,
+            bytes: 0,
+            queued: false,
+        }
+    }
+}
+
+impl<S, H> Future for WriteBatch<'_, S, H>
 where
     S: Sink<Frame> + Unpin,
     H: Handler,
 {
-    let mut next = Some(first);
-    // Rendered, waiting for the socket to take it.
-    let mut held: Option<hub::Message> = None;
-    let mut closed = None;
-    let mut written = 0;
-    let (mut messages, mut bytes) = (0, 0);
-    std::future::poll_fn(|cx| {
-        let mut sink = socket.lock();
-        loop {
-            if held.is_none() {
-                let Some(event) = next.take() else {
-                    return Poll::Ready(Ok(()));
+    type Output = Result<Option<RecvError>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut sink = this.socket.lock();
+        while !this.queued {
+            if this.held.is_none() {
+                let Some(event) = this.next.take() else {
+                    this.queued = true;
+                    this.counters.messages_out(this.messages, this.bytes);
+                    break;
                 };
                 if let Event::Lagged { topic, missed }
                 | Event::Resync {
@@ -288,40 +484,37 @@ where
                     missed: Some(missed),
                 } = &event
                 {
-                    tracing::debug!(id = %connection.id(), %topic, missed, "connection has a gap");
+                    let id = this.connection.id();
+                    tracing::debug!(%id, %topic, missed, "connection has a gap");
                 }
-                held = handler.render(session, event);
-                written += 1;
-                if written < MAX_BATCH {
-                    match connection.try_recv() {
-                        Ok(event) => next = Some(event),
-                        Err(TryRecvError::Closed(reason)) => closed = Some(reason),
+                this.held = this.handler.render(this.session, event);
+                this.taken += 1;
+                if this.taken < MAX_BATCH {
+                    match this.connection.try_recv() {
+                        Ok(event) => this.next = Some(event),
+                        Err(TryRecvError::Closed(reason)) => this.closed = Some(reason),
                         Err(_) => {}
                     }
                 }
             }
-            let Some(message) = held.take() else {
+            let Some(message) = this.held.take() else {
                 continue;
             };
             match sink.poll_ready_unpin(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => {
-                    held = Some(message);
+                    this.held = Some(message);
                     return Poll::Pending;
                 }
             }
-            messages += 1;
-            bytes += message.len() as u64;
-            if let Err(error) = sink.start_send_unpin(Frame::Message(message)) {
-                return Poll::Ready(Err(error));
-            }
+            this.messages += 1;
+            this.bytes += message.len() as u64;
+            sink.start_send_unpin(Frame::Message(message))?;
         }
-    })
-    .await?;
-    counters.messages_out(messages, bytes);
-    Half(socket).flush().await?;
-    Ok(closed)
+        ready!(sink.poll_flush_unpin(cx))?;
+        Poll::Ready(Ok(this.closed.take()))
+    }
 }
 
 fn server_close(code: CloseCode, reason: &'static str) -> Ended {
@@ -451,7 +644,8 @@ mod tests {
         }
     }
 
-    /// Echoes text back; closes with 1008 on "forbidden"; records whether
+    /// Echoes text back, "slow" after 55 s; closes with 1008 on
+    /// "forbidden"; records whether
     /// the connection was still in the hub when `on_close` ran.
     #[derive(Default)]
     struct Probe {
@@ -462,6 +656,9 @@ mod tests {
         async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
             if message.as_text() == Some("forbidden") {
                 return Err(Close::new(CloseCode::POLICY, "forbidden"));
+            }
+            if message.as_text() == Some("slow") {
+                tokio::time::sleep(Duration::from_secs(55)).await;
             }
             let _ = session.send(message).await;
             Ok(())
@@ -490,10 +687,10 @@ mod tests {
         let session = Session::new(id, hub.clone(), Metadata::new(), None);
         let probe = Arc::new(Probe::default());
         let handler = Arc::clone(&probe);
-        let socket = FakeSocket { incoming, outgoing };
+        let socket = Shared::new(FakeSocket { incoming, outgoing });
         let task = tokio::spawn(async move {
             drive(
-                socket,
+                &socket,
                 connection,
                 session,
                 &handler,
@@ -651,10 +848,10 @@ mod tests {
         for i in 0..5 {
             hub.broadcast(format!("{i}"));
         }
-        let socket = FakeSocket { incoming, outgoing };
+        let socket = Shared::new(FakeSocket { incoming, outgoing });
         tokio::spawn(async move {
             drive(
-                socket,
+                &socket,
                 connection,
                 session,
                 &Notice,
@@ -680,5 +877,30 @@ mod tests {
         h.client.send(Ok(Frame::Pong(Bytes::new()))).unwrap();
         assert_eq!(h.next_written().await, Frame::Ping(Bytes::new()));
         assert_eq!(h.next_close().await, (1001, "idle timeout".into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_handler_does_not_make_the_client_idle() {
+        let config = Config::default()
+            .ping_interval(Duration::from_secs(10))
+            .idle_timeout(Duration::from_secs(25));
+        let mut h = start(Hub::new(), config);
+        h.client.send(Ok(text("slow"))).unwrap();
+        // Pings go out while the handler takes 55 s, and nothing closes.
+        let mut pings = 0;
+        loop {
+            match h.next_written().await {
+                Frame::Ping(_) => pings += 1,
+                frame => {
+                    assert_eq!(frame, text("slow"));
+                    break;
+                }
+            }
+        }
+        assert_eq!(pings, 5);
+        // The idle clock starts again once the reader is free.
+        let before = tokio::time::Instant::now();
+        assert_eq!(h.next_close().await, (1001, "idle timeout".into()));
+        assert_eq!(before.elapsed(), Duration::from_secs(25));
     }
 }
