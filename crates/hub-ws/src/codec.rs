@@ -380,7 +380,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             if !vectored && self.out.len() > 1 && self.out[0].len() < COALESCE {
                 self.gather();
             }
-            let written = if vectored {
+            // One buffer (the usual case: small frames share one) is one
+            // plain write, without setting up a vector of slices.
+            let written = if vectored && self.out.len() > 1 {
                 let mut slices = [IoSlice::new(&[]); MAX_IOV];
                 let mut n = 0;
                 for (slice, chunk) in slices.iter_mut().zip(&self.out) {

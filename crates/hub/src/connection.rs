@@ -418,7 +418,12 @@ impl Connection {
         match woke {
             // `try_recv` takes what the signal was for.
             Woke::Signal => {}
-            Woke::Topic(index, Ok(envelope)) => return self.accept(index, envelope),
+            Woke::Topic(index, Ok(envelope)) => {
+                return match self.next_in_line(index, envelope) {
+                    Ok(event) => Some(Ok(event)),
+                    Err(envelope) => self.accept(index, envelope),
+                }
+            }
             Woke::Topic(_, Err(ChannelRecvError::Lagged(missed))) => return self.lagged(missed),
             Woke::Topic(_, Err(ChannelRecvError::Closed)) => {}
         }
