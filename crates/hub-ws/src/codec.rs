@@ -33,9 +33,13 @@ use crate::{Close, CloseCode};
 const READ_CHUNK: usize = 4096;
 /// Payloads up to this size are copied next to their header.
 const INLINE: usize = 512;
-/// Room the frame buffer is given at a time, and about the most it keeps
-/// between writes.
-const SCRATCH_KEPT: usize = 4096;
+/// Room the frame buffer is first given, and about the most it keeps
+/// between writes while messages flow. A quiet connection gives it back
+/// (see [`Socket::quiet`]).
+const SCRATCH_ROOM: usize = 1024;
+/// Room added at once when a batch outgrows the first; a buffer that large
+/// goes with its frames and is freed once they are written.
+const SCRATCH_BURST: usize = 16 * 1024;
 /// Buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
 /// Past this many bytes waiting to be written, `poll_ready` writes first.
@@ -77,6 +81,11 @@ pub(crate) struct Socket<S> {
     pong: Option<Bytes>,
     /// Our close frame is queued: nothing may follow it.
     close_sent: bool,
+    /// A message was queued since the latest ping.
+    sent_since_ping: bool,
+    /// A ping found no message since the one before: the connection is
+    /// quiet, and gives back its frame buffer once the ping is written.
+    quiet: bool,
 }
 
 impl<S> Socket<S> {
@@ -94,6 +103,8 @@ impl<S> Socket<S> {
             scratch: BytesMut::new(),
             pong: None,
             close_sent: false,
+            sent_since_ping: false,
+            quiet: false,
         }
     }
 
@@ -130,7 +141,15 @@ impl<S> Socket<S> {
     fn put_header(&mut self, opcode: u8, len: usize, extra: usize) {
         let need = 10 + extra;
         if self.scratch.capacity() - self.scratch.len() < need {
-            self.scratch.reserve(need.max(SCRATCH_KEPT));
+            // An empty buffer takes its first room again (in place, once
+            // what was split off it is written); a batch that outgrew it
+            // takes much more at once.
+            let room = if self.scratch.is_empty() {
+                SCRATCH_ROOM
+            } else {
+                SCRATCH_BURST
+            };
+            self.scratch.reserve(need.max(room));
         }
         let start = self.scratch.len();
         self.scratch.put_u8(0x80 | opcode);
@@ -159,9 +178,10 @@ impl<S> Socket<S> {
         if self.scratch.is_empty() {
             return;
         }
-        let frames = if self.scratch.len() > SCRATCH_KEPT / 2 {
-            // A burst: its buffer goes with it, and is freed once written,
-            // rather than kept by every connection that once had a burst.
+        let frames = if self.scratch.len() > SCRATCH_ROOM / 2 {
+            // Most of the room is used: the buffer goes with its frames,
+            // rather than be split (which shares it, at the cost of an
+            // allocation).
             std::mem::take(&mut self.scratch)
         } else {
             self.scratch.split()
@@ -174,6 +194,14 @@ impl<S> Socket<S> {
             return;
         }
         self.close_sent = matches!(frame, Frame::Close(_));
+        match &frame {
+            Frame::Message(_) => self.sent_since_ping = true,
+            Frame::Ping(_) => {
+                self.quiet = !self.sent_since_ping;
+                self.sent_since_ping = false;
+            }
+            _ => {}
+        }
         match frame {
             Frame::Message(Message::Text(text)) => {
                 self.queue_shared(OP_TEXT, text.into_bytes());
@@ -413,6 +441,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+        // Everything is written. A busy connection keeps its frame buffer
+        // for the next write; a quiet one gives it back, so that idle
+        // connections hold none, whatever they received before.
+        if self.quiet {
+            self.quiet = false;
+            self.scratch = BytesMut::new();
         }
         Poll::Ready(Ok(()))
     }
@@ -843,6 +878,7 @@ mod tests {
         }
         socket.flush().await.unwrap();
         // The burst's buffer went with it; the next frame starts a new one.
+        assert!(socket.scratch.capacity() <= SCRATCH_ROOM);
         socket
             .send(Frame::Message(Message::text("after")))
             .await
@@ -852,6 +888,33 @@ mod tests {
             assert_eq!(frame, &(true, OP_TEXT, text.as_bytes().to_vec()));
         }
         assert_eq!(frames[300], (true, OP_TEXT, b"after".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_keeps_its_frame_buffer_and_a_quiet_one_gives_it_back() {
+        let (mut socket, mut client) = pair();
+        let message = || Frame::Message(Message::text("hello"));
+        socket.send(message()).await.unwrap();
+        assert_eq!(server_frame(&mut client).await.2, b"hello");
+        let room = socket.scratch.capacity();
+        assert!(room >= SCRATCH_ROOM - 16, "kept {room} bytes");
+        // A message between two pings: busy, the buffer stays.
+        socket.send(Frame::Ping(Bytes::new())).await.unwrap();
+        socket.send(message()).await.unwrap();
+        socket.send(Frame::Ping(Bytes::new())).await.unwrap();
+        for _ in 0..3 {
+            server_frame(&mut client).await;
+        }
+        assert!(socket.scratch.capacity() > 0);
+        // Nothing since the last ping: quiet, the buffer goes once the
+        // ping is written.
+        socket.send(Frame::Ping(Bytes::new())).await.unwrap();
+        assert_eq!(server_frame(&mut client).await, (true, OP_PING, vec![]));
+        assert_eq!(socket.scratch.capacity(), 0);
+        // The next message takes a new one.
+        socket.send(message()).await.unwrap();
+        assert_eq!(server_frame(&mut client).await.2, b"hello");
+        assert!(socket.scratch.capacity() > 0);
     }
 
     #[test]
