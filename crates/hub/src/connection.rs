@@ -399,19 +399,17 @@ impl Connection {
         // Personal messages, joins, leaves and the removal all raise the
         // membership's signal: one waker for all of them, lock-free, rather
         // than a waiter on each queue.
+        // The signal is looked at first, at every wake.
         let membership = &self.membership;
-        let signalled = std::future::poll_fn(|cx| {
+        let mut topics = std::pin::pin!(recv_any(&mut self.subs));
+        std::future::poll_fn(|cx| {
             if membership.is_signalled(cx) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+                return Poll::Ready(Woke::Signal);
             }
-        });
-        tokio::select! {
-            biased;
-            () = signalled => Woke::Signal,
-            (index, received) = recv_any(&mut self.subs) => Woke::Topic(index, received),
-        }
+            let (index, received) = ready!(topics.as_mut().poll(cx));
+            Poll::Ready(Woke::Topic(index, received))
+        })
+        .await
     }
 
     fn take(&mut self, woke: Woke) -> Option<Result<Event, RecvError>> {
