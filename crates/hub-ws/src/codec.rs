@@ -178,14 +178,15 @@ impl<S> Socket<S> {
         if self.scratch.is_empty() {
             return;
         }
-        let frames = if self.scratch.len() > SCRATCH_ROOM / 2 {
-            // Most of the room is used: the buffer goes with its frames,
-            // rather than be split (which shares it, at the cost of an
-            // allocation).
-            std::mem::take(&mut self.scratch)
-        } else {
-            self.scratch.split()
-        };
+        let frames =
+            if self.scratch.len() > SCRATCH_ROOM / 2 || self.scratch.capacity() > SCRATCH_ROOM {
+                // Most of the room is used, or this is a burst's buffer: it
+                // goes with its frames (and is freed once they are written),
+                // rather than be split and kept.
+                std::mem::take(&mut self.scratch)
+            } else {
+                self.scratch.split()
+            };
         self.out.push_back(frames.freeze());
     }
 
@@ -915,6 +916,34 @@ mod tests {
         socket.send(message()).await.unwrap();
         assert_eq!(server_frame(&mut client).await.2, b"hello");
         assert!(socket.scratch.capacity() > 0);
+    }
+
+    #[tokio::test]
+    async fn a_burst_buffer_is_not_kept_after_a_small_batch() {
+        let (mut socket, mut client) = pair();
+        // Twenty writes leave a short tail of the first buffer's room.
+        for _ in 0..20 {
+            socket
+                .send(Frame::Message(Message::text("x".repeat(45))))
+                .await
+                .unwrap();
+            server_frame(&mut client).await;
+        }
+        // One batch, small in all, whose second frame does not fit the
+        // tail: it takes a burst's room.
+        let batch = ["y".repeat(40), "z".repeat(400)];
+        for text in &batch {
+            socket
+                .feed(Frame::Message(Message::text(text.clone())))
+                .await
+                .unwrap();
+        }
+        socket.flush().await.unwrap();
+        for text in &batch {
+            assert_eq!(server_frame(&mut client).await.2, text.as_bytes());
+        }
+        let kept = socket.scratch.capacity();
+        assert!(kept <= SCRATCH_ROOM, "kept {kept} bytes");
     }
 
     #[test]

@@ -315,7 +315,8 @@ impl Heard {
 /// Pings the client every ping interval and closes it once it has been
 /// silent for the idle timeout, on one timer. Frames read move the idle
 /// deadline without touching the timer: when it fires early, it is set
-/// again for the later deadline.
+/// again for the later deadline. The same timer bounds a ping's write,
+/// when the socket does not take it at once.
 async fn keep_alive<S>(
     socket: &Shared<S>,
     heard: &Heard,
@@ -327,41 +328,43 @@ where
     S::Error: fmt::Display,
 {
     let mut next_ping = Instant::now() + config.ping_interval;
+    // A ping being written: the time by which it must be, and whether it
+    // is queued yet.
+    let mut writing: Option<(Instant, bool)> = None;
     let mut timer = pin!(time::sleep_until(next_ping));
-    loop {
+    std::future::poll_fn(|cx| loop {
+        if let Some((_, queued)) = &mut writing {
+            match poll_ping(socket, queued, cx) {
+                Poll::Ready(Ok(())) => writing = None,
+                Poll::Ready(Err(error)) => return Poll::Ready(write_failed(session.id(), error)),
+                Poll::Pending => {}
+            }
+        }
         let idle_at = heard.last() + config.idle_timeout;
-        let wake_at = next_ping.min(idle_at);
+        let wake_at = match writing {
+            Some((by, _)) => by.min(idle_at),
+            None => next_ping.min(idle_at),
+        };
         if timer.deadline() != wake_at {
             timer.as_mut().reset(wake_at);
         }
-        timer.as_mut().await;
+        ready!(timer.as_mut().poll(cx));
         let now = Instant::now();
         if now >= heard.last() + config.idle_timeout {
-            return server_close(CloseCode::GOING_AWAY, "idle timeout");
+            return Poll::Ready(server_close(CloseCode::GOING_AWAY, "idle timeout"));
         }
-        if now >= next_ping {
-            // A late ping does not bring the next one forward.
-            next_ping = now + config.ping_interval;
-            // The same timer bounds the write, if the socket does not
-            // take the ping at once.
-            let (mut queued, mut armed) = (false, false);
-            let sent = std::future::poll_fn(|cx| {
-                if let Poll::Ready(sent) = poll_ping(socket, &mut queued, cx) {
-                    return Poll::Ready(Some(sent));
-                }
-                if !armed {
-                    timer.as_mut().reset(Instant::now() + config.write_timeout);
-                    armed = true;
-                }
-                timer.as_mut().poll(cx).map(|()| None)
-            });
-            match sent.await {
-                Some(Ok(())) => {}
-                Some(Err(error)) => return write_failed(session.id(), error),
-                None => return writes_timed_out(),
+        match writing {
+            Some((by, _)) if now >= by => return Poll::Ready(writes_timed_out()),
+            Some(_) => {}
+            None if now >= next_ping => {
+                // A late ping does not bring the next one forward.
+                next_ping = now + config.ping_interval;
+                writing = Some((now + config.write_timeout, false));
             }
+            None => {}
         }
-    }
+    })
+    .await
 }
 
 /// Queues a ping (once: `queued` says it was) and flushes it.
