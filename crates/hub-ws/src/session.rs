@@ -123,13 +123,9 @@ pub(crate) async fn refuse<S: Sink<Frame> + Unpin>(
     timeout: Duration,
 ) -> Finished {
     let deadline = Instant::now() + timeout;
-    let mut half = Half(socket);
-    let goodbye = half.send(Frame::Close(Some(close.clone())));
-    let _ = time::timeout_at(deadline, goodbye).await;
-    Finished {
-        ended: Ended::ServerClosed(close),
-        deadline,
-    }
+    let ended = Ended::ServerClosed(close);
+    let _ = time::timeout_at(deadline, send_close(&mut Half(socket), &ended)).await;
+    Finished { ended, deadline }
 }
 
 /// The socket, shared by the session's reader and writer. They run in one
