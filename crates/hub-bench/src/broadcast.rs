@@ -32,7 +32,7 @@ use crate::connect::{self, Dialer};
 use crate::error::Error;
 use crate::latency::{Latencies, Samples};
 use crate::payload::{self, Marker};
-use crate::proc::{self, Pid};
+use crate::proc::{self, CpuTime, Pid};
 use crate::progress::Progress;
 use crate::report::{seconds, BroadcastReport, CloseReport, Cpu, Deliveries, Latency, ServerUsage};
 use crate::stop::Stop;
@@ -282,13 +282,14 @@ impl Broadcast {
         })
         .await;
         let measured = measure_start.elapsed();
-        let tool_cpu = tool_before
-            .zip(proc::cpu_time(Pid::Current).ok())
-            .map(|(before, after)| Cpu::new(after.saturating_sub(before), measured));
+        let received = counts.received();
+        let used = |before: Option<CpuTime>, pid| {
+            let after = proc::cpu_time(pid).ok()?;
+            Some(Cpu::new(after.since(before?), measured, received))
+        };
+        let tool_cpu = used(tool_before, Pid::Current);
         let server = self.common.server_pid.map(|pid| {
-            let cpu = server_before
-                .zip(proc::cpu_time(Pid::Other(pid)).ok())
-                .map(|(before, after)| Cpu::new(after.saturating_sub(before), measured));
+            let cpu = used(server_before, Pid::Other(pid));
             let memory = proc::memory(Pid::Other(pid)).ok();
             ServerUsage {
                 pid,

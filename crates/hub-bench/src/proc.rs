@@ -25,16 +25,44 @@ impl Pid {
     }
 }
 
-/// User plus system CPU time used by `pid` so far (all its threads).
+/// CPU time a process used, all its threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CpuTime {
+    /// In the process's own code.
+    pub(crate) user: Duration,
+    /// In the kernel, on its behalf: system calls, and the network stack
+    /// work they do.
+    pub(crate) system: Duration,
+}
+
+impl CpuTime {
+    /// What was used between `earlier` and `self`.
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+
+    pub(crate) fn total(self) -> Duration {
+        self.user + self.system
+    }
+}
+
+/// CPU time used by `pid` so far.
 ///
 /// # Errors
 ///
 /// The process does not exist, `/proc` is missing (not Linux), or the file
 /// is not as expected.
-pub(crate) fn cpu_time(pid: Pid) -> io::Result<Duration> {
+pub(crate) fn cpu_time(pid: Pid) -> io::Result<CpuTime> {
     let stat = std::fs::read_to_string(format!("{}/stat", pid.dir()))?;
-    let ticks = parse_stat(&stat).ok_or_else(|| malformed("stat"))?;
-    Ok(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
+    let (user, system) = parse_stat(&stat).ok_or_else(|| malformed("stat"))?;
+    let time = |ticks| Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND);
+    Ok(CpuTime {
+        user: time(user),
+        system: time(system),
+    })
 }
 
 /// Resident memory of a process, in bytes.
@@ -67,8 +95,8 @@ fn malformed(file: &str) -> io::Error {
     )
 }
 
-/// `utime + stime` in ticks from the text of `/proc/PID/stat`.
-fn parse_stat(stat: &str) -> Option<u64> {
+/// `utime` and `stime` in ticks from the text of `/proc/PID/stat`.
+fn parse_stat(stat: &str) -> Option<(u64, u64)> {
     // The command name (field 2) is in parentheses and may hold spaces
     // and parentheses itself: count fields after the last `)`.
     let (_, rest) = stat.rsplit_once(')')?;
@@ -77,7 +105,7 @@ fn parse_stat(stat: &str) -> Option<u64> {
     let mut fields = rest.split_ascii_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// The value of `name:` in `/proc/PID/status`, in KiB.
@@ -96,7 +124,7 @@ mod tests {
     fn stat_fields_after_an_odd_command_name() {
         let stat = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
                     250 75 0 0 20 0 9 0 12345 1000000 500 18446744073709551615";
-        assert_eq!(parse_stat(stat), Some(325));
+        assert_eq!(parse_stat(stat), Some((250, 75)));
         assert_eq!(parse_stat("4242 (cut) S 1 2"), None);
         assert_eq!(parse_stat("no parenthesis"), None);
     }
@@ -120,7 +148,10 @@ mod tests {
         }
         let after = cpu_time(Pid::Current);
         assert!(after.is_ok(), "{after:?}");
-        assert!(after.unwrap_or_default() >= before.unwrap_or_default());
+        let (before, after) = (before.unwrap_or_default(), after.unwrap_or_default());
+        assert!(after.user >= before.user && after.system >= before.system);
+        assert_eq!(after.since(before).total(), after.total() - before.total());
+        assert_eq!(before.since(after), CpuTime::default());
 
         let memory = memory(Pid::Current);
         assert!(memory.is_ok(), "{memory:?}");

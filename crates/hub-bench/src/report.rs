@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::proc::CpuTime;
 
 /// `d` in seconds, three decimals.
 pub(crate) fn seconds(d: Duration) -> f64 {
@@ -131,14 +132,27 @@ pub struct Cpu {
     pub seconds: f64,
     /// `seconds` as a percentage of one core over the phase.
     pub percent_of_core: f64,
+    /// Of `seconds`, the time in the process's own code.
+    pub user_seconds: f64,
+    /// Of `seconds`, the time in the kernel: system calls, and on loopback
+    /// the network stack's work for both ends of each connection.
+    pub system_seconds: f64,
+    /// `seconds` over the deliveries received in the phase, in
+    /// microseconds (none if nothing was received).
+    pub micros_per_delivery: Option<f64>,
 }
 
 impl Cpu {
-    /// `used` during a phase of `wall`.
-    pub(crate) fn new(used: Duration, wall: Duration) -> Self {
+    /// `used` during a phase of `wall` in which `deliveries` were received.
+    pub(crate) fn new(used: CpuTime, wall: Duration, deliveries: u64) -> Self {
+        let total = used.total();
         Self {
-            seconds: seconds(used),
-            percent_of_core: percent(used.as_secs_f64(), wall.as_secs_f64()),
+            seconds: seconds(total),
+            percent_of_core: percent(total.as_secs_f64(), wall.as_secs_f64()),
+            user_seconds: seconds(used.user),
+            system_seconds: seconds(used.system),
+            micros_per_delivery: (deliveries > 0)
+                .then(|| round3(total.as_secs_f64() * 1e6 / deliveries as f64)),
         }
     }
 }
@@ -359,11 +373,16 @@ struct CpuText<'a>(&'a Cpu);
 
 impl fmt::Display for CpuText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cpu = self.0;
         write!(
             f,
-            "{:.3} s ({:.1}% of a core)",
-            self.0.seconds, self.0.percent_of_core
-        )
+            "{:.3} s ({:.1}% of a core), user {:.3} s, system {:.3} s",
+            cpu.seconds, cpu.percent_of_core, cpu.user_seconds, cpu.system_seconds
+        )?;
+        match cpu.micros_per_delivery {
+            Some(micros) => write!(f, ", {micros:.2} µs per delivery"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -518,14 +537,22 @@ mod tests {
                 max: 4.096,
             }),
             tool_cpu: Some(Cpu::new(
-                Duration::from_millis(750),
+                CpuTime {
+                    user: Duration::from_millis(200),
+                    system: Duration::from_millis(550),
+                },
                 Duration::from_millis(1500),
+                10_000,
             )),
             server: Some(ServerUsage {
                 pid: 42,
                 cpu: Some(Cpu::new(
-                    Duration::from_secs(3),
+                    CpuTime {
+                        user: Duration::from_millis(1000),
+                        system: Duration::from_millis(2000),
+                    },
                     Duration::from_millis(1500),
+                    10_000,
                 )),
                 vm_rss_bytes: Some(10 * 1024 * 1024),
                 vm_hwm_bytes: Some(12 * 1024 * 1024 + 512 * 1024),
@@ -559,8 +586,8 @@ measured phase
   disconnected        0
   deliveries/s        6667
   latency ms          p50 0.123  p90 0.500  p99 1.000  p99.9 2.000  max 4.096
-  hub-bench cpu       0.750 s (50.0% of a core)
-  server 42 cpu       3.000 s (200.0% of a core)
+  hub-bench cpu       0.750 s (50.0% of a core), user 0.200 s, system 0.550 s, 75.00 µs per delivery
+  server 42 cpu       3.000 s (200.0% of a core), user 1.000 s, system 2.000 s, 300.00 µs per delivery
   server 42 memory    VmRSS 10.0 MiB, VmHWM 12.5 MiB
 close
   closed cleanly      50 of 50 in 0.010 s
@@ -643,6 +670,9 @@ FAIL";
         assert_eq!(json["latency_ms"]["p999"], 2.0);
         assert_eq!(json["connect"]["handshake_ms"]["p99"], 2.25);
         assert_eq!(json["tool_cpu"]["percent_of_core"], 50.0);
+        assert_eq!(json["tool_cpu"]["system_seconds"], 0.55);
+        assert_eq!(json["server"]["cpu"]["user_seconds"], 1.0);
+        assert_eq!(json["server"]["cpu"]["micros_per_delivery"], 300.0);
         assert_eq!(json["server"]["vm_rss_bytes"], 10 * 1024 * 1024);
         assert_eq!(json["rate"], serde_json::Value::Null);
     }
