@@ -24,6 +24,21 @@ pub(crate) enum Command {
     Broadcast(BroadcastArgs),
     /// Connect clients and hold them: what connections cost the server.
     Idle(IdleArgs),
+    /// Serve as a bare broadcast server (every message to every client,
+    /// one write each, nothing else), to run the same scenarios against as
+    /// a baseline. Prints its URL, then serves until stopped.
+    Bare(BareArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BareArgs {
+    /// Loopback address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: std::net::IpAddr,
+
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) port: u16,
 }
 
 /// Flags of both subcommands.

@@ -156,6 +156,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The bare server cannot listen on its address.
+    #[error("cannot listen on {addr}: is the port free?")]
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
     /// The JSON report could not be written.
     #[error("cannot write the JSON report to {}", path.display())]
     WriteJson {

@@ -7,7 +7,9 @@
 //! message exactly once: deliveries per second, latency percentiles, losses
 //! and duplicates, and the CPU and memory of this tool and of the server.
 //! [`Idle`] connects many clients and holds them, to measure what a
-//! connection costs the server.
+//! connection costs the server. [`Bare`] is a broadcast server that does
+//! nothing but one write per client per message: the baseline to measure
+//! a server against on the same machine.
 //!
 //! Targets must be on this machine: `ws://` URLs whose host is in
 //! `127.0.0.0/8`, `::1` or `localhost`; anything else is refused with
@@ -33,6 +35,7 @@
 //! `hub-bench --help`.
 #![doc(test(attr(deny(warnings))))]
 
+mod bare;
 mod broadcast;
 mod common;
 mod connect;
@@ -46,6 +49,7 @@ mod report;
 mod stop;
 mod ws;
 
+pub use bare::Bare;
 pub use broadcast::Broadcast;
 pub use error::{ConnectError, Error, UrlError};
 pub use idle::Idle;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use hub_bench::{Broadcast, Error, Idle};
+use hub_bench::{Bare, Broadcast, Error, Idle};
 
 use crate::cli::{Cli, Command};
 
@@ -55,6 +55,16 @@ async fn main() -> ExitCode {
                 save(c.json.as_deref(), |path| report.write_json(path))?;
                 Ok(report.passed())
             })
+        }
+        Command::Bare(args) => {
+            match Bare::bind(std::net::SocketAddr::new(args.host, args.port)).await {
+                Ok(bare) => {
+                    println!("listening on ws://{}/ws", bare.local_addr());
+                    bare.serve().await;
+                    Ok(true)
+                }
+                Err(error) => Err(error),
+            }
         }
     };
     match outcome {

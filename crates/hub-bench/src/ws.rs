@@ -11,7 +11,7 @@
 
 use std::io;
 
-use bytes::{Buf as _, BytesMut};
+use bytes::{Buf as _, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -352,19 +352,7 @@ impl Writer {
     }
 
     fn queue(&mut self, opcode: u8, payload: &[u8]) {
-        self.buf.push(0x80 | opcode);
-        match payload.len() {
-            // Each arm's range fits the cast.
-            len @ 0..=125 => self.buf.push(0x80 | len as u8),
-            len @ 126..=0xFFFF => {
-                self.buf.push(0x80 | 126);
-                self.buf.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                self.buf.push(0x80 | 127);
-                self.buf.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
+        put_header(&mut self.buf, 0x80 | opcode, true, payload.len());
         let mask = self.next_mask();
         self.buf.extend_from_slice(&mask);
         self.buf.extend(
@@ -382,6 +370,25 @@ impl Writer {
         self.seed ^= self.seed << 17;
         let [a, b, c, d, ..] = self.seed.to_le_bytes();
         [a, b, c, d]
+    }
+}
+
+/// Puts a frame's header: its first byte (FIN, opcode), then the payload's
+/// length, with the mask bit if `masked` (the key is the caller's to put).
+pub(crate) fn put_header(out: &mut impl BufMut, first: u8, masked: bool, len: usize) {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    out.put_u8(first);
+    match len {
+        // Each arm's range fits the cast.
+        0..=125 => out.put_u8(mask_bit | len as u8),
+        126..=0xFFFF => {
+            out.put_u8(mask_bit | 126);
+            out.put_u16(len as u16);
+        }
+        _ => {
+            out.put_u8(mask_bit | 127);
+            out.put_u64(len as u64);
+        }
     }
 }
 
