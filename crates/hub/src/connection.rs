@@ -294,13 +294,29 @@ impl Connection {
     ///
     /// [`TryRecvError::Empty`] when nothing is ready; otherwise as
     /// [`recv`](Self::recv).
+    #[inline]
     pub fn try_recv(&mut self) -> Result<Event, TryRecvError> {
+        // The common case is a stream of broadcasts with nothing else
+        // queued: then only the topics are looked at.
+        if self.closed.is_some() || !self.pending.is_empty() || self.membership.is_raised() {
+            if let Some(result) = self.try_recv_queued() {
+                return result;
+            }
+        }
+        self.try_recv_topics()
+    }
+
+    /// The closing error, a personal message, or an event decided earlier,
+    /// before any broadcast. Joins, leaves and the removal are applied on
+    /// the way.
+    #[cold]
+    #[inline(never)]
+    fn try_recv_queued(&mut self) -> Option<Result<Event, TryRecvError>> {
         if let Some(closed) = self.closed {
-            return Err(closed.into());
+            return Some(Err(closed.into()));
         }
         // Personal messages, joins, leaves and the removal raise a signal;
-        // without it the queues are not looked at (the common case is a
-        // stream of broadcasts).
+        // without it the queues are not looked at.
         if self.membership.take_signal() {
             while let Some(control) = self.membership.controls.try_recv() {
                 self.apply(control);
@@ -313,15 +329,18 @@ impl Connection {
                     self.took_personal(&message);
                     // More may be queued: look again next time.
                     self.membership.notify();
-                    return Ok(Event::Personal(message));
+                    return Some(Ok(Event::Personal(message)));
                 }
                 Err(true) => self.draining = true,
                 Err(false) => {}
             }
         }
-        if let Some(event) = self.pending.pop_front() {
-            return Ok(event);
-        }
+        self.pending.pop_front().map(Ok)
+    }
+
+    /// The next broadcast of the topics, in turn.
+    #[inline]
+    fn try_recv_topics(&mut self) -> Result<Event, TryRecvError> {
         let count = self.subs.len();
         let mut index = if self.turn < count { self.turn } else { 0 };
         for _ in 0..count {
@@ -502,6 +521,7 @@ impl Connection {
     /// Takes in a message from topic `index`: skips duplicates and messages
     /// not for this connection, handles a gap by the slow-consumer policy.
     #[cold]
+    #[inline(never)]
     fn accept(&mut self, index: usize, envelope: Envelope) -> Option<Result<Event, RecvError>> {
         if self.draining {
             let sub = &self.subs[index];
@@ -665,6 +685,8 @@ impl Connection {
     }
 
     /// The channel overwrote messages this connection had not read.
+    #[cold]
+    #[inline(never)]
     fn lagged(&mut self, missed: u64) -> Option<Result<Event, RecvError>> {
         Counters::add(&self.inner.counters.lagged, 1);
         if self.inner.slow_consumer == SlowConsumer::Disconnect {
@@ -677,6 +699,8 @@ impl Connection {
         None
     }
 
+    #[cold]
+    #[inline(never)]
     fn close(&mut self, closed: RecvError) -> RecvError {
         self.closed = Some(closed);
         self.pending.clear();

@@ -394,6 +394,12 @@ impl Membership {
         self.signal.load(Ordering::Acquire)
     }
 
+    /// Whether the signal is up, without taking it.
+    #[inline]
+    pub(crate) fn is_raised(&self) -> bool {
+        self.signal.load(Ordering::Relaxed)
+    }
+
     /// Takes the signal: whether anything was queued since the last take.
     pub(crate) fn take_signal(&self) -> bool {
         // Read first: most calls find nothing, and a read leaves the cache
