@@ -6,6 +6,9 @@
 //!
 //! - `hub`: this workspace's hub; each iteration broadcasts `MESSAGES`
 //!   messages, then every connection drains them.
+//! - `broadcast`: the same over plain `tokio::sync::broadcast` receivers,
+//!   the channel the hub is built on: what the hub could do if it added
+//!   nothing to the channel.
 //! - `hub_tasks`: the same, with one task per connection waiting on
 //!   `recv` (how a server runs it: a task per session).
 //! - `broadcast_tasks`: plain `tokio::sync::broadcast` with one task per
@@ -48,6 +51,27 @@ fn hub_round(hub: &Hub, connections: &mut [hub::Connection], message: &Message) 
                     std::hint::black_box(m);
                 }
                 other => panic!("benchmark lost a message: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Plain broadcast channels, used as `hub_round` uses the hub.
+fn broadcast_round(
+    sender: &broadcast::Sender<Message>,
+    receivers: &mut [broadcast::Receiver<Message>],
+    message: &Message,
+) {
+    for _ in 0..MESSAGES {
+        let _ = sender.send(message.clone());
+    }
+    for receiver in receivers.iter_mut() {
+        for _ in 0..MESSAGES {
+            match receiver.try_recv() {
+                Ok(m) => {
+                    std::hint::black_box(m);
+                }
+                Err(error) => panic!("benchmark lost a message: {error}"),
             }
         }
     }
@@ -149,6 +173,13 @@ fn fanout(c: &mut Criterion) {
                 b.iter(|| hub_round(&hub, &mut connections, &message));
             });
             drop(connections);
+
+            let (sender, _) = broadcast::channel::<Message>(MESSAGES * 2);
+            let mut receivers: Vec<_> = (0..n).map(|_| sender.subscribe()).collect();
+            group.bench_with_input(BenchmarkId::new("broadcast", n), &n, |b, _| {
+                b.iter(|| broadcast_round(&sender, &mut receivers, &message));
+            });
+            drop(receivers);
 
             let rt = runtime();
             let round = Round::new();
