@@ -105,19 +105,24 @@ async fn server_memory_stays_bounded_while_a_client_is_stalled() {
     const BOUND_KIB: u64 = 32 * 1024;
     // Keep the stalled client connected for the whole run.
     let server = ChildServer::spawn(&["--write-timeout", "5m", "--idle-timeout", "5m"]).await;
-    let (_stalled, mut sender, (reader, mut progress), (own, _)) = scenario(&server, TOTAL).await;
+    let (_stalled, mut sender, (reader, mut progress), (own, mut own_progress)) =
+        scenario(&server, TOTAL).await;
     let baseline = server.memory_kib("VmRSS");
     for window in 0..TOTAL / WINDOW {
         for i in window * WINDOW..(window + 1) * WINDOW {
             sender.feed(Message::text(message(i))).await.unwrap();
         }
         sender.flush().await.unwrap();
-        // Pace the sender by the reader, so it is never the one behind.
+        // Pace the sender by both readers (the sender reads its own
+        // broadcasts too), so neither is ever the one behind: one that fell
+        // past the history would miss messages by design.
         let sent = (window + 1) * WINDOW;
-        timeout(LONG_WAIT, progress.wait_for(|&got| got >= sent - WINDOW))
-            .await
-            .expect("reader stopped progressing")
-            .unwrap();
+        for progress in [&mut progress, &mut own_progress] {
+            timeout(LONG_WAIT, progress.wait_for(|&got| got >= sent - WINDOW))
+                .await
+                .expect("reader stopped progressing")
+                .unwrap();
+        }
     }
     let (count, _reader) = timeout(LONG_WAIT, reader).await.unwrap().unwrap();
     assert_eq!(count, TOTAL);
