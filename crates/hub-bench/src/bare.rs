@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -91,6 +92,7 @@ impl Bare {
             shared: Arc::new(Shared {
                 parts,
                 workers: senders,
+                joined: AtomicUsize::new(0),
             }),
             workers,
         })
@@ -105,8 +107,9 @@ impl Bare {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    /// Serves clients until the task is dropped. Clients that fail their
-    /// handshake or break the protocol are dropped, one at a time.
+    /// Accepts clients until the future is dropped; those already in are
+    /// served until they leave. Clients that fail their handshake or break
+    /// the protocol are dropped, one at a time.
     pub async fn serve(self) {
         for (index, messages) in self.workers.into_iter().enumerate() {
             tokio::spawn(fan_out(Arc::clone(&self.shared), index, messages));
@@ -132,6 +135,8 @@ struct Shared {
     parts: Vec<Mutex<Part>>,
     /// To each worker, the frames to write.
     workers: Vec<mpsc::Sender<Bytes>>,
+    /// Clients that joined so far.
+    joined: AtomicUsize,
 }
 
 /// One worker's clients: slots, reused once free.
@@ -278,10 +283,9 @@ async fn client(shared: Arc<Shared>, stream: TcpStream) {
 
 impl Shared {
     fn join(&self, client: &Arc<Client>) -> (usize, usize) {
-        // Spread clients over the parts by how many each has.
-        let (index, mut part) = (self.parts.iter().map(lock).enumerate())
-            .min_by_key(|(_, part)| part.slots.len() - part.free.len())
-            .unwrap_or_else(|| (0, lock(&self.parts[0])));
+        // The parts in turn: clients spread evenly over the workers.
+        let index = self.joined.fetch_add(1, Ordering::Relaxed) % self.parts.len();
+        let mut part = lock(&self.parts[index]);
         let slot = match part.free.pop() {
             Some(slot) => {
                 part.slots[slot] = Some(Arc::clone(client));
