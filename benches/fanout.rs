@@ -56,6 +56,23 @@ fn hub_round(hub: &Hub, connections: &mut [hub::Connection], message: &Message) 
     }
 }
 
+/// Takes `MESSAGES` messages from each receiver in turn.
+fn drain<R, E: std::fmt::Display>(
+    receivers: &mut [R],
+    mut take: impl FnMut(&mut R) -> Result<Message, E>,
+) {
+    for receiver in receivers.iter_mut() {
+        for _ in 0..MESSAGES {
+            match take(receiver) {
+                Ok(m) => {
+                    std::hint::black_box(m);
+                }
+                Err(error) => panic!("benchmark lost a message: {error}"),
+            }
+        }
+    }
+}
+
 /// Plain broadcast channels, used as `hub_round` uses the hub.
 fn broadcast_round(
     sender: &broadcast::Sender<Message>,
@@ -65,16 +82,7 @@ fn broadcast_round(
     for _ in 0..MESSAGES {
         let _ = sender.send(message.clone());
     }
-    for receiver in receivers.iter_mut() {
-        for _ in 0..MESSAGES {
-            match receiver.try_recv() {
-                Ok(m) => {
-                    std::hint::black_box(m);
-                }
-                Err(error) => panic!("benchmark lost a message: {error}"),
-            }
-        }
-    }
+    drain(receivers, |receiver| receiver.try_recv());
 }
 
 /// The seed's `broadcast`: for each message, await each connection's send
@@ -91,16 +99,7 @@ async fn seed_round(
             }
         }
     }
-    for receiver in receivers.iter_mut() {
-        for _ in 0..MESSAGES {
-            match receiver.try_recv() {
-                Ok(m) => {
-                    std::hint::black_box(m);
-                }
-                Err(error) => panic!("benchmark lost a message: {error}"),
-            }
-        }
-    }
+    drain(receivers, |receiver| receiver.try_recv());
 }
 
 /// Counts receivers that have read a round; wakes the publisher when all
