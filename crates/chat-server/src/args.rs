@@ -98,6 +98,13 @@ pub struct Args {
     #[arg(long, env = "CHAT_ANY_ORIGIN")]
     pub any_origin: bool,
 
+    /// How many new connections the kernel holds for the server before it
+    /// accepts them (capped by `net.core.somaxconn`). A burst of clients
+    /// larger than this, such as everyone reconnecting after a restart,
+    /// waits for a retransmitted handshake: a second or more.
+    #[arg(long, env = "CHAT_BACKLOG", default_value_t = 4096)]
+    pub backlog: u32,
+
     /// Most WebSocket clients at once; more are refused with 503.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 19_900)]
     pub max_connections: usize,

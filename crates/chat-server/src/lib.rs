@@ -23,7 +23,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -227,6 +227,20 @@ pub enum StartError {
     Redis(#[from] hub_redis::Error),
 }
 
+/// A listening socket with room for `backlog` connections waiting to be
+/// accepted. `TcpListener::bind` leaves room for 128, which a burst of
+/// reconnecting clients overflows.
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 impl Server {
     /// Binds the listening socket as `args` say, and loads the TLS
     /// certificate if there is one.
@@ -241,9 +255,8 @@ impl Server {
             _ => None,
         };
         let addr = SocketAddr::new(args.host, args.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Listen { addr, source })?;
+        let listener =
+            listen(addr, args.backlog).map_err(|source| StartError::Listen { addr, source })?;
         let mut config = Config::default()
             .max_message_size(args.max_message_size)
             .max_frame_size(args.max_message_size)

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -28,6 +28,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKLOG: usize = 4 * 1024 * 1024;
 /// Messages waiting for each worker; a sender waits beyond that.
 const WORKER_QUEUE: usize = 256;
+/// Connections the kernel holds until they are accepted, as the
+/// chat-server's default: the load tool connects thousands at once.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// The bare server: the least work a broadcast server can do, as a
 /// baseline to run the same scenarios against, in the same run.
@@ -79,9 +82,7 @@ impl Bare {
             }
             .into());
         }
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Listen { addr, source })?;
+        let listener = listen(addr).map_err(|source| Error::Listen { addr, source })?;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let (senders, workers) = (0..cores.min(8))
             .map(|_| mpsc::channel(WORKER_QUEUE))
@@ -164,6 +165,17 @@ struct Out {
     queued: usize,
     /// The socket failed, or the client fell too far behind.
     dead: bool,
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -62,6 +62,12 @@ pub enum ServeError {
 /// Cheap to clone; clones share the hub, handler, configuration and the set
 /// of running sessions.
 ///
+/// Where thousands of clients may connect at once (say, all reconnecting
+/// after a restart), listen with a larger backlog than
+/// `TcpListener::bind`'s 128, through [`TcpSocket::listen`](tokio::net::TcpSocket::listen):
+/// connections beyond the backlog wait a second or more for a
+/// retransmitted handshake.
+///
 /// # Examples
 ///
 /// A server without hyper, on plain TCP:
