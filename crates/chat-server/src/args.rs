@@ -27,6 +27,12 @@ pub struct Args {
     #[arg(long, env = "CHAT_MAX_MESSAGE_SIZE", default_value_t = hub_ws::DEFAULT_MAX_MESSAGE_SIZE)]
     pub max_message_size: usize,
 
+    /// Largest HTTP request head (request line and headers together), e.g.
+    /// 16KiB; a longer one is answered with 431 and the connection closed,
+    /// so a client that never finishes its request holds no more than this.
+    #[arg(long, env = "CHAT_MAX_REQUEST_HEAD", default_value = "16KiB", value_parser = parse_head_size)]
+    pub max_request_head: usize,
+
     /// Share fan-out with other chat-server nodes through this Redis
     /// (e.g. redis://127.0.0.1:6379): broadcasts, rooms, private lines,
     /// presence and resume work across every node using the same Redis and
@@ -209,6 +215,18 @@ fn parse_size(value: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{value}` is too large"))
 }
 
+/// A request head limit: a size of at least 1 KiB (a browser's request
+/// with its cookies takes about that).
+fn parse_head_size(value: &str) -> Result<usize, String> {
+    let size = parse_size(value)?;
+    if size < 1 << 10 {
+        return Err(format!(
+            "`{value}` is too small for a request head; give at least 1KiB"
+        ));
+    }
+    Ok(size)
+}
+
 /// Parses `250ms`, `5s`, `2m`, or a bare number of seconds.
 fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
@@ -256,11 +274,24 @@ mod tests {
     }
 
     #[test]
+    fn request_head_sizes() {
+        assert_eq!(parse_head_size("1KiB"), Ok(1024));
+        assert_eq!(parse_head_size("64KiB"), Ok(64 * 1024));
+        let error = parse_head_size("1023").unwrap_err();
+        assert_eq!(
+            error,
+            "`1023` is too small for a request head; give at least 1KiB"
+        );
+        assert!(Args::try_parse_from(["chat-server", "--max-request-head", "0"]).is_err());
+    }
+
+    #[test]
     fn defaults() {
         let args = Args::default();
         assert_eq!(args.port, 8000);
         assert_eq!(args.host.to_string(), "127.0.0.1");
         assert_eq!(args.max_message_size, 64 * 1024);
         assert_eq!(args.queue_budget, hub::DEFAULT_QUEUE_BUDGET);
+        assert_eq!(args.max_request_head, 16 * 1024);
     }
 }

@@ -181,6 +181,10 @@ pub mod fuzzing {
 /// How long an HTTP client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The smallest read buffer hyper accepts (`http1::Builder::max_buf_size`
+/// panics below it).
+const MIN_HTTP_BUFFER: usize = 8 << 10;
+
 /// A bound, not yet running, chat server.
 pub struct Server {
     listener: TcpListener,
@@ -189,6 +193,8 @@ pub struct Server {
     grace: Duration,
     /// Clients closed at a time on shutdown, and the pause between.
     batches: (usize, Duration),
+    /// Largest request head read from a client.
+    max_request_head: usize,
 }
 
 impl std::fmt::Debug for Server {
@@ -199,6 +205,7 @@ impl std::fmt::Debug for Server {
             .field("routes", &self.routes)
             .field("grace", &self.grace)
             .field("batches", &self.batches)
+            .field("max_request_head", &self.max_request_head)
             .finish()
     }
 }
@@ -263,6 +270,7 @@ impl Server {
             .ping_interval(args.ping_interval)
             .idle_timeout(args.idle_timeout)
             .write_timeout(args.write_timeout)
+            .max_request_head(args.max_request_head)
             .max_sessions(args.max_connections);
         if let Some(per_ip) = args.max_connections_per_ip {
             config = config.max_sessions_per_ip(per_ip);
@@ -339,6 +347,7 @@ impl Server {
             },
             grace: args.shutdown_grace,
             batches: (args.shutdown_batch, args.shutdown_batch_interval),
+            max_request_head: args.max_request_head,
         })
     }
 
@@ -379,6 +388,7 @@ impl Server {
             routes,
             grace,
             batches: (batch, pause),
+            max_request_head,
         } = self;
         tokio::pin!(shutdown);
         // Plain HTTP connections (keep-alive included), to close on shutdown.
@@ -396,6 +406,7 @@ impl Server {
                         routes: routes.clone(),
                         peer,
                         stopping: stopping.clone(),
+                        max_request_head,
                     };
                     match &tls {
                         None => http.spawn(connection.serve(stream)),
@@ -440,6 +451,8 @@ struct Connection {
     peer: SocketAddr,
     /// Cancelled when the server shuts down.
     stopping: CancellationToken,
+    /// Longer request heads are answered with 431 and the connection closed.
+    max_request_head: usize,
 }
 
 impl Connection {
@@ -468,6 +481,7 @@ impl Connection {
             routes,
             peer,
             stopping,
+            max_request_head,
         } = self;
         let service = service_fn(move |request| {
             let routes = routes.clone();
@@ -476,6 +490,10 @@ impl Connection {
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
+            // The head is read into one buffer no larger than the limit:
+            // a client that never ends its request holds at most that.
+            .max_header_size(max_request_head)
+            .max_buf_size(max_request_head.max(MIN_HTTP_BUFFER))
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         tokio::pin!(connection);

@@ -7,11 +7,12 @@ mod common;
 use chat_server::{Args, Server};
 use clap::Parser;
 use common::{
-    handshake_status, http, recv_close, recv_text, send_text, wait_for_connections, TestServer,
-    WAIT,
+    exchange, handshake_status, http, recv_close, recv_text, send_text, wait_for_connections,
+    TestServer, WAIT,
 };
 use futures_util::future::join_all;
 use futures_util::SinkExt;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
@@ -238,5 +239,110 @@ async fn a_ping_flood_is_bounded_by_the_rate_limit() {
         recv_close(&mut client).await,
         (1008, "too many messages".to_owned())
     );
+    server.stop().await;
+}
+
+/// A request head of `filler` bytes past its first line, with everything a
+/// WebSocket handshake needs.
+fn upgrade_head(path: &str, filler: usize) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         X-Filler: {}\r\n\r\n",
+        "a".repeat(filler)
+    )
+    .into_bytes()
+}
+
+/// The status line the server answered `request` with; any answer but a
+/// `101` must also close the connection.
+async fn exchange_with(server: &TestServer, request: Vec<u8>) -> String {
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let answer = exchange(stream, request).await;
+    if !answer.status.starts_with("HTTP/1.1 101 ") {
+        assert!(answer.closed, "{answer:?} and the connection stayed open");
+    }
+    answer.status
+}
+
+#[tokio::test]
+async fn a_request_line_that_never_ends_is_answered_431_at_once() {
+    let server = TestServer::start(&[]).await;
+    for path in ["/ws", "/ws?room=r", "/echo", "/static/index.html", "/"] {
+        // 100 000 bytes and no line end: the server stops reading at its
+        // limit, answers and closes, well before any timeout.
+        let request = format!("GET {path}{}", "a".repeat(100_000)).into_bytes();
+        assert_eq!(
+            exchange_with(&server, request).await,
+            "HTTP/1.1 431 Request Header Fields Too Large",
+            "{path}"
+        );
+    }
+    // The server still serves.
+    let mut client = server.connect("/echo").await;
+    send_text(&mut client, "still here").await;
+    assert_eq!(recv_text(&mut client).await, "Message text was: still here");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_heads_are_limited_to_16_kib_in_all() {
+    let server = TestServer::start(&[]).await;
+    for path in ["/ws", "/echo"] {
+        // Just under the limit, the handshake goes through.
+        assert_eq!(
+            exchange_with(&server, upgrade_head(path, 15 << 10)).await,
+            "HTTP/1.1 101 Switching Protocols",
+            "{path}"
+        );
+        assert_eq!(
+            exchange_with(&server, upgrade_head(path, 16 << 10)).await,
+            "HTTP/1.1 431 Request Header Fields Too Large",
+            "{path}"
+        );
+    }
+    // Many headers that each fit add up the same way.
+    let mut many = b"GET /static/index.html HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_vec();
+    for i in 0..90 {
+        many.extend_from_slice(format!("X-{i}: {}\r\n", "b".repeat(200)).as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(
+        exchange_with(&server, many).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_request_head_raises_the_limit() {
+    let server = TestServer::start(&["--max-request-head", "64KiB"]).await;
+    assert_eq!(
+        exchange_with(&server, upgrade_head("/ws", 40 << 10)).await,
+        "HTTP/1.1 101 Switching Protocols"
+    );
+    assert_eq!(
+        exchange_with(&server, upgrade_head("/ws", 64 << 10)).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn what_is_not_http_is_answered_400_at_once() {
+    let server = TestServer::start(&[]).await;
+    let garbage: [&[u8]; 3] = [
+        // A TLS ClientHello sent to the plain port.
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+        b"HELLO\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHo st: x\r\n\r\n",
+    ];
+    for request in garbage {
+        assert_eq!(
+            exchange_with(&server, request.to_vec()).await,
+            "HTTP/1.1 400 Bad Request",
+            "{request:?}"
+        );
+    }
     server.stop().await;
 }

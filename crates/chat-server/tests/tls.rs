@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chat_server::{Args, Server, StartError};
 use clap::Parser;
-use common::{recv_text, send_text, TestServer, WAIT};
+use common::{exchange, recv_text, send_text, TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -126,6 +126,47 @@ async fn plaintext_clients_are_refused_and_others_go_on() {
             .unwrap();
     send_text(&mut chat, "still here").await;
     assert_eq!(recv_text(&mut chat).await, "Client says: still here");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn request_heads_are_limited_over_tls_too() {
+    let (server, connector) = tls_server("heads").await;
+    let head = |path: &str, filler: usize| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nX-Filler: {}\r\n\r\n",
+            "a".repeat(filler)
+        )
+        .into_bytes()
+    };
+    for path in ["/ws", "/echo"] {
+        let under = exchange(tls_stream(&server, &connector).await, head(path, 15 << 10)).await;
+        assert_eq!(under.status, "HTTP/1.1 101 Switching Protocols", "{path}");
+        let over = exchange(tls_stream(&server, &connector).await, head(path, 16 << 10)).await;
+        assert_eq!(
+            over.status, "HTTP/1.1 431 Request Header Fields Too Large",
+            "{path}"
+        );
+        assert!(over.closed, "{path}");
+    }
+    for path in ["/ws", "/echo", "/static/index.html"] {
+        let endless = format!("GET {path}{}", "a".repeat(100_000)).into_bytes();
+        let answer = exchange(tls_stream(&server, &connector).await, endless).await;
+        assert_eq!(
+            answer.status, "HTTP/1.1 431 Request Header Fields Too Large",
+            "{path}"
+        );
+        assert!(answer.closed, "{path}");
+    }
+    let garbage = exchange(
+        tls_stream(&server, &connector).await,
+        b"HELLO\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert_eq!(garbage.status, "HTTP/1.1 400 Bad Request");
+    assert!(garbage.closed);
     server.stop().await;
 }
 

@@ -12,6 +12,10 @@ const MAX_TIMER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// Default largest message and frame: 64 KiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 10;
 
+/// Default largest HTTP request head that
+/// [`WsServer::serve_tcp`](crate::WsServer::serve_tcp) reads: 16 KiB.
+const DEFAULT_MAX_REQUEST_HEAD: usize = 16 << 10;
+
 /// Limits and timers for every session a [`WsServer`](crate::WsServer) serves.
 ///
 /// ```
@@ -34,6 +38,7 @@ pub struct Config {
     pub(crate) write_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) max_request_head: usize,
     pub(crate) origins: Origins,
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) max_sessions: Option<usize>,
@@ -53,6 +58,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             origins: Origins::default(),
             allowed_origins: Vec::new(),
             max_sessions: None,
@@ -109,6 +115,17 @@ impl Config {
     /// for the HTTP handshake (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMER);
+        self
+    }
+
+    /// Largest HTTP request head (request line and headers) that
+    /// [`WsServer::serve_tcp`](crate::WsServer::serve_tcp) reads, in bytes
+    /// (default 16 KiB). A longer one is answered with 431 and the
+    /// connection closed, so a client that never finishes its request holds
+    /// no more than this. Servers that run hyper themselves set the same
+    /// limit with `http1::Builder::max_header_size`.
+    pub fn max_request_head(mut self, bytes: usize) -> Self {
+        self.max_request_head = bytes.max(1);
         self
     }
 

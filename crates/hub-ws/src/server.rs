@@ -369,9 +369,12 @@ impl<H: Handler> WsServer<H> {
             };
             async move { Ok::<_, Infallible>(response) }
         });
+        let config = &self.inner.config;
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.inner.config.handshake_timeout)
+            .header_read_timeout(config.handshake_timeout)
+            .max_header_size(config.max_request_head)
+            .max_buf_size(config.max_request_head.max(MIN_HTTP_BUFFER))
             .keep_alive(false)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
@@ -470,6 +473,10 @@ struct Accepted<R> {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// The smallest read buffer hyper accepts (`http1::Builder::max_buf_size`
+/// panics below it).
+const MIN_HTTP_BUFFER: usize = 8 << 10;
 
 /// Most bytes read and dropped while waiting for a client to close.
 const LINGER_BYTES: usize = 1 << 20;

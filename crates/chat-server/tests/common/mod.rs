@@ -179,6 +179,57 @@ pub async fn http(
     (status, headers, body.to_owned())
 }
 
+/// What a server answered to a raw request.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status line, e.g. `HTTP/1.1 431 Request Header Fields Too Large`.
+    pub status: String,
+    /// Whether the server closed the connection after answering (not
+    /// looked for after a `101`).
+    pub closed: bool,
+}
+
+/// Writes `request` (as much of it as the server takes) while reading the
+/// server's answer; after any answer but a `101`, reads on until the server
+/// closes. Panics if the server neither answers nor closes within [`WAIT`].
+pub async fn exchange<S: Io + Send + 'static>(stream: S, request: Vec<u8>) -> Answer {
+    let (mut read, mut write) = tokio::io::split(stream);
+    // The server may close before taking all of it: write errors are fine.
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&request).await;
+        write
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut closed = false;
+    let read_all = timeout(WAIT, async {
+        loop {
+            let head_done = answer.windows(4).any(|w| w == b"\r\n\r\n");
+            if head_done && answer.starts_with(b"HTTP/1.1 101 ") {
+                return;
+            }
+            match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    closed = true;
+                    return;
+                }
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        read_all.is_ok(),
+        "the server neither closed nor switched protocols within {WAIT:?}; answered {text:?}"
+    );
+    Answer {
+        status: text.split("\r\n").next().unwrap_or_default().to_owned(),
+        closed,
+    }
+}
+
 /// Waits (bounded) until the `/ws` hub reports `n` connections in /metrics.
 pub async fn wait_for_connections(addr: SocketAddr, n: usize) {
     wait_for_metric(addr, &format!("hub_connections{{endpoint=\"ws\"}} {n}")).await;
