@@ -611,4 +611,63 @@ mod tests {
         );
         assert_eq!(server.admitted(), 1);
     }
+
+    /// What `serve_tcp` answers to `request` from a client on loopback,
+    /// read until the server closes, and how `serve_tcp` ended.
+    async fn serve_tcp_answer(
+        config: Config,
+        request: Vec<u8>,
+    ) -> (String, Result<Ended, ServeError>) {
+        use tokio::io::AsyncReadExt;
+        let wait = std::time::Duration::from_secs(10);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = WsServer::with_config(Hub::new(), Nothing, config);
+        let served = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            server.serve_tcp(stream, Metadata::new()).await
+        });
+        let (mut read, mut write) = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap()
+            .into_split();
+        // Dropping the write half would shut it down: kept until the end.
+        let writer = tokio::spawn(async move {
+            let _ = write.write_all(&request).await;
+            write
+        });
+        let mut answer = Vec::new();
+        let _ = time::timeout(wait, read.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        writer.abort();
+        let ended = time::timeout(wait, served).await.unwrap().unwrap();
+        (String::from_utf8_lossy(&answer).into_owned(), ended)
+    }
+
+    #[tokio::test]
+    async fn serve_tcp_answers_a_head_past_the_limit_with_431() {
+        let endless = format!("GET /ws?{}", "a".repeat(100_000)).into_bytes();
+        let (answer, ended) = serve_tcp_answer(Config::default(), endless).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{answer}"
+        );
+        assert!(matches!(ended, Err(ServeError::Handshake(_))), "{ended:?}");
+
+        let head = |filler: usize| {
+            format!(
+                "GET /ws HTTP/1.1\r\nHost: h\r\nX-Filler: {}\r\n\r\n",
+                "a".repeat(filler)
+            )
+            .into_bytes()
+        };
+        let config = || Config::default().max_request_head(2 << 10);
+        let (answer, _) = serve_tcp_answer(config(), head(3 << 10)).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+        // Under the limit, the request is read and answered: not an upgrade.
+        let (answer, ended) = serve_tcp_answer(config(), head(1 << 10)).await;
+        assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+        assert!(matches!(ended, Err(ServeError::Refused(_))), "{ended:?}");
+    }
 }
