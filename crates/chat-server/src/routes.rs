@@ -16,8 +16,12 @@ use crate::chat::{Chat, Echo, RoomChat};
 use crate::metrics::{self, Endpoint};
 use crate::protocol::parse_options;
 
-/// The chat page, embedded in the binary.
-pub(crate) const PAGE: &str = include_str!("page.html");
+/// The room chat's page, embedded in the binary like the others.
+const ROOMS_PAGE: &str = include_str!("pages/rooms.html");
+/// The FastAPI tutorial's page: the classic broadcast chat on `/ws`.
+const TUTORIAL_PAGE: &str = include_str!("pages/tutorial.html");
+/// The look both pages share.
+const STYLE: &str = include_str!("pages/style.css");
 
 /// The endpoints, shared by every HTTP connection.
 #[derive(Clone, Debug)]
@@ -43,8 +47,12 @@ impl Routes {
             "/ws" => self.chat_upgrade(None, request),
             room if room.starts_with("/ws/") => self.chat_upgrade(Some(&room[4..]), request),
             "/echo" => upgrade(&self.echo, request, Metadata::new()),
-            "/" | "/index.html" | "/static/index.html" => get_only(&request, || {
-                respond(StatusCode::OK, "text/html; charset=utf-8", PAGE)
+            "/" | "/index.html" => get_only(&request, || respond(StatusCode::OK, HTML, ROOMS_PAGE)),
+            "/static/index.html" => {
+                get_only(&request, || respond(StatusCode::OK, HTML, TUTORIAL_PAGE))
+            }
+            "/static/style.css" => get_only(&request, || {
+                respond(StatusCode::OK, "text/css; charset=utf-8", STYLE)
             }),
             "/healthz" => get_only(&request, || {
                 if self.chat.hub().is_shut_down() {
@@ -103,6 +111,7 @@ impl Routes {
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+const HTML: &str = "text/html; charset=utf-8";
 
 fn upgrade<H: hub_ws::Handler>(
     server: &WsServer<H>,

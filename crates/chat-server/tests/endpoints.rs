@@ -127,19 +127,41 @@ async fn binary_messages_close_with_1003_and_nothing_breaks() {
 }
 
 #[tokio::test]
-async fn page_is_served_as_html_from_both_paths() {
+async fn the_room_chat_and_the_tutorial_page_are_served_with_their_style() {
     let server = TestServer::start(&[]).await;
-    for path in ["/", "/static/index.html"] {
+    let page = |path: &'static str| async move {
         let (status, headers, body) = http(server.addr, "GET", path).await;
         assert_eq!(status, 200, "{path}");
         assert_eq!(
             header(&headers, "content-type"),
-            Some("text/html; charset=utf-8")
+            Some("text/html; charset=utf-8"),
+            "{path}"
         );
-        assert!(body.contains("<title>WebSocket Chat</title>"));
-        assert!(body.contains("location.host + \"/ws?\""));
-        assert!(!body.contains("localhost:8000"));
+        assert!(body.contains("<title>WebSocket Chat</title>"), "{path}");
+        assert!(body.contains(r#"href="/static/style.css""#), "{path}");
+        assert!(!body.contains("localhost:8000"), "{path}");
+        body
+    };
+    for path in ["/", "/index.html"] {
+        let rooms = page(path).await;
+        assert!(rooms.contains(r#"<form id="join" hidden>"#), "{path}");
+        assert!(rooms.contains("location.host + \"/ws?\""), "{path}");
+        assert!(rooms.contains(r#"href="/static/index.html""#), "{path}");
     }
+    let tutorial = page("/static/index.html").await;
+    assert!(!tutorial.contains(r#"id="join""#));
+    assert!(tutorial.contains(r#"<input id="messageInput""#));
+    assert!(tutorial.contains(r#"<ul id="messages""#));
+    assert!(tutorial.contains("location.host + \"/ws\";"));
+    assert!(tutorial.contains(r#"<a href="/""#));
+
+    let (status, headers, body) = http(server.addr, "GET", "/static/style.css").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/css; charset=utf-8")
+    );
+    assert!(body.contains("#messageInput {"));
     server.stop().await;
 }
 

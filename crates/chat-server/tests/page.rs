@@ -12,7 +12,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{recv_text, send_text, TestServer, WAIT};
+use common::{recv_text, send_text, wait_for_connections, TestServer, WAIT};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
@@ -279,6 +279,118 @@ async fn the_page_asks_for_a_room_and_name_and_fits_a_phone() {
         .unwrap();
     assert_eq!(overflow, json!(true));
     page.close().await.unwrap();
+    server.stop().await;
+}
+
+/// The FastAPI tutorial's steps, literally, on its page at
+/// `/static/index.html`: two windows, type and click Send, both show
+/// `Client says: …`; close one, the other shows `A client disconnected`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tutorial_steps_work_on_the_tutorial_page() {
+    let driver = chromedriver().await;
+    let first = browser(&driver).await;
+    let second = browser(&driver).await;
+    let server = TestServer::start(&[]).await;
+    let port = server.addr.port();
+
+    // One window through 127.0.0.1 and one through localhost: each page's
+    // WebSocket goes to the host and port the page came from (and the
+    // server's same-origin check lets both in).
+    for (page, host) in [(&first, "127.0.0.1"), (&second, "localhost")] {
+        page.goto(&format!("http://{host}:{port}/static/index.html"))
+            .await
+            .unwrap();
+        wait_for_state(page, "open", WAIT).await;
+        let url = page
+            .execute(
+                "return document.getElementById('status').dataset.url;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(url, json!(format!("ws://{host}:{port}/ws")));
+        assert_eq!(page.title().await.unwrap(), "WebSocket Chat");
+    }
+    wait_for_connections(server.addr, 2).await;
+
+    // Type a message and click Send: every window shows it.
+    let input = first.find(Locator::Id("messageInput")).await.unwrap();
+    input.send_keys("Hello from the tutorial").await.unwrap();
+    let send = first
+        .find(Locator::XPath("//button[text()='Send']"))
+        .await
+        .unwrap();
+    send.click().await.unwrap();
+    let said = json!(["Client says: Hello from the tutorial"]);
+    for page in [&first, &second] {
+        wait_until(page, "the line in every window", LINES, |v| v == &said).await;
+    }
+    assert_eq!(input.prop("value").await.unwrap().as_deref(), Some(""));
+
+    // Enter sends too; markup is shown as text, never as HTML.
+    say(&second, "<b>and back</b>").await;
+    let both = json!([
+        "Client says: Hello from the tutorial",
+        "Client says: <b>and back</b>"
+    ]);
+    for page in [&first, &second] {
+        wait_until(page, "the second line", LINES, |v| v == &both).await;
+        let markup = page
+            .execute(
+                "return document.querySelectorAll('#messages b').length;",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(markup, json!(0));
+    }
+
+    // Close one window: the other is told.
+    first.close().await.unwrap();
+    let left = json!([
+        "Client says: Hello from the tutorial",
+        "Client says: <b>and back</b>",
+        "A client disconnected"
+    ]);
+    wait_until(&second, "the departure", LINES, |v| v == &left).await;
+
+    // The screenshot the README shows, kept as a test artifact.
+    let png = second.screenshot().await.unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tutorial.png"), png).unwrap();
+
+    // The server restarts: the page says so, and comes back by itself.
+    server.stop().await;
+    wait_for_state(&second, "closed", WAIT).await;
+    let server = TestServer::start_on(&port.to_string(), &[]).await;
+    wait_for_state(&second, "open", RECONNECT_WAIT).await;
+    wait_for_connections(server.addr, 1).await;
+    say(&second, "back").await;
+    wait_until(&second, "a line after the restart", LINES, |v| {
+        v.as_array().and_then(|lines| lines.last()) == Some(&json!("Client says: back"))
+    })
+    .await;
+
+    // The two pages link to each other.
+    let rooms = second.find(Locator::LinkText("Rooms")).await.unwrap();
+    assert_eq!(rooms.attr("href").await.unwrap().as_deref(), Some("/"));
+    rooms.click().await.unwrap();
+    second
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Id("join"))
+        .await
+        .unwrap();
+    let tutorial = second
+        .find(Locator::LinkText("Tutorial chat"))
+        .await
+        .unwrap();
+    assert_eq!(
+        tutorial.attr("href").await.unwrap().as_deref(),
+        Some("/static/index.html")
+    );
+    second.close().await.unwrap();
     server.stop().await;
 }
 
