@@ -191,3 +191,77 @@ async fn echo_clients_that_stop_reading_are_shed_past_the_queue_budget() {
         .any(|l| l == "ws_server_closes_total{endpoint=\"echo\",code=\"1013\"} 1"));
     server.stop().await;
 }
+
+/// Opens a WebSocket on `path` by hand over a socket with a small receive
+/// buffer, and returns the raw stream after the `101`.
+async fn raw_upgrade(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = timeout(LONG_WAIT, socket.connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = timeout(LONG_WAIT, stream.read_u8()).await.unwrap().unwrap();
+        head.push(byte);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101 "), "{head:?}");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_floods_pings_and_never_reads_costs_no_memory_and_is_closed() {
+    // Up to 1 GiB of pings, none of the pongs read. The server owes one
+    // pong at a time, stops reading until it is written, and closes the
+    // client once its output has been stuck for the write timeout.
+    const FLOOD: usize = 1 << 30;
+    const BOUND_KIB: u64 = 20 * 1024;
+    use tokio::io::AsyncWriteExt;
+    let server = ChildServer::spawn(&["--write-timeout", "2s"]).await;
+    let mut bystander = connect(&server.url("/echo")).await;
+    let mut flooder = raw_upgrade(server.addr, "/echo").await;
+    let baseline = server.memory_kib("VmRSS");
+    // Ping frames of 125 bytes (masked with a zero key), 256 at a time.
+    let ping = [&[0x89, 0xFD, 0, 0, 0, 0][..], &[b'p'; 125]].concat();
+    let burst = ping.repeat(256);
+    let mut sent = 0;
+    let flood = timeout(LONG_WAIT, async {
+        while sent < FLOOD {
+            if flooder.write_all(&burst).await.is_err() {
+                return;
+            }
+            sent += burst.len();
+        }
+    })
+    .await;
+    assert!(flood.is_ok(), "the flooding client was never closed");
+    let peak = server.memory_kib("VmHWM");
+    let grown = peak.saturating_sub(baseline);
+    eprintln!(
+        "sent {} KiB of pings before the server closed; peak RSS grew by {grown} KiB over {baseline} KiB",
+        sent >> 10
+    );
+    assert!(sent < FLOOD, "the server took 1 GiB of pings");
+    assert!(
+        grown < BOUND_KIB,
+        "server peak RSS grew by {grown} KiB (baseline {baseline} KiB), bound {BOUND_KIB} KiB"
+    );
+    common::wait_for_metric(
+        server.addr,
+        "ws_server_closes_total{endpoint=\"echo\",code=\"1013\"} 1",
+    )
+    .await;
+    // Others were served all along.
+    common::send_text(&mut bystander, "fine").await;
+    assert_eq!(
+        common::recv_text(&mut bystander).await,
+        "Message text was: fine"
+    );
+}

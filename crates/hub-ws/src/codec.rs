@@ -42,8 +42,13 @@ const SCRATCH_ROOM: usize = 1024;
 const SCRATCH_BURST: usize = 16 * 1024;
 /// Buffers handed to one vectored write.
 const MAX_IOV: usize = 64;
-/// Past this many bytes waiting to be written, `poll_ready` writes first.
+/// Past this many bytes waiting to be written, `poll_ready` writes first,
+/// and nothing more is read from the client until it takes them.
 const HIGH_WATER: usize = 1 << 20;
+/// Most room reserved at once for a frame still arriving: the buffer
+/// grows with the payload actually received, never with the length a
+/// header claims.
+const RESERVE_AHEAD: usize = 64 * 1024;
 /// Most bytes gathered into one write on a stream without vectored writes.
 const COALESCE: usize = 64 * 1024;
 
@@ -62,8 +67,8 @@ pub(crate) struct Socket<S> {
     max_frame: usize,
     /// Read and not yet parsed; empty (unallocated) when idle.
     read: BytesMut,
-    /// A fragmented message being put together: is it text, and its bytes.
-    partial: Option<(bool, BytesMut)>,
+    /// A fragmented message being put together.
+    partial: Option<Partial>,
     /// No more frames will be read: the client closed, or broke the
     /// protocol.
     read_done: bool,
@@ -79,6 +84,10 @@ pub(crate) struct Socket<S> {
     /// The answer to the latest ping, not yet queued (at most one: RFC
     /// 6455 allows answering only the most recent).
     pong: Option<Bytes>,
+    /// Bytes still to write up to the end of the pong last queued; 0 once
+    /// it is written. The next pong waits for it, so output holds at most
+    /// one pong however many pings a client sends without reading.
+    pong_ahead: usize,
     /// Our close frame is queued: nothing may follow it.
     close_sent: bool,
     /// A message was queued since the latest ping.
@@ -102,6 +111,7 @@ impl<S> Socket<S> {
             out_len: 0,
             scratch: BytesMut::new(),
             pong: None,
+            pong_ahead: 0,
             close_sent: false,
             sent_since_ping: false,
             quiet: false,
@@ -233,6 +243,47 @@ fn truncate(reason: &str, max: usize) -> &str {
     &reason[..end]
 }
 
+/// A fragmented message being put together.
+struct Partial {
+    text: bool,
+    data: BytesMut,
+    /// How much of a text message's `data` is known to be valid UTF-8 (the
+    /// rest is at most one character cut between fragments).
+    checked: usize,
+}
+
+impl Partial {
+    fn new(text: bool, data: BytesMut) -> Result<Self, ReadError> {
+        let mut partial = Self {
+            text,
+            data,
+            checked: 0,
+        };
+        partial.check()?;
+        Ok(partial)
+    }
+
+    fn extend(&mut self, payload: &[u8]) -> Result<(), ReadError> {
+        self.data.extend_from_slice(payload);
+        self.check()
+    }
+
+    /// Fails on the fragment that makes a text message invalid UTF-8,
+    /// rather than once the whole message is in.
+    fn check(&mut self) -> Result<(), ReadError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            // A character cut at the end: the next fragment completes it.
+            Err(error) if error.error_len().is_none() => self.checked += error.valid_up_to(),
+            Err(_) => return Err(ReadError::InvalidUtf8),
+        }
+        Ok(())
+    }
+}
+
 /// One parsed frame header.
 struct Header {
     fin: bool,
@@ -304,9 +355,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 return Ok(None);
             };
             if self.read.len() < header.start + header.len {
-                // Room for the rest of the frame, at once.
-                self.read
-                    .reserve(header.start + header.len - self.read.len());
+                // Room for more of the frame, but never more than could
+                // arrive soon: the header's length is only a claim.
+                let missing = header.start + header.len - self.read.len();
+                self.read.reserve(missing.min(RESERVE_AHEAD));
                 return Ok(None);
             }
             self.read.advance(header.start);
@@ -325,18 +377,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 OP_PONG => return Ok(Some(Frame::Pong(payload.freeze()))),
                 OP_CLOSE => return self.closed(&payload).map(Some),
                 OP_CONTINUATION => {
-                    let Some((_, data)) = self.partial.as_mut() else {
+                    let Some(partial) = self.partial.as_mut() else {
                         return Err(ReadError::Protocol);
                     };
-                    if data.len() + payload.len() > self.max_message {
+                    if partial.data.len() + payload.len() > self.max_message {
                         return Err(ReadError::TooBig);
                     }
-                    data.extend_from_slice(&payload);
+                    partial.extend(&payload)?;
                     if header.fin {
-                        let Some((text, data)) = self.partial.take() else {
+                        let Some(partial) = self.partial.take() else {
                             return Err(ReadError::Protocol);
                         };
-                        return message(text, data.freeze()).map(Some);
+                        return message(partial.text, partial.data.freeze()).map(Some);
                     }
                 }
                 opcode => {
@@ -348,7 +400,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                     if header.fin {
                         return message(text, payload.freeze()).map(Some);
                     }
-                    self.partial = Some((text, payload));
+                    self.partial = Some(Partial::new(text, payload)?);
                 }
             }
         }
@@ -398,14 +450,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     /// Writes what is queued, and the pong owed, until done or the stream
     /// is full.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some(ping) = self.pong.take() {
-            if !self.close_sent {
-                self.queue(OP_PONG, &ping);
-            }
-        }
-        self.push_scratch();
         let vectored = self.io.is_write_vectored();
-        while !self.out.is_empty() {
+        loop {
+            if self.pong_ahead == 0 {
+                if let Some(ping) = self.pong.take() {
+                    if !self.close_sent {
+                        self.queue(OP_PONG, &ping);
+                        self.pong_ahead = self.out_len;
+                    }
+                }
+            }
+            self.push_scratch();
+            if self.out.is_empty() {
+                break;
+            }
             if !vectored && self.out.len() > 1 && self.out[0].len() < COALESCE {
                 self.gather();
             }
@@ -426,6 +484,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(mut n)) => {
                     self.out_len -= n;
+                    self.pong_ahead = self.pong_ahead.saturating_sub(n);
                     while n > 0 {
                         let Some(front) = self.out.front_mut() else {
                             break;
@@ -529,6 +588,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Socket<S> {
                 Err(error) => {
                     this.read_done = true;
                     return Poll::Ready(Some(Err(error)));
+                }
+            }
+            if this.out_len >= HIGH_WATER {
+                // A client that does not take what it is sent is not read
+                // from until it does: what it sends meanwhile waits in its
+                // own buffers, not in ours.
+                match this.poll_write_out(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => {
+                        this.read_done = true;
+                        return Poll::Ready(Some(Err(ReadError::Lost)));
+                    }
+                    Poll::Pending if this.out_len >= HIGH_WATER => return Poll::Pending,
+                    Poll::Pending => {}
                 }
             }
             match this.poll_fill(cx) {
@@ -944,6 +1017,148 @@ mod tests {
         }
         let kept = socket.scratch.capacity();
         assert!(kept <= SCRATCH_ROOM, "kept {kept} bytes");
+    }
+
+    /// How long a test waits to see that nothing happens.
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
+    #[tokio::test]
+    async fn a_client_that_pings_and_never_reads_is_owed_one_pong() {
+        // Room for two pongs on the way to the client, then it is full.
+        let (server, mut client) = duplex(256);
+        let mut socket = Socket::new(server, 64 * 1024, 64 * 1024);
+        let pings = 10_000u64;
+        let writer = tokio::spawn(async move {
+            for i in 0..pings {
+                let mut payload = i.to_be_bytes().to_vec();
+                payload.resize(125, 0);
+                client
+                    .write_all(&client_frame(true, OP_PING, &payload))
+                    .await
+                    .unwrap();
+            }
+            client
+        });
+        for i in 0..pings {
+            match next(&mut socket).await {
+                Some(Ok(Frame::Ping(ping))) => assert_eq!(ping[..8], i.to_be_bytes()),
+                other => panic!("ping {i}: {other:?}"),
+            }
+            // One pong in the output, the latest waiting its turn.
+            assert!(socket.out_len <= 127, "{} bytes waiting", socket.out_len);
+        }
+        let mut client = writer.await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut pongs = Vec::new();
+            loop {
+                let (fin, opcode, payload) = server_frame(&mut client).await;
+                assert!(fin);
+                assert_eq!(opcode, OP_PONG);
+                assert_eq!(payload.len(), 125);
+                let id = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                pongs.push(id);
+                if id == pings - 1 {
+                    return pongs;
+                }
+            }
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(5), socket.flush())
+            .await
+            .unwrap()
+            .unwrap();
+        let pongs = reader.await.unwrap();
+        // The first pongs, then only the answer to the latest ping.
+        assert!(pongs.len() <= 4, "{pongs:?}");
+        assert_eq!(pongs.last(), Some(&(pings - 1)));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_read_while_output_is_above_the_high_water_mark() {
+        let (server, mut client) = duplex(64 * 1024);
+        let mut socket = Socket::new(server, 64 * 1024, 64 * 1024);
+        socket
+            .feed(Frame::Message(Message::Binary(Bytes::from(
+                vec![1u8; 2 * HIGH_WATER],
+            ))))
+            .await
+            .unwrap();
+        client
+            .write_all(&client_frame(true, OP_TEXT, b"later"))
+            .await
+            .unwrap();
+        let stuck = tokio::time::timeout(QUIET, socket.next()).await;
+        assert!(stuck.is_err(), "read while output was stuck: {stuck:?}");
+        assert_eq!(socket.read.len(), 0);
+        // Once the client takes it, the message is read.
+        let reader = tokio::spawn(async move { server_frame(&mut client).await });
+        match next(&mut socket).await {
+            Some(Ok(Frame::Message(message))) => assert_eq!(message.as_text(), Some("later")),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), socket.flush())
+            .await
+            .unwrap()
+            .unwrap();
+        let (_, opcode, payload) = reader.await.unwrap();
+        assert_eq!((opcode, payload.len()), (OP_BINARY, 2 * HIGH_WATER));
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_given_room_as_it_arrives_not_as_its_header_claims() {
+        let (server, mut client) = duplex(1 << 20);
+        let mut socket = Socket::new(server, usize::MAX, usize::MAX);
+        let mut wire = vec![0x82, 0xFF];
+        wire.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        wire.extend_from_slice(&[0, 0, 0, 0]);
+        wire.extend_from_slice(&[9; 100]);
+        client.write_all(&wire).await.unwrap();
+        let waiting = tokio::time::timeout(QUIET, socket.next()).await;
+        assert!(waiting.is_err(), "{waiting:?}");
+        assert!(
+            socket.read.capacity() <= 2 * RESERVE_AHEAD,
+            "{}",
+            socket.read.capacity()
+        );
+        // More arrives; the buffer grows with it.
+        client.write_all(&[9; 200_000]).await.unwrap();
+        let waiting = tokio::time::timeout(QUIET, socket.next()).await;
+        assert!(waiting.is_err(), "{waiting:?}");
+        let held = socket.read.len();
+        assert_eq!(held, wire.len() + 200_000);
+        let capacity = socket.read.capacity();
+        assert!(
+            capacity <= 2 * (held + RESERVE_AHEAD),
+            "{capacity} for {held}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_utf8_fails_on_the_fragment_that_has_it() {
+        let (mut socket, mut client) = pair();
+        // Valid so far, a character cut between fragments, then invalid;
+        // the message never ends.
+        let wire = [
+            client_frame(false, OP_TEXT, "κό".as_bytes()),
+            client_frame(false, OP_CONTINUATION, &[0xCF]),
+            client_frame(false, OP_CONTINUATION, &[0x83, b'm', b'e']),
+            client_frame(false, OP_CONTINUATION, &[b'a', 0xFF]),
+        ]
+        .concat();
+        client.write_all(&wire).await.unwrap();
+        assert!(matches!(
+            next(&mut socket).await,
+            Some(Err(ReadError::InvalidUtf8))
+        ));
+        // A first fragment that is invalid fails at once too.
+        let (mut socket, mut client) = pair();
+        client
+            .write_all(&client_frame(false, OP_TEXT, &[b'a', 0xC0, 0x80]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            next(&mut socket).await,
+            Some(Err(ReadError::InvalidUtf8))
+        ));
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl<S: Sink<Frame> + Unpin> Sink<Frame> for Half<'_, S> {
     }
 }
 
-async fn read_loop<R, H>(
+async fn read_loop<R, E, H>(
     mut stream: R,
     heard: &Heard,
     session: &Session,
@@ -189,7 +189,8 @@ async fn read_loop<R, H>(
     counters: &Counters,
 ) -> Ended
 where
-    R: Stream<Item = Result<Frame, ReadError>> + Unpin,
+    R: Stream<Item = Result<Frame, ReadError>> + Sink<Frame, Error = E> + Unpin,
+    E: fmt::Display,
     H: Handler,
 {
     let mut bucket = config.rate_limit.map(Bucket::new);
@@ -203,12 +204,21 @@ where
         heard.now();
         let message = match frame {
             Frame::Message(message) => message,
-            // Pings are answered by the WebSocket library, but count against
-            // the rate limit so a ping flood is bounded too.
-            Frame::Ping(_) => match bucket.as_mut().map_or(Verdict::Pass, Bucket::take) {
-                Verdict::Close => return server_close(CloseCode::POLICY, "too many messages"),
-                _ => continue,
-            },
+            // Pings are answered by the socket, but count against the rate
+            // limit so a ping flood is bounded too.
+            Frame::Ping(_) => {
+                if let Some(Verdict::Close) = bucket.as_mut().map(Bucket::take) {
+                    return server_close(CloseCode::POLICY, "too many messages");
+                }
+                // Nothing more is read until the pong is written: a client
+                // that sends pings and never reads meets backpressure, and
+                // is closed like any client that stops reading.
+                match within(config.write_timeout, pin!(stream.flush())).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(error)) => return write_failed(session.id(), error),
+                    Err(_) => return writes_timed_out(),
+                }
+            }
             Frame::Pong(_) => continue,
             Frame::Close(close) => {
                 return Ended::ClientClosed {
