@@ -2,7 +2,7 @@
 //! before the upgrade.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -20,7 +20,10 @@ use crate::UpgradeError;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Origins {
-    /// The default: the origin's host and port must be the request's `Host`,
+    /// The default: the origin must be the server's own (its host and port
+    /// those of the request's `Host`, default ports included, and its
+    /// scheme the one clients reach the server by, where that is known:
+    /// see [`Config::served_over_tls`](crate::Config::served_over_tls)),
     /// or match one of these patterns: an exact origin
     /// (`https://app.example.com`) or a wildcard subdomain
     /// (`*.example.com`, any scheme and port).
@@ -30,11 +33,13 @@ pub enum Origins {
     Any,
 }
 
-/// Checks the `Origin` of a handshake.
+/// Checks the `Origin` of a handshake. `tls` says whether clients reach
+/// the server over TLS, if that is known.
 pub(crate) fn check_origin(
     headers: &HeaderMap,
     origins: &Origins,
     allowed: &[String],
+    tls: Option<bool>,
 ) -> Result<(), UpgradeError> {
     if *origins == Origins::Any {
         return Ok(());
@@ -47,11 +52,7 @@ pub(crate) fn check_origin(
         .split_once("://")
         .map_or("", |(_, rest)| rest)
         .trim_end_matches('/');
-    let same = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .is_some_and(|host| !authority.is_empty() && host.eq_ignore_ascii_case(authority));
-    if same
+    if is_same_origin(origin, headers, tls)
         || allowed
             .iter()
             .any(|pattern| matches(pattern, origin, authority))
@@ -62,8 +63,71 @@ pub(crate) fn check_origin(
     }
 }
 
+/// Whether `origin` is the server's own: the same scheme (where known),
+/// host and port (default ports included) as the request.
+fn is_same_origin(origin: &str, headers: &HeaderMap, tls: Option<bool>) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let secure = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else {
+        return false;
+    };
+    // A proxy in front that terminates TLS says how the client came in; a
+    // page cannot set this header on a WebSocket handshake.
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next())
+        .map(|proto| proto.trim().eq_ignore_ascii_case("https"));
+    if forwarded.or(tls).is_some_and(|tls| tls != secure) {
+        return false;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    // Without a port, each means the scheme's default (the Host's scheme
+    // is the origin's, or the check above refused it).
+    let default_port = if secure { 443 } else { 80 };
+    match (
+        host_and_port(authority.trim_end_matches('/'), default_port),
+        host_and_port(host, default_port),
+    ) {
+        (Some((a, port_a)), Some((b, port_b))) => port_a == port_b && a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
+}
+
+/// The host and port of an authority (`host`, `host:port`, `[v6]:port`).
+fn host_and_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
+    if authority.is_empty() || authority.contains(['/', '@', '?', '#', ' ']) {
+        return None;
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        None => default_port,
+        Some(port) => port.parse().ok()?,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
 fn matches(pattern: &str, origin: &str, authority: &str) -> bool {
-    match pattern.strip_prefix("*.") {
+    match pattern.trim().strip_prefix("*.") {
         Some(domain) => {
             let host = authority
                 .rsplit_once(':')
@@ -73,7 +137,23 @@ fn matches(pattern: &str, origin: &str, authority: &str) -> bool {
                     .to_ascii_lowercase()
                     .ends_with(&format!(".{}", domain.to_ascii_lowercase()))
         }
-        None => pattern.trim_end_matches('/').eq_ignore_ascii_case(origin),
+        None => {
+            let pattern = pattern.trim().trim_end_matches('/');
+            !pattern.is_empty() && pattern.eq_ignore_ascii_case(origin)
+        }
+    }
+}
+
+/// The address a client is counted under: IPv6 clients by their /64 (one
+/// subscriber's network, which hands its hosts any address in it), IPv4
+/// clients (mapped into IPv6 or not) by their address.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -110,12 +190,13 @@ impl Gate {
         let (Some(ip), Some(limit)) = (ip, max_per_ip) else {
             return Ok(admitted);
         };
+        let ip = counted_as(ip);
         let mut by_ip = self.by_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = by_ip.entry(ip).or_default();
-        if *count >= limit {
+        // Looked up before any entry is made: a refused address leaves none.
+        if by_ip.get(&ip).copied().unwrap_or(0) >= limit {
             return Err(UpgradeError::TooManyFromAddress);
         }
-        *count += 1;
+        *by_ip.entry(ip).or_default() += 1;
         admitted.ip = Some(ip);
         Ok(admitted)
     }
@@ -169,9 +250,9 @@ mod tests {
             ("host", "127.0.0.1:8000"),
             ("origin", "http://127.0.0.1:8000"),
         ]);
-        assert_eq!(check_origin(&same, &DEFAULT, &[]), Ok(()));
+        assert_eq!(check_origin(&same, &DEFAULT, &[], None), Ok(()));
         let none = headers(&[("host", "127.0.0.1:8000")]);
-        assert_eq!(check_origin(&none, &DEFAULT, &[]), Ok(()));
+        assert_eq!(check_origin(&none, &DEFAULT, &[], None), Ok(()));
     }
 
     #[test]
@@ -181,25 +262,25 @@ mod tests {
             ("origin", "https://evil.example"),
         ]);
         assert_eq!(
-            check_origin(&evil, &DEFAULT, &[]),
+            check_origin(&evil, &DEFAULT, &[], None),
             Err(UpgradeError::ForbiddenOrigin)
         );
-        assert_eq!(check_origin(&evil, &Origins::Any, &[]), Ok(()));
+        assert_eq!(check_origin(&evil, &Origins::Any, &[], None), Ok(()));
         let app = headers(&[
             ("host", "api.example.com"),
             ("origin", "https://app.example.com"),
         ]);
         let exact = ["https://app.example.com".to_owned()];
-        assert_eq!(check_origin(&app, &DEFAULT, &exact), Ok(()));
+        assert_eq!(check_origin(&app, &DEFAULT, &exact, None), Ok(()));
         let wildcard = ["*.example.com".to_owned()];
-        assert_eq!(check_origin(&app, &DEFAULT, &wildcard), Ok(()));
+        assert_eq!(check_origin(&app, &DEFAULT, &wildcard, None), Ok(()));
         // The bare domain and look-alikes do not match a wildcard.
         let bare = headers(&[("host", "x"), ("origin", "https://example.com")]);
-        assert!(check_origin(&bare, &DEFAULT, &wildcard).is_err());
+        assert!(check_origin(&bare, &DEFAULT, &wildcard, None).is_err());
         let lookalike = headers(&[("host", "x"), ("origin", "https://evilexample.com")]);
-        assert!(check_origin(&lookalike, &DEFAULT, &wildcard).is_err());
+        assert!(check_origin(&lookalike, &DEFAULT, &wildcard, None).is_err());
         let null = headers(&[("host", "x"), ("origin", "null")]);
-        assert!(check_origin(&null, &DEFAULT, &[]).is_err());
+        assert!(check_origin(&null, &DEFAULT, &[], None).is_err());
     }
 
     #[test]
@@ -221,5 +302,106 @@ mod tests {
         assert_eq!(gate.open(), 0);
         assert!(gate.by_ip.lock().unwrap().is_empty());
         assert!(gate.admit(Some(ip), Some(2), Some(1)).is_ok());
+    }
+
+    #[test]
+    fn same_origin_means_same_scheme_host_and_port() {
+        let check = |origin: &str, host: &str, tls: Option<bool>| {
+            check_origin(
+                &headers(&[("host", host), ("origin", origin)]),
+                &DEFAULT,
+                &[],
+                tls,
+            )
+            .is_ok()
+        };
+        // Default ports are the same as none.
+        assert!(check("https://h", "h:443", Some(true)));
+        assert!(check("https://h:443", "h", Some(true)));
+        assert!(check("http://h", "h:80", Some(false)));
+        assert!(check("http://h:80", "h", None));
+        assert!(!check("https://h", "h:80", None));
+        assert!(!check("http://h", "h:443", None));
+        assert!(!check("http://h:8000", "h:8001", None));
+        // The scheme must be the one clients reach the server by.
+        assert!(!check("http://h:8443", "h:8443", Some(true)));
+        assert!(!check("https://h:8000", "h:8000", Some(false)));
+        assert!(check("https://h:8000", "h:8000", None));
+        // IPv6 literals, and case.
+        assert!(check("http://[::1]:8000", "[::1]:8000", Some(false)));
+        assert!(check("http://[::1]", "[::1]:80", None));
+        assert!(!check("http://[::1]:8000", "[::2]:8000", None));
+        assert!(check("HTTP://Chat.Example.com", "chat.example.COM", None));
+        // Anything else is not an origin of ours.
+        for origin in [
+            "null",
+            "file://",
+            "ws://h",
+            "https://",
+            "https://h:x",
+            "https://u@h",
+        ] {
+            assert!(!check(origin, "h", None), "{origin}");
+        }
+        assert!(!check("https://h", "", None));
+    }
+
+    #[test]
+    fn a_proxy_says_how_the_client_came_in() {
+        let proxied = |origin: &str, proto: &str, tls: Option<bool>| {
+            let mut map = headers(&[("host", "h"), ("origin", origin)]);
+            map.insert("x-forwarded-proto", HeaderValue::from_str(proto).unwrap());
+            check_origin(&map, &DEFAULT, &[], tls).is_ok()
+        };
+        // A plain server behind a proxy that terminates TLS.
+        assert!(proxied("https://h", "https", Some(false)));
+        assert!(!proxied("http://h", "https", None));
+        assert!(proxied("http://h", "http, https", None));
+    }
+
+    #[test]
+    fn patterns_are_trimmed() {
+        let app = headers(&[("host", "x"), ("origin", "https://b.example")]);
+        let listed = [
+            " https://a.example".to_owned(),
+            " https://b.example/ ".to_owned(),
+        ];
+        assert_eq!(check_origin(&app, &DEFAULT, &listed, None), Ok(()));
+        let wildcard = [" *.example ".to_owned()];
+        assert_eq!(check_origin(&app, &DEFAULT, &wildcard, None), Ok(()));
+        let empty = headers(&[("host", "x"), ("origin", "")]);
+        assert!(check_origin(&empty, &DEFAULT, &[String::new()], None).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let gate = Arc::new(Gate::default());
+        let first: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let held = gate.admit(Some(first), None, Some(1)).unwrap();
+        assert_eq!(
+            gate.admit(Some(same_64), None, Some(1)).unwrap_err(),
+            UpgradeError::TooManyFromAddress
+        );
+        let other = gate.admit(Some(other_64), None, Some(1)).unwrap();
+        // An IPv4 client counts as itself, mapped into IPv6 or not.
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let v4_held = gate.admit(Some(v4), None, Some(1)).unwrap();
+        assert!(gate.admit(Some(mapped), None, Some(1)).is_err());
+        drop((held, other, v4_held));
+        assert!(gate.by_ip.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn refused_addresses_leave_nothing_behind() {
+        let gate = Arc::new(Gate::default());
+        for i in 0..1000u32 {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0A00_0000 + i));
+            assert!(gate.admit(Some(ip), None, Some(0)).is_err());
+        }
+        assert!(gate.by_ip.lock().unwrap().is_empty());
+        assert_eq!(gate.open(), 0);
     }
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub(crate) max_request_head: usize,
     pub(crate) origins: Origins,
     pub(crate) allowed_origins: Vec<String>,
+    /// Whether clients reach the server over TLS, if known.
+    pub(crate) tls: Option<bool>,
     pub(crate) max_sessions: Option<usize>,
     pub(crate) max_sessions_per_ip: Option<usize>,
     /// Shared by every server built from this configuration or its clones.
@@ -61,6 +63,7 @@ impl Default for Config {
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             origins: Origins::default(),
             allowed_origins: Vec::new(),
+            tls: None,
             max_sessions: None,
             max_sessions_per_ip: None,
             gate: Arc::new(Gate::default()),
@@ -133,8 +136,25 @@ impl Config {
     /// (`https://app.example.com`) or a wildcard subdomain
     /// (`*.example.com`). By default only same-origin handshakes (and
     /// clients that send no `Origin`) are let in; see [`Origins`].
+    /// Spaces around the pattern and a trailing `/` do not count; an empty
+    /// pattern allows nothing.
     pub fn allow_origin(mut self, pattern: impl Into<String>) -> Self {
-        self.allowed_origins.push(pattern.into());
+        let pattern = pattern.into();
+        let pattern = pattern.trim().trim_end_matches('/');
+        if !pattern.is_empty() {
+            self.allowed_origins.push(pattern.to_owned());
+        }
+        self
+    }
+
+    /// Whether clients reach this server over TLS (`https://` pages,
+    /// `wss://`), for the same-origin check: a page of the other scheme is
+    /// another origin. Unset (the default), either scheme passes, as for a
+    /// plain server behind a proxy that terminates TLS. Either way, a
+    /// proxy's `X-Forwarded-Proto` header, where present, says which
+    /// scheme the client used.
+    pub fn served_over_tls(mut self, tls: bool) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -29,6 +29,7 @@ use crate::codec::Socket;
 use crate::frame::{Frame, ReadError};
 use crate::session::{drive, refuse, Finished, Shared};
 use crate::stats::{Counters, WsStats};
+use crate::throttle::LogThrottle;
 use crate::upgrade::{accept_key, switching_protocols};
 use crate::{Close, CloseCode, Config, Ended, Handler, Handshake, Session, UpgradeError};
 
@@ -106,6 +107,8 @@ pub(crate) struct Inner<H> {
     pub(crate) config: Config,
     pub(crate) sessions: TaskTracker,
     counters: Counters,
+    /// Refused handshakes are logged at this rate at most.
+    refusals_logged: LogThrottle,
 }
 
 impl<H> Clone for WsServer<H> {
@@ -141,6 +144,7 @@ impl<H: Handler> WsServer<H> {
                 config,
                 sessions: TaskTracker::new(),
                 counters: Counters::default(),
+                refusals_logged: LogThrottle::default(),
             }),
         }
     }
@@ -264,29 +268,45 @@ impl<H: Handler> WsServer<H> {
         let decided = if inner.hub.is_shut_down() {
             Err(UpgradeError::ShuttingDown)
         } else {
-            check_origin(headers, &config.origins, &config.allowed_origins)
-                .and_then(|()| {
-                    inner
-                        .handler
-                        .authenticate(handshake, metadata)
-                        .map_err(UpgradeError::Refused)
-                })
-                .and_then(|metadata| {
-                    let ip = peer.map(|peer| peer.ip());
-                    let place =
-                        config
-                            .gate
-                            .admit(ip, config.max_sessions, config.max_sessions_per_ip)?;
-                    Ok((place, metadata))
-                })
+            check_origin(
+                headers,
+                &config.origins,
+                &config.allowed_origins,
+                config.tls,
+            )
+            .and_then(|()| {
+                inner
+                    .handler
+                    .authenticate(handshake, metadata)
+                    .map_err(UpgradeError::Refused)
+            })
+            .and_then(|metadata| {
+                let ip = peer.map(|peer| peer.ip());
+                let place =
+                    config
+                        .gate
+                        .admit(ip, config.max_sessions, config.max_sessions_per_ip)?;
+                Ok((place, metadata))
+            })
         };
         if let Err(refused) = &decided {
             inner.counters.refused(refused);
-            let origin = headers
-                .get(hyper::header::ORIGIN)
-                .and_then(|o| o.to_str().ok());
-            let status = refused.status().as_u16();
-            tracing::warn!(?peer, origin, status, %refused, "refused a WebSocket handshake");
+            // Counted always; logged at a bounded rate, since clients
+            // decide how many refusals there are.
+            if let Some(left_out) = inner.refusals_logged.admit() {
+                let origin = headers
+                    .get(hyper::header::ORIGIN)
+                    .and_then(|o| o.to_str().ok());
+                let status = refused.status().as_u16();
+                tracing::warn!(
+                    ?peer,
+                    origin,
+                    status,
+                    %refused,
+                    left_out,
+                    "refused a WebSocket handshake (left_out: refusals not logged since the last line)"
+                );
+            }
         }
         decided
     }
