@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::Auth;
+use crate::{Auth, SecretError};
 
 /// A WebSocket chat server: the chat page at `/`, a broadcast chat at `/ws`
 /// and an echo endpoint at `/echo`.
@@ -48,12 +48,12 @@ pub struct Args {
     /// room members after its last heartbeat (heartbeats go every third
     /// of it), so a node that dies has its members leave within this plus
     /// a third.
-    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "15s", value_parser = parse_period)]
     pub presence_ttl: Duration,
 
     /// Messages each room's channel holds for clients that have not read
     /// them yet; a client further behind is refilled from history.
-    #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::DEFAULT_CAPACITY)]
+    #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::DEFAULT_CAPACITY, value_parser = parse_count)]
     pub capacity: usize,
 
     /// Recent messages each room keeps, to refill clients that fell behind
@@ -66,27 +66,27 @@ pub struct Args {
     pub history_bytes: usize,
 
     /// Personal messages (echo replies) queued per client.
-    #[arg(long, env = "CHAT_QUEUE_CAPACITY", default_value_t = hub::DEFAULT_QUEUE_CAPACITY)]
+    #[arg(long, env = "CHAT_QUEUE_CAPACITY", default_value_t = hub::DEFAULT_QUEUE_CAPACITY, value_parser = parse_count)]
     pub queue_capacity: usize,
 
     /// Most bytes of personal messages (echo replies, notices, private
     /// lines) waiting for all clients of an endpoint together, e.g. 256MiB;
     /// past it the clients holding the most are closed with 1013.
-    #[arg(long, env = "CHAT_QUEUE_BUDGET", default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, env = "CHAT_QUEUE_BUDGET", default_value = "256MiB", value_parser = parse_budget)]
     pub queue_budget: usize,
 
     /// How often quiet clients are pinged (e.g. 30s, 500ms).
-    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30s", value_parser = parse_period)]
     pub ping_interval: Duration,
 
     /// How long a client may stay silent (no message, no pong) before it is
     /// closed with 1001.
-    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    #[arg(long, env = "CHAT_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_period)]
     pub idle_timeout: Duration,
 
     /// How long a write to a client may block before the client is dropped
     /// as not reading.
-    #[arg(long, env = "CHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "CHAT_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_period)]
     pub write_timeout: Duration,
 
     /// Also accept WebSocket handshakes from pages of this origin: exact
@@ -122,17 +122,17 @@ pub struct Args {
 
     /// Most messages a client may send per second, on average (default: no
     /// limit). Past it messages are dropped with a notice to the sender.
-    #[arg(long, env = "CHAT_RATE_LIMIT")]
+    #[arg(long, env = "CHAT_RATE_LIMIT", value_parser = parse_rate)]
     pub rate_limit: Option<f64>,
 
     /// Messages a client may send at once under --rate-limit (default:
     /// twice the rate, at least 1).
-    #[arg(long, env = "CHAT_RATE_BURST")]
+    #[arg(long, env = "CHAT_RATE_BURST", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_burst: Option<u32>,
 
     /// Messages dropped in a row by --rate-limit before the client is
     /// closed with 1008.
-    #[arg(long, env = "CHAT_RATE_LIMIT_CLOSE_AFTER", default_value_t = 100)]
+    #[arg(long, env = "CHAT_RATE_LIMIT_CLOSE_AFTER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_close_after: u32,
 
     /// Serve HTTPS and WSS with this certificate chain (PEM); needs
@@ -149,7 +149,7 @@ pub struct Args {
     /// client's name) and `exp`; passed as `?token=`, an `Authorization:
     /// Bearer` header or a `token` cookie. Prefer the variable to the flag
     /// (flags show in process lists).
-    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub jwt_secret: Option<String>,
 
     /// Print a token for this user id, signed with --jwt-secret, and exit.
@@ -157,7 +157,7 @@ pub struct Args {
     pub issue_token: Option<String>,
 
     /// How long tokens made by --issue-token stay valid.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_period)]
     pub token_ttl: Duration,
 
     /// On SIGINT/SIGTERM, clients are closed with 1001 this many at a
@@ -176,12 +176,16 @@ pub struct Args {
 }
 
 impl Args {
-    /// Who may connect, as `--jwt-secret` says.
-    #[must_use]
-    pub fn auth(&self) -> Auth {
+    /// Who may connect, as `--jwt-secret` says. A `token` cookie counts
+    /// only while the Origin check is on (not with `--any-origin`).
+    ///
+    /// # Errors
+    ///
+    /// [`SecretError`] for a secret too short to sign with.
+    pub fn auth(&self) -> Result<Auth, SecretError> {
         match &self.jwt_secret {
-            Some(secret) => Auth::hs256(secret.as_bytes()),
-            None => Auth::open(),
+            Some(secret) => Ok(Auth::hs256(secret.as_bytes())?.with_cookie(!self.any_origin)),
+            None => Ok(Auth::open()),
         }
     }
 }
@@ -213,6 +217,51 @@ fn parse_size(value: &str) -> Result<usize, String> {
     number
         .checked_mul(scale)
         .ok_or_else(|| format!("`{value}` is too large"))
+}
+
+/// A period that must not be zero: a zero interval or timeout would make
+/// no sense, and is refused rather than quietly changed.
+fn parse_period(value: &str) -> Result<Duration, String> {
+    let period = parse_duration(value)?;
+    if period.is_zero() {
+        return Err(format!(
+            "`{value}` is zero; give a duration of at least 1ms"
+        ));
+    }
+    Ok(period)
+}
+
+/// A byte budget that must not be zero.
+fn parse_budget(value: &str) -> Result<usize, String> {
+    match parse_size(value)? {
+        0 => Err(format!("`{value}` is zero; give a size, e.g. 256MiB")),
+        size => Ok(size),
+    }
+}
+
+/// A count of at least one.
+fn parse_count(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("`{value}` is not a whole number")),
+    }
+}
+
+/// Messages per second: a finite number above zero.
+fn parse_rate(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "`{value}` is not a rate; give messages per second above zero, e.g. 20 or 0.5"
+        )),
+    }
+}
+
+/// A token secret long enough to sign with (see [`Auth::hs256`]).
+fn parse_secret(value: &str) -> Result<String, String> {
+    Auth::hs256(value.as_bytes()).map_err(|error| error.to_string())?;
+    Ok(value.to_owned())
 }
 
 /// A request head limit: a size of at least 1 KiB (a browser's request
@@ -271,6 +320,65 @@ mod tests {
         assert!(parse_size("1MB").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    /// The error clap gives for `flag value`, which must name the flag.
+    fn refusal(flag: &str, value: &str) -> String {
+        let error = Args::try_parse_from(["chat-server", &format!("{flag}={value}")]).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(flag), "{text}");
+        text
+    }
+
+    #[test]
+    fn zeros_are_refused_not_changed() {
+        for flag in [
+            "--ping-interval",
+            "--idle-timeout",
+            "--write-timeout",
+            "--presence-ttl",
+            "--token-ttl",
+        ] {
+            for zero in ["0", "0s", "0ms"] {
+                assert!(refusal(flag, zero).contains("is zero; give a duration"));
+            }
+        }
+        assert!(refusal("--queue-budget", "0").contains("is zero; give a size"));
+        assert!(refusal("--queue-budget", "0MiB").contains("is zero; give a size"));
+        for flag in ["--capacity", "--queue-capacity"] {
+            assert!(refusal(flag, "0").contains("must be at least 1"));
+        }
+        for flag in ["--rate-burst", "--rate-limit-close-after"] {
+            refusal(flag, "0");
+        }
+        for rate in ["0", "-1", "NaN", "inf", "fast"] {
+            assert!(refusal("--rate-limit", rate).contains("is not a rate"));
+        }
+        let args = Args::parse_from([
+            "chat-server",
+            "--ping-interval",
+            "1ms",
+            "--rate-limit",
+            "0.5",
+        ]);
+        assert_eq!(args.ping_interval, Duration::from_millis(1));
+        assert_eq!(args.rate_limit, Some(0.5));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        for short in ["", "secret", &"x".repeat(31)] {
+            let text = refusal("--jwt-secret", short);
+            assert!(text.contains("give at least 32 random bytes"), "{text}");
+        }
+        let args = Args::parse_from(["chat-server", "--jwt-secret", &"x".repeat(32)]);
+        assert!(args.auth().unwrap().is_required());
+        // Set after parsing, it is still checked.
+        let args = Args {
+            jwt_secret: Some("short".to_owned()),
+            ..Args::default()
+        };
+        assert_eq!(args.auth().unwrap_err(), SecretError::TooShort { len: 5 });
     }
 
     #[test]

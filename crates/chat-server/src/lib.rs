@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use args::Args;
-pub use auth::{Auth, IssueError};
+pub use auth::{Auth, IssueError, SecretError, MIN_SECRET_LEN};
 pub use chat::{Chat, Echo, RoomChat};
 
 use routes::Routes;
@@ -229,6 +229,9 @@ pub enum StartError {
     /// The TLS certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The token secret cannot be used.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     /// Redis (`--redis-url`) could not be reached.
     #[error(transparent)]
     Redis(#[from] hub_redis::Error),
@@ -283,10 +286,15 @@ impl Server {
         if args.any_origin {
             config = config.origins(Origins::Any);
         }
+        if tls.is_some() {
+            // Pages of this server are https ones: an http page is another
+            // origin. Without TLS here, a proxy in front may terminate it.
+            config = config.served_over_tls(true);
+        }
         for origin in &args.allowed_origins {
             config = config.allow_origin(origin.as_str());
         }
-        let auth = args.auth();
+        let auth = args.auth()?;
         let builder = || {
             Hub::builder()
                 .capacity(args.capacity)

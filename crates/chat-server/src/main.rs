@@ -11,7 +11,11 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(user) = &args.issue_token {
-        return match args.auth().issue(user, args.token_ttl) {
+        let issued = args
+            .auth()
+            .map_err(|error| error.to_string())
+            .and_then(|auth| auth.issue(user, args.token_ttl).map_err(|e| e.to_string()));
+        return match issued {
             Ok(token) => {
                 println!("{token}");
                 ExitCode::SUCCESS

@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chat_server::Auth;
 use common::{handshake, handshake_status, recv_text, send_text, TestServer, WAIT};
 use serde_json::{json, Value};
+use tokio::time::timeout;
 
-const SECRET: &str = "correct horse battery staple";
+const SECRET: &str = "correct horse battery staple, 32+ bytes";
 
 async fn signed_in_server() -> TestServer {
     TestServer::start(&["--jwt-secret", SECRET]).await
@@ -19,6 +20,7 @@ async fn signed_in_server() -> TestServer {
 
 fn token(user: &str) -> String {
     Auth::hs256(SECRET.as_bytes())
+        .unwrap()
         .issue(user, Duration::from_secs(600))
         .unwrap()
 }
@@ -212,4 +214,74 @@ async fn the_binary_issues_tokens_the_server_accepts() {
         .await
         .unwrap();
     assert!(!output.status.success());
+}
+
+#[tokio::test]
+async fn with_any_origin_a_cookie_does_not_sign_in() {
+    // Any page may open a socket here, and the browser would add the
+    // visitor's cookie: only a token the page itself holds counts.
+    let server = TestServer::start(&["--jwt-secret", SECRET, "--any-origin"]).await;
+    let cookie = format!("token={}", token("alice"));
+    let evil = [
+        ("origin", "https://evil.example"),
+        ("cookie", cookie.as_str()),
+    ];
+    let (status, _, body) = handshake(&server, "/ws?room=r", &evil).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        body,
+        "a token is required: pass ?token= or an Authorization: Bearer header\n"
+    );
+    let by_query = format!("/ws?room=r&token={}", token("alice"));
+    assert_eq!(
+        handshake_status(&server, &by_query, &[("origin", "https://evil.example")]).await,
+        101
+    );
+    server.stop().await;
+    // With the Origin check on, the cookie of a same-origin page counts.
+    let server = signed_in_server().await;
+    let same = format!("http://{}", server.addr);
+    let page = [("origin", same.as_str()), ("cookie", cookie.as_str())];
+    assert_eq!(handshake_status(&server, "/ws?room=r", &page).await, 101);
+    server.stop().await;
+}
+
+/// Runs the binary with `args` and `env`, which must refuse to start;
+/// returns what it printed on stderr.
+async fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = timeout(
+        WAIT,
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the server started instead of refusing")
+    .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn weak_settings_stop_the_start_with_an_error_naming_them() {
+    let said = refused_start(&[], &[("CHAT_JWT_SECRET", "")]).await;
+    assert!(said.contains("--jwt-secret"), "{said}");
+    assert!(
+        said.contains("is 0 bytes long; give at least 32 random bytes"),
+        "{said}"
+    );
+    let said = refused_start(&["--jwt-secret", "hunter2"], &[]).await;
+    assert!(said.contains("is 7 bytes long"), "{said}");
+    assert!(
+        !said.contains("hunter2 "),
+        "the secret is not printed back: {said}"
+    );
+    let said = refused_start(&["--ping-interval", "0"], &[]).await;
+    assert!(said.contains("--ping-interval"), "{said}");
+    assert!(said.contains("is zero"), "{said}");
+    let said = refused_start(&[], &[("CHAT_QUEUE_BUDGET", "0")]).await;
+    assert!(said.contains("--queue-budget"), "{said}");
 }

@@ -13,6 +13,7 @@ use common::{
 use futures_util::future::join_all;
 use futures_util::SinkExt;
 use tokio::net::TcpStream;
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
@@ -166,6 +167,50 @@ async fn pages_from_other_origins_are_refused() {
     let allowed = [("origin", "https://app.example.com")];
     assert_eq!(handshake_status(&server, "/ws", &allowed).await, 101);
     server.stop().await;
+    // A list with spaces after its commas.
+    let listed = "https://a.example, https://b.example/";
+    let server = TestServer::start(&["--allowed-origin", listed]).await;
+    for origin in ["https://a.example", "https://b.example"] {
+        let status = handshake_status(&server, "/ws", &[("origin", origin)]).await;
+        assert_eq!(status, 101, "{origin}");
+    }
+    let status = handshake_status(&server, "/ws", &[("origin", "https://c.example")]).await;
+    assert_eq!(status, 403);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_handshakes_is_counted_not_all_logged() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = common::ChildServer::spawn_with(&[], std::process::Stdio::piped()).await;
+    let stderr = child.child.stderr.take().unwrap();
+    let lines = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut refusals = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("refused a WebSocket handshake") {
+                refusals.push(line);
+            }
+        }
+        refusals
+    });
+    let addr = child.addr;
+    let evil = [("origin", "https://evil.example")];
+    for _ in 0..200 {
+        let (status, _, _) = common::handshake_at(addr, "/ws", &evil).await;
+        assert_eq!(status, 403);
+    }
+    common::wait_for_metric(
+        addr,
+        "ws_handshakes_refused_total{endpoint=\"ws\",reason=\"origin\"} 200",
+    )
+    .await;
+    child.signal("TERM").await;
+    assert_eq!(child.wait_exit(WAIT).await, Some(0));
+    let refusals = timeout(WAIT, lines).await.unwrap().unwrap();
+    // The first few of the window, not 200.
+    assert_eq!(refusals.len(), 10, "{refusals:#?}");
+    assert!(refusals[0].contains("evil.example"), "{}", refusals[0]);
 }
 
 #[tokio::test]

@@ -221,3 +221,52 @@ async fn unusable_certificates_stop_the_start_with_a_clear_error() {
     // One without the other is a usage error.
     assert!(Args::try_parse_from(["chat-server", "--tls-cert", "c.pem"]).is_err());
 }
+
+#[tokio::test]
+async fn an_http_page_is_not_the_same_origin_as_a_tls_server() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let (server, connector) = tls_server("origin").await;
+    let port = server.addr.port();
+    let status = |origin: String, host: String| {
+        let connector = connector.clone();
+        let server = &server;
+        async move {
+            let mut request = format!("wss://localhost:{port}/ws")
+                .into_client_request()
+                .unwrap();
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+            request.headers_mut().insert("host", host.parse().unwrap());
+            let stream = tls_stream(server, &connector).await;
+            match timeout(WAIT, tokio_tungstenite::client_async(request, stream))
+                .await
+                .unwrap()
+            {
+                Ok((_, response)) => response.status().as_u16(),
+                Err(Error::Http(response)) => response.status().as_u16(),
+                Err(other) => panic!("{other}"),
+            }
+        }
+    };
+    let host = format!("localhost:{port}");
+    assert_eq!(
+        status(format!("https://localhost:{port}"), host.clone()).await,
+        101
+    );
+    assert_eq!(
+        status(format!("http://localhost:{port}"), host.clone()).await,
+        403
+    );
+    // Default ports: `Host: h:443` is the origin `https://h`.
+    assert_eq!(
+        status("https://localhost".into(), "localhost:443".into()).await,
+        101
+    );
+    assert_eq!(
+        status("http://localhost".into(), "localhost:443".into()).await,
+        403
+    );
+    server.stop().await;
+}

@@ -259,10 +259,19 @@ pub async fn handshake(
     path: &str,
     headers: &[(&'static str, &str)],
 ) -> (u16, tokio_tungstenite::tungstenite::http::HeaderMap, String) {
+    handshake_at(server.addr, path, headers).await
+}
+
+/// [`handshake`] with the server at `addr`.
+pub async fn handshake_at(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> (u16, tokio_tungstenite::tungstenite::http::HeaderMap, String) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Error;
 
-    let mut request = server.url(path).into_client_request().unwrap();
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
     for (name, value) in headers {
         request.headers_mut().insert(*name, value.parse().unwrap());
     }
