@@ -65,6 +65,12 @@ pub struct Args {
     #[arg(long, env = "CHAT_HISTORY_BYTES", default_value_t = hub::DEFAULT_HISTORY_BYTES)]
     pub history_bytes: usize,
 
+    /// Most bytes of history all rooms of an endpoint keep together, e.g.
+    /// 256MiB; past it, the rooms used longest ago lose theirs first
+    /// (clients resuming from it get a resync).
+    #[arg(long, env = "CHAT_HISTORY_BUDGET", default_value = "256MiB", value_parser = parse_budget)]
+    pub history_budget: usize,
+
     /// Personal messages (echo replies) queued per client.
     #[arg(long, env = "CHAT_QUEUE_CAPACITY", default_value_t = hub::DEFAULT_QUEUE_CAPACITY, value_parser = parse_count)]
     pub queue_capacity: usize,
@@ -345,6 +351,7 @@ mod tests {
         }
         assert!(refusal("--queue-budget", "0").contains("is zero; give a size"));
         assert!(refusal("--queue-budget", "0MiB").contains("is zero; give a size"));
+        assert!(refusal("--history-budget", "0").contains("is zero; give a size"));
         for flag in ["--capacity", "--queue-capacity"] {
             assert!(refusal(flag, "0").contains("must be at least 1"));
         }
@@ -401,5 +408,6 @@ mod tests {
         assert_eq!(args.max_message_size, 64 * 1024);
         assert_eq!(args.queue_budget, hub::DEFAULT_QUEUE_BUDGET);
         assert_eq!(args.max_request_head, 16 * 1024);
+        assert_eq!(args.history_budget, hub::DEFAULT_HISTORY_BUDGET);
     }
 }

@@ -300,6 +300,7 @@ impl Server {
                 .capacity(args.capacity)
                 .queue_capacity(args.queue_capacity)
                 .history(args.history, args.history_bytes)
+                .history_budget(args.history_budget)
                 .queue_budget(args.queue_budget)
         };
         // `/ws` and the rooms share fan-out with other nodes, each under its

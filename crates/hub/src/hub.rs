@@ -14,7 +14,7 @@ use crate::budget::{Budget, Queued};
 use crate::connection::{Connection, Control, Controls, Personal, Refused};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::presence::{PresenceEvent, PresenceKind};
-use crate::room::{HistoryLimits, Payload, Room, PENDING};
+use crate::room::{HistoryBudget, HistoryLimits, Payload, Room, PENDING};
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
 
@@ -27,6 +27,9 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
 pub const DEFAULT_HISTORY: usize = 8192;
 /// Default size limit of each topic's history, in payload bytes.
 pub const DEFAULT_HISTORY_BYTES: usize = 8 << 20;
+/// Default limit on the history of all topics together, in payload bytes:
+/// 256 MiB.
+pub const DEFAULT_HISTORY_BUDGET: usize = 256 << 20;
 /// Default number of empty rooms whose history is kept for clients that
 /// come back.
 pub const DEFAULT_IDLE_ROOMS: usize = 64;
@@ -78,6 +81,7 @@ pub struct Builder {
     capacity: usize,
     queue_capacity: usize,
     history: HistoryLimits,
+    history_budget: usize,
     idle_rooms: usize,
     slow_consumer: SlowConsumer,
     queue_budget: usize,
@@ -93,6 +97,7 @@ impl Default for Builder {
                 messages: DEFAULT_HISTORY,
                 bytes: DEFAULT_HISTORY_BYTES,
             },
+            history_budget: DEFAULT_HISTORY_BUDGET,
             idle_rooms: DEFAULT_IDLE_ROOMS,
             slow_consumer: SlowConsumer::default(),
             queue_budget: DEFAULT_QUEUE_BUDGET,
@@ -126,6 +131,20 @@ impl Builder {
     /// oldest go first when either limit is reached. `0` disables history.
     pub fn history(mut self, messages: usize, bytes: usize) -> Self {
         self.history = HistoryLimits { messages, bytes };
+        self
+    }
+
+    /// How many payload bytes the history of all topics may hold together
+    /// (default [`DEFAULT_HISTORY_BUDGET`]), whatever the number of topics.
+    ///
+    /// Past it, history goes from the topics used longest ago (published
+    /// to or joined), oldest messages first, until the total is an eighth
+    /// under the budget; an emptied room that has lost its history goes
+    /// too. A connection resuming from history that was dropped receives
+    /// [`Event::Resync`](crate::Event::Resync), as for history that aged
+    /// out. Values under 1 are raised to 1.
+    pub fn history_budget(mut self, bytes: usize) -> Self {
+        self.history_budget = bytes;
         self
     }
 
@@ -182,8 +201,15 @@ impl Builder {
         let (presence, _) = broadcast::channel(PRESENCE_CAPACITY);
         let mirrored = self.backplane.is_some();
         let node = (self.backplane.as_ref()).map_or(0, |b| b.node().clamp(1, MAX_NODE));
+        let history_budget = Arc::new(HistoryBudget::new(self.history_budget));
         let inner = Arc::new(Inner {
-            all: Arc::new(Room::new(Topic::All, self.capacity, mirrored)),
+            all: Arc::new(Room::new(
+                Topic::All,
+                self.capacity,
+                mirrored,
+                Arc::clone(&history_budget),
+            )),
+            history_budget,
             rooms: Mutex::new(Rooms::default()),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
@@ -276,6 +302,8 @@ pub(crate) struct Inner {
     capacity: usize,
     queue_capacity: usize,
     history: HistoryLimits,
+    /// Counts the history of every topic, and trims it past its limit.
+    history_budget: Arc<HistoryBudget>,
     idle_rooms: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) counters: Counters,
@@ -947,15 +975,7 @@ impl Hub {
     #[must_use]
     pub fn stats(&self) -> Stats {
         let rooms = self.rooms().len();
-        let history_bytes = {
-            let all = self.inner.all.position().2;
-            let rooms = self.inner.rooms_lock();
-            all + rooms
-                .by_name
-                .values()
-                .map(|r| r.position().2)
-                .sum::<usize>()
-        };
+        let history_bytes = self.inner.history_budget.held();
         self.inner
             .counters
             .snapshot(self.len(), rooms, history_bytes, self.inner.budget.total())
@@ -1029,7 +1049,36 @@ impl Inner {
     /// Numbers and delivers a broadcast on this node alone.
     fn publish_local(&self, room: &Room, message: Message, except: Option<ConnId>) -> usize {
         let reached = room.publish(message, except, self.history);
+        self.within_history_budget();
         self.delivered(room, reached, except)
+    }
+
+    /// Trims history back under the hub-wide budget, if it is over, and
+    /// retires empty rooms left with no history to keep.
+    fn within_history_budget(&self) {
+        if !self.history_budget.is_over() {
+            return;
+        }
+        let topics: Vec<Arc<Room>> = {
+            let rooms = self.rooms_lock();
+            let mut topics = Vec::with_capacity(rooms.by_name.len() + 1);
+            topics.push(Arc::clone(&self.all));
+            topics.extend(rooms.by_name.values().cloned());
+            topics
+        };
+        self.history_budget.trim(topics.iter().map(|room| &**room));
+        drop(topics);
+        let mut rooms = self.rooms_lock();
+        let Rooms { by_name, idle } = &mut *rooms;
+        idle.retain(|name| {
+            let keep = by_name
+                .get(name)
+                .is_some_and(|room| room.member_count() > 0 || room.position().2 > 0);
+            if !keep && by_name.remove(name).is_some() {
+                self.unwatch(name.clone());
+            }
+            keep
+        });
     }
 
     pub(crate) fn publish_here(
@@ -1060,6 +1109,7 @@ impl Inner {
             except,
             self.history,
         );
+        self.within_history_budget();
         if is_message {
             self.delivered(&room, reached, except)
         } else {
@@ -1099,6 +1149,7 @@ impl Inner {
     ) {
         if let Some(room) = self.topic(topic) {
             room.rebase(next.epoch, next.offset, backfill, self.history);
+            self.within_history_budget();
         }
     }
 
@@ -1281,7 +1332,8 @@ impl Inner {
             None => {
                 let topic = Topic::Room(name.clone());
                 let mirrored = self.backplane.is_some();
-                let room = Arc::new(Room::new(topic, self.capacity, mirrored));
+                let budget = Arc::clone(&self.history_budget);
+                let room = Arc::new(Room::new(topic, self.capacity, mirrored, budget));
                 rooms.by_name.insert(name.clone(), Arc::clone(&room));
                 if let Some(backplane) = &self.backplane {
                     backplane.watch(&room.topic);

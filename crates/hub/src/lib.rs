@@ -77,6 +77,10 @@
 //!   [`DEFAULT_HISTORY_BYTES`]): how far back repair and resume reach. It
 //!   grows only with traffic. Memory: about the retained payload plus ~64
 //!   bytes a message.
+//! - `history_budget` (all topics together, default
+//!   [`DEFAULT_HISTORY_BUDGET`]): the most history the hub holds, whatever
+//!   the number of topics; past it, the topics used longest ago lose
+//!   theirs first.
 //! - `queue_capacity` (per connection, default [`DEFAULT_QUEUE_CAPACITY`]):
 //!   personal messages in flight.
 #![doc(test(attr(deny(warnings))))]
@@ -99,8 +103,9 @@ pub use connection::{Connection, Events};
 pub use error::{ConnectError, JoinError, RecvError, SendError, TryRecvError};
 pub use event::{Broadcast, Event};
 pub use hub::{
-    Builder, Hub, Resume, SlowConsumer, DEFAULT_CAPACITY, DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES,
-    DEFAULT_IDLE_ROOMS, DEFAULT_QUEUE_BUDGET, DEFAULT_QUEUE_CAPACITY, MAX_CAPACITY,
+    Builder, Hub, Resume, SlowConsumer, DEFAULT_CAPACITY, DEFAULT_HISTORY, DEFAULT_HISTORY_BUDGET,
+    DEFAULT_HISTORY_BYTES, DEFAULT_IDLE_ROOMS, DEFAULT_QUEUE_BUDGET, DEFAULT_QUEUE_CAPACITY,
+    MAX_CAPACITY,
 };
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};

@@ -75,9 +75,24 @@ impl fmt::Display for Text {
 }
 
 impl From<String> for Text {
+    /// Takes the string's buffer as is, without copying it, but gives back
+    /// spare capacity first (see [`tight`]).
     fn from(text: String) -> Self {
-        Self(Bytes::from(text))
+        Self(Bytes::from(tight(text.into_bytes())))
     }
+}
+
+/// `bytes` without much spare capacity. A message may be kept for long (in
+/// history, say) and its buffer with it, capacity included: a string
+/// grown by doubling can hold twice what it says. Giving back the rest
+/// shrinks the allocation in place, or copies it where the allocator
+/// cannot; a little spare is left alone.
+fn tight(mut bytes: Vec<u8>) -> Vec<u8> {
+    let spare = bytes.capacity() - bytes.len();
+    if spare > 64 && spare > bytes.len() / 8 {
+        bytes.shrink_to_fit();
+    }
+    bytes
 }
 
 impl From<&'static str> for Text {
@@ -215,14 +230,32 @@ impl From<Bytes> for Message {
 }
 
 impl From<Vec<u8>> for Message {
+    /// Takes the vector's buffer as is, but gives back spare capacity first,
+    /// as for text.
     fn from(bytes: Vec<u8>) -> Self {
-        Self::Binary(bytes.into())
+        Self::Binary(tight(bytes).into())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spare_capacity_is_given_back() {
+        // A string grown by doubling past its contents.
+        let mut grown = Vec::with_capacity(120_000);
+        grown.extend_from_slice(&[b'x'; 60_000]);
+        assert_eq!(tight(grown).capacity(), 60_000);
+        assert!(tight(Vec::with_capacity(1000)).capacity() < 64);
+        // A little spare is left alone.
+        let mut small = Vec::with_capacity(100);
+        small.extend_from_slice(&[1; 90]);
+        assert_eq!(tight(small).capacity(), 100);
+        let mut large = Vec::with_capacity(10_500);
+        large.extend_from_slice(&[1; 10_000]);
+        assert_eq!(tight(large).capacity(), 10_500);
+    }
 
     #[test]
     fn text_checks_utf8() {

@@ -3,8 +3,8 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{broadcast, Notify};
 
@@ -59,6 +59,71 @@ impl HistoryLimits {
     }
 }
 
+/// The hub-wide limit on history: every topic's history counts toward it,
+/// and past it the history of the topics used longest ago goes first.
+#[derive(Debug)]
+pub(crate) struct HistoryBudget {
+    limit: usize,
+    /// Payload bytes in every topic's history.
+    held: AtomicUsize,
+    /// Ticks at every use of a topic: a topic's last tick says how long
+    /// ago it was used, relative to the others.
+    clock: AtomicU64,
+    /// Held by the one caller trimming.
+    trimming: Mutex<()>,
+}
+
+impl HistoryBudget {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            held: AtomicUsize::new(0),
+            clock: AtomicU64::new(0),
+            trimming: Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_over(&self) -> bool {
+        self.held() > self.limit
+    }
+
+    /// What trimming brings history down to: an eighth under the limit,
+    /// so that the next messages do not each trim again.
+    fn low_water(&self) -> usize {
+        self.limit - self.limit / 8
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Drops history from `topics`, those used longest ago first and the
+    /// oldest messages of each first, until the total is back under the
+    /// limit (an eighth under it). One caller trims at a time; others go on.
+    pub(crate) fn trim<'a>(&self, topics: impl IntoIterator<Item = &'a Room>) {
+        let Ok(_trimming) = self.trimming.try_lock() else {
+            return;
+        };
+        let mut topics: Vec<_> = topics
+            .into_iter()
+            .map(|room| (room.last_used(), room))
+            .collect();
+        topics.sort_unstable_by_key(|(last_used, _)| *last_used);
+        let target = self.low_water();
+        for (_, room) in topics {
+            let held = self.held();
+            if held <= target {
+                break;
+            }
+            room.drop_history(held - target);
+        }
+    }
+}
+
 /// A topic: its channel, history and members.
 #[derive(Debug)]
 pub(crate) struct Room {
@@ -66,6 +131,9 @@ pub(crate) struct Room {
     state: Mutex<RoomState>,
     /// Woken when the backplane places the room.
     placed: Notify,
+    /// The [`HistoryBudget`]'s clock when the topic was last used
+    /// (published to or subscribed).
+    last_used: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -79,6 +147,8 @@ struct RoomState {
     /// Increasing offsets of the current epoch, oldest first.
     history: VecDeque<Envelope>,
     history_bytes: usize,
+    /// Counts `history_bytes` hub-wide.
+    budget: Arc<HistoryBudget>,
     members: HashMap<ConnId, Metadata>,
 }
 
@@ -107,8 +177,14 @@ pub(crate) struct Range {
 impl Room {
     /// A room that numbers its own messages, or, `mirrored`, one whose
     /// offsets a backplane gives ([`PENDING`] until it does).
-    pub(crate) fn new(topic: Topic, capacity: usize, mirrored: bool) -> Self {
+    pub(crate) fn new(
+        topic: Topic,
+        capacity: usize,
+        mirrored: bool,
+        budget: Arc<HistoryBudget>,
+    ) -> Self {
         let (sender, _) = broadcast::channel(capacity);
+        let last_used = AtomicU64::new(budget.tick());
         Self {
             topic,
             state: Mutex::new(RoomState {
@@ -118,10 +194,38 @@ impl Room {
                 next_offset: 0,
                 history: VecDeque::new(),
                 history_bytes: 0,
+                budget,
                 members: HashMap::new(),
             }),
             placed: Notify::new(),
+            last_used,
         }
+    }
+
+    fn used(&self, state: &RoomState) {
+        self.last_used.store(state.budget.tick(), Ordering::Relaxed);
+    }
+
+    fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Drops this topic's oldest history until `bytes` are freed or none
+    /// is left; returns how many were freed.
+    fn drop_history(&self, bytes: usize) -> usize {
+        let mut state = self.lock();
+        let mut freed = 0;
+        while freed < bytes {
+            match state.history.pop_front() {
+                Some(old) => freed += state.forget(&old),
+                None => break,
+            }
+        }
+        if state.history.is_empty() {
+            // Give the storage back too.
+            state.history = VecDeque::new();
+        }
+        freed
     }
 
     /// Waits until the room has a place in its backplane's stream (at
@@ -159,6 +263,7 @@ impl Room {
         limits: HistoryLimits,
     ) -> usize {
         let mut state = self.lock();
+        self.used(&state);
         if state.mirrored {
             state.mirrored = false;
             state.epoch = new_epoch();
@@ -192,6 +297,7 @@ impl Room {
         if !state.mirrored || state.epoch != epoch || offset < state.next_offset {
             return 0;
         }
+        self.used(&state);
         state.send(self.topic == Topic::All, payload, except, offset, limits)
     }
 
@@ -255,6 +361,7 @@ impl Room {
         member: Option<(ConnId, Metadata)>,
     ) -> Subscribed {
         let mut state = self.lock();
+        self.used(&state);
         if let Some((id, metadata)) = member {
             state.members.insert(id, metadata);
         }
@@ -397,19 +504,40 @@ impl RoomState {
     }
 
     fn remember(&mut self, envelope: Envelope, limits: HistoryLimits) {
-        self.history_bytes += envelope.payload.len();
+        let len = envelope.payload.len();
+        self.history_bytes += len;
+        self.budget.held.fetch_add(len, Ordering::Relaxed);
         self.history.push_back(envelope);
         while self.history.len() > limits.messages || self.history_bytes > limits.bytes {
             match self.history.pop_front() {
-                Some(old) => self.history_bytes -= old.payload.len(),
+                Some(old) => {
+                    self.forget(&old);
+                }
                 None => break,
             }
         }
     }
 
+    /// Uncounts a message taken out of history; returns its size.
+    fn forget(&mut self, old: &Envelope) -> usize {
+        let len = old.payload.len();
+        self.history_bytes -= len;
+        self.budget.held.fetch_sub(len, Ordering::Relaxed);
+        len
+    }
+
     fn clear_history(&mut self) {
+        self.budget
+            .held
+            .fetch_sub(self.history_bytes, Ordering::Relaxed);
         self.history = VecDeque::new();
         self.history_bytes = 0;
+    }
+}
+
+impl Drop for RoomState {
+    fn drop(&mut self) {
+        self.clear_history();
     }
 }
 

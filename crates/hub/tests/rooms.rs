@@ -432,3 +432,75 @@ async fn a_removed_member_gets_room_messages_sent_before_only() {
     assert_eq!(next_broadcast(&mut conn).await.2, "before");
     assert_eq!(conn.recv().await, Err(RecvError::Disconnected));
 }
+
+#[tokio::test]
+async fn history_of_all_rooms_stays_within_the_hub_budget() {
+    // Ten rooms of 1 MiB of history each; the hub keeps 4 MiB in all.
+    const BUDGET: usize = 4 << 20;
+    let hub = Hub::builder()
+        .history(1000, 1 << 20)
+        .history_budget(BUDGET)
+        .build();
+    let line = "x".repeat(64 * 1024);
+    let member = hub.connect().unwrap();
+    for r in 0..10 {
+        hub.join(member.id(), format!("r{r}")).unwrap();
+        for _ in 0..16 {
+            hub.broadcast_room(&format!("r{r}"), line.clone());
+            assert!(hub.stats().history_bytes <= BUDGET);
+        }
+    }
+    // Trimmed to an eighth under the budget, from the rooms used longest
+    // ago: the last three keep everything.
+    let held = hub.stats().history_bytes;
+    assert!(
+        (BUDGET - BUDGET / 8 - line.len()..=BUDGET).contains(&held),
+        "{held}"
+    );
+    let resume = |name: &str| {
+        let epoch = hub.position(&room(name)).unwrap().epoch;
+        let conn = hub.connect().unwrap();
+        hub.resume(conn.id(), name, Position { epoch, offset: 0 })
+            .unwrap()
+    };
+    for name in ["r7", "r8", "r9"] {
+        assert_eq!(resume(name), Resume::CaughtUp { replayed: 15 }, "{name}");
+    }
+    for name in ["r0", "r1", "r2", "r3", "r4", "r5"] {
+        assert_eq!(
+            resume(name),
+            Resume::Resync {
+                missed: Some(15),
+                replayed: 0
+            },
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn empty_rooms_whose_history_was_trimmed_go() {
+    // Each room may keep 4 MiB, all of them together 2 MiB.
+    let hub = Hub::builder()
+        .history(1000, 4 << 20)
+        .history_budget(2 << 20)
+        .build();
+    let line = "y".repeat(64 * 1024);
+    let member = hub.connect().unwrap();
+    for name in ["old", "hot"] {
+        hub.join(member.id(), name).unwrap();
+    }
+    for _ in 0..16 {
+        hub.broadcast_room("old", line.clone());
+    }
+    // Emptied, "old" waits among the idle rooms with its history...
+    assert!(hub.leave(member.id(), "old"));
+    assert!(hub.position(&room("old")).is_some());
+    // ...until "hot" needs the room in the budget: then it goes.
+    for _ in 0..32 {
+        hub.broadcast_room("hot", line.clone());
+    }
+    assert_eq!(hub.position(&room("old")), None);
+    assert!(hub.stats().history_bytes <= 2 << 20);
+    assert_eq!(hub.stats().rooms, 1);
+}
