@@ -310,7 +310,8 @@ impl Server {
             let builder = builder();
             let url = args.redis_url.clone();
             let prefix = format!("{}:{endpoint}", args.redis_prefix);
-            let (history, presence_ttl) = (args.history, args.presence_ttl);
+            let (history, history_bytes) = (args.history, args.history_bytes);
+            let presence_ttl = args.presence_ttl;
             async move {
                 let Some(url) = url else {
                     return Ok::<_, StartError>((builder.build(), None));
@@ -318,6 +319,7 @@ impl Server {
                 let backplane = RedisBackplane::builder(url)
                     .prefix(prefix)
                     .history(history)
+                    .history_bytes(history_bytes)
                     .presence_ttl(presence_ttl)
                     .connect()
                     .await?;

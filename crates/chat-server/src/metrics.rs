@@ -168,7 +168,7 @@ const WS: [Series<WsStats>; 9] = [
     ),
 ];
 
-const BACKPLANE: [Series<hub_redis::Stats>; 7] = [
+const BACKPLANE: [Series<hub_redis::Stats>; 8] = [
     (
         "backplane_up",
         "gauge",
@@ -210,6 +210,12 @@ const BACKPLANE: [Series<hub_redis::Stats>; 7] = [
         "counter",
         "Private and user messages for other nodes lost to an outage or a gone client.",
         |s| s.dropped,
+    ),
+    (
+        "backplane_script_reloads_total",
+        "counter",
+        "Times Redis had lost the scripts and they were loaded again.",
+        |s| s.script_reloads,
     ),
 ];
 

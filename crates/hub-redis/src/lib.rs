@@ -19,14 +19,23 @@
 //!
 //! Each topic (everyone, and each room) is numbered by Redis: a small hash
 //! holds its epoch and next offset, and a stream holds its latest messages
-//! ([`Builder::history`] of them). A broadcast is numbered and stored by
+//! ([`Builder::history`] of them, and [`Builder::history_bytes`] of
+//! payload at most). A broadcast is numbered and stored by
 //! one script, in one step; every node, the sender's included, reads the
 //! stream and delivers each message to its own connections at the same
 //! offset. So offsets mean the same on every node: a client can resume on
 //! any of them, and a node that reconnects reads on from where it was,
 //! without gap or duplicate. Personal messages go to the addressee's node
 //! through that node's inbox stream ([`hub::ConnId::node`] tells which),
-//! user messages through a stream every node reads.
+//! user messages through a stream every node reads; each of those keeps
+//! at most 10 000 messages and 64 MiB of payload, for an hour.
+//!
+//! Everything expires: a topic's keys [`Builder::ttl`] (ten minutes)
+//! after the last node that followed it stopped (nodes keep the topics
+//! they follow alive), inboxes and the user stream an hour after their
+//! last message. Scripts that Redis lost (a `SCRIPT FLUSH`, or a restart
+//! the connection did not notice) are loaded again, and what needed them
+//! runs again ([`Stats::script_reloads`]).
 //!
 //! Node numbers come from a counter in Redis, so connection ids are unique
 //! across nodes.
@@ -51,8 +60,8 @@
 //!
 //! # When a topic starts over in Redis
 //!
-//! A topic's keys can vanish (they expire after [`Builder::ttl`] without
-//! traffic, Redis may evict them, or it may restart empty), and Redis may
+//! A topic's keys can vanish (they expire [`Builder::ttl`] after no node
+//! follows them, Redis may evict them, or it may restart empty), and Redis may
 //! restart from a snapshot that lacks its latest messages. Either way the
 //! topic starts a new epoch rather than give an offset a second meaning.
 //! Nodes notice at once when they publish to it, and otherwise at their
@@ -90,8 +99,10 @@ pub const DEFAULT_PREFIX: &str = "hub";
 /// Default number of messages each topic's stream keeps, for nodes that
 /// catch up and clients that resume.
 pub const DEFAULT_HISTORY: usize = hub::DEFAULT_HISTORY;
-/// Default time a topic's keys live after its last message: one day.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default time a topic's keys live once no node follows it: ten minutes.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
+/// Default size limit of each topic's stream, in payload bytes.
+pub const DEFAULT_HISTORY_BYTES: usize = hub::DEFAULT_HISTORY_BYTES;
 /// Default time after which a node that stopped answering has its room
 /// members dropped by the others.
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);
@@ -144,6 +155,7 @@ pub struct Builder {
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) history: usize,
+    pub(crate) history_bytes: usize,
     pub(crate) ttl: Duration,
     pub(crate) queue: usize,
     pub(crate) backoff: (Duration, Duration),
@@ -167,9 +179,19 @@ impl Builder {
         self
     }
 
-    /// How long a topic's keys live in Redis after its last message or
-    /// since a node last followed it (default [`DEFAULT_TTL`]); zero keeps
-    /// them forever. A topic that expires starts a new epoch.
+    /// How many payload bytes each topic's stream keeps (default
+    /// [`DEFAULT_HISTORY_BYTES`]); the oldest entries go first when either
+    /// this or [`history`](Self::history) is reached. Give it the hub's
+    /// history bytes.
+    pub fn history_bytes(mut self, bytes: usize) -> Self {
+        self.config.history_bytes = bytes;
+        self
+    }
+
+    /// How long a topic's keys live in Redis once no node follows it
+    /// (default [`DEFAULT_TTL`]): nodes that follow a topic keep its keys
+    /// alive. Zero keeps them forever. A topic that expires starts a new
+    /// epoch.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.config.ttl = ttl;
         self
@@ -298,6 +320,7 @@ impl RedisBackplane {
             prefix: DEFAULT_PREFIX.to_owned(),
             config: Config {
                 history: DEFAULT_HISTORY,
+                history_bytes: DEFAULT_HISTORY_BYTES,
                 ttl: DEFAULT_TTL,
                 queue: DEFAULT_QUEUE,
                 backoff: (Duration::from_millis(100), Duration::from_secs(5)),
@@ -354,6 +377,7 @@ impl RedisBackplane {
             local_only: c.local_only.load(Ordering::Relaxed),
             notices: c.notices.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            script_reloads: c.script_reloads.load(Ordering::Relaxed),
         }
     }
 }
@@ -437,6 +461,9 @@ pub struct Stats {
     /// Personal and user messages lost: taken but not written before
     /// Redis went, or read for a connection that is gone or full.
     pub dropped: u64,
+    /// Times Redis had lost the scripts (a `SCRIPT FLUSH`, or a restart
+    /// the connection did not notice) and they were loaded again.
+    pub script_reloads: u64,
 }
 
 #[derive(Debug, Default)]
@@ -447,6 +474,7 @@ pub(crate) struct Counters {
     pub(crate) local_only: AtomicU64,
     pub(crate) notices: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) script_reloads: AtomicU64,
 }
 
 /// State shared by the backplane handle and its link task.

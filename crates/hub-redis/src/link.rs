@@ -45,10 +45,12 @@ const READ_COUNT: usize = 512;
 const BLOCK: Duration = Duration::from_secs(2);
 /// How long any other command may take.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a personal message waits in a node's inbox, in seconds.
+/// How long a personal or user message waits in its stream, in seconds.
 const INBOX_TTL: u64 = 3600;
-/// Length of the inbox and user streams.
+/// Length of the inbox, user and presence streams.
 const INBOX_LENGTH: usize = 10_000;
+/// Payload bytes each inbox, and the user stream, keeps at most.
+const INBOX_BYTES: usize = 64 << 20;
 
 pub(crate) struct Link {
     client: Client,
@@ -93,8 +95,8 @@ enum Lost {
 /// One pipelined command and what to do with its reply.
 enum Step {
     Publish(Publication),
-    /// A personal message: the `XADD` and the `EXPIRE`.
-    Personal(ConnId, Message),
+    /// A personal or user message, for other nodes.
+    Direct(Publication),
     /// Placing a topic.
     Place(Topic),
     /// A missed-messages notice for a topic, and its count.
@@ -112,6 +114,7 @@ struct Session {
     reader_id: i64,
     publish: String,
     place: String,
+    append: String,
 }
 
 impl Link {
@@ -244,6 +247,18 @@ impl Link {
         }
     }
 
+    /// Loads the scripts (again, after Redis lost them: a `SCRIPT FLUSH`,
+    /// or a restart the connection did not notice) and keeps their hashes.
+    async fn load_scripts(
+        writer: &mut MultiplexedConnection,
+    ) -> Result<(String, String, String), Lost> {
+        let mut pipe = redis::pipe();
+        for script in [wire::PUBLISH, wire::PLACE, wire::APPEND] {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(script);
+        }
+        bounded(pipe.query_async(writer)).await
+    }
+
     async fn connect(&self) -> Result<Session, Lost> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
@@ -262,22 +277,14 @@ impl Link {
             .arg("ID")
             .query_async(&mut reader)
             .await?;
-        let publish: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(wire::PUBLISH)
-            .query_async(&mut writer)
-            .await?;
-        let place: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(wire::PLACE)
-            .query_async(&mut writer)
-            .await?;
+        let (publish, place, append) = Self::load_scripts(&mut writer).await?;
         Ok(Session {
             writer,
             reader,
             reader_id,
             publish,
             place,
+            append,
         })
     }
 
@@ -492,7 +499,8 @@ impl Link {
 
     /// Writes and reads until Redis is lost (`Err`) or the hub is gone.
     async fn serve(&mut self, session: &mut Session) -> Result<(), Lost> {
-        let refresh_every = (self.config.ttl / 4).max(Duration::from_secs(1));
+        // Four times per ttl: what this node follows never expires.
+        let refresh_every = (self.config.ttl / 4).max(Duration::from_millis(50));
         let mut refresh = tokio::time::interval_at(Instant::now() + refresh_every, refresh_every);
         let mut read = Box::pin(self.read(session));
         // Set while the set of streams read changed and the read in flight
@@ -836,6 +844,7 @@ impl Link {
                 let (kind, payload) = wire::encode(message);
                 self.script(pipe, &session.publish, topic)
                     .arg(self.config.history)
+                    .arg(self.config.history_bytes)
                     .arg(self.config.ttl.as_secs())
                     .arg(self.node)
                     .arg(wire::raw_id(*except))
@@ -844,31 +853,19 @@ impl Link {
                 steps.push(Step::Publish(publication));
             }
             Publication::Personal { to, message } => {
-                let inbox = self.keys.inbox(to.node());
                 let (kind, payload) = wire::encode(message);
-                pipe.cmd("XADD")
-                    .arg(&inbox)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(INBOX_LENGTH)
-                    .arg("*")
+                self.append(pipe, session, &self.keys.inbox(to.node()))
                     .arg("c")
                     .arg(to.get())
                     .arg("k")
                     .arg(kind)
                     .arg("m")
                     .arg(payload);
-                pipe.cmd("EXPIRE").arg(&inbox).arg(INBOX_TTL).ignore();
-                steps.push(Step::Personal(*to, message.clone()));
+                steps.push(Step::Direct(publication));
             }
             Publication::User { user, message } => {
                 let (kind, payload) = wire::encode(message);
-                pipe.cmd("XADD")
-                    .arg(self.keys.users())
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(INBOX_LENGTH)
-                    .arg("*")
+                self.append(pipe, session, &self.keys.users())
                     .arg("u")
                     .arg(user.as_bytes())
                     .arg("n")
@@ -877,10 +874,28 @@ impl Link {
                     .arg(kind)
                     .arg("m")
                     .arg(payload);
-                steps.push(Step::Plain);
+                steps.push(Step::Direct(publication));
             }
             _ => {}
         }
+    }
+
+    /// Starts an `EVALSHA` of [`wire::APPEND`] on `stream`, up to the
+    /// entry's fields.
+    fn append<'p>(
+        &self,
+        pipe: &'p mut Pipeline,
+        session: &Session,
+        stream: &str,
+    ) -> &'p mut Pipeline {
+        pipe.cmd("EVALSHA")
+            .arg(&session.append)
+            .arg(2)
+            .arg(stream)
+            .arg(Keys::size_of(stream))
+            .arg(INBOX_LENGTH)
+            .arg(INBOX_BYTES)
+            .arg(INBOX_TTL)
     }
 
     /// Starts an `EVALSHA` of `sha` on `topic`'s keys, with a fresh epoch
@@ -899,6 +914,7 @@ impl Link {
         self.shared.counters.notices.fetch_add(1, Ordering::Relaxed);
         self.script(pipe, &session.publish, topic)
             .arg(self.config.history)
+            .arg(self.config.history_bytes)
             .arg(self.config.ttl.as_secs())
             .arg(self.node)
             .arg(0)
@@ -925,15 +941,64 @@ impl Link {
     }
 
     /// Runs a pipeline and acts on its replies. If Redis is lost first,
-    /// its publications are given back.
+    /// its publications are given back. Scripts Redis no longer knows are
+    /// loaded again, and their steps run once more.
     async fn execute(
+        &mut self,
+        session: &mut Session,
+        pipe: Pipeline,
+        steps: Vec<Step>,
+    ) -> Result<(), Lost> {
+        let unknown_script = self.execute_once(session, pipe, steps).await?;
+        if unknown_script.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            steps = unknown_script.len(),
+            "Redis lost the scripts (SCRIPT FLUSH or a restart); loading them again"
+        );
+        self.shared
+            .counters
+            .script_reloads
+            .fetch_add(1, Ordering::Relaxed);
+        (session.publish, session.place, session.append) =
+            Self::load_scripts(&mut session.writer).await?;
+        let mut pipe = redis::pipe();
+        let mut steps = Vec::new();
+        for step in unknown_script {
+            match step {
+                Step::Publish(publication) | Step::Direct(publication) => {
+                    self.publish_command(&mut pipe, session, publication, &mut steps);
+                }
+                Step::Place(topic) => {
+                    self.place_command(&mut pipe, session, &topic);
+                    steps.push(Step::Place(topic));
+                }
+                Step::Notice(topic, missed) => {
+                    self.missed_notice(&mut pipe, session, &topic, missed);
+                    steps.push(Step::Notice(topic, missed));
+                }
+                other => self.not_done(other),
+            }
+        }
+        // Lost again right away: given up like any other refusal.
+        for step in self.execute_once(session, pipe, steps).await? {
+            self.not_done(step);
+        }
+        Ok(())
+    }
+
+    /// [`execute`](Self::execute) without the retry: returns the steps
+    /// whose script Redis did not know.
+    async fn execute_once(
         &mut self,
         session: &mut Session,
         mut pipe: Pipeline,
         steps: Vec<Step>,
-    ) -> Result<(), Lost> {
+    ) -> Result<Vec<Step>, Lost> {
+        let mut unknown_script = Vec::new();
         if steps.is_empty() {
-            return Ok(());
+            return Ok(unknown_script);
         }
         // One failed command must not fail the others.
         pipe.ignore_errors();
@@ -950,6 +1015,10 @@ impl Link {
         for reply in replies {
             let Some(step) = steps.next() else { break };
             if let Value::ServerError(error) = &reply {
+                if error.code() == "NOSCRIPT" {
+                    unknown_script.push(step);
+                    continue;
+                }
                 tracing::warn!(%error, "Redis refused a command");
                 self.not_done(step);
                 continue;
@@ -970,14 +1039,14 @@ impl Link {
                         self.check_epoch(topic, epoch);
                     }
                 }
-                Step::Personal(..) | Step::Notice(..) | Step::Plain => {}
+                Step::Direct(..) | Step::Notice(..) | Step::Plain => {}
             }
         }
         // Steps without a reply (cannot happen with a complete pipeline).
         for step in steps {
             self.not_done(step);
         }
-        Ok(())
+        Ok(unknown_script)
     }
 
     /// A step that did not happen: its publication is given back, its
@@ -985,7 +1054,7 @@ impl Link {
     fn not_done(&mut self, step: Step) {
         match step {
             Step::Publish(publication) => self.give_back(publication),
-            Step::Personal(to, message) => self.give_back(Publication::Personal { to, message }),
+            Step::Direct(publication) => self.give_back(publication),
             Step::Notice(topic, missed) => self.shared.restore_fork(topic, missed),
             Step::Place(topic) => self.retry.push(topic),
             Step::Plain => {}

@@ -6,35 +6,96 @@
 //! are consecutive, shared by every node, and a range of them is a range
 //! of ids. Both are written by one script, so numbering and storing are one
 //! atomic step. Personal messages go to the addressee node's inbox stream
-//! `{prefix}:inbox:{node}`, user messages to `{prefix}:users`.
+//! `{prefix}:inbox:{node}`, user messages to `{prefix}:users`; the hash
+//! `{stream}:size` beside each counts its payload bytes.
 
 use bytes::Bytes;
 use hub::{ConnId, Message, Topic};
 use redis::Value;
 
+/// Lua: `trim(stream, counter, most, limit)` takes the oldest entries
+/// out of `stream` until it has at most `most` entries and its payloads
+/// (field `m`) at most `limit` bytes, keeping the newest entry whatever
+/// its size (other nodes still have to read it). `counter` is the hash
+/// whose field `bytes` holds the payload bytes in the stream.
+macro_rules! trim_lua {
+    () => {
+        r"
+local function trim(stream, counter, most, limit)
+  local bytes = tonumber(redis.call('HGET', counter, 'bytes') or '0')
+  local count = redis.call('XLEN', stream)
+  while count > 1 and (count > most or bytes > limit) do
+    local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    if not oldest then break end
+    local fields = oldest[2]
+    for i = 1, #fields - 1, 2 do
+      if fields[i] == 'm' then bytes = bytes - #fields[i + 1] end
+    end
+    redis.call('XDEL', stream, oldest[1])
+    count = count - 1
+  end
+  if count == 0 or bytes < 0 then bytes = 0 end
+  redis.call('HSET', counter, 'bytes', bytes)
+end
+"
+    };
+}
+
 /// Numbers a message and stores it in the topic's stream; creates the
 /// topic (with the epoch offered, and an empty stream) if Redis does not
-/// know it.
+/// know it. The stream keeps at most its length and its bytes of
+/// payloads, the meta hash counting the bytes.
 ///
-/// KEYS: meta, stream. ARGV: epoch offered, stream length, time to live
-/// (seconds, 0 for none), origin node, excluded connection, kind, payload.
-/// Returns the epoch and the offset given.
-pub(crate) const PUBLISH: &str = r"
+/// KEYS: meta, stream. ARGV: epoch offered, stream length, stream bytes,
+/// time to live (seconds, 0 for none), origin node, excluded connection,
+/// kind, payload. Returns the epoch and the offset given.
+pub(crate) const PUBLISH: &str = concat!(
+    trim_lua!(),
+    r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'bytes', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'next', 1) - 1
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '0-' .. (offset + 1),
-  'e', epoch, 'n', ARGV[4], 'x', ARGV[5], 'k', ARGV[6], 'm', ARGV[7])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('XADD', KEYS[2], '0-' .. (offset + 1),
+  'e', epoch, 'n', ARGV[5], 'x', ARGV[6], 'k', ARGV[7], 'm', ARGV[8])
+redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[8])
+trim(KEYS[2], KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+if tonumber(ARGV[4]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 return {epoch, offset}
-";
+"
+);
+
+/// Appends an entry to a stream of messages for nodes (an inbox, the user
+/// stream), bounded like a topic's: at most a length and bytes of
+/// payloads, counted in the hash `counter`; both keys expire after the
+/// time to live.
+///
+/// KEYS: stream, counter. ARGV: length, bytes, time to live (seconds),
+/// then the entry's fields and values. Returns the entry's id.
+pub(crate) const APPEND: &str = concat!(
+    trim_lua!(),
+    r"
+local fields = {}
+local size = 0
+for i = 4, #ARGV - 1, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == 'm' then size = size + #ARGV[i + 1] end
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('HINCRBY', KEYS[2], 'bytes', size)
+trim(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return id
+"
+);
 
 /// Where a topic stands, creating it if needed, with its latest messages.
 ///
@@ -54,7 +115,7 @@ if not epoch then
   epoch = ARGV[1]
   next = 0
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'bytes', 0)
 end
 if tonumber(ARGV[3]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -119,6 +180,11 @@ impl Keys {
 
     pub(crate) fn users(&self) -> String {
         format!("{}:users", self.prefix)
+    }
+
+    /// The hash counting the payload bytes in a stream of [`APPEND`].
+    pub(crate) fn size_of(stream: &str) -> String {
+        format!("{stream}:size")
     }
 
     pub(crate) fn members(&self, node: u32) -> String {
