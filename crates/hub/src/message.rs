@@ -76,7 +76,8 @@ impl fmt::Display for Text {
 
 impl From<String> for Text {
     /// Takes the string's buffer as is, without copying it, but gives back
-    /// spare capacity first (see [`tight`]).
+    /// spare capacity first: a message may be kept for long, and its
+    /// buffer with it.
     fn from(text: String) -> Self {
         Self(Bytes::from(tight(text.into_bytes())))
     }
