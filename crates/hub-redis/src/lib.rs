@@ -88,7 +88,7 @@ use std::time::Duration;
 
 use hub::backplane::MAX_NODE;
 use hub::{Backplane, ConnId, Metadata, PresenceEvent, PresenceKind, Publication, Remote, Topic};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::link::{Command, Link};
 use crate::presence::Roster;
@@ -265,6 +265,8 @@ impl Builder {
             roster: Mutex::new(Roster::default()),
             counters: Counters::default(),
             commands: Mutex::new(None),
+            changes: Mutex::new(Changes::default()),
+            changed: Notify::new(),
         });
         let (commands, receiver) = mpsc::unbounded_channel();
         *shared.commands() = Some(commands.clone());
@@ -413,19 +415,20 @@ impl Backplane for RedisBackplane {
     }
 
     fn watch(&self, topic: &Topic) {
-        let _ = self.commands.send(Command::Watch(topic.clone()));
+        self.shared.change(|changes| changes.follow(topic, true));
     }
 
     fn unwatch(&self, topic: &Topic) {
-        let _ = self.commands.send(Command::Unwatch(topic.clone()));
+        self.shared.change(|changes| changes.follow(topic, false));
     }
 
     /// Room joins and leaves, and changes of name or user, are shared;
     /// connects and disconnects are not.
     fn announce(&self, event: &PresenceEvent) {
         let shared = matches!(event.topic, Topic::Room(_)) || event.kind == PresenceKind::Updated;
-        if shared {
-            let _ = self.commands.send(Command::Presence(event.clone()));
+        let gone = event.kind == PresenceKind::Left && event.topic == Topic::All;
+        if shared || gone {
+            self.shared.change(|changes| changes.presence(event));
         }
     }
 
@@ -493,6 +496,84 @@ pub(crate) struct Shared {
     /// For the link to queue commands to itself; emptied when the handle
     /// goes.
     commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
+    /// Follows and presence changes the link has not taken yet.
+    changes: Mutex<Changes>,
+    /// Woken when `changes` gains one.
+    pub(crate) changed: Notify,
+}
+
+/// Changes of state for the link: which topics this node follows, and its
+/// room members. Only the latest per topic and per member is kept (a
+/// member who joined and left meanwhile is no change at all), so however
+/// far behind the link falls, they take no more room than the state they
+/// describe. Publications, which are events, go through the command queue,
+/// bounded in bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Per topic: follow it, or not.
+    topics: HashMap<Topic, bool>,
+    /// Per room member: how its pending changes began, and the latest.
+    members: HashMap<(Topic, ConnId), (PresenceKind, PresenceEvent)>,
+    /// Per connection: its latest change of name or user.
+    updates: HashMap<ConnId, PresenceEvent>,
+}
+
+impl Changes {
+    fn follow(&mut self, topic: &Topic, follow: bool) {
+        self.topics.insert(topic.clone(), follow);
+    }
+
+    fn presence(&mut self, event: &PresenceEvent) {
+        match (&event.kind, &event.topic) {
+            (PresenceKind::Updated, _) => {
+                self.updates.insert(event.id, event.clone());
+            }
+            // Gone: its updates no longer matter (it left its rooms first).
+            (PresenceKind::Left, Topic::All) => {
+                self.updates.remove(&event.id);
+            }
+            (PresenceKind::Joined | PresenceKind::Left, Topic::Room(_)) => {
+                let key = (event.topic.clone(), event.id);
+                match self.members.get_mut(&key) {
+                    // Joined and left before the link knew: nothing to tell.
+                    Some((PresenceKind::Joined, _)) if event.kind == PresenceKind::Left => {
+                        self.members.remove(&key);
+                    }
+                    Some((_, latest)) => *latest = event.clone(),
+                    None => {
+                        self.members
+                            .insert(key, (event.kind.clone(), event.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.members.is_empty() && self.updates.is_empty()
+    }
+
+    /// The changes as commands: follows, then joins and leaves, then
+    /// updates (which apply to the rooms joined by then).
+    fn take(&mut self) -> Vec<Command> {
+        let topics = self.topics.drain().map(|(topic, follow)| {
+            if follow {
+                Command::Watch(topic)
+            } else {
+                Command::Unwatch(topic)
+            }
+        });
+        let members = self
+            .members
+            .drain()
+            .map(|(_, (_, event))| Command::Presence(event));
+        let updates = self
+            .updates
+            .drain()
+            .map(|(_, event)| Command::Presence(event));
+        topics.chain(members).chain(updates).collect()
+    }
 }
 
 impl Shared {
@@ -504,6 +585,25 @@ impl Shared {
 
     fn commands(&self) -> MutexGuard<'_, Option<mpsc::UnboundedSender<Command>>> {
         self.commands.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn changes(&self) -> MutexGuard<'_, Changes> {
+        self.changes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a change for the link, and wakes it.
+    fn change(&self, record: impl FnOnce(&mut Changes)) {
+        record(&mut self.changes());
+        self.changed.notify_one();
+    }
+
+    /// The changes not taken yet, as commands (see [`Changes::take`]).
+    pub(crate) fn take_changes(&self) -> Vec<Command> {
+        let mut changes = self.changes();
+        if changes.is_empty() {
+            return Vec::new();
+        }
+        changes.take()
     }
 
     pub(crate) fn roster(&self) -> MutexGuard<'_, Roster> {
@@ -547,6 +647,69 @@ impl Shared {
 
     pub(crate) fn take_forks(&self) -> Vec<(Topic, u64)> {
         self.forks().drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hub::Metadata;
+
+    use super::*;
+
+    fn event(kind: PresenceKind, topic: Topic, id: u64) -> PresenceEvent {
+        let id = ConnId::from_raw(id).unwrap();
+        PresenceEvent::new(kind, topic, id, Metadata::new().with_name("n"))
+    }
+
+    fn room(name: &str) -> Topic {
+        Topic::Room(name.into())
+    }
+
+    #[test]
+    fn changes_keep_only_the_latest_state() {
+        let mut changes = Changes::default();
+        // A churn of members joining and leaving before the link looks.
+        for id in 1..=100_000 {
+            changes.presence(&event(PresenceKind::Joined, room("r"), id));
+            changes.presence(&event(PresenceKind::Updated, Topic::All, id));
+            changes.presence(&event(PresenceKind::Left, room("r"), id));
+            changes.presence(&event(PresenceKind::Left, Topic::All, id));
+        }
+        // And of rooms followed, then not.
+        for i in 0..1000 {
+            changes.follow(&room(&format!("r{i}")), true);
+            changes.follow(&room(&format!("r{i}")), false);
+        }
+        assert!(changes.members.is_empty());
+        assert!(changes.updates.is_empty());
+        assert_eq!(changes.topics.len(), 1000);
+        let taken = changes.take();
+        assert!(taken.iter().all(|c| matches!(c, Command::Unwatch(_))));
+        assert!(changes.is_empty());
+    }
+
+    #[test]
+    fn a_member_the_link_may_know_is_told_to_leave() {
+        let mut changes = Changes::default();
+        // Left (the link knew it), came back, left again: it left.
+        changes.presence(&event(PresenceKind::Left, room("r"), 7));
+        changes.presence(&event(PresenceKind::Joined, room("r"), 7));
+        changes.presence(&event(PresenceKind::Left, room("r"), 7));
+        changes.presence(&event(PresenceKind::Joined, room("s"), 8));
+        changes.presence(&event(PresenceKind::Updated, Topic::All, 8));
+        let taken = changes.take();
+        let kinds: Vec<_> = taken
+            .iter()
+            .map(|c| match c {
+                Command::Presence(e) => (e.kind, e.topic.clone(), e.id.get()),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds.len(), 3);
+        assert!(kinds.contains(&(PresenceKind::Left, room("r"), 7)));
+        assert!(kinds.contains(&(PresenceKind::Joined, room("s"), 8)));
+        // Updates come after the joins they apply to.
+        assert_eq!(kinds[2], (PresenceKind::Updated, Topic::All, 8));
     }
 }
 

@@ -1,7 +1,7 @@
 //! The task that talks to Redis: writes what the hub publishes, reads what
 //! every node published, and reconnects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,18 +188,29 @@ impl Link {
         }
     }
 
-    /// Waits `delay`, handling commands meanwhile; `false` once the hub is
-    /// gone.
+    /// Waits `delay`, handling commands and changes meanwhile; `false`
+    /// once the hub is gone.
     async fn wait_offline(&mut self, delay: Duration) -> bool {
         let until = Instant::now() + delay;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return true,
+                () = self.shared.changed.notified() => self.take_changes_offline(),
                 command = self.commands.recv() => match command {
-                    Some(command) => self.offline(command),
+                    Some(command) => {
+                        // Changes made before the command come before it.
+                        self.take_changes_offline();
+                        self.offline(command);
+                    }
                     None => return false,
                 },
             }
+        }
+    }
+
+    fn take_changes_offline(&mut self) {
+        for change in self.shared.take_changes() {
+            self.offline(change);
         }
     }
 
@@ -523,7 +534,14 @@ impl Link {
                 }
                 first = self.commands.recv() => {
                     let Some(first) = first else { return Ok(()) };
-                    let changed = self.write(session, first).await?;
+                    let changed = self.write(session, Some(first)).await?;
+                    stale |= changed;
+                    if changed {
+                        self.unblock(session).await?;
+                    }
+                }
+                () = self.shared.changed.notified() => {
+                    let changed = self.write(session, None).await?;
                     stale |= changed;
                     if changed {
                         self.unblock(session).await?;
@@ -763,14 +781,30 @@ impl Link {
         }
     }
 
-    /// Writes `first` and whatever else is queued, in one pipeline.
-    /// Returns whether the set of streams to read changed.
-    async fn write(&mut self, session: &mut Session, first: Command) -> Result<bool, Lost> {
+    /// Writes the changes not taken yet, `first` and whatever else is
+    /// queued, in one pipeline. Returns whether the set of streams to read
+    /// changed.
+    async fn write(&mut self, session: &mut Session, first: Option<Command>) -> Result<bool, Lost> {
         let mut pipe = redis::pipe();
         let mut steps = Vec::new();
         let mut changed = false;
-        let mut next = Some(first);
-        while let Some(command) = next.take() {
+        // Changes made before a command (following a topic, say, before
+        // publishing to it) come before it.
+        let mut queue = VecDeque::from(self.shared.take_changes());
+        queue.extend(first);
+        loop {
+            let command = match queue.pop_front() {
+                Some(command) => command,
+                None if steps.len() >= BATCH => break,
+                None => match self.commands.try_recv() {
+                    Ok(command) => {
+                        queue.extend(self.shared.take_changes());
+                        queue.push_back(command);
+                        continue;
+                    }
+                    Err(_) => break,
+                },
+            };
             match command {
                 Command::Start(remote) => self.remote = Some(remote),
                 Command::Watch(topic) => {
@@ -819,9 +853,6 @@ impl Link {
                         steps.push(Step::Plain);
                     }
                 }
-            }
-            if steps.len() < BATCH {
-                next = self.commands.try_recv().ok();
             }
         }
         self.execute(session, pipe, steps).await?;
