@@ -541,8 +541,7 @@ impl Changes {
                     }
                     Some((_, latest)) => *latest = event.clone(),
                     None => {
-                        self.members
-                            .insert(key, (event.kind.clone(), event.clone()));
+                        self.members.insert(key, (event.kind, event.clone()));
                     }
                 }
             }
