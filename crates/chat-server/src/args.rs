@@ -44,6 +44,11 @@ pub struct Args {
     #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat")]
     pub redis_prefix: String,
 
+    /// With --redis-url: how long a room's keys stay in Redis once no node
+    /// follows it (nodes keep the rooms they follow alive).
+    #[arg(long, env = "CHAT_REDIS_TTL", default_value = "10m", value_parser = parse_period)]
+    pub redis_ttl: Duration,
+
     /// With --redis-url: how long other nodes keep listing this node's
     /// room members after its last heartbeat (heartbeats go every third
     /// of it), so a node that dies has its members leave within this plus

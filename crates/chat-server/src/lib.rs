@@ -311,7 +311,7 @@ impl Server {
             let url = args.redis_url.clone();
             let prefix = format!("{}:{endpoint}", args.redis_prefix);
             let (history, history_bytes) = (args.history, args.history_bytes);
-            let presence_ttl = args.presence_ttl;
+            let (presence_ttl, ttl) = (args.presence_ttl, args.redis_ttl);
             async move {
                 let Some(url) = url else {
                     return Ok::<_, StartError>((builder.build(), None));
@@ -321,6 +321,7 @@ impl Server {
                     .history(history)
                     .history_bytes(history_bytes)
                     .presence_ttl(presence_ttl)
+                    .ttl(ttl)
                     .connect()
                     .await?;
                 let hub = builder.backplane(backplane.clone()).build();

@@ -1,7 +1,9 @@
 //! Soak and chaos against the real binary: thousands of clients
 //! connecting, chatting, vanishing with TCP resets, sending garbage
 //! (before and after the upgrade), oversized messages and invalid UTF-8,
-//! or joining and never reading, while well-behaved clients chat. Every
+//! joining and never reading, flooding pings without reading, or hoarding
+//! history in rooms they then leave, while well-behaved clients chat; and
+//! room-name churn on a node sharing a real Redis. Every
 //! bad client gets its exact answer; every well-behaved client receives
 //! every line it should, in order; afterwards sessions, open files and
 //! memory come back to where they were, and the log shows no panic.
@@ -17,6 +19,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../hub-redis/tests/support/redis_server.rs"]
+mod redis_server;
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -109,9 +113,15 @@ enum Chaos {
     Stalled,
     /// Half an HTTP request, then silence, then gone.
     HalfOpen,
+    /// Sends pings as fast as it can and never reads: closed once its
+    /// output has been stuck for the write timeout.
+    PingFlood,
+    /// Fills a room of its own with large lines, then leaves: history is
+    /// kept, up to the history budget.
+    Hoarder,
 }
 
-const BEHAVIOURS: [Chaos; 9] = [
+const BEHAVIOURS: [Chaos; 11] = [
     Chaos::Chatter,
     Chaos::Echo,
     Chaos::Reset,
@@ -121,6 +131,8 @@ const BEHAVIOURS: [Chaos; 9] = [
     Chaos::Oversized,
     Chaos::Stalled,
     Chaos::HalfOpen,
+    Chaos::PingFlood,
+    Chaos::Hoarder,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,6 +157,9 @@ async fn soak_and_chaos_leave_the_server_as_they_found_it() {
             "256",
             "--capacity",
             "16384",
+            // Hoarders fill it in the first phase.
+            "--history-budget",
+            "32MiB",
         ],
         Stdio::from(log),
     )
@@ -185,13 +200,102 @@ async fn soak_and_chaos_leave_the_server_as_they_found_it() {
         last <= steady + slack && last_peak <= steady_peak + slack,
         "memory grew over the phases: {after_phase:?} (KiB, resident and peak)"
     );
+    // A fixed ceiling, from what the server keeps on purpose: 32 MiB of
+    // history (the budget, reached by the hoarders), the channels of the
+    // 33 rooms the phases use (16 384 slots at about 100 bytes: 1.6 MiB
+    // each), and the allocator's own.
+    let ceiling = baseline.1 + 32 * 1024 + 33 * 1600 + 64 * 1024;
     assert!(
-        steady <= baseline.1 + 96 * 1024,
-        "resident memory {steady} KiB, baseline {} KiB",
+        steady <= ceiling && last <= ceiling,
+        "resident memory {after_phase:?} KiB, baseline {} KiB, ceiling {ceiling} KiB",
         baseline.1
     );
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+}
+
+/// Room-name churn on a node sharing a real Redis: thousands of clients
+/// each open a room of their own, say a line and leave. The node keeps a
+/// few emptied rooms for their history and lets the rest go; Redis lets
+/// the keys of rooms no node follows expire; the server's memory comes
+/// back near where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_name_churn_with_redis_leaves_the_server_and_redis_bounded() {
+    let rooms = env("SOAK_CHURN", 2000);
+    let redis = redis_server::RedisServer::start().await;
+    let url = redis.url();
+    let redis_port: u16 = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let server = ChildServer::spawn(&["--redis-url", &url, "--redis-ttl", "2s"]).await;
+    let baseline = (server.open_files(), server.memory_kib("VmRSS"));
+    let permits = Arc::new(Semaphore::new(200));
+    let mut clients = Vec::new();
+    for n in 0..rooms {
+        let (permits, addr) = (permits.clone(), server.addr);
+        clients.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.unwrap();
+            let url = format!("ws://{addr}/ws?room=churn-{n}&name=c");
+            let mut client = common::connect(&url).await;
+            common::send_text(&mut client, &format!("line {n}")).await;
+            let said = format!("c: line {n}");
+            timeout(CLIENT_WAIT, async {
+                while common::recv_text(&mut client).await != said {}
+            })
+            .await
+            .expect("the line never came back");
+            client.close(None).await.unwrap();
+            while let Some(Ok(_)) = client.next().await {}
+        }));
+    }
+    for client in clients {
+        timeout(PHASE_WAIT, client).await.unwrap().unwrap();
+    }
+    settle(&server, baseline.0).await;
+    // The node keeps at most 64 emptied rooms (for their history): Redis
+    // keeps their two keys, and lets the others' expire.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut keys = u64::MAX;
+    while keys > 2 * 64 {
+        assert!(Instant::now() < deadline, "{keys} room keys left in Redis");
+        sleep(Duration::from_millis(200)).await;
+        keys = redis_keys(redis_port, "chat:rooms:*:room:churn-*").await;
+    }
+    let resident = server.memory_kib("VmRSS");
+    eprintln!(
+        "churn: {rooms} rooms; {keys} keys left in Redis; {resident} KiB resident, baseline {} KiB",
+        baseline.1
+    );
+    assert!(
+        resident <= baseline.1 + 48 * 1024,
+        "resident memory {resident} KiB, baseline {} KiB",
+        baseline.1
+    );
+}
+
+/// How many keys match `pattern` in the Redis on `port` (`KEYS`, fine on
+/// a test's own server).
+async fn redis_keys(port: u16, pattern: &str) -> u64 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let command = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
+    stream.write_all(command.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n") {
+        let byte = timeout(CLIENT_WAIT, stream.read_u8())
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte);
+    }
+    let head = String::from_utf8(head).unwrap();
+    head.trim_end()
+        .strip_prefix('*')
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected reply {head:?}"))
 }
 
 /// Waits until no session or connection is left and the server has as many
@@ -441,6 +545,34 @@ async fn chaos_client(behaviour: Chaos, addr: std::net::SocketAddr, room: &str, 
                 .await
                 .unwrap();
             sleep(Duration::from_millis(200 + seed % 500)).await;
+        }
+        Chaos::PingFlood => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let stream = socket.connect(addr).await.unwrap();
+            let (client, _) = tokio_tungstenite::client_async(url("/echo"), stream)
+                .await
+                .unwrap();
+            let mut stream = client.into_inner();
+            // Masked (zero key) pings of 125 bytes, 256 at a time, until the
+            // server closes: well before 64 MiB.
+            let ping = [&[0x89, 0xFD, 0, 0, 0, 0][..], &[b'p'; 125]].concat();
+            let burst = ping.repeat(256);
+            let mut sent = 0;
+            while stream.write_all(&burst).await.is_ok() {
+                sent += burst.len();
+                assert!(sent < 64 << 20, "the server took 64 MiB of pings");
+            }
+        }
+        Chaos::Hoarder => {
+            let path = format!("/ws?room=hoard-{}&name=h{n}", n % 16);
+            let mut client = common::connect(&url(&path)).await;
+            let line = "h".repeat(60_000);
+            for _ in 0..10 {
+                common::send_text(&mut client, &line).await;
+            }
+            client.close(None).await.unwrap();
+            while let Some(Ok(_)) = client.next().await {}
         }
     }
 }
