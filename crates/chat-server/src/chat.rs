@@ -8,6 +8,7 @@
 
 use hub::{ConnId, Event, Hub, Message, Metadata, Position, PresenceKind, Resume, RoomName, Topic};
 use hub_ws::{Close, CloseCode, Ended, Handler, Handshake, Refusal, Session};
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 
@@ -153,8 +154,29 @@ impl Handler for RoomChat {
         );
         // Never waits: the session's writer is not running yet.
         let _ = hub.try_send_personal(id, welcome);
-        announce(hub, options, "joined", json!({ "from": name }));
-        send_members(hub, options);
+        // The whole list to the joiner alone; the others learn the change
+        // from the line announcing it. The list holds every change whose
+        // line comes at or after `at` (read before the list is taken): the
+        // client applies those lines' changes to it, and no earlier ones.
+        let at = hub.position(&topic);
+        let members = hub.members(options.room.as_str());
+        let diff = Presence::joined(&members, &name);
+        announce(
+            hub,
+            options,
+            "joined",
+            json!({ "from": name, "presence": diff }),
+        );
+        let list = payload(
+            "members",
+            json!({
+                "room": options.room.as_str(),
+                "members": names_of(&members),
+                "epoch": at.map(|p| p.epoch.to_string()),
+                "at": at.map(|p| p.offset),
+            }),
+        );
+        let _ = hub.try_send_personal(id, list);
     }
 
     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
@@ -198,8 +220,13 @@ impl Handler for RoomChat {
         if let Some(options) = session.metadata().data::<ChatOptions>() {
             // The hub has already forgotten the connection.
             let name = last_name(session).unwrap_or_else(|| "someone".to_owned());
-            announce(hub, options, "left", json!({ "from": name }));
-            send_members(hub, options);
+            let diff = Presence::left(&hub.members(options.room.as_str()), &name);
+            announce(
+                hub,
+                options,
+                "left",
+                json!({ "from": name, "presence": diff }),
+            );
         }
     }
 }
@@ -238,8 +265,9 @@ async fn run(
         Command::Nick(new) if new == name => Some(info(format!("you are already {new}"))),
         Command::Nick(new) => {
             rename(hub, session, new);
-            announce(hub, options, "nick", json!({ "from": name, "to": new }));
-            send_members(hub, options);
+            let diff = Presence::renamed(&hub.members(options.room.as_str()), name, new);
+            let fields = json!({ "from": name, "to": new, "presence": diff });
+            announce(hub, options, "nick", fields);
             None
         }
         Command::Usage(usage) => Some(info(usage.to_owned())),
@@ -301,21 +329,62 @@ fn names_of(members: &[(ConnId, Metadata)]) -> Vec<String> {
     names
 }
 
-/// Tells every member of the room who is in it (JSON clients show it).
-/// One shared message: each member costs a reference count, not a copy.
-fn send_members(hub: &Hub, options: &ChatOptions) {
-    send_member_list(hub, &options.room, |_| true);
+/// How a room's member list (its names, each once) changed: what JSON
+/// clients apply to the list they got when they joined, the way Phoenix's
+/// `presence_diff` works. A name is listed while any connection has it, so
+/// it joins with its first connection and leaves with its last.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+struct Presence {
+    joins: Vec<String>,
+    leaves: Vec<String>,
 }
 
-/// Sends the member list of `room` to its members that `to` picks.
-fn send_member_list(hub: &Hub, room: &RoomName, to: impl Fn(ConnId) -> bool) {
+impl Presence {
+    /// `name` joined; `members` includes it.
+    fn joined(members: &[(ConnId, Metadata)], name: &str) -> Self {
+        let mut diff = Self::default();
+        if count(members, name) == 1 {
+            diff.joins.push(name.to_owned());
+        }
+        diff
+    }
+
+    /// `name` left; `members` no longer includes it.
+    fn left(members: &[(ConnId, Metadata)], name: &str) -> Self {
+        let mut diff = Self::default();
+        if count(members, name) == 0 {
+            diff.leaves.push(name.to_owned());
+        }
+        diff
+    }
+
+    /// `from` is now `to`; `members` has the new name.
+    fn renamed(members: &[(ConnId, Metadata)], from: &str, to: &str) -> Self {
+        let Self { leaves, .. } = Self::left(members, from);
+        let Self { joins, .. } = Self::joined(members, to);
+        Self { joins, leaves }
+    }
+}
+
+/// How many of `members` are called `name`.
+fn count(members: &[(ConnId, Metadata)], name: &str) -> usize {
+    (members.iter())
+        .filter(|(_, metadata)| metadata.name() == Some(name))
+        .count()
+}
+
+/// Tells this node's members of `room` that `name` (of another node) is
+/// gone, if no connection of that name is left.
+fn tell_departure(hub: &Hub, room: &RoomName, name: &str, node: u32) {
     let members = hub.members(room.as_str());
-    let list = Message::text(payload(
-        "members",
-        json!({ "room": room.as_str(), "members": names_of(&members) }),
-    ));
-    for (id, _) in members.into_iter().filter(|(id, _)| to(*id)) {
-        let _ = hub.try_send_personal(id, list.clone());
+    let diff = Presence::left(&members, name);
+    if diff.leaves.is_empty() {
+        return;
+    }
+    let fields = json!({ "room": room.as_str(), "joins": diff.joins, "leaves": diff.leaves });
+    let diff = Message::text(payload("presence", fields));
+    for (id, _) in members.into_iter().filter(|(id, _)| id.node() == node) {
+        let _ = hub.try_send_personal(id, diff.clone());
     }
 }
 
@@ -327,8 +396,8 @@ pub(crate) async fn follow_departures(hub: Hub, node: u32) {
     loop {
         match events.recv().await {
             Ok(event) if event.kind == PresenceKind::Left && event.id.node() != node => {
-                if let Topic::Room(room) = &event.topic {
-                    send_member_list(&hub, room, |id| id.node() == node);
+                if let (Topic::Room(room), Some(name)) = (&event.topic, event.metadata.name()) {
+                    tell_departure(&hub, room, name, node);
                 }
             }
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}

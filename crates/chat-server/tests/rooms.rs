@@ -206,25 +206,174 @@ async fn json_clients_resume_without_gap_or_duplicate() {
     server.stop().await;
 }
 
+/// A JSON client's view of the member list: the list it got on joining,
+/// changed by the presence diffs of the lines at or after the list's
+/// place (as the page does).
+#[derive(Debug, Default)]
+struct Sidebar {
+    members: Option<std::collections::BTreeSet<String>>,
+    at: Option<(String, u64)>,
+}
+
+impl Sidebar {
+    /// Takes in a frame; true if it changed the list.
+    fn take(&mut self, frame: &Value) -> bool {
+        let data = &frame["data"];
+        let names = |value: &Value| -> Vec<String> {
+            value
+                .as_array()
+                .map(|names| {
+                    names
+                        .iter()
+                        .map(|n| n.as_str().unwrap().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if frame["type"] == "personal" && data["kind"] == "members" {
+            self.members = Some(names(&data["members"]).into_iter().collect());
+            self.at = Some((
+                data["epoch"].as_str().unwrap().to_owned(),
+                data["at"].as_u64().unwrap(),
+            ));
+            return true;
+        }
+        let (Some(members), Some((epoch, at))) = (self.members.as_mut(), &self.at) else {
+            return false;
+        };
+        if frame["type"] != "message" || data["presence"].is_null() {
+            return false;
+        }
+        let offset = frame["offset"].as_u64().unwrap();
+        if frame["epoch"].as_str() == Some(epoch.as_str()) && offset < *at {
+            return false;
+        }
+        for name in names(&data["presence"]["leaves"]) {
+            members.remove(&name);
+        }
+        members.extend(names(&data["presence"]["joins"]));
+        true
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.members.iter().flatten().map(String::as_str).collect()
+    }
+}
+
 #[tokio::test]
-async fn json_clients_get_the_member_list() {
+async fn json_clients_get_the_member_list_then_its_changes() {
     let server = TestServer::start(&[]).await;
     let mut ann = join(&server, "room=m&name=ann&format=json").await;
-    let mut members = Vec::new();
-    for _ in 0..10 {
-        let frame = recv_json(&mut ann).await;
-        if frame["data"]["kind"] == "members" {
-            members = frame["data"]["members"].as_array().unwrap().clone();
-            if members.len() == 2 {
-                break;
-            }
-        }
-        if members.len() == 1 {
-            // Someone else arrives.
-            let _ = join(&server, "room=m&name=bo").await;
-        }
+    let mut sidebar = Sidebar::default();
+    while sidebar.members.is_none() {
+        sidebar.take(&recv_json(&mut ann).await);
     }
-    assert_eq!(members, vec![Value::from("ann"), Value::from("bo")]);
+    assert_eq!(sidebar.names(), ["ann"]);
+    // Her own arrival, already in her list.
+    let own = recv_json_of(&mut ann, "message").await;
+    assert_eq!(
+        (&own["data"]["kind"], &own["data"]["presence"]),
+        (
+            &Value::from("joined"),
+            &serde_json::json!({ "joins": ["ann"], "leaves": [] })
+        )
+    );
+    sidebar.take(&own);
+    assert_eq!(sidebar.names(), ["ann"]);
+    // Others join: ann gets each change on the line that announces it,
+    // never the whole list again.
+    let bo = join(&server, "room=m&name=bo").await;
+    let mut bo_again = join(&server, "room=m&name=bo").await;
+    let mut frames = Vec::new();
+    for _ in 0..2 {
+        let frame = recv_json_of(&mut ann, "message").await;
+        assert_eq!(frame["data"]["kind"], "joined");
+        assert!(sidebar.take(&frame));
+        frames.push(frame);
+    }
+    assert_eq!(
+        frames[0]["data"]["presence"],
+        serde_json::json!({ "joins": ["bo"], "leaves": [] })
+    );
+    // bo was listed already.
+    assert_eq!(
+        frames[1]["data"]["presence"],
+        serde_json::json!({ "joins": [], "leaves": [] })
+    );
+    assert_eq!(sidebar.names(), ["ann", "bo"]);
+    // A rename, then the last bo leaves.
+    send_text(&mut bo_again, "/nick cy").await;
+    let frame = recv_json_of(&mut ann, "message").await;
+    assert_eq!(
+        frame["data"]["presence"],
+        serde_json::json!({ "joins": ["cy"], "leaves": [] })
+    );
+    sidebar.take(&frame);
+    drop(bo);
+    let frame = recv_json_of(&mut ann, "message").await;
+    assert_eq!(frame["data"]["kind"], "left");
+    assert_eq!(
+        frame["data"]["presence"],
+        serde_json::json!({ "joins": [], "leaves": ["bo"] })
+    );
+    sidebar.take(&frame);
+    assert_eq!(sidebar.names(), ["ann", "cy"]);
+    // Nothing else came: no member list for anyone but the joiner.
+    assert_silent(&mut ann, QUIET).await;
+    drop(bo_again);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_json_clients_join_one_room_and_all_stay() {
+    // Each joiner gets the whole list; the others get diffs that add up to
+    // the same list. Nobody is shed: a join costs each member one line.
+    const CLIENTS: usize = 2000;
+    let server = TestServer::start(&[]).await;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    let mut sidebars = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut client = join(&server, &format!("room=crowd&name=c{i:04}&format=json")).await;
+        // Its list comes before it is counted in.
+        let mut sidebar = Sidebar::default();
+        while sidebar.members.is_none() {
+            sidebar.take(&recv_json(&mut client).await);
+        }
+        clients.push(client);
+        sidebars.push(sidebar);
+    }
+    let everyone: Vec<String> = (0..CLIENTS).map(|i| format!("c{i:04}")).collect();
+    let last = format!("c{:04}", CLIENTS - 1);
+    let readers = clients
+        .into_iter()
+        .zip(sidebars)
+        .map(|(mut client, mut sidebar)| {
+            let last = last.clone();
+            tokio::spawn(async move {
+                // Until the last joiner's line, unless the list has it already.
+                while !sidebar.members.as_ref().unwrap().contains(&last) {
+                    let frame = recv_json(&mut client).await;
+                    assert_ne!(frame["type"], "close", "{frame}");
+                    sidebar.take(&frame);
+                }
+                (client, sidebar)
+            })
+        });
+    let done = futures_util::future::join_all(readers).await;
+    let mut kept = Vec::with_capacity(CLIENTS);
+    for result in done {
+        let (client, sidebar) = result.unwrap();
+        assert_eq!(sidebar.names(), everyone);
+        kept.push(client);
+    }
+    let (_, _, metrics) = http(server.addr, "GET", "/metrics").await;
+    for line in [
+        "hub_connections{endpoint=\"rooms\"} 2000",
+        "hub_shed_total{endpoint=\"rooms\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+    drop(kept);
     server.stop().await;
 }
 
