@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{assert_silent, http, recv_text, send_text, Client, TestServer};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -381,7 +382,8 @@ async fn two_thousand_json_clients_join_one_room_and_all_stay() {
 async fn history_hoarded_across_many_rooms_stays_within_the_budget() {
     // 30 rooms × 40 lines of 60 KB (72 MB) from clients that then leave;
     // the room chat keeps 16 MiB of history in all. Larger runs:
-    // HOARD_ROOMS=200 HOARD_LINES=140 HOARD_BUDGET_MIB=256 (8 MiB a room).
+    // HOARD_ROOMS=200 HOARD_LINES=140 HOARD_BUDGET_MIB=256 (8 MiB a room;
+    // HOARD_LINE_BYTES sets the lines' size).
     let setting =
         |name: &str, default: u64| std::env::var(name).map_or(default, |v| v.parse().expect(name));
     let (rooms, lines) = (setting("HOARD_ROOMS", 30), setting("HOARD_LINES", 40));
@@ -390,19 +392,27 @@ async fn history_hoarded_across_many_rooms_stays_within_the_budget() {
     let flag = format!("{budget_mib}MiB");
     let server = common::ChildServer::spawn(&["--history-budget", &flag]).await;
     let baseline = server.memory_kib("VmRSS");
-    let line = "h".repeat(60_000);
+    let line = "h".repeat(setting("HOARD_LINE_BYTES", 60_000) as usize);
     for room in 0..rooms {
-        let mut hoarder = common::connect(&server.url(&format!("/ws?room=h{room}&name=x"))).await;
-        for _ in 0..lines {
-            send_text(&mut hoarder, &line).await;
-        }
-        // Its own lines come back: once the last has, all are stored.
-        let mut echoed = 0;
-        while echoed < lines {
-            if recv_text(&mut hoarder).await.starts_with("x: hhh") {
-                echoed += 1;
+        use futures_util::{SinkExt, StreamExt};
+        let hoarder = common::connect(&server.url(&format!("/ws?room=h{room}&name=x"))).await;
+        let (mut sink, mut stream) = hoarder.split();
+        // Its own lines come back (read as they come, or the server would
+        // stop reading from it): once the last has, all are stored.
+        let echoes = tokio::spawn(async move {
+            let mut echoed = 0;
+            while echoed < lines {
+                let frame = tokio::time::timeout(common::WAIT, stream.next()).await;
+                match frame.expect("no line back in time").unwrap().unwrap() {
+                    Message::Text(text) if text.starts_with("x: hhh") => echoed += 1,
+                    _ => {}
+                }
             }
+        });
+        for _ in 0..lines {
+            sink.send(Message::text(line.as_str())).await.unwrap();
         }
+        echoes.await.unwrap();
     }
     let (_, _, metrics) = http(server.addr, "GET", "/metrics").await;
     let held: u64 = metrics
