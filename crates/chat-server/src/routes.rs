@@ -22,6 +22,8 @@ const ROOMS_PAGE: &str = include_str!("pages/rooms.html");
 const TUTORIAL_PAGE: &str = include_str!("pages/tutorial.html");
 /// The look both pages share.
 const STYLE: &str = include_str!("pages/style.css");
+/// The script both pages share.
+const SCRIPT: &str = include_str!("pages/page.js");
 
 /// The endpoints, shared by every HTTP connection.
 #[derive(Clone, Debug)]
@@ -53,6 +55,9 @@ impl Routes {
             }
             "/static/style.css" => get_only(&request, || {
                 respond(StatusCode::OK, "text/css; charset=utf-8", STYLE)
+            }),
+            "/static/page.js" => get_only(&request, || {
+                respond(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT)
             }),
             "/healthz" => get_only(&request, || {
                 if self.chat.hub().is_shut_down() {

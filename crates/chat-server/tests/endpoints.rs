@@ -139,6 +139,7 @@ async fn the_room_chat_and_the_tutorial_page_are_served_with_their_style() {
         );
         assert!(body.contains("<title>WebSocket Chat</title>"), "{path}");
         assert!(body.contains(r#"href="/static/style.css""#), "{path}");
+        assert!(body.contains(r#"<script src="/static/page.js">"#), "{path}");
         assert!(!body.contains("localhost:8000"), "{path}");
         body
     };
@@ -162,6 +163,13 @@ async fn the_room_chat_and_the_tutorial_page_are_served_with_their_style() {
         Some("text/css; charset=utf-8")
     );
     assert!(body.contains("#messageInput {"));
+    let (status, headers, body) = http(server.addr, "GET", "/static/page.js").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(body.contains("const chatPage = "));
     server.stop().await;
 }
 
