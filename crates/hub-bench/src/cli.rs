@@ -44,7 +44,8 @@ pub(crate) struct BareArgs {
 /// Flags of both subcommands.
 #[derive(Debug, Args)]
 pub(crate) struct Common {
-    /// The WebSocket endpoint (ws:// on this machine).
+    /// The WebSocket endpoint (ws:// on this machine); `{i}` in it stands
+    /// for each client's number, so `?room=r{i}` gives each a room.
     #[arg(long, default_value = "ws://127.0.0.1:8000/ws")]
     pub(crate) url: String,
 

@@ -32,19 +32,28 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A validated target: `ws://` on this machine.
 #[derive(Clone, Debug)]
 pub(crate) struct Target {
-    uri: Uri,
+    /// The request target (path and query), where `{i}` stands for the
+    /// client's number.
+    path: String,
+    /// The `Host` header.
+    host: String,
     addr: SocketAddr,
 }
 
 impl Target {
     /// Checks that `url` is a `ws://` URL whose host is a loopback address
     /// (`127.0.0.0/8`, `::1`) or `localhost` (taken as `127.0.0.1`; no name
-    /// is ever resolved).
+    /// is ever resolved). Every `{i}` in the path or query is replaced by
+    /// each client's number (0, 1, ...): `?room=r{i}` puts each client in a
+    /// room of its own.
     pub(crate) fn parse(url: &str) -> Result<Self, UrlError> {
-        let uri: Uri = url.parse().map_err(|source| UrlError::Invalid {
-            url: url.to_owned(),
-            source,
-        })?;
+        let uri: Uri =
+            url.replace(CLIENT_NUMBER, "0")
+                .parse()
+                .map_err(|source| UrlError::Invalid {
+                    url: url.to_owned(),
+                    source,
+                })?;
         if uri.scheme_str() != Some("ws") {
             return Err(UrlError::Scheme {
                 url: url.to_owned(),
@@ -68,12 +77,27 @@ impl Target {
             return Err(not_loopback());
         }
         let port = uri.port_u16().unwrap_or(80);
+        let authority = uri.authority().map_or(host, |a| a.as_str()).to_owned();
+        // The path as given, `{i}` and all: after the authority.
+        let path = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|at| rest[at..].to_owned()))
+            .unwrap_or_else(|| "/".to_owned());
         Ok(Self {
             addr: SocketAddr::new(ip, port),
-            uri,
+            path,
+            host: authority,
         })
     }
+
+    /// The request target of client `index`.
+    fn path_for(&self, index: usize) -> String {
+        self.path.replace(CLIENT_NUMBER, &index.to_string())
+    }
 }
+
+/// Stands for a client's number in a URL.
+const CLIENT_NUMBER: &str = "{i}";
 
 /// The default number of source addresses for `clients` clients.
 pub(crate) fn default_source_ips(clients: usize) -> usize {
@@ -150,13 +174,18 @@ impl Dialer {
         let _permit = self.permits.acquire().await.ok();
         let started = Instant::now();
         let target = &self.targets[index % self.targets.len().max(1)];
-        let ws = tokio::time::timeout(self.timeout, self.handshake(target, from))
+        let ws = tokio::time::timeout(self.timeout, self.handshake(target, index, from))
             .await
             .map_err(|_| ConnectError::TimedOut(self.timeout))??;
         Ok((ws, started.elapsed()))
     }
 
-    async fn handshake(&self, target: &Target, from: IpAddr) -> Result<Ws, ConnectError> {
+    async fn handshake(
+        &self,
+        target: &Target,
+        index: usize,
+        from: IpAddr,
+    ) -> Result<Ws, ConnectError> {
         let tcp = |source| ConnectError::Tcp { from, source };
         let socket = match from {
             IpAddr::V4(_) => TcpSocket::new_v4(),
@@ -172,7 +201,7 @@ impl Dialer {
             socket.bind(SocketAddr::new(from, 0)).map_err(tcp)?;
         }
         let stream = socket.connect(target.addr).await.map_err(tcp)?;
-        ws::handshake(stream, &target.uri)
+        ws::handshake(stream, &target.host, &target.path_for(index))
             .await
             .map_err(ConnectError::Handshake)
     }

@@ -16,7 +16,7 @@ use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{RecvError, TryRecvError};
 use crate::hub::{Inner, Membership, SlowConsumer};
-use crate::room::{Envelope, Payload, Room, Subscribed, PENDING};
+use crate::room::{Chunk, Envelope, Payload, Room, Subscribed, PENDING};
 use crate::stats::Counters;
 use crate::{Broadcast, ConnId, Event, Message, Metadata, Topic};
 
@@ -205,9 +205,50 @@ struct Sub {
     epoch: u64,
     /// The offset this connection expects next.
     next: u64,
+    /// Being read from history rather than from the channel (boxed: a
+    /// connection has a `Sub` per room, and rarely a refill).
+    refill: Option<Box<Refill>>,
     /// While draining: reached the removal cutoff.
     done: bool,
 }
+
+impl Sub {
+    fn new(room: Arc<Room>, subscribed: Subscribed) -> Self {
+        let refill = (subscribed.first < subscribed.next_offset)
+            .then(|| Refill::replay(subscribed.next_offset));
+        Self {
+            room,
+            receiver: subscribed.receiver,
+            epoch: subscribed.epoch,
+            next: subscribed.first,
+            refill,
+            done: false,
+        }
+    }
+}
+
+/// Offsets `Sub::next..to` of a topic, read from its history a chunk at a
+/// time: a reader far behind holds one chunk, not the whole gap.
+struct Refill {
+    to: u64,
+    /// Asked for (a resume), rather than repairing a gap.
+    replay: bool,
+    /// The message that showed the gap, delivered after it.
+    held: Option<Envelope>,
+}
+
+impl Refill {
+    fn replay(to: u64) -> Box<Self> {
+        Box::new(Self {
+            to,
+            replay: true,
+            held: None,
+        })
+    }
+}
+
+/// Messages read from history at a time.
+const REFILL_CHUNK: usize = 64;
 
 /// What woke a waiting `recv`.
 enum Woke {
@@ -229,13 +270,7 @@ impl Connection {
             id,
             metadata,
             inner,
-            subs: vec![Sub {
-                room,
-                receiver: subscribed.receiver,
-                epoch: subscribed.epoch,
-                next: subscribed.next_offset,
-                done: false,
-            }],
+            subs: vec![Sub::new(room, subscribed)],
             pending: VecDeque::new(),
             membership,
             draining: false,
@@ -344,6 +379,13 @@ impl Connection {
         let count = self.subs.len();
         let mut index = if self.turn < count { self.turn } else { 0 };
         for _ in 0..count {
+            while self.subs[index].refill.is_some() {
+                self.refill(index);
+                if let Some(event) = self.pending.pop_front() {
+                    self.turn = index + 1;
+                    return Ok(event);
+                }
+            }
             while !self.subs[index].done {
                 let received = self.subs[index].receiver.try_recv();
                 let result = match received {
@@ -459,24 +501,7 @@ impl Connection {
                         missed,
                     });
                 }
-                let first = subscribed.first;
-                let mut replayed = 0;
-                for stored in subscribed.backlog {
-                    if stored.offset >= first {
-                        if let Some(event) = self.event(&topic, stored) {
-                            replayed += 1;
-                            self.pending.push_back(event);
-                        }
-                    }
-                }
-                Counters::add(&self.inner.counters.replayed, replayed);
-                self.subs.push(Sub {
-                    room,
-                    receiver: subscribed.receiver,
-                    epoch: subscribed.epoch,
-                    next: subscribed.next_offset,
-                    done: false,
-                });
+                self.subs.push(Sub::new(room, subscribed));
             }
             Control::Leave(topic) => self.forget(&topic),
         }
@@ -531,12 +556,13 @@ impl Connection {
             if envelope.epoch != epoch || envelope.offset >= cutoff {
                 // What was sent before the removal and went by unseen is a
                 // gap like any other.
-                let (from, room) = (sub.next, Arc::clone(&sub.room));
+                let from = sub.next;
                 let same_epoch = sub.epoch == epoch;
                 self.subs[index].done = true;
                 self.subs[index].next = cutoff.max(from);
                 if same_epoch && from < cutoff {
-                    if let Err(closed) = self.fill_gap(&room, from, cutoff) {
+                    self.subs[index].next = from;
+                    if let Err(closed) = self.fill_gap(index, from, cutoff, None) {
                         return Some(Err(closed));
                     }
                 }
@@ -568,11 +594,19 @@ impl Connection {
         }
         if envelope.offset > sub.next {
             let (from, to) = (sub.next, envelope.offset);
-            let room = Arc::clone(&sub.room);
-            if let Err(closed) = self.fill_gap(&room, from, to) {
-                return Some(Err(closed));
+            match self.fill_gap(index, from, to, Some(envelope)) {
+                Err(closed) => return Some(Err(closed)),
+                // Held until the gap is refilled.
+                Ok(None) => return self.pending.pop_front().map(Ok),
+                Ok(Some(envelope)) => return self.deliver(index, envelope),
             }
         }
+        self.deliver(index, envelope)
+    }
+
+    /// Hands out `envelope`, the message topic `index` expects next, after
+    /// what is pending.
+    fn deliver(&mut self, index: usize, envelope: Envelope) -> Option<Result<Event, RecvError>> {
         self.subs[index].next = envelope.offset + 1;
         let Some(event) = self.event(&self.subs[index].room.topic, envelope) else {
             return self.pending.pop_front().map(Ok);
@@ -593,8 +627,8 @@ impl Connection {
             // Resuming: what history has up to the place comes first, as
             // a replay (not a gap: the connection asked for it).
             if sub.next < next {
-                let (from, room) = (sub.next, Arc::clone(&sub.room));
-                self.repair(&room, from, next);
+                sub.refill = Some(Refill::replay(next));
+                self.refill(index);
             }
         } else if sub.epoch != PENDING {
             Counters::add(&self.inner.counters.resyncs, 1);
@@ -604,12 +638,15 @@ impl Connection {
             });
         }
         let sub = &mut self.subs[index];
-        // A resuming connection may already be past the place.
-        sub.next = if sub.epoch == epoch {
-            sub.next.max(next)
-        } else {
-            next
-        };
+        // A resuming connection may already be past the place; one still
+        // replaying gets there through the refill.
+        if sub.refill.is_none() {
+            sub.next = if sub.epoch == epoch {
+                sub.next.max(next)
+            } else {
+                next
+            };
+        }
         sub.epoch = epoch;
         self.pending.pop_front()
     }
@@ -638,10 +675,18 @@ impl Connection {
         }
     }
 
-    /// Offsets `from..to` of `room` went by unseen.
-    fn fill_gap(&mut self, room: &Arc<Room>, from: u64, to: u64) -> Result<(), RecvError> {
+    /// Offsets `from..to` of topic `index` went by unseen, before
+    /// `revealed` (if any): handles the gap by the slow-consumer policy.
+    /// Gives `revealed` back to be delivered now, or `None` when it follows
+    /// the gap's refill from history.
+    fn fill_gap(
+        &mut self,
+        index: usize,
+        from: u64,
+        to: u64,
+        revealed: Option<Envelope>,
+    ) -> Result<Option<Envelope>, RecvError> {
         let counters = &self.inner.counters;
-        let topic = room.topic.clone();
         match self.inner.slow_consumer {
             SlowConsumer::Disconnect => {
                 let missed = to - from;
@@ -653,33 +698,73 @@ impl Connection {
             SlowConsumer::Skip => {
                 Counters::add(&counters.missed, to - from);
                 self.pending.push_back(Event::Lagged {
-                    topic,
+                    topic: self.subs[index].room.topic.clone(),
                     missed: to - from,
                 });
+                self.subs[index].next = to;
+                return Ok(revealed);
             }
-            _ => self.repair(room, from, to),
+            _ => {}
         }
-        Ok(())
+        let sub = &mut self.subs[index];
+        sub.next = from;
+        sub.refill = Some(Box::new(Refill {
+            to,
+            replay: false,
+            held: revealed,
+        }));
+        // The revealing message follows the refill's last chunk.
+        self.refill(index);
+        Ok(None)
     }
 
-    /// Queues what history has of offsets `from..to` of `room`, after a
-    /// [`Resync`](Event::Resync) for what it no longer has.
-    fn repair(&mut self, room: &Room, from: u64, to: u64) {
-        let counters = &self.inner.counters;
+    /// Queues the next chunk of what topic `index` is refilling from
+    /// history, after a [`Resync`](Event::Resync) for what history no
+    /// longer has. The message that showed the gap follows its last chunk.
+    fn refill(&mut self, index: usize) {
+        let sub = &mut self.subs[index];
+        let Some(refill) = &sub.refill else {
+            return;
+        };
+        let (from, to, replay) = (sub.next, refill.to, refill.replay);
+        let room = Arc::clone(&sub.room);
         let topic = &room.topic;
-        let range = room.history_range(from, to);
-        if range.missing > 0 {
-            Counters::add(&counters.missed, range.missing);
+        let chunk = if from < to {
+            room.history_chunk(from, to, REFILL_CHUNK)
+        } else {
+            Chunk::empty(to)
+        };
+        let counters = &self.inner.counters;
+        if chunk.missing > 0 {
+            Counters::add(&counters.missed, chunk.missing);
             Counters::add(&counters.resyncs, 1);
             self.pending.push_back(Event::Resync {
                 topic: topic.clone(),
-                missed: Some(range.missing),
+                missed: Some(chunk.missing),
             });
         }
-        Counters::add(&counters.repaired, range.found.len() as u64);
-        for stored in range.found {
+        let found = chunk.found.len() as u64;
+        Counters::add(
+            if replay {
+                &counters.replayed
+            } else {
+                &counters.repaired
+            },
+            found,
+        );
+        for stored in chunk.found {
             if let Some(event) = self.event(topic, stored) {
                 self.pending.push_back(event);
+            }
+        }
+        let sub = &mut self.subs[index];
+        sub.next = chunk.next;
+        if chunk.next >= to {
+            if let Some(held) = sub.refill.take().and_then(|refill| refill.held) {
+                sub.next = held.offset + 1;
+                if let Some(event) = self.event(topic, held) {
+                    self.pending.push_back(event);
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use crate::budget::{Budget, Queued};
 use crate::connection::{Connection, Control, Controls, Personal, Refused};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::presence::{PresenceEvent, PresenceKind};
-use crate::room::{HistoryBudget, HistoryLimits, Payload, Room, PENDING};
+use crate::room::{live_window, HistoryBudget, HistoryLimits, Payload, Room, PENDING};
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
 
@@ -1333,7 +1333,8 @@ impl Inner {
                 let topic = Topic::Room(name.clone());
                 let mirrored = self.backplane.is_some();
                 let budget = Arc::clone(&self.history_budget);
-                let room = Arc::new(Room::new(topic, self.capacity, mirrored, budget));
+                let window = live_window(self.capacity, self.history);
+                let room = Arc::new(Room::new(topic, window, mirrored, budget));
                 rooms.by_name.insert(name.clone(), Arc::clone(&room));
                 if let Some(backplane) = &self.backplane {
                     backplane.watch(&room.topic);
@@ -1500,7 +1501,7 @@ fn resume_outcome(subscribed: &crate::room::Subscribed) -> Resume {
     if subscribed.pending {
         return Resume::Pending;
     }
-    let replayed = subscribed.backlog.len() as u64;
+    let replayed = subscribed.replayed;
     match subscribed.missed {
         None => Resume::CaughtUp { replayed },
         Some(missed) => Resume::Resync { missed, replayed },

@@ -59,6 +59,23 @@ impl HistoryLimits {
     }
 }
 
+/// Slots in a room's channel when history backs it. A reader further
+/// behind than the channel is refilled from history, in order, on the same
+/// connection, so the channel only needs to cover the readers that keep up:
+/// 16 slots cost about 1.5 KB a room, against about 100 KB for the default
+/// capacity of 1 024.
+const LIVE_WINDOW: usize = 16;
+
+/// The channel size of a room whose readers may fall `capacity` messages
+/// behind: small when history reaches at least that far back.
+pub(crate) fn live_window(capacity: usize, history: HistoryLimits) -> usize {
+    if history.enabled() && history.messages >= capacity {
+        capacity.min(LIVE_WINDOW)
+    } else {
+        capacity
+    }
+}
+
 /// The hub-wide limit on history: every topic's history counts toward it,
 /// and past it the history of the topics used longest ago goes first.
 #[derive(Debug)]
@@ -153,7 +170,7 @@ struct RoomState {
 }
 
 /// A new subscription to a room: its receiver, the offset it starts at,
-/// and what history had from the requested offset on.
+/// and what it asked history for.
 pub(crate) struct Subscribed {
     pub(crate) receiver: broadcast::Receiver<Envelope>,
     /// The epoch the subscriber follows ([`PENDING`] if not known yet).
@@ -161,17 +178,35 @@ pub(crate) struct Subscribed {
     /// The room has no place in its backplane's stream yet.
     pub(crate) pending: bool,
     pub(crate) next_offset: u64,
-    pub(crate) backlog: Vec<Envelope>,
-    /// The first offset the subscriber wants (in this room's epoch).
+    /// Where the replay from history starts (in this room's epoch):
+    /// offsets `first..next_offset` are replayed, as history still has
+    /// them when they are read.
     pub(crate) first: u64,
+    /// How many messages history held from `first` on.
+    pub(crate) replayed: u64,
     /// Requested messages history no longer has (`None`: epoch changed).
     pub(crate) missed: Option<Option<u64>>,
 }
 
-/// What [`Room::history_range`] found.
-pub(crate) struct Range {
+/// What [`Room::history_chunk`] found.
+pub(crate) struct Chunk {
+    /// Oldest first.
     pub(crate) found: Vec<Envelope>,
+    /// The offset after the chunk: where the next one starts.
+    pub(crate) next: u64,
+    /// Offsets of the chunk history no longer has.
     pub(crate) missing: u64,
+}
+
+impl Chunk {
+    /// Nothing, ending at `to`.
+    pub(crate) fn empty(to: u64) -> Self {
+        Self {
+            found: Vec::new(),
+            next: to,
+            missing: 0,
+        }
+    }
 }
 
 impl Room {
@@ -376,59 +411,67 @@ impl Room {
                 receiver,
                 epoch,
                 next_offset: next,
-                backlog: Vec::new(),
                 first: next,
+                replayed: 0,
                 missed: None,
                 pending: true,
             };
         }
-        let (backlog, first, missed) = match from {
-            None => (Vec::new(), next_offset, None),
+        let (first, replayed, missed) = match from {
+            None => (next_offset, 0, None),
             Some((epoch, first)) => {
-                let first = if epoch == state.epoch { first } else { 0 };
                 let oldest = state
                     .history
                     .front()
                     .map_or(next_offset, |stored| stored.offset);
-                let backlog: Vec<_> = state
-                    .history
-                    .iter()
-                    .filter(|stored| stored.offset >= first)
-                    .cloned()
-                    .collect();
-                let missed = if epoch != state.epoch {
-                    Some(None)
+                let (first, missed) = if epoch != state.epoch {
+                    (oldest, Some(None))
                 } else if first < oldest {
-                    Some(Some(oldest - first))
+                    (oldest, Some(Some(oldest - first)))
                 } else {
-                    None
+                    (first.min(next_offset), None)
                 };
-                (backlog, first, missed)
+                let start = state
+                    .history
+                    .partition_point(|stored| stored.offset < first);
+                (first, (state.history.len() - start) as u64, missed)
             }
         };
         Subscribed {
             receiver,
             epoch: state.epoch,
             next_offset,
-            backlog,
             first,
+            replayed,
             missed,
             pending: false,
         }
     }
 
-    /// The messages with offsets in `from..to` that history still has, and
-    /// how many of them it no longer has.
-    pub(crate) fn history_range(&self, from: u64, to: u64) -> Range {
+    /// History from offset `from` up to `to` (excluded), at most `max`
+    /// messages of it, and how many offsets of that stretch history no
+    /// longer has.
+    pub(crate) fn history_chunk(&self, from: u64, to: u64, max: usize) -> Chunk {
         let state = self.lock();
+        // Offsets increase along history.
+        let start = state.history.partition_point(|stored| stored.offset < from);
         let found: Vec<_> = state
             .history
-            .iter()
-            .filter(|stored| (from..to).contains(&stored.offset))
+            .range(start..)
+            .take_while(|stored| stored.offset < to)
+            .take(max)
             .cloned()
             .collect();
-        let missing = (to.saturating_sub(from)).saturating_sub(found.len() as u64);
-        Range { found, missing }
+        let next = match found.last() {
+            Some(last) if found.len() == max => last.offset + 1,
+            _ => to,
+        };
+        let missing = (next.saturating_sub(from)).saturating_sub(found.len() as u64);
+        Chunk {
+            found,
+            next,
+            missing,
+        }
     }
 
     /// Removes a member; returns how many remain, or `None` if it was not one.

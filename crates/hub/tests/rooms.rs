@@ -345,6 +345,67 @@ async fn a_lagging_reader_is_repaired_in_place() {
 }
 
 #[tokio::test]
+async fn a_reader_thousands_behind_is_refilled_in_order_while_the_room_goes_on() {
+    // Default sizes: a room's channel is small, history covers the rest.
+    let hub = Hub::new();
+    let mut slow = hub.connect().unwrap();
+    hub.join(slow.id(), "r").unwrap();
+    for i in 0..3000 {
+        hub.broadcast_room("r", format!("m{i}"));
+    }
+    for i in 0..1000 {
+        assert_eq!(
+            next_broadcast(&mut slow).await,
+            (room("r"), i, format!("m{i}"))
+        );
+    }
+    // More arrives while the gap is being refilled.
+    for i in 3000..3500 {
+        hub.broadcast_room("r", format!("m{i}"));
+    }
+    for i in 1000..3500 {
+        assert_eq!(
+            next_broadcast(&mut slow).await,
+            (room("r"), i, format!("m{i}"))
+        );
+    }
+    assert_eq!(slow.try_recv(), Err(TryRecvError::Empty));
+    let stats = hub.stats();
+    assert_eq!((stats.missed, stats.resyncs), (0, 0));
+    assert!(stats.repaired >= 3000, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_resume_thousands_back_replays_everything_in_order() {
+    let hub = Hub::new();
+    let mut first = hub.connect().unwrap();
+    hub.join(first.id(), "r").unwrap();
+    for i in 0..2000 {
+        hub.broadcast_room("r", format!("m{i}"));
+    }
+    let Event::Broadcast(b) = recv(&mut first).await else {
+        panic!("expected a broadcast")
+    };
+    drop(first);
+    let mut again = hub.connect().unwrap();
+    let from = Position {
+        epoch: b.epoch,
+        offset: 0,
+    };
+    let resumed = hub.resume(again.id(), "r", from).unwrap();
+    assert_eq!(resumed, Resume::CaughtUp { replayed: 1999 });
+    hub.broadcast_room("r", "m2000");
+    for i in 1..2001 {
+        assert_eq!(
+            next_broadcast(&mut again).await,
+            (room("r"), i, format!("m{i}"))
+        );
+    }
+    assert_eq!(again.try_recv(), Err(TryRecvError::Empty));
+    assert_eq!(hub.stats().replayed, 1999);
+}
+
+#[tokio::test]
 async fn a_gap_beyond_history_is_reported_then_filled_with_what_is_left() {
     let hub = Hub::builder().capacity(4).history(8, 1 << 20).build();
     let mut slow = hub.connect().unwrap();
