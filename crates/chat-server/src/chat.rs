@@ -54,7 +54,9 @@ impl Handler for Chat {
 
     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
         let text = message.as_text().ok_or_else(text_only)?;
-        session.hub().broadcast(format!("Client says: {text}"));
+        session
+            .hub()
+            .broadcast(protocol::concat(&["Client says: ", text]));
         Ok(())
     }
 
@@ -437,7 +439,9 @@ impl Handler for Echo {
         // Waits while this client's reply queue is full: a client that does
         // not read its replies slows only its own reads. An error means the
         // session is already ending.
-        let _ = session.send(format!("Message text was: {text}")).await;
+        let _ = session
+            .send(protocol::concat(&["Message text was: ", text]))
+            .await;
         Ok(())
     }
 

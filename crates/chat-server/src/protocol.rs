@@ -147,10 +147,43 @@ pub(crate) fn now_ms() -> u64 {
 /// A chat line as stored in the hub: a JSON object with a `kind`.
 pub(crate) fn payload(kind: &str, fields: Value) -> String {
     let mut object = json!({ "kind": kind, "time": now_ms() });
+    // Sized up front: a line is kept in history, and a buffer grown by
+    // doubling would leave holes the next lines of its size cannot use.
+    let size = kind.len() + 40 + value_size(&fields);
     if let (Some(object), Value::Object(fields)) = (object.as_object_mut(), fields) {
         object.extend(fields);
     }
-    object.to_string()
+    let mut bytes = Vec::with_capacity(size);
+    if serde_json::to_writer(&mut bytes, &object).is_err() {
+        return object.to_string();
+    }
+    // serde_json writes UTF-8 only.
+    String::from_utf8(bytes).unwrap_or_else(|_| object.to_string())
+}
+
+/// About how long `value` is as JSON (its strings unescaped).
+fn value_size(value: &Value) -> usize {
+    match value {
+        Value::String(text) => text.len() + 4,
+        Value::Array(items) => items.iter().map(value_size).sum::<usize>() + 2 + items.len(),
+        Value::Object(fields) => {
+            fields
+                .iter()
+                .map(|(k, v)| k.len() + 4 + value_size(v))
+                .sum::<usize>()
+                + 2
+        }
+        _ => 24,
+    }
+}
+
+/// The parts one after the other, in a string of exactly their size.
+pub(crate) fn concat(parts: &[&str]) -> String {
+    let mut joined = String::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        joined.push_str(part);
+    }
+    joined
 }
 
 /// How a stored chat line reads in text mode; `None` for lines text
@@ -159,11 +192,11 @@ pub(crate) fn as_line(payload: &str) -> Option<String> {
     let value: Value = serde_json::from_str(payload).ok()?;
     let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("");
     Some(match field("kind") {
-        "chat" => format!("{}: {}", field("from"), field("text")),
+        "chat" => concat(&[field("from"), ": ", field("text")]),
         "joined" => format!("{} joined", field("from")),
         "left" => format!("{} left", field("from")),
         "nick" => format!("{} is now known as {}", field("from"), field("to")),
-        "private" => format!("[{} → {}] {}", field("from"), field("to"), field("text")),
+        "private" => concat(&["[", field("from"), " → ", field("to"), "] ", field("text")]),
         "info" => field("text").to_owned(),
         _ => return None,
     })
@@ -184,17 +217,22 @@ pub(crate) fn render(format: Format, event: Event) -> Option<String> {
             Some(format!("({missed} messages were missed)"))
         }
         // The stored payload is already JSON: framed without re-parsing.
-        (Format::Json, Event::Personal(message)) => Some(format!(
-            r#"{{"type":"personal","data":{}}}"#,
-            message.as_text()?
-        )),
-        (Format::Json, Event::Broadcast(broadcast)) => Some(format!(
-            r#"{{"type":"message","room":{},"epoch":"{}","offset":{},"data":{}}}"#,
-            room_json(&broadcast.topic),
-            broadcast.epoch,
-            broadcast.offset,
-            broadcast.message.as_text()?
-        )),
+        (Format::Json, Event::Personal(message)) => Some(concat(&[
+            r#"{"type":"personal","data":"#,
+            message.as_text()?,
+            "}",
+        ])),
+        (Format::Json, Event::Broadcast(broadcast)) => Some(concat(&[
+            r#"{"type":"message","room":"#,
+            &room_json(&broadcast.topic),
+            r#","epoch":""#,
+            &broadcast.epoch.to_string(),
+            r#"","offset":"#,
+            &broadcast.offset.to_string(),
+            r#","data":"#,
+            broadcast.message.as_text()?,
+            "}",
+        ])),
         (Format::Json, Event::Resync { topic, missed }) => Some(
             json!({ "type": "resync", "room": topic_name(&topic), "missed": missed }).to_string(),
         ),

@@ -247,6 +247,11 @@ where
             return Ended::ServerClosed(close);
         }
         heard.now();
+        // The writer's turn before the next frame: a client's burst does
+        // not run ahead of what is written to it (its own lines coming back
+        // through a room, say), so it cannot fall behind by more than the
+        // socket's backpressure allows.
+        tokio::task::yield_now().await;
     }
 }
 
