@@ -194,6 +194,7 @@ where
     H: Handler,
 {
     let mut bucket = config.rate_limit.map(Bucket::new);
+    let mut read_since_turn = 0;
     loop {
         let frame = match stream.next().await {
             None => return Ended::Lost,
@@ -240,6 +241,7 @@ where
             Verdict::Close => return server_close(CloseCode::POLICY, "too many messages"),
         }
         counters.message_in(&message);
+        let len = message.len();
         // While the handler has the message, nothing is read: the client
         // is not idle, however long that takes.
         heard.busy();
@@ -247,13 +249,20 @@ where
             return Ended::ServerClosed(close);
         }
         heard.now();
-        // The writer's turn before the next frame: a client's burst does
-        // not run ahead of what is written to it (its own lines coming back
-        // through a room, say), so it cannot fall behind by more than the
-        // socket's backpressure allows.
-        tokio::task::yield_now().await;
+        // The writer's turn after every so many bytes read: a client's
+        // burst of large messages does not run far ahead of what is
+        // written to it (its own lines coming back through a room, say).
+        // Small messages are read in batches, as they are written.
+        read_since_turn += len;
+        if read_since_turn >= TURN_BYTES {
+            read_since_turn = 0;
+            tokio::task::yield_now().await;
+        }
     }
 }
+
+/// Bytes of messages a session reads before its writer gets a turn.
+const TURN_BYTES: usize = 64 * 1024;
 
 async fn write_loop<S, E, H>(
     socket: &Shared<S>,

@@ -201,6 +201,8 @@ pub struct Connection {
 struct Sub {
     room: Arc<Room>,
     receiver: broadcast::Receiver<Envelope>,
+    /// The generation of the room's channel `receiver` belongs to.
+    generation: u64,
     /// The epoch this connection follows ([`PENDING`]: none yet).
     epoch: u64,
     /// The offset this connection expects next.
@@ -219,6 +221,7 @@ impl Sub {
         Self {
             room,
             receiver: subscribed.receiver,
+            generation: subscribed.generation,
             epoch: subscribed.epoch,
             next: subscribed.first,
             refill,
@@ -379,14 +382,18 @@ impl Connection {
         let count = self.subs.len();
         let mut index = if self.turn < count { self.turn } else { 0 };
         for _ in 0..count {
-            while self.subs[index].refill.is_some() {
-                self.refill(index);
-                if let Some(event) = self.pending.pop_front() {
-                    self.turn = index + 1;
-                    return Ok(event);
+            loop {
+                if self.subs[index].refill.is_some() {
+                    self.refill(index);
+                    if let Some(event) = self.pending.pop_front() {
+                        self.turn = index + 1;
+                        return Ok(event);
+                    }
+                    continue;
                 }
-            }
-            while !self.subs[index].done {
+                if self.subs[index].done {
+                    break;
+                }
                 let received = self.subs[index].receiver.try_recv();
                 let result = match received {
                     Ok(envelope) => match self.next_in_line(index, envelope) {
@@ -396,8 +403,12 @@ impl Connection {
                         }
                         Err(envelope) => self.accept(index, envelope),
                     },
-                    Err(ChannelTryRecvError::Lagged(missed)) => self.lagged(missed),
-                    Err(ChannelTryRecvError::Empty | ChannelTryRecvError::Closed) => break,
+                    Err(ChannelTryRecvError::Lagged(missed)) => self.lagged(index, missed),
+                    Err(ChannelTryRecvError::Closed) => {
+                        self.resubscribe(index);
+                        continue;
+                    }
+                    Err(ChannelTryRecvError::Empty) => break,
                 };
                 if let Some(result) = result {
                     self.turn = index + 1;
@@ -483,8 +494,11 @@ impl Connection {
                     Err(envelope) => self.accept(index, envelope),
                 }
             }
-            Woke::Topic(_, Err(ChannelRecvError::Lagged(missed))) => return self.lagged(missed),
-            Woke::Topic(_, Err(ChannelRecvError::Closed)) => {}
+            Woke::Topic(index, Err(ChannelRecvError::Lagged(missed))) => {
+                return self.lagged(index, missed)
+            }
+            // `try_recv` takes what went by meanwhile.
+            Woke::Topic(index, Err(ChannelRecvError::Closed)) => self.resubscribe(index),
         }
         None
     }
@@ -772,8 +786,10 @@ impl Connection {
     /// The channel overwrote messages this connection had not read.
     #[cold]
     #[inline(never)]
-    fn lagged(&mut self, missed: u64) -> Option<Result<Event, RecvError>> {
+    fn lagged(&mut self, index: usize, missed: u64) -> Option<Result<Event, RecvError>> {
         Counters::add(&self.inner.counters.lagged, 1);
+        let sub = &self.subs[index];
+        sub.room.widen(sub.generation);
         if self.inner.slow_consumer == SlowConsumer::Disconnect {
             Counters::add(&self.inner.counters.missed, missed);
             let closed = RecvError::Lagged { missed };
@@ -782,6 +798,38 @@ impl Connection {
         }
         // Otherwise the gap shows with the next message, and is handled there.
         None
+    }
+
+    /// The room replaced topic `index`'s channel, and this connection has
+    /// read everything the old one carried: it reads the new one, after
+    /// what went by on it meanwhile, from history.
+    #[cold]
+    #[inline(never)]
+    fn resubscribe(&mut self, index: usize) {
+        let sub = &mut self.subs[index];
+        let (receiver, generation, epoch, next) = sub.room.resubscribe();
+        sub.receiver = receiver;
+        sub.generation = generation;
+        if epoch != sub.epoch || sub.next >= next || sub.refill.is_some() {
+            // A new epoch shows with the next message.
+            return;
+        }
+        let mut to = next;
+        if self.draining {
+            let cutoff = (self.membership.removal()).and_then(|r| r.cutoff(&sub.room.topic));
+            if let Some((cutoff_epoch, cutoff)) = cutoff {
+                if cutoff_epoch == epoch {
+                    to = to.min(cutoff);
+                }
+            }
+        }
+        if sub.next < to {
+            sub.refill = Some(Box::new(Refill {
+                to,
+                replay: false,
+                held: None,
+            }));
+        }
     }
 
     #[cold]

@@ -14,7 +14,7 @@ use crate::budget::{Budget, Queued};
 use crate::connection::{Connection, Control, Controls, Personal, Refused};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::presence::{PresenceEvent, PresenceKind};
-use crate::room::{live_window, HistoryBudget, HistoryLimits, Payload, Room, PENDING};
+use crate::room::{HistoryBudget, HistoryLimits, Payload, Room, Window, PENDING};
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
 
@@ -205,7 +205,7 @@ impl Builder {
         let inner = Arc::new(Inner {
             all: Arc::new(Room::new(
                 Topic::All,
-                self.capacity,
+                Window::fixed(self.capacity),
                 mirrored,
                 Arc::clone(&history_budget),
             )),
@@ -1333,7 +1333,7 @@ impl Inner {
                 let topic = Topic::Room(name.clone());
                 let mirrored = self.backplane.is_some();
                 let budget = Arc::clone(&self.history_budget);
-                let window = live_window(self.capacity, self.history);
+                let window = Window::live(self.capacity, self.history);
                 let room = Arc::new(Room::new(topic, window, mirrored, budget));
                 rooms.by_name.insert(name.clone(), Arc::clone(&room));
                 if let Some(backplane) = &self.backplane {

@@ -59,20 +59,44 @@ impl HistoryLimits {
     }
 }
 
-/// Slots in a room's channel when history backs it. A reader further
-/// behind than the channel is refilled from history, in order, on the same
-/// connection, so the channel only needs to cover the readers that keep up:
-/// 16 slots cost about 1.5 KB a room, against about 100 KB for the default
-/// capacity of 1 024.
-const LIVE_WINDOW: usize = 16;
+/// How many slots a topic's channel has at first, and how many it may
+/// grow to.
+///
+/// Each slot costs about 100 bytes, allocated up front. When history backs
+/// a room, a reader further behind than the channel is refilled from
+/// history, in order, on the same connection, so the channel only needs to
+/// cover the readers that keep up: it starts at 2 slots and doubles, up to
+/// 16, each time a reader falls behind it. A quiet room's channel costs a
+/// few hundred bytes, against about 100 KB for the default capacity.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    first: usize,
+    most: usize,
+}
 
-/// The channel size of a room whose readers may fall `capacity` messages
-/// behind: small when history reaches at least that far back.
-pub(crate) fn live_window(capacity: usize, history: HistoryLimits) -> usize {
-    if history.enabled() && history.messages >= capacity {
-        capacity.min(LIVE_WINDOW)
-    } else {
-        capacity
+impl Window {
+    const FIRST: usize = 2;
+    const MOST: usize = 16;
+
+    /// Always `capacity` slots.
+    pub(crate) fn fixed(capacity: usize) -> Self {
+        Self {
+            first: capacity,
+            most: capacity,
+        }
+    }
+
+    /// The window of a room whose readers may fall `capacity` messages
+    /// behind: small when history reaches at least that far back.
+    pub(crate) fn live(capacity: usize, history: HistoryLimits) -> Self {
+        if history.enabled() && history.messages >= capacity {
+            Self {
+                first: capacity.min(Self::FIRST),
+                most: capacity.min(Self::MOST),
+            }
+        } else {
+            Self::fixed(capacity)
+        }
     }
 }
 
@@ -156,6 +180,12 @@ pub(crate) struct Room {
 #[derive(Debug)]
 struct RoomState {
     sender: broadcast::Sender<Envelope>,
+    /// The channel's slots now, and the most it may have.
+    slots: usize,
+    most_slots: usize,
+    /// Counts the channel's replacements: a receiver of an older one is
+    /// closed once it has read what that channel carried.
+    generation: u64,
     epoch: u64,
     /// Offsets come from a backplane ([`Room::publish_at`]) rather than
     /// from this room ([`Room::publish`]).
@@ -173,6 +203,8 @@ struct RoomState {
 /// and what it asked history for.
 pub(crate) struct Subscribed {
     pub(crate) receiver: broadcast::Receiver<Envelope>,
+    /// The channel's generation `receiver` belongs to.
+    pub(crate) generation: u64,
     /// The epoch the subscriber follows ([`PENDING`] if not known yet).
     pub(crate) epoch: u64,
     /// The room has no place in its backplane's stream yet.
@@ -214,16 +246,19 @@ impl Room {
     /// offsets a backplane gives ([`PENDING`] until it does).
     pub(crate) fn new(
         topic: Topic,
-        capacity: usize,
+        window: Window,
         mirrored: bool,
         budget: Arc<HistoryBudget>,
     ) -> Self {
-        let (sender, _) = broadcast::channel(capacity);
+        let (sender, _) = broadcast::channel(window.first);
         let last_used = AtomicU64::new(budget.tick());
         Self {
             topic,
             state: Mutex::new(RoomState {
                 sender,
+                slots: window.first,
+                most_slots: window.most,
+                generation: 0,
                 epoch: if mirrored { PENDING } else { new_epoch() },
                 mirrored,
                 next_offset: 0,
@@ -401,6 +436,7 @@ impl Room {
             state.members.insert(id, metadata);
         }
         let receiver = state.sender.subscribe();
+        let generation = state.generation;
         let next_offset = state.next_offset;
         if state.epoch == PENDING {
             // The backplane has not placed this room yet: a resuming
@@ -409,6 +445,7 @@ impl Room {
             let (epoch, next) = from.unwrap_or((PENDING, 0));
             return Subscribed {
                 receiver,
+                generation,
                 epoch,
                 next_offset: next,
                 first: next,
@@ -439,6 +476,7 @@ impl Room {
         };
         Subscribed {
             receiver,
+            generation,
             epoch: state.epoch,
             next_offset,
             first,
@@ -446,6 +484,30 @@ impl Room {
             missed,
             pending: false,
         }
+    }
+
+    /// A receiver of the current channel, for a member whose receiver
+    /// belonged to a replaced one: it and its generation, the epoch, and the
+    /// offset its first message will have.
+    pub(crate) fn resubscribe(&self) -> (broadcast::Receiver<Envelope>, u64, u64, u64) {
+        let state = self.lock();
+        let receiver = state.sender.subscribe();
+        (receiver, state.generation, state.epoch, state.next_offset)
+    }
+
+    /// A reader of channel `generation` fell behind it: unless the channel
+    /// was replaced since, or is as large as it may be, it is replaced by
+    /// one twice its size. Its readers finish reading the old one, then
+    /// [`resubscribe`](Self::resubscribe) and refill from history what
+    /// went by in between.
+    pub(crate) fn widen(&self, generation: u64) {
+        let mut state = self.lock();
+        if state.generation != generation || state.slots >= state.most_slots {
+            return;
+        }
+        state.slots = (state.slots * 2).min(state.most_slots);
+        state.sender = broadcast::channel(state.slots).0;
+        state.generation += 1;
     }
 
     /// History from offset `from` up to `to` (excluded), at most `max`

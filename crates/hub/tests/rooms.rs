@@ -340,8 +340,49 @@ async fn a_lagging_reader_is_repaired_in_place() {
     }
     let stats = hub.stats();
     assert_eq!((stats.missed, stats.resyncs), (0, 0));
-    assert_eq!(stats.repaired, 26);
+    // A room's channel starts with 2 slots: they held the last two.
+    assert_eq!(stats.repaired, 28);
     assert!(hub.contains(slow.id()));
+}
+
+#[tokio::test]
+async fn a_room_channel_grows_while_readers_fall_behind_and_nothing_is_lost() {
+    let hub = Hub::new();
+    let mut slow = hub.connect().unwrap();
+    let mut other = hub.connect().unwrap();
+    hub.join(slow.id(), "r").unwrap();
+    hub.join(other.id(), "r").unwrap();
+    let mut sent = 0;
+    let mut read = 0;
+    // Each round: a burst the channel cannot hold, one message read (the
+    // channel is replaced by a larger one), then more on the new channel
+    // before the reader gets to it; in the last round, nothing after.
+    for round in 0..6 {
+        for _ in 0..40 {
+            hub.broadcast_room("r", format!("m{sent}"));
+            sent += 1;
+        }
+        assert_eq!(next_broadcast(&mut slow).await.1, read);
+        read += 1;
+        if round < 5 {
+            for _ in 0..7 {
+                hub.broadcast_room("r", format!("m{sent}"));
+                sent += 1;
+            }
+        }
+        while read < sent {
+            let expected = (room("r"), read, format!("m{read}"));
+            assert_eq!(next_broadcast(&mut slow).await, expected);
+            read += 1;
+        }
+        assert_eq!(slow.try_recv(), Err(TryRecvError::Empty));
+    }
+    for i in 0..sent {
+        assert_eq!(next_broadcast(&mut other).await.1, i);
+    }
+    assert_eq!(other.try_recv(), Err(TryRecvError::Empty));
+    let stats = hub.stats();
+    assert_eq!((stats.missed, stats.resyncs), (0, 0));
 }
 
 #[tokio::test]
