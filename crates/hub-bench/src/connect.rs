@@ -43,17 +43,17 @@ pub(crate) struct Target {
 impl Target {
     /// Checks that `url` is a `ws://` URL whose host is a loopback address
     /// (`127.0.0.0/8`, `::1`) or `localhost` (taken as `127.0.0.1`; no name
-    /// is ever resolved). Every `{i}` in the path or query is replaced by
-    /// each client's number (0, 1, ...): `?room=r{i}` puts each client in a
-    /// room of its own.
+    /// is ever resolved). In the path or query, `{i}` stands for each
+    /// client's number (0, 1, ...) and `{i%N}` for it modulo N:
+    /// `?room=r{i}` puts each client in a room of its own, `?room=r{i%100}`
+    /// spreads them over 100 rooms.
     pub(crate) fn parse(url: &str) -> Result<Self, UrlError> {
-        let uri: Uri =
-            url.replace(CLIENT_NUMBER, "0")
-                .parse()
-                .map_err(|source| UrlError::Invalid {
-                    url: url.to_owned(),
-                    source,
-                })?;
+        let uri: Uri = numbered(url, 0)
+            .parse()
+            .map_err(|source| UrlError::Invalid {
+                url: url.to_owned(),
+                source,
+            })?;
         if uri.scheme_str() != Some("ws") {
             return Err(UrlError::Scheme {
                 url: url.to_owned(),
@@ -92,12 +92,38 @@ impl Target {
 
     /// The request target of client `index`.
     fn path_for(&self, index: usize) -> String {
-        self.path.replace(CLIENT_NUMBER, &index.to_string())
+        numbered(&self.path, index)
     }
 }
 
-/// Stands for a client's number in a URL.
-const CLIENT_NUMBER: &str = "{i}";
+/// `text` with `{i}` replaced by `index`, and `{i%N}` by `index % N`
+/// (left as is when N is not a positive number).
+fn numbered(text: &str, index: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    while let Some(start) = rest.find("{i") {
+        out.push_str(&rest[..start]);
+        let tail = &rest[start..];
+        let Some(end) = tail.find('}') else {
+            rest = tail;
+            break;
+        };
+        let number = match &tail[2..end] {
+            "" => Some(index),
+            modulus => (modulus.strip_prefix('%'))
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .map(|n| index % n),
+        };
+        match number {
+            Some(number) => out.push_str(&number.to_string()),
+            None => out.push_str(&tail[..=end]),
+        }
+        rest = &tail[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
 
 /// The default number of source addresses for `clients` clients.
 pub(crate) fn default_source_ips(clients: usize) -> usize {
@@ -357,6 +383,19 @@ mod tests {
             Ok(target) => panic!("{url} accepted as {target:?}"),
             Err(error) => error,
         }
+    }
+
+    #[test]
+    fn client_numbers_in_urls() {
+        assert_eq!(numbered("/ws?room=r{i}", 7), "/ws?room=r7");
+        assert_eq!(
+            numbered("/ws?room=r{i%3}&name=n{i}", 7),
+            "/ws?room=r1&name=n7"
+        );
+        assert_eq!(numbered("/ws?x={i%0}{j}{i", 7), "/ws?x={i%0}{j}{i");
+        let target = Target::parse("ws://127.0.0.1:9/ws?room=r{i%2}").unwrap();
+        assert_eq!(target.path_for(5), "/ws?room=r1");
+        assert_eq!(target.host, "127.0.0.1:9");
     }
 
     #[test]
