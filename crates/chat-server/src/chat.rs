@@ -210,7 +210,7 @@ impl Handler for RoomChat {
 
     fn render(&self, session: &Session, event: Event) -> Option<Message> {
         let options = session.metadata().data::<ChatOptions>()?;
-        protocol::render(options.format, event).map(Message::from)
+        protocol::render(options.format, event)
     }
 
     async fn on_close(&self, session: &Session, _ended: &Ended) {

@@ -8,19 +8,20 @@
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hub::{Event, Position, RoomName, Topic};
+use hub::{Broadcast, Event, Message, Position, RoomName, Topic};
 use serde_json::{json, Value};
 
 /// The room a room-chat client lands in when it names none.
 pub(crate) const DEFAULT_ROOM: &str = "lobby";
 
-/// How frames are written to a client.
+/// How frames are written to a client. Its number is the form of a
+/// room's line (`hub::Broadcast::render`) that clients of this format get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
     /// Lines of text: `alice: hi`, `alice joined`.
-    Text,
+    Text = 0,
     /// One JSON object per frame, with room, epoch and offset.
-    Json,
+    Json = 1,
 }
 
 /// What a room-chat client asked for when it connected.
@@ -203,26 +204,46 @@ pub(crate) fn as_line(payload: &str) -> Option<String> {
 }
 
 /// The frame a room-chat client receives for `event`, in its format.
-pub(crate) fn render(format: Format, event: Event) -> Option<String> {
+///
+/// A room's line is rendered once per format, and the frame shared by
+/// every client of that format it reaches (replays included).
+pub(crate) fn render(format: Format, event: Event) -> Option<Message> {
     match (format, event) {
         // Only rooms carry chat lines; anything else is not for this client.
         (_, Event::Broadcast(broadcast)) if broadcast.topic == Topic::All => None,
-        (Format::Text, Event::Personal(message)) => as_line(message.as_text()?),
-        (Format::Text, Event::Broadcast(broadcast)) => as_line(broadcast.message.as_text()?),
-        (Format::Text, Event::Resync { missed, .. }) => Some(match missed {
+        (_, Event::Broadcast(broadcast)) => {
+            broadcast.render(format as usize, |broadcast| render_line(format, broadcast))
+        }
+        (Format::Text, Event::Personal(message)) => as_line(message.as_text()?).map(Message::from),
+        (Format::Text, Event::Resync { missed, .. }) => Some(Message::from(match missed {
             Some(missed) => format!("({missed} messages were missed)"),
             None => "(some messages were missed)".to_owned(),
-        }),
+        })),
         (Format::Text, Event::Lagged { missed, .. }) => {
-            Some(format!("({missed} messages were missed)"))
+            Some(Message::from(format!("({missed} messages were missed)")))
         }
         // The stored payload is already JSON: framed without re-parsing.
-        (Format::Json, Event::Personal(message)) => Some(concat(&[
+        (Format::Json, Event::Personal(message)) => Some(Message::from(concat(&[
             r#"{"type":"personal","data":"#,
             message.as_text()?,
             "}",
-        ])),
-        (Format::Json, Event::Broadcast(broadcast)) => Some(concat(&[
+        ]))),
+        (Format::Json, Event::Resync { topic, missed }) => Some(Message::from(
+            json!({ "type": "resync", "room": topic_name(&topic), "missed": missed }).to_string(),
+        )),
+        (Format::Json, Event::Lagged { topic, missed }) => Some(Message::from(
+            json!({ "type": "lagged", "room": topic_name(&topic), "missed": missed }).to_string(),
+        )),
+        _ => None,
+    }
+}
+
+/// A room's line in `format`.
+fn render_line(format: Format, broadcast: &Broadcast) -> Option<Message> {
+    let stored = broadcast.message.as_text()?;
+    let frame = match format {
+        Format::Text => as_line(stored)?,
+        Format::Json => concat(&[
             r#"{"type":"message","room":"#,
             &room_json(&broadcast.topic),
             r#","epoch":""#,
@@ -230,17 +251,11 @@ pub(crate) fn render(format: Format, event: Event) -> Option<String> {
             r#"","offset":"#,
             &broadcast.offset.to_string(),
             r#","data":"#,
-            broadcast.message.as_text()?,
+            stored,
             "}",
-        ])),
-        (Format::Json, Event::Resync { topic, missed }) => Some(
-            json!({ "type": "resync", "room": topic_name(&topic), "missed": missed }).to_string(),
-        ),
-        (Format::Json, Event::Lagged { topic, missed }) => Some(
-            json!({ "type": "lagged", "room": topic_name(&topic), "missed": missed }).to_string(),
-        ),
-        _ => None,
-    }
+        ]),
+    };
+    Some(Message::from(frame))
 }
 
 fn topic_name(topic: &Topic) -> Option<&str> {

@@ -198,7 +198,7 @@ impl Remote {
         except: Option<ConnId>,
     ) -> usize {
         self.inner.upgrade().map_or(0, |inner| {
-            inner.deliver(topic, position, Payload::Message(message), except)
+            inner.deliver(topic, position, Payload::message(message), except)
         })
     }
 

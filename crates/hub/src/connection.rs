@@ -544,13 +544,14 @@ impl Connection {
             && envelope.offset == sub.next
             && envelope.except != Some(self.id);
         if in_line {
-            if let Payload::Message(message) = envelope.payload {
+            if let Payload::Message(message, shared) = envelope.payload {
                 sub.next += 1;
                 return Ok(Event::Broadcast(Broadcast {
                     topic: sub.room.topic.clone(),
                     epoch: envelope.epoch,
                     offset: envelope.offset,
                     message,
+                    shared,
                 }));
             }
         }
@@ -671,11 +672,12 @@ impl Connection {
             return None;
         }
         match envelope.payload {
-            Payload::Message(message) => Some(Event::Broadcast(Broadcast {
+            Payload::Message(message, shared) => Some(Event::Broadcast(Broadcast {
                 topic: topic.clone(),
                 epoch: envelope.epoch,
                 offset: envelope.offset,
                 message,
+                shared,
             })),
             Payload::Missed(0) | Payload::Placed => None,
             Payload::Missed(missed) => {

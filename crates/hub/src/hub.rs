@@ -1101,7 +1101,7 @@ impl Inner {
         let Some(room) = self.topic(topic) else {
             return 0;
         };
-        let is_message = matches!(payload, Payload::Message(_));
+        let is_message = matches!(payload, Payload::Message(..));
         let reached = room.publish_at(
             position.epoch,
             position.offset,

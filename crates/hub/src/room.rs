@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{broadcast, Notify};
 
+use crate::event::Shared;
 use crate::{ConnId, Message, Metadata, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
@@ -24,7 +25,8 @@ pub(crate) struct Envelope {
 /// What an offset of a topic holds.
 #[derive(Clone, Debug)]
 pub(crate) enum Payload {
-    Message(Message),
+    /// With what the connections it reaches share.
+    Message(Message, Shared),
     /// A notice from the backplane: this many messages published elsewhere
     /// never reached this topic's stream (0: nothing to tell here).
     Missed(u64),
@@ -34,9 +36,15 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
+    /// A message whose forms nothing keeps yet ([`RoomState::send`] gives
+    /// it a place).
+    pub(crate) fn message(message: Message) -> Self {
+        Self::Message(message, Shared::default())
+    }
+
     fn len(&self) -> usize {
         match self {
-            Self::Message(message) => message.len(),
+            Self::Message(message, _) => message.len(),
             Self::Missed(_) | Self::Placed => 0,
         }
     }
@@ -126,6 +134,14 @@ impl HistoryBudget {
 
     pub(crate) fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn remove(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     pub(crate) fn is_over(&self) -> bool {
@@ -343,7 +359,7 @@ impl Room {
         let offset = state.next_offset;
         state.send(
             self.topic == Topic::All,
-            Payload::Message(message),
+            Payload::message(message),
             except,
             offset,
             limits,
@@ -396,9 +412,10 @@ impl Room {
             {
                 continue;
             }
+            let shared = Shared::counted(Arc::clone(&state.budget));
             state.remember(
-                Envelope {
-                    payload: Payload::Message(message),
+                &Envelope {
+                    payload: Payload::Message(message, shared),
                     except,
                     epoch,
                     offset,
@@ -588,6 +605,12 @@ impl RoomState {
         limits: HistoryLimits,
     ) -> usize {
         self.next_offset = offset + 1;
+        let payload = match payload {
+            Payload::Message(message, _) => {
+                Payload::Message(message, Shared::counted(Arc::clone(&self.budget)))
+            }
+            other => other,
+        };
         let envelope = Envelope {
             payload,
             except,
@@ -595,7 +618,7 @@ impl RoomState {
             offset,
         };
         if limits.enabled() {
-            self.remember(envelope.clone(), limits);
+            self.remember(&envelope, limits);
         }
         // Numbered and sent under the lock: each channel carries its
         // messages in offset order.
@@ -608,11 +631,11 @@ impl RoomState {
         }
     }
 
-    fn remember(&mut self, envelope: Envelope, limits: HistoryLimits) {
+    fn remember(&mut self, envelope: &Envelope, limits: HistoryLimits) {
         let len = envelope.payload.len();
         self.history_bytes += len;
-        self.budget.held.fetch_add(len, Ordering::Relaxed);
-        self.history.push_back(envelope);
+        self.budget.add(len);
+        self.history.push_back(envelope.clone());
         while self.history.len() > limits.messages || self.history_bytes > limits.bytes {
             match self.history.pop_front() {
                 Some(old) => {
@@ -627,14 +650,12 @@ impl RoomState {
     fn forget(&mut self, old: &Envelope) -> usize {
         let len = old.payload.len();
         self.history_bytes -= len;
-        self.budget.held.fetch_sub(len, Ordering::Relaxed);
+        self.budget.remove(len);
         len
     }
 
     fn clear_history(&mut self) {
-        self.budget
-            .held
-            .fetch_sub(self.history_bytes, Ordering::Relaxed);
+        self.budget.remove(self.history_bytes);
         self.history = VecDeque::new();
         self.history_bytes = 0;
     }

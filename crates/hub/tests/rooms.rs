@@ -606,3 +606,67 @@ async fn empty_rooms_whose_history_was_trimmed_go() {
     assert!(hub.stats().history_bytes <= 2 << 20);
     assert_eq!(hub.stats().rooms, 1);
 }
+
+#[tokio::test]
+async fn a_form_is_rendered_once_shared_by_readers_and_replays_and_counted_as_history() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const SHOUTED: usize = 1;
+    let renders = AtomicUsize::new(0);
+    let shout = |b: &Broadcast| {
+        renders.fetch_add(1, Ordering::SeqCst);
+        Some(Message::text(b.message.as_text()?.to_uppercase()))
+    };
+    async fn broadcast(conn: &mut hub::Connection) -> Broadcast {
+        match recv(conn).await {
+            Event::Broadcast(broadcast) => broadcast,
+            other => panic!("expected a broadcast, got {other:?}"),
+        }
+    }
+
+    let hub = Hub::builder().history(2, 1 << 20).build();
+    let mut a = hub.connect().unwrap();
+    let mut b = hub.connect().unwrap();
+    hub.join(a.id(), "r").unwrap();
+    hub.join(b.id(), "r").unwrap();
+    hub.broadcast_room("r", "first");
+    hub.broadcast_room("r", "hello");
+    let first = broadcast(&mut a).await;
+    broadcast(&mut b).await;
+    assert_eq!(hub.stats().history_bytes, 10);
+    let (seen_a, seen_b) = (broadcast(&mut a).await, broadcast(&mut b).await);
+    let frame_a = seen_a.render(SHOUTED, shout).unwrap();
+    let frame_b = seen_b.render(SHOUTED, shout).unwrap();
+    assert_eq!(frame_a, Message::text("HELLO"));
+    assert_eq!(frame_a.as_bytes().as_ptr(), frame_b.as_bytes().as_ptr());
+    assert_eq!(renders.load(Ordering::SeqCst), 1);
+    // The form is kept with the message: history counts it.
+    assert_eq!(hub.stats().history_bytes, 15);
+    // Another form is another rendering; out of range, nothing is kept.
+    seen_a.render(0, shout);
+    seen_a.render(Broadcast::FORMS, shout);
+    seen_b.render(Broadcast::FORMS, shout);
+    assert_eq!(renders.load(Ordering::SeqCst), 4);
+    assert_eq!(hub.stats().history_bytes, 20);
+    drop((seen_a, seen_b));
+    // Replayed from history: the same form, not rendered again.
+    let mut late = hub.connect().unwrap();
+    let from = Position {
+        epoch: first.epoch,
+        offset: first.offset,
+    };
+    hub.resume(late.id(), "r", from).unwrap();
+    let replayed = broadcast(&mut late).await;
+    let frame = replayed.render(SHOUTED, shout).unwrap();
+    assert_eq!(frame.as_bytes().as_ptr(), frame_a.as_bytes().as_ptr());
+    assert_eq!(renders.load(Ordering::SeqCst), 4);
+    drop((replayed, late));
+    // Out of history and read by every member: no longer counted.
+    hub.broadcast_room("r", "x");
+    hub.broadcast_room("r", "y");
+    for conn in [&mut a, &mut b] {
+        broadcast(conn).await;
+        broadcast(conn).await;
+    }
+    assert_eq!(hub.stats().history_bytes, 2);
+}
