@@ -85,7 +85,10 @@ impl Idle {
                 })
                 .transpose()
         };
+        let server_cpu =
+            || (self.common.server_pid).and_then(|pid| proc::cpu_time(Pid::Other(pid)).ok());
         let before = server_memory()?;
+        let cpu_before = server_cpu();
         let progress = Progress::new(self.common.progress);
         let run = Arc::new(IdleRun {
             dialer: Dialer::new(targets, sources, self.common.handshake_timeout),
@@ -107,6 +110,7 @@ impl Idle {
         .await;
         let connect = connected.report;
         let after_connect = server_memory().ok().flatten();
+        let cpu_connected = server_cpu();
 
         let bar = progress.bar(
             self.hold.as_millis().try_into().unwrap_or(u64::MAX),
@@ -121,6 +125,7 @@ impl Idle {
         bar.finish_and_clear();
         let hold_seconds = seconds(held.elapsed());
         let after_hold = server_memory().ok().flatten();
+        let cpu_held = server_cpu();
 
         let close_start = Instant::now();
         let clients = connect::close_all(&run.stop, tasks, progress).await;
@@ -128,16 +133,35 @@ impl Idle {
             clean: clients.iter().filter(|c| c.closed_cleanly).count(),
             seconds: seconds(close_start.elapsed()),
         };
-        let server = match (self.common.server_pid, before, after_connect, after_hold) {
-            (Some(pid), Some(before), Some(connected), Some(held)) => Some(IdleServer {
-                pid,
-                rss_before_bytes: before.rss,
-                rss_connected_bytes: connected.rss,
-                rss_held_bytes: held.rss,
-                hwm_bytes: held.hwm,
-                bytes_per_connection: (connect.connected > 0)
-                    .then(|| (connected.rss as f64 - before.rss as f64) / connect.connected as f64),
-            }),
+        let cpu =
+            (cpu_before.zip(cpu_connected).zip(cpu_held)).map(|((before, connected), held)| {
+                (
+                    connected.since(before).total().as_secs_f64(),
+                    held.since(connected).total().as_secs_f64(),
+                )
+            });
+        let server = match (
+            self.common.server_pid,
+            before,
+            after_connect,
+            after_hold,
+            cpu,
+        ) {
+            (Some(pid), Some(before), Some(connected), Some(held), Some((connecting, holding))) => {
+                let per_client =
+                    |total: f64| (connect.connected > 0).then(|| total / connect.connected as f64);
+                Some(IdleServer {
+                    pid,
+                    rss_before_bytes: before.rss,
+                    rss_connected_bytes: connected.rss,
+                    rss_held_bytes: held.rss,
+                    hwm_bytes: held.hwm,
+                    bytes_per_connection: per_client(connected.rss as f64 - before.rss as f64),
+                    cpu_connect_seconds: connecting,
+                    cpu_hold_seconds: holding,
+                    cpu_micros_per_connection: per_client((connecting + holding) * 1e6),
+                })
+            }
             _ => None,
         };
         Ok(IdleReport {

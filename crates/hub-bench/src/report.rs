@@ -259,6 +259,14 @@ pub struct IdleServer {
     pub hwm_bytes: u64,
     /// (`rss_connected` − `rss_before`) / connected clients.
     pub bytes_per_connection: Option<f64>,
+    /// CPU seconds the server used while the clients connected.
+    pub cpu_connect_seconds: f64,
+    /// CPU seconds the server used while they were held (what their
+    /// joining set off, settling, and keep-alive pings).
+    pub cpu_hold_seconds: f64,
+    /// Both, in microseconds per connected client: what a connection (and
+    /// its join, for a room) cost the server.
+    pub cpu_micros_per_connection: Option<f64>,
 }
 
 /// The result of [`Idle::run`](crate::Idle::run).
@@ -483,6 +491,16 @@ impl fmt::Display for IdleReport {
             if let Some(per) = server.bytes_per_connection {
                 t.row("per connection", format_args!("{per:.0} bytes"))?;
             }
+            t.row(
+                &format!("server {} CPU", server.pid),
+                format_args!(
+                    "{:.2} s connecting, {:.2} s held",
+                    server.cpu_connect_seconds, server.cpu_hold_seconds
+                ),
+            )?;
+            if let Some(per) = server.cpu_micros_per_connection {
+                t.row("CPU per connection", format_args!("{per:.0} µs"))?;
+            }
         }
         t.close(&self.close, self.connect.connected)?;
         let verdict = if self.passed() { "PASS" } else { "FAIL" };
@@ -634,6 +652,9 @@ PASS
                 rss_held_bytes: 2 * 1024 * 1024,
                 hwm_bytes: 3 * 1024 * 1024,
                 bytes_per_connection: Some(21845.33),
+                cpu_connect_seconds: 0.25,
+                cpu_hold_seconds: 0.05,
+                cpu_micros_per_connection: Some(6250.0),
             }),
             close: CloseReport {
                 clean: 48,
@@ -655,6 +676,8 @@ hold
   server 42 VmRSS     1.0 MiB before, 2.0 MiB connected, 2.0 MiB held
   server 42 VmHWM     3.0 MiB
   per connection      21845 bytes
+  server 42 CPU       0.25 s connecting, 0.05 s held
+  CPU per connection  6250 µs
 close
   closed cleanly      48 of 48 in 0.500 s
 FAIL";
