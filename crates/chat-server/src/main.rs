@@ -7,8 +7,51 @@ use chat_server::{Args, Server};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    one_malloc_arena();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(error) => {
+            eprintln!("chat-server: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the server with glibc's allocator limited to one arena, unless
+/// `MALLOC_ARENA_MAX` is set already: by starting itself again, same
+/// process, arguments and environment, with `MALLOC_ARENA_MAX=1`.
+///
+/// glibc gives each thread that meets contention an arena of its own, and
+/// memory freed into one arena is not reused by the others. Under history
+/// hoarding (200 rooms of 8 MiB, 256 MiB budget) that took RSS to the
+/// budget plus 12–35%; with one arena, plus 2%. Deliveries per second were
+/// the same within noise. The setting is read when the process starts,
+/// hence the new start; set `MALLOC_ARENA_MAX` yourself to choose another
+/// value (or to keep glibc's default, set it to `0`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn one_malloc_arena() {
+    use std::os::unix::process::CommandExt;
+
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("MALLOC_ARENA_MAX", "1")
+        .exec();
+    // Only a failed start comes back: go on with the default arenas.
+    eprintln!("chat-server: running with glibc's default malloc arenas ({error})");
+}
+
+async fn serve() -> ExitCode {
     let args = Args::parse();
     if let Some(user) = &args.issue_token {
         let issued = args
