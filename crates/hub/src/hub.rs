@@ -1410,24 +1410,33 @@ impl Inner {
     /// Disconnects the connections holding the most queued bytes until the
     /// hub is back under its budget.
     fn shed(&self) {
-        // One caller sheds at a time; its loop covers everyone's messages.
+        // One caller sheds at a time; its pass covers everyone's messages.
         let Ok(_shedding) = self.shedding.try_lock() else {
             return;
         };
-        // Each round removes a connection: bounded by their number.
-        while self.budget.is_over() {
-            let victim = {
-                let registry = self.lock();
-                registry
-                    .conns
-                    .iter()
-                    .max_by_key(|(_, entry)| entry.membership.queued.bytes())
-                    .filter(|(_, entry)| entry.membership.queued.bytes() > 0)
-                    .map(|(id, entry)| (*id, Arc::clone(&entry.membership)))
-            };
-            let Some((id, membership)) = victim else {
+        if !self.budget.is_over() {
+            return;
+        }
+        // One look at every connection, under the lock once: those holding
+        // something, the most first.
+        let mut holders: Vec<(usize, ConnId, Arc<Membership>)> = {
+            let registry = self.lock();
+            (registry.conns.iter())
+                .filter_map(|(id, entry)| {
+                    let bytes = entry.membership.queued.bytes();
+                    (bytes > 0).then(|| (bytes, *id, Arc::clone(&entry.membership)))
+                })
+                .collect()
+        };
+        holders.sort_unstable_by_key(|(bytes, _, _)| std::cmp::Reverse(*bytes));
+        for (_, id, membership) in holders {
+            if !self.budget.is_over() {
                 break;
-            };
+            }
+            // Emptied its queue meanwhile: it reads, and holds nothing.
+            if membership.queued.bytes() == 0 {
+                continue;
+            }
             let queued = self.budget.detach(&membership.queued);
             if self.remove(id, RecvError::Overloaded { queued }) {
                 Counters::add(&self.counters.shed, 1);
