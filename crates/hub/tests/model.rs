@@ -2,11 +2,13 @@
 //! fast reads and disconnects, every connection receives each topic's
 //! messages in offset order without duplicates, only messages meant for it,
 //! and every message it does not receive is accounted for by a notice.
+//! Presence, applied as diffs (each join and leave in turn), adds up to
+//! each room's member list, which is the model's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hub::{Event, Hub, Position, SlowConsumer, Topic, TryRecvError};
+use hub::{ConnId, Event, Hub, Position, PresenceKind, SlowConsumer, Topic, TryRecvError};
 use proptest::prelude::*;
 
 const CONNS: usize = 4;
@@ -80,6 +82,7 @@ fn run(ops: Vec<Op>, capacity: usize, history: usize, policy: SlowConsumer) {
         .history(history, 1 << 20)
         .slow_consumer(policy)
         .build();
+    let mut presence = hub.presence();
     let mut conns: Vec<_> = (0..CONNS).map(|_| hub.connect().unwrap()).collect();
     let mut models: Vec<Model> = (0..CONNS).map(|_| Model::default()).collect();
     for model in &mut models {
@@ -143,6 +146,28 @@ fn run(ops: Vec<Op>, capacity: usize, history: usize, policy: SlowConsumer) {
     }
     for (conn, model) in conns.iter_mut().zip(&mut models) {
         read(conn, model, usize::MAX);
+    }
+    // Presence as diffs, applied in order from an empty start.
+    let mut present: BTreeMap<Topic, BTreeSet<ConnId>> = BTreeMap::new();
+    while let Ok(event) = presence.try_recv() {
+        let members = present.entry(event.topic).or_default();
+        match event.kind {
+            PresenceKind::Joined => assert!(members.insert(event.id), "joined twice"),
+            PresenceKind::Left => assert!(members.remove(&event.id), "left unjoined"),
+            _ => {}
+        }
+    }
+    for (r, room) in ROOMS.iter().enumerate() {
+        let listed: BTreeSet<ConnId> = hub.members(room).into_iter().map(|(id, _)| id).collect();
+        let modelled: BTreeSet<ConnId> = (models.iter().zip(&conns))
+            .filter(|(model, _)| {
+                !model.disconnected && model.member.get(&topic(Some(r))) == Some(&true)
+            })
+            .map(|(_, conn)| conn.id())
+            .collect();
+        assert_eq!(listed, modelled, "{room}: members");
+        let diffs = present.remove(&topic(Some(r))).unwrap_or_default();
+        assert_eq!(diffs, listed, "{room}: presence diffs add up to the list");
     }
     for (c, model) in models.iter().enumerate() {
         // In order, no duplicates, per topic and epoch.
