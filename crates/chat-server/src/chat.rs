@@ -6,13 +6,15 @@
 //! joins and leaves, commands, members and resumable positions (see
 //! [`crate::protocol`]).
 
-use hub::{ConnId, Event, Hub, Message, Metadata, Position, PresenceKind, Resume, RoomName, Topic};
+use hub::{Event, Hub, Message, Metadata, Position, PresenceKind, Resume, RoomName, Topic};
 use hub_ws::{Close, CloseCode, Ended, Handler, Handshake, Refusal, Session};
-use serde::Serialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 
+use std::sync::Arc;
+
 use crate::auth::Auth;
+use crate::presence::{names_of, Presences};
 use crate::protocol::{self, parse_command, payload, ChatOptions, Command};
 
 fn text_only() -> Close {
@@ -77,13 +79,17 @@ impl Handler for Chat {
 #[derive(Clone, Debug, Default)]
 pub struct RoomChat {
     auth: Auth,
+    presences: Arc<Presences>,
 }
 
 impl RoomChat {
     /// The endpoint, letting in whom `auth` accepts.
     #[must_use]
     pub fn new(auth: Auth) -> Self {
-        Self { auth }
+        Self {
+            auth,
+            presences: Arc::default(),
+        }
     }
 }
 
@@ -157,28 +163,9 @@ impl Handler for RoomChat {
         // Never waits: the session's writer is not running yet.
         let _ = hub.try_send_personal(id, welcome);
         // The whole list to the joiner alone; the others learn the change
-        // from the line announcing it. The list holds every change whose
-        // line comes at or after `at` (read before the list is taken): the
-        // client applies those lines' changes to it, and no earlier ones.
-        let at = hub.position(&topic);
-        let members = hub.members(options.room.as_str());
-        let diff = Presence::joined(&members, &name);
-        announce(
-            hub,
-            options,
-            "joined",
-            json!({ "from": name, "presence": diff }),
-        );
-        let list = payload(
-            "members",
-            json!({
-                "room": options.room.as_str(),
-                "members": names_of(&members),
-                "epoch": at.map(|p| p.epoch.to_string()),
-                "at": at.map(|p| p.offset),
-            }),
-        );
-        let _ = hub.try_send_personal(id, list);
+        // from the line announcing it (see `presence`).
+        let _ = hub.try_send_personal(id, self.presences.list(hub, &options.room));
+        self.presences.joined(hub, &options.room, &name);
     }
 
     async fn on_message(&self, session: &Session, message: Message) -> Result<(), Close> {
@@ -195,7 +182,8 @@ impl Handler for RoomChat {
             }
             Some(command) => {
                 let signed_in = self.auth.is_required();
-                run(command, hub, session, options, &name, signed_in).await;
+                let presences = &self.presences;
+                run(command, hub, session, options, &name, signed_in, presences).await;
             }
         }
         Ok(())
@@ -222,13 +210,7 @@ impl Handler for RoomChat {
         if let Some(options) = session.metadata().data::<ChatOptions>() {
             // The hub has already forgotten the connection.
             let name = last_name(session).unwrap_or_else(|| "someone".to_owned());
-            let diff = Presence::left(&hub.members(options.room.as_str()), &name);
-            announce(
-                hub,
-                options,
-                "left",
-                json!({ "from": name, "presence": diff }),
-            );
+            self.presences.left(hub, &options.room, &name);
         }
     }
 }
@@ -241,6 +223,7 @@ async fn run(
     options: &ChatOptions,
     name: &str,
     signed_in: bool,
+    presences: &Presences,
 ) {
     let info = |text: String| payload("info", json!({ "text": text }));
     let reply = match command {
@@ -267,9 +250,7 @@ async fn run(
         Command::Nick(new) if new == name => Some(info(format!("you are already {new}"))),
         Command::Nick(new) => {
             rename(hub, session, new);
-            let diff = Presence::renamed(&hub.members(options.room.as_str()), name, new);
-            let fields = json!({ "from": name, "to": new, "presence": diff });
-            announce(hub, options, "nick", fields);
+            presences.renamed(hub, &options.room, name, new);
             None
         }
         Command::Usage(usage) => Some(info(usage.to_owned())),
@@ -321,69 +302,14 @@ fn member_names(hub: &Hub, options: &ChatOptions) -> Vec<String> {
     names_of(&hub.members(options.room.as_str()))
 }
 
-/// The members' names, sorted, each once.
-fn names_of(members: &[(ConnId, Metadata)]) -> Vec<String> {
-    let mut names: Vec<_> = (members.iter())
-        .filter_map(|(_, metadata)| metadata.name().map(str::to_owned))
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-/// How a room's member list (its names, each once) changed: what JSON
-/// clients apply to the list they got when they joined, the way Phoenix's
-/// `presence_diff` works. A name is listed while any connection has it, so
-/// it joins with its first connection and leaves with its last.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
-struct Presence {
-    joins: Vec<String>,
-    leaves: Vec<String>,
-}
-
-impl Presence {
-    /// `name` joined; `members` includes it.
-    fn joined(members: &[(ConnId, Metadata)], name: &str) -> Self {
-        let mut diff = Self::default();
-        if count(members, name) == 1 {
-            diff.joins.push(name.to_owned());
-        }
-        diff
-    }
-
-    /// `name` left; `members` no longer includes it.
-    fn left(members: &[(ConnId, Metadata)], name: &str) -> Self {
-        let mut diff = Self::default();
-        if count(members, name) == 0 {
-            diff.leaves.push(name.to_owned());
-        }
-        diff
-    }
-
-    /// `from` is now `to`; `members` has the new name.
-    fn renamed(members: &[(ConnId, Metadata)], from: &str, to: &str) -> Self {
-        let Self { leaves, .. } = Self::left(members, from);
-        let Self { joins, .. } = Self::joined(members, to);
-        Self { joins, leaves }
-    }
-}
-
-/// How many of `members` are called `name`.
-fn count(members: &[(ConnId, Metadata)], name: &str) -> usize {
-    (members.iter())
-        .filter(|(_, metadata)| metadata.name() == Some(name))
-        .count()
-}
-
 /// Tells this node's members of `room` that `name` (of another node) is
 /// gone, if no connection of that name is left.
 fn tell_departure(hub: &Hub, room: &RoomName, name: &str, node: u32) {
     let members = hub.members(room.as_str());
-    let diff = Presence::left(&members, name);
-    if diff.leaves.is_empty() {
+    if names_of(&members).iter().any(|present| present == name) {
         return;
     }
-    let fields = json!({ "room": room.as_str(), "joins": diff.joins, "leaves": diff.leaves });
+    let fields = json!({ "room": room.as_str(), "joins": [], "leaves": [name] });
     let diff = Message::text(payload("presence", fields));
     for (id, _) in members.into_iter().filter(|(id, _)| id.node() == node) {
         let _ = hub.try_send_personal(id, diff.clone());

@@ -7,6 +7,7 @@ mod args;
 mod auth;
 mod chat;
 mod metrics;
+mod presence;
 mod protocol;
 mod routes;
 mod tls;

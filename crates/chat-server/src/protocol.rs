@@ -194,13 +194,27 @@ pub(crate) fn as_line(payload: &str) -> Option<String> {
     let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("");
     Some(match field("kind") {
         "chat" => concat(&[field("from"), ": ", field("text")]),
-        "joined" => format!("{} joined", field("from")),
-        "left" => format!("{} left", field("from")),
+        "joined" => format!("{} joined", who(&value, field("from"))),
+        "left" => format!("{} left", who(&value, field("from"))),
         "nick" => format!("{} is now known as {}", field("from"), field("to")),
         "private" => concat(&["[", field("from"), " → ", field("to"), "] ", field("text")]),
         "info" => field("text").to_owned(),
         _ => return None,
     })
+}
+
+/// Who a presence line is about: `from`, or, for a line that tells of
+/// several, `a and b`, `a, b and c`, or `a, b and N others`.
+fn who(line: &Value, from: &str) -> String {
+    let names: Vec<&str> = (line.get("names").and_then(Value::as_array))
+        .map(|names| names.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    match names.as_slice() {
+        [] | [_] => from.to_owned(),
+        [a, b] => format!("{a} and {b}"),
+        [a, b, c] => format!("{a}, {b} and {c}"),
+        [a, b, rest @ ..] => format!("{a}, {b} and {} others", rest.len()),
+    }
 }
 
 /// The frame a room-chat client receives for `event`, in its format.
@@ -441,6 +455,20 @@ mod tests {
             Some("[al → bo] psst")
         );
         assert_eq!(line("members", json!({"members": ["al"]})), None);
+        // A burst of joins or leaves in one line.
+        let names = |names: &[&str]| json!({"from": names[0], "names": names});
+        assert_eq!(
+            line("joined", names(&["al", "bo"])).as_deref(),
+            Some("al and bo joined")
+        );
+        assert_eq!(
+            line("left", names(&["al", "bo", "cy"])).as_deref(),
+            Some("al, bo and cy left")
+        );
+        assert_eq!(
+            line("joined", names(&["al", "bo", "cy", "di", "ed"])).as_deref(),
+            Some("al, bo and 3 others joined")
+        );
     }
 
     #[test]
