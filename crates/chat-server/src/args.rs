@@ -56,6 +56,12 @@ pub struct Args {
     #[arg(long, env = "CHAT_PRESENCE_TTL", default_value = "15s", value_parser = parse_period)]
     pub presence_ttl: Duration,
 
+    /// Room chat: how long joins and leaves wait after a presence line to
+    /// go out together, one line per burst rather than one per change (0:
+    /// each change at once, on a line of its own).
+    #[arg(long, env = "CHAT_PRESENCE_BURST", default_value = "100ms", value_parser = parse_duration)]
+    pub presence_burst: Duration,
+
     /// Messages each room's channel holds for clients that have not read
     /// them yet; a client further behind is refilled from history.
     #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::DEFAULT_CAPACITY, value_parser = parse_count)]
@@ -414,5 +420,6 @@ mod tests {
         assert_eq!(args.queue_budget, hub::DEFAULT_QUEUE_BUDGET);
         assert_eq!(args.max_request_head, 16 * 1024);
         assert_eq!(args.history_budget, hub::DEFAULT_HISTORY_BUDGET);
+        assert_eq!(args.presence_burst, Duration::from_millis(100));
     }
 }

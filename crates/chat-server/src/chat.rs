@@ -6,12 +6,13 @@
 //! joins and leaves, commands, members and resumable positions (see
 //! [`crate::protocol`]).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use hub::{Event, Hub, Message, Metadata, Position, PresenceKind, Resume, RoomName, Topic};
 use hub_ws::{Close, CloseCode, Ended, Handler, Handshake, Refusal, Session};
 use serde_json::json;
 use tokio::sync::broadcast;
-
-use std::sync::Arc;
 
 use crate::auth::Auth;
 use crate::presence::{names_of, Presences};
@@ -23,7 +24,7 @@ fn text_only() -> Close {
 
 /// How long a join waits for a room new on this node to be placed by the
 /// other nodes (see [`Hub::until_placed`]) before welcoming the client.
-const PLACE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+const PLACE_WITHIN: Duration = Duration::from_secs(5);
 
 fn slow_down(dropped: u32) -> String {
     format!("slow down: {dropped} message(s) dropped")
@@ -90,6 +91,14 @@ impl RoomChat {
             auth,
             presences: Arc::default(),
         }
+    }
+
+    /// How long joins and leaves wait after a presence line to go out
+    /// together (100 ms by default; zero: each at once).
+    #[must_use]
+    pub fn with_presence_burst(mut self, burst: Duration) -> Self {
+        self.presences = Arc::new(Presences::new(burst));
+        self
     }
 }
 

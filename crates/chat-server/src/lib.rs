@@ -355,7 +355,7 @@ impl Server {
                 chat: WsServer::with_config(chat_hub, Chat::new(auth.clone()), config.clone()),
                 rooms: WsServer::with_config(
                     rooms_hub,
-                    RoomChat::new(auth.clone()),
+                    RoomChat::new(auth.clone()).with_presence_burst(args.presence_burst),
                     config.clone(),
                 ),
                 echo: WsServer::with_config(builder().build(), Echo::new(auth), config),

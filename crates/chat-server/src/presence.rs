@@ -4,7 +4,8 @@
 //! works.
 //!
 //! Changes that come in a burst share lines: the first change in a quiet
-//! room goes out at once, and the ones that follow within [`BURST`] go out
+//! room goes out at once, and the ones that follow within the burst
+//! (100 ms by default, `--presence-burst`) go out
 //! together when it ends, one line for each run of joins or of leaves. A
 //! join storm into a room of N members then costs the room one line, and
 //! N deliveries, per burst rather than per join. Joiners between two lines
@@ -28,13 +29,21 @@ use tokio::time::Instant;
 
 use crate::protocol::payload;
 
-/// How long after a line the next changes wait, to go out together.
-pub(crate) const BURST: Duration = Duration::from_millis(100);
+/// How long after a line the next changes wait, to go out together, by
+/// default.
+const BURST: Duration = Duration::from_millis(100);
 
 /// Every room's presence lines and member list.
-#[derive(Default)]
 pub(crate) struct Presences {
     rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomPresence>>>>,
+    /// How long after a line the next changes wait.
+    burst: Duration,
+}
+
+impl Default for Presences {
+    fn default() -> Self {
+        Self::new(BURST)
+    }
 }
 
 #[derive(Default)]
@@ -66,6 +75,13 @@ pub(crate) struct Diff {
 }
 
 impl Presences {
+    pub(crate) fn new(burst: Duration) -> Self {
+        Self {
+            rooms: Mutex::default(),
+            burst,
+        }
+    }
+
     /// `name` joined `room` (already a member of the hub's room).
     pub(crate) fn joined(self: &Arc<Self>, hub: &Hub, room: &RoomName, name: &str) {
         self.change(hub, room, Change::Joined(name.to_owned()));
@@ -113,14 +129,14 @@ impl Presences {
                 return;
             }
             let now = Instant::now();
-            let quiet = presence.last.is_none_or(|last| now >= last + BURST);
+            let quiet = presence.last.is_none_or(|last| now >= last + self.burst);
             if quiet {
                 presence.flush(hub, room);
                 self.forget_if_empty(hub, room, entry, presence);
                 return;
             }
             presence.scheduled = true;
-            let at = presence.last.map_or(now, |last| last + BURST);
+            let at = presence.last.map_or(now, |last| last + self.burst);
             let (presences, hub, room) = (Arc::clone(self), hub.clone(), room.clone());
             let entry = Arc::clone(entry);
             tokio::spawn(async move {

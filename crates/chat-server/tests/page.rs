@@ -251,6 +251,34 @@ async fn two_people_chat_see_each_other_and_survive_a_dropped_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_joins_reads_as_one_line_and_fills_the_member_list() {
+    let driver = chromedriver().await;
+    let page = browser(&driver).await;
+    // A long burst, so that the joins below surely fall in one.
+    let server = TestServer::start(&["--presence-burst", "3s"]).await;
+    let base = format!("http://127.0.0.1:{}", server.addr.port());
+    page.goto(&format!("{base}/?room=burst&name=alice"))
+        .await
+        .unwrap();
+    wait_for_state(&page, "open", WAIT).await;
+    wait_members(&page, &["alice"]).await;
+    let mut joiners = Vec::new();
+    for name in ["bo", "cy", "di", "ed"] {
+        joiners.push(server.connect(&format!("/ws?room=burst&name={name}")).await);
+    }
+    let lines = wait_until(&page, "the burst's line", LINES, |v| {
+        lines_with(v, "bo, cy and 2 others joined") == 1
+    })
+    .await;
+    // One line for the four, none of its own for any of them.
+    assert_eq!(lines_with(&lines, "bo joined"), 0, "{lines}");
+    wait_members(&page, &["alice", "bo", "cy", "di", "ed"]).await;
+    page.close().await.unwrap();
+    drop(joiners);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_asks_for_a_room_and_name_and_fits_a_phone() {
     let driver = chromedriver().await;
     let page = browser(&driver).await;
