@@ -111,8 +111,15 @@ impl Builder {
     /// have not read them yet (default [`DEFAULT_CAPACITY`]). A connection
     /// further behind meets the [slow-consumer policy](SlowConsumer).
     ///
-    /// Each room allocates its channel up front, about 100 bytes a slot.
-    /// Values are clamped to `1..=MAX_CAPACITY`.
+    /// A channel allocates its slots up front, about 100 bytes each. Under
+    /// [`SlowConsumer::Repair`] with history reaching at least `capacity`
+    /// messages back (the defaults), a room's channel starts with 2 slots
+    /// and doubles, up to 16, when a reader falls behind it: readers further
+    /// behind are refilled from history, so they may still fall `capacity`
+    /// messages behind without loss, and a quiet room costs a few hundred
+    /// bytes. The broadcast-to-all topic, and rooms under the other
+    /// policies, get `capacity` slots. Values are clamped to
+    /// `1..=MAX_CAPACITY`.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.clamp(1, MAX_CAPACITY);
         self
@@ -1333,7 +1340,7 @@ impl Inner {
                 let topic = Topic::Room(name.clone());
                 let mirrored = self.backplane.is_some();
                 let budget = Arc::clone(&self.history_budget);
-                let window = Window::live(self.capacity, self.history);
+                let window = Window::live(self.capacity, self.history, self.slow_consumer);
                 let room = Arc::new(Room::new(topic, window, mirrored, budget));
                 rooms.by_name.insert(name.clone(), Arc::clone(&room));
                 if let Some(backplane) = &self.backplane {

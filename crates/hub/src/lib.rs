@@ -70,9 +70,11 @@
 //! # Choosing capacities
 //!
 //! - `capacity` (per topic, default [`DEFAULT_CAPACITY`]): how far a reader
-//!   may fall behind before it needs repair. Each topic allocates it up
-//!   front (about 100 bytes a slot), so keep it moderate when there are many
-//!   rooms.
+//!   may fall behind before the slow-consumer policy acts. Under
+//!   [`SlowConsumer::Repair`] with enough history (the defaults), a room's
+//!   channel is small (2 to 16 slots, about 100 bytes each) and readers
+//!   further behind are refilled from history; otherwise each topic
+//!   allocates `capacity` slots up front.
 //! - `history` (per topic, default [`DEFAULT_HISTORY`] messages and
 //!   [`DEFAULT_HISTORY_BYTES`]): how far back repair and resume reach. It
 //!   grows only with traffic. Memory: about the retained payload plus ~64

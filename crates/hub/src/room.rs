@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{broadcast, Notify};
 
 use crate::event::Shared;
+use crate::hub::SlowConsumer;
 use crate::{ConnId, Message, Metadata, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
@@ -95,9 +96,12 @@ impl Window {
     }
 
     /// The window of a room whose readers may fall `capacity` messages
-    /// behind: small when history reaches at least that far back.
-    pub(crate) fn live(capacity: usize, history: HistoryLimits) -> Self {
-        if history.enabled() && history.messages >= capacity {
+    /// behind: small when history reaches at least that far back and a
+    /// reader behind the channel is repaired from it. Under the other
+    /// policies falling behind the channel is what they act on, so it keeps
+    /// `capacity` slots.
+    pub(crate) fn live(capacity: usize, history: HistoryLimits, policy: SlowConsumer) -> Self {
+        if policy == SlowConsumer::Repair && history.enabled() && history.messages >= capacity {
             Self {
                 first: capacity.min(Self::FIRST),
                 most: capacity.min(Self::MOST),

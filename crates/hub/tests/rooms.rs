@@ -670,3 +670,21 @@ async fn a_form_is_rendered_once_shared_by_readers_and_replays_and_counted_as_hi
     }
     assert_eq!(hub.stats().history_bytes, 2);
 }
+
+#[tokio::test]
+async fn under_skip_and_disconnect_a_room_reader_may_fall_capacity_behind() {
+    for policy in [SlowConsumer::Skip, SlowConsumer::Disconnect] {
+        let hub = Hub::builder().capacity(64).slow_consumer(policy).build();
+        let mut reader = hub.connect().unwrap();
+        hub.join(reader.id(), "r").unwrap();
+        for i in 0..64 {
+            hub.broadcast_room("r", format!("m{i}"));
+        }
+        // The policy acts past the capacity, not past a small window.
+        for i in 0..64 {
+            assert_eq!(next_broadcast(&mut reader).await.1, i, "{policy:?}");
+        }
+        let stats = hub.stats();
+        assert_eq!((stats.lagged, stats.missed), (0, 0), "{policy:?}");
+    }
+}
