@@ -383,6 +383,67 @@ async fn two_thousand_json_clients_join_one_room_and_all_stay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_of_a_thousand_takes_a_burst_with_nobody_shed() {
+    // A thousand JSON members read; another sends 300 lines as fast as it
+    // can. Every member gets every line, in order, without a gap notice,
+    // and nobody is shed or closed.
+    const CLIENTS: usize = 1000;
+    const LINES: usize = 300;
+    let server = TestServer::start(&[]).await;
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        clients.push(join(&server, &format!("room=burst&name=m{i:04}&format=json")).await);
+    }
+    let readers: Vec<_> = (clients.into_iter())
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut next = 0;
+                while next < LINES {
+                    let frame = recv_text(&mut client).await;
+                    assert!(
+                        !frame.contains(r#""type":"resync""#)
+                            && !frame.contains(r#""type":"lagged""#),
+                        "{frame}"
+                    );
+                    if !frame.contains(r#""from":"sender""#) || !frame.contains(r#""kind":"chat""#)
+                    {
+                        continue;
+                    }
+                    let expected = format!(r#""text":"b{next}""#);
+                    assert!(frame.contains(&expected), "expected b{next}, got {frame}");
+                    next += 1;
+                }
+                client
+            })
+        })
+        .collect();
+    let mut sender = join(&server, "room=burst&name=sender").await;
+    for n in 0..LINES {
+        send_text(&mut sender, &format!("b{n}")).await;
+    }
+    let done = tokio::time::timeout(
+        Duration::from_secs(120),
+        futures_util::future::join_all(readers),
+    );
+    let kept: Vec<Client> = (done
+        .await
+        .expect("members got every line in time")
+        .into_iter())
+    .map(|reader| reader.unwrap())
+    .collect();
+    let (_, _, metrics) = http(server.addr, "GET", "/metrics").await;
+    for line in [
+        "hub_connections{endpoint=\"rooms\"} 1001",
+        "hub_shed_total{endpoint=\"rooms\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+    assert!(!metrics.contains(r#"code="1013""#), "{metrics}");
+    drop((kept, sender));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_hoarded_across_many_rooms_stays_within_the_budget() {
     // 30 rooms × 40 lines of 60 KB (72 MB) from clients that then leave;
     // the room chat keeps 16 MiB of history in all. Larger runs:
