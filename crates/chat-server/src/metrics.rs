@@ -36,7 +36,7 @@ const HUB: [Series<Stats>; 16] = [
     (
         "hub_history_bytes",
         "gauge",
-        "Payload bytes kept in history.",
+        "Bytes kept in history: payloads, and the frames rendered from them.",
         |s| s.history_bytes as u64,
     ),
     (

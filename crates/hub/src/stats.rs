@@ -12,7 +12,8 @@ pub struct Stats {
     pub connections: usize,
     /// Rooms with members now.
     pub rooms: usize,
-    /// Payload bytes held in history, all topics together.
+    /// Bytes held in history, all topics together: payloads, and the forms
+    /// rendered from them ([`Broadcast::render`](crate::Broadcast::render)).
     pub history_bytes: usize,
     /// Connections ever registered.
     pub connected_total: u64,
