@@ -131,8 +131,8 @@ impl Presences {
             let now = Instant::now();
             let quiet = presence.last.is_none_or(|last| now >= last + self.burst);
             if quiet {
-                presence.flush(hub, room);
-                self.forget_if_empty(hub, room, entry, presence);
+                let empty = presence.flush(hub, room);
+                self.forget_if_empty(hub, room, entry, presence, empty);
                 return;
             }
             presence.scheduled = true;
@@ -143,8 +143,8 @@ impl Presences {
                 tokio::time::sleep_until(at).await;
                 let mut presence = lock(&entry);
                 presence.scheduled = false;
-                presence.flush(&hub, &room);
-                presences.forget_if_empty(&hub, &room, &entry, &mut presence);
+                let empty = presence.flush(&hub, &room);
+                presences.forget_if_empty(&hub, &room, &entry, &mut presence, empty);
             });
         });
     }
@@ -180,17 +180,19 @@ impl Presences {
     }
 
     /// A room nobody is in, with nothing waiting, is forgotten (a room
-    /// name that comes back starts afresh).
+    /// name that comes back starts afresh). `empty`: whether the flush just
+    /// made found it empty, if it looked.
     fn forget_if_empty(
         &self,
         hub: &Hub,
         room: &RoomName,
         entry: &Arc<Mutex<RoomPresence>>,
         presence: &mut RoomPresence,
+        empty: Option<bool>,
     ) {
         if presence.pending.is_empty()
             && !presence.scheduled
-            && hub.members(room.as_str()).is_empty()
+            && empty.unwrap_or_else(|| hub.members(room.as_str()).is_empty())
         {
             let mut rooms = self.rooms.lock().unwrap_or_else(PoisonError::into_inner);
             if rooms.get(room).is_some_and(|kept| Arc::ptr_eq(kept, entry)) {
@@ -240,10 +242,10 @@ impl RoomPresence {
     }
 
     /// Sends the lines for the changes waiting: one for each run of joins
-    /// or of leaves.
-    fn flush(&mut self, hub: &Hub, room: &RoomName) {
+    /// or of leaves. Returns whether the room is empty, if it looked.
+    fn flush(&mut self, hub: &Hub, room: &RoomName) -> Option<bool> {
         if self.pending.is_empty() {
-            return;
+            return None;
         }
         let names = present(hub, room);
         let pending = std::mem::take(&mut self.pending);
@@ -290,6 +292,7 @@ impl RoomPresence {
             hub.broadcast_room(room.as_str(), payload(kind, fields));
         }
         self.sent();
+        Some(names.is_empty())
     }
 
     /// A line went out: the list is no longer true for the next joiner.
