@@ -28,9 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     Event::Broadcast(b) => println!(
                         "{name} got from {} (offset {}): {}",
-                        b.topic,
-                        b.offset,
-                        b.message.as_text().unwrap_or("?")
+                        b.topic(),
+                        b.offset(),
+                        b.message().as_text().unwrap_or("?")
                     ),
                     other => println!("{name} got a notice: {other:?}"),
                 }

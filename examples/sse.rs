@@ -39,10 +39,10 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 fn sse_event(event: Event) -> Option<Bytes> {
     match event {
         Event::Broadcast(broadcast) => {
-            let Message::Text(text) = broadcast.message else {
+            let Message::Text(text) = broadcast.message() else {
                 return None;
             };
-            let mut frame = format!("id: {}\n", broadcast.offset);
+            let mut frame = format!("id: {}\n", broadcast.offset());
             for line in text.lines() {
                 frame.push_str(&format!("data: {line}\n"));
             }

@@ -338,7 +338,7 @@ mod tests {
     async fn line(conn: &mut Connection) -> serde_json::Value {
         match tokio::time::timeout(Duration::from_secs(5), conn.recv()).await {
             Ok(Ok(Event::Broadcast(b))) => {
-                serde_json::from_str(b.message.as_text().unwrap()).unwrap()
+                serde_json::from_str(b.message().as_text().unwrap()).unwrap()
             }
             other => panic!("expected a room line, got {other:?}"),
         }

@@ -224,7 +224,7 @@ fn who(line: &Value, from: &str) -> String {
 pub(crate) fn render(format: Format, event: Event) -> Option<Message> {
     match (format, event) {
         // Only rooms carry chat lines; anything else is not for this client.
-        (_, Event::Broadcast(broadcast)) if broadcast.topic == Topic::All => None,
+        (_, Event::Broadcast(broadcast)) if *broadcast.topic() == Topic::All => None,
         (_, Event::Broadcast(broadcast)) => {
             broadcast.render(format as usize, |broadcast| render_line(format, broadcast))
         }
@@ -254,16 +254,16 @@ pub(crate) fn render(format: Format, event: Event) -> Option<Message> {
 
 /// A room's line in `format`.
 fn render_line(format: Format, broadcast: &Broadcast) -> Option<Message> {
-    let stored = broadcast.message.as_text()?;
+    let stored = broadcast.message().as_text()?;
     let frame = match format {
         Format::Text => as_line(stored)?,
         Format::Json => concat(&[
             r#"{"type":"message","room":"#,
-            &room_json(&broadcast.topic),
+            &room_json(broadcast.topic()),
             r#","epoch":""#,
-            &broadcast.epoch.to_string(),
+            &broadcast.epoch().to_string(),
             r#"","offset":"#,
-            &broadcast.offset.to_string(),
+            &broadcast.offset().to_string(),
             r#","data":"#,
             stored,
             "}",

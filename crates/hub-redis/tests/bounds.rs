@@ -43,8 +43,8 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
         for conn in [&mut a1, &mut b1] {
             match next(conn).await {
                 Event::Broadcast(line) => {
-                    assert_eq!(line.message.as_text(), Some(expected));
-                    assert_eq!(line.offset, 1 + i as u64);
+                    assert_eq!(line.message().as_text(), Some(expected));
+                    assert_eq!(line.offset(), 1 + i as u64);
                 }
                 other => panic!("expected {expected:?}, got {other:?}"),
             }

@@ -42,8 +42,12 @@ async fn broadcasts_reach_every_node_once_in_the_same_order() {
         for _ in 0..EACH * 3 {
             match next(connection).await {
                 Event::Broadcast(b) => {
-                    assert_eq!(b.topic, Topic::All);
-                    got.push((b.epoch, b.offset, b.message.as_text().unwrap().to_owned()));
+                    assert_eq!(*b.topic(), Topic::All);
+                    got.push((
+                        b.epoch(),
+                        b.offset(),
+                        b.message().as_text().unwrap().to_owned(),
+                    ));
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -99,9 +103,9 @@ async fn rooms_reach_their_members_on_every_node() {
     // a1 was excluded from "x": "y" comes first.
     match next(&mut a1).await {
         Event::Broadcast(y) => {
-            assert_eq!(y.message.as_text(), Some("y"));
-            assert_eq!(y.topic, Topic::Room("rust".into()));
-            assert_eq!(y.offset, 1, "offsets count every message of the room");
+            assert_eq!(y.message().as_text(), Some("y"));
+            assert_eq!(*y.topic(), Topic::Room("rust".into()));
+            assert_eq!(y.offset(), 1, "offsets count every message of the room");
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -168,8 +172,8 @@ async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
     }
     drop(a1);
     let last_seen = Position {
-        epoch: seen[2].epoch,
-        offset: seen[2].offset,
+        epoch: seen[2].epoch(),
+        offset: seen[2].offset(),
     };
 
     // The client comes back on node B, where the room is new.
@@ -182,8 +186,11 @@ async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
     a.broadcast_room("news", "m5");
     match next(&mut b1).await {
         Event::Broadcast(m) => {
-            assert_eq!(m.message.as_text(), Some("m5"));
-            assert_eq!((m.epoch, m.offset), (seen[4].epoch, seen[4].offset + 1));
+            assert_eq!(m.message().as_text(), Some("m5"));
+            assert_eq!(
+                (m.epoch(), m.offset()),
+                (seen[4].epoch(), seen[4].offset() + 1)
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -417,8 +424,8 @@ async fn a_topic_that_starts_over_in_redis_is_followed_again_everywhere() {
         assert_eq!(next(connection).await, resync);
         match next(connection).await {
             Event::Broadcast(m) => {
-                assert_eq!(m.message.as_text(), Some("three"));
-                assert_eq!(m.offset, 0);
+                assert_eq!(m.message().as_text(), Some("three"));
+                assert_eq!(m.offset(), 0);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use crate::hub::Inner;
-use crate::room::Payload;
+use crate::room::Placing;
 use crate::{ConnId, Message, Metadata, Position, PresenceEvent, SendError, Topic};
 
 /// The largest node number; connection ids carry it in their top bits.
@@ -198,7 +198,7 @@ impl Remote {
         except: Option<ConnId>,
     ) -> usize {
         self.inner.upgrade().map_or(0, |inner| {
-            inner.deliver(topic, position, Payload::message(message), except)
+            inner.deliver(topic, position, Placing::Message(message), except)
         })
     }
 
@@ -208,7 +208,7 @@ impl Remote {
     /// notice of 0 only takes the position, silently.
     pub fn deliver_missed(&self, topic: &Topic, position: Position, missed: u64) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.deliver(topic, position, Payload::Missed(missed), None);
+            inner.deliver(topic, position, Placing::Missed(missed), None);
         }
     }
 

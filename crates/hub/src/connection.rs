@@ -18,7 +18,7 @@ use crate::error::{RecvError, TryRecvError};
 use crate::hub::{Inner, Membership, SlowConsumer};
 use crate::room::{Chunk, Envelope, Payload, Room, Subscribed, PENDING};
 use crate::stats::Counters;
-use crate::{Broadcast, ConnId, Event, Message, Metadata, Topic};
+use crate::{ConnId, Event, Message, Metadata, Topic};
 
 /// A change to a connection's topics, sent by the hub.
 pub(crate) enum Control {
@@ -525,7 +525,7 @@ impl Connection {
     fn forget(&mut self, topic: &Topic) {
         self.subs.retain(|sub| &sub.room.topic != topic);
         self.pending.retain(|event| match event {
-            Event::Broadcast(broadcast) => &broadcast.topic != topic,
+            Event::Broadcast(broadcast) => broadcast.topic() != topic,
             Event::Lagged { topic: t, .. } | Event::Resync { topic: t, .. } => t != topic,
             Event::Personal(_) => true,
         });
@@ -544,15 +544,9 @@ impl Connection {
             && envelope.offset == sub.next
             && envelope.except != Some(self.id);
         if in_line {
-            if let Payload::Message(message, shared) = envelope.payload {
+            if let Payload::Message(broadcast) = envelope.payload {
                 sub.next += 1;
-                return Ok(Event::Broadcast(Broadcast {
-                    topic: sub.room.topic.clone(),
-                    epoch: envelope.epoch,
-                    offset: envelope.offset,
-                    message,
-                    shared,
-                }));
+                return Ok(Event::Broadcast(broadcast));
             }
         }
         Err(envelope)
@@ -672,13 +666,7 @@ impl Connection {
             return None;
         }
         match envelope.payload {
-            Payload::Message(message, shared) => Some(Event::Broadcast(Broadcast {
-                topic: topic.clone(),
-                epoch: envelope.epoch,
-                offset: envelope.offset,
-                message,
-                shared,
-            })),
+            Payload::Message(broadcast) => Some(Event::Broadcast(broadcast)),
             Payload::Missed(0) | Payload::Placed => None,
             Payload::Missed(missed) => {
                 Counters::add(&self.inner.counters.missed, missed);

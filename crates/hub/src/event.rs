@@ -8,24 +8,74 @@ use crate::{Message, Topic};
 
 /// A message broadcast to a topic, with its place in that topic's stream.
 ///
+/// Cheap to clone: every connection a broadcast reaches holds the same one,
+/// through a reference count.
+///
 /// Two broadcasts are equal when their topic, place and message are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Broadcast {
-    /// Where it was broadcast.
-    pub topic: Topic,
-    /// The topic's epoch when it was sent.
-    pub epoch: u64,
-    /// Its offset in the topic; consecutive within an epoch.
-    pub offset: u64,
-    /// The message.
-    pub message: Message,
-    pub(crate) shared: Shared,
+#[derive(Clone)]
+pub struct Broadcast(Arc<Sent>);
+
+/// What every reader of one broadcast shares.
+struct Sent {
+    topic: Topic,
+    epoch: u64,
+    offset: u64,
+    message: Message,
+    /// The forms made by [`Broadcast::render`], made on first use.
+    forms: OnceLock<Box<[OnceLock<Option<Message>>; FORMS]>>,
+    /// Counts the bytes of the forms made.
+    budget: Arc<HistoryBudget>,
 }
 
 impl Broadcast {
     /// How many forms of a broadcast [`render`](Self::render) keeps.
     pub const FORMS: usize = 4;
+
+    pub(crate) fn new(
+        topic: Topic,
+        (epoch, offset): (u64, u64),
+        message: Message,
+        budget: Arc<HistoryBudget>,
+    ) -> Self {
+        Self(Arc::new(Sent {
+            topic,
+            epoch,
+            offset,
+            message,
+            forms: OnceLock::new(),
+            budget,
+        }))
+    }
+
+    /// Where it was broadcast.
+    #[must_use]
+    pub fn topic(&self) -> &Topic {
+        &self.0.topic
+    }
+
+    /// The topic's epoch when it was sent.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.0.epoch
+    }
+
+    /// Its offset in the topic; consecutive within an epoch.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.0.offset
+    }
+
+    /// The message.
+    #[must_use]
+    pub fn message(&self) -> &Message {
+        &self.0.message
+    }
+
+    /// The message, shared rather than copied.
+    #[must_use]
+    pub fn into_message(self) -> Message {
+        self.0.message.clone()
+    }
 
     /// The broadcast in form `form` (below [`FORMS`](Self::FORMS)), made by `render` for
     /// the first reader that asks and shared by every other reader.
@@ -56,7 +106,7 @@ impl Broadcast {
     ///         unreachable!()
     ///     };
     ///     let frame = broadcast.render(SHOUTED, |b| {
-    ///         Some(Message::text(b.message.as_text()?.to_uppercase()))
+    ///         Some(Message::text(b.message().as_text()?.to_uppercase()))
     ///     });
     ///     frames.extend(frame);
     /// }
@@ -71,11 +121,12 @@ impl Broadcast {
         form: usize,
         render: impl FnOnce(&Self) -> Option<Message>,
     ) -> Option<Message> {
-        match self.shared.form(form) {
-            Some((slot, shared)) => slot
+        let slots = self.0.forms.get_or_init(Box::default);
+        match slots.get(form) {
+            Some(slot) => slot
                 .get_or_init(|| {
                     let made = render(self);
-                    shared.count(made.as_ref().map_or(0, Message::len));
+                    self.0.budget.add(made.as_ref().map_or(0, Message::len));
                     made
                 })
                 .clone(),
@@ -87,40 +138,7 @@ impl Broadcast {
 /// How many forms of a broadcast [`Broadcast::render`] keeps.
 const FORMS: usize = Broadcast::FORMS;
 
-/// The forms of one broadcast, shared by every connection it reaches
-/// ([`Broadcast::render`]); empty for a broadcast nothing keeps.
-#[derive(Clone, Default)]
-pub(crate) struct Shared(Option<Arc<Forms>>);
-
-struct Forms {
-    forms: OnceLock<Box<[OnceLock<Option<Message>>; FORMS]>>,
-    /// Counts the bytes of the forms made.
-    budget: Arc<HistoryBudget>,
-}
-
-impl Shared {
-    /// Forms counted toward `budget`.
-    pub(crate) fn counted(budget: Arc<HistoryBudget>) -> Self {
-        Self(Some(Arc::new(Forms {
-            forms: OnceLock::new(),
-            budget,
-        })))
-    }
-
-    fn form(&self, form: usize) -> Option<(&OnceLock<Option<Message>>, &Forms)> {
-        let forms = self.0.as_deref()?;
-        let slots = forms.forms.get_or_init(Box::default);
-        Some((slots.get(form)?, forms))
-    }
-}
-
-impl Forms {
-    fn count(&self, bytes: usize) {
-        self.budget.add(bytes);
-    }
-}
-
-impl Drop for Forms {
+impl Drop for Sent {
     fn drop(&mut self) {
         let made = self.forms.get().map_or(0, |slots| {
             (slots.iter())
@@ -131,18 +149,26 @@ impl Drop for Forms {
     }
 }
 
-impl PartialEq for Shared {
-    /// Not part of a broadcast's identity.
-    fn eq(&self, _: &Self) -> bool {
-        true
+impl PartialEq for Broadcast {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.topic() == other.topic()
+                && self.epoch() == other.epoch()
+                && self.offset() == other.offset()
+                && self.message() == other.message())
     }
 }
 
-impl Eq for Shared {}
+impl Eq for Broadcast {}
 
-impl fmt::Debug for Shared {
+impl fmt::Debug for Broadcast {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Shared")
+        f.debug_struct("Broadcast")
+            .field("topic", self.topic())
+            .field("epoch", &self.epoch())
+            .field("offset", &self.offset())
+            .field("message", self.message())
+            .finish()
     }
 }
 
@@ -181,7 +207,7 @@ impl Event {
     pub fn message(&self) -> Option<&Message> {
         match self {
             Self::Personal(message) => Some(message),
-            Self::Broadcast(broadcast) => Some(&broadcast.message),
+            Self::Broadcast(broadcast) => Some(broadcast.message()),
             _ => None,
         }
     }
@@ -191,7 +217,7 @@ impl Event {
     pub fn into_message(self) -> Option<Message> {
         match self {
             Self::Personal(message) => Some(message),
-            Self::Broadcast(broadcast) => Some(broadcast.message),
+            Self::Broadcast(broadcast) => Some(broadcast.into_message()),
             _ => None,
         }
     }

@@ -14,7 +14,7 @@ use crate::budget::{Budget, Queued};
 use crate::connection::{Connection, Control, Controls, Personal, Refused};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::presence::{PresenceEvent, PresenceKind};
-use crate::room::{HistoryBudget, HistoryLimits, Payload, Room, Window, PENDING};
+use crate::room::{HistoryBudget, HistoryLimits, Placing, Room, Window, PENDING};
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
 
@@ -1102,17 +1102,17 @@ impl Inner {
         &self,
         topic: &Topic,
         position: Position,
-        payload: Payload,
+        placing: Placing,
         except: Option<ConnId>,
     ) -> usize {
         let Some(room) = self.topic(topic) else {
             return 0;
         };
-        let is_message = matches!(payload, Payload::Message(..));
+        let is_message = matches!(placing, Placing::Message(..));
         let reached = room.publish_at(
             position.epoch,
             position.offset,
-            payload,
+            placing,
             except,
             self.history,
         );

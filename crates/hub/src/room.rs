@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{broadcast, Notify};
 
-use crate::event::Shared;
 use crate::hub::SlowConsumer;
-use crate::{ConnId, Message, Metadata, Topic};
+use crate::{Broadcast, ConnId, Message, Metadata, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
 #[derive(Clone, Debug)]
@@ -26,8 +25,8 @@ pub(crate) struct Envelope {
 /// What an offset of a topic holds.
 #[derive(Clone, Debug)]
 pub(crate) enum Payload {
-    /// With what the connections it reaches share.
-    Message(Message, Shared),
+    /// A message, as every connection it reaches shares it.
+    Message(Broadcast),
     /// A notice from the backplane: this many messages published elsewhere
     /// never reached this topic's stream (0: nothing to tell here).
     Missed(u64),
@@ -37,18 +36,20 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    /// A message whose forms nothing keeps yet ([`RoomState::send`] gives
-    /// it a place).
-    pub(crate) fn message(message: Message) -> Self {
-        Self::Message(message, Shared::default())
-    }
-
     fn len(&self) -> usize {
         match self {
-            Self::Message(message, _) => message.len(),
+            Self::Message(broadcast) => broadcast.message().len(),
             Self::Missed(_) | Self::Placed => 0,
         }
     }
+}
+
+/// What the backplane places at an offset of a topic.
+#[derive(Debug)]
+pub(crate) enum Placing {
+    Message(Message),
+    /// See [`Payload::Missed`].
+    Missed(u64),
 }
 
 /// The epoch of a mirrored room whose position the backplane has not
@@ -362,8 +363,8 @@ impl Room {
         }
         let offset = state.next_offset;
         state.send(
-            self.topic == Topic::All,
-            Payload::message(message),
+            &self.topic,
+            Placing::Message(message),
             except,
             offset,
             limits,
@@ -379,7 +380,7 @@ impl Room {
         &self,
         epoch: u64,
         offset: u64,
-        payload: Payload,
+        placing: Placing,
         except: Option<ConnId>,
         limits: HistoryLimits,
     ) -> usize {
@@ -388,7 +389,7 @@ impl Room {
             return 0;
         }
         self.used(&state);
-        state.send(self.topic == Topic::All, payload, except, offset, limits)
+        state.send(&self.topic, placing, except, offset, limits)
     }
 
     /// Follows the backplane from `epoch`/`next` on, with `backfill` (its
@@ -416,10 +417,11 @@ impl Room {
             {
                 continue;
             }
-            let shared = Shared::counted(Arc::clone(&state.budget));
+            let budget = Arc::clone(&state.budget);
+            let broadcast = Broadcast::new(self.topic.clone(), (epoch, offset), message, budget);
             state.remember(
                 &Envelope {
-                    payload: Payload::Message(message, shared),
+                    payload: Payload::Message(broadcast),
                     except,
                     epoch,
                     offset,
@@ -602,18 +604,20 @@ impl RoomState {
     /// Records and sends the message at `offset`, the next one from now on.
     fn send(
         &mut self,
-        everyone: bool,
-        payload: Payload,
+        topic: &Topic,
+        placing: Placing,
         except: Option<ConnId>,
         offset: u64,
         limits: HistoryLimits,
     ) -> usize {
         self.next_offset = offset + 1;
-        let payload = match payload {
-            Payload::Message(message, _) => {
-                Payload::Message(message, Shared::counted(Arc::clone(&self.budget)))
+        let payload = match placing {
+            Placing::Message(message) => {
+                let budget = Arc::clone(&self.budget);
+                let place = (self.epoch, offset);
+                Payload::Message(Broadcast::new(topic.clone(), place, message, budget))
             }
-            other => other,
+            Placing::Missed(missed) => Payload::Missed(missed),
         };
         let envelope = Envelope {
             payload,
@@ -627,7 +631,7 @@ impl RoomState {
         // Numbered and sent under the lock: each channel carries its
         // messages in offset order.
         let receivers = self.sender.send(envelope).unwrap_or(0);
-        if everyone {
+        if *topic == Topic::All {
             receivers
         } else {
             let skipped = except.is_some_and(|id| self.members.contains_key(&id));

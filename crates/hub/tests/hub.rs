@@ -382,7 +382,7 @@ async fn many_tasks_connect_broadcast_and_disconnect_at_once() {
                 while !seen_own {
                     match timeout(WAIT, conn.recv()).await.unwrap().unwrap() {
                         Event::Broadcast(b) => {
-                            seen_own = b.message.as_text() == Some(&format!("{t}:{r}"))
+                            seen_own = b.message().as_text() == Some(&format!("{t}:{r}"))
                         }
                         other => panic!("unexpected {other:?}"),
                     }

@@ -61,7 +61,11 @@ struct Model {
 fn read(conn: &mut hub::Connection, model: &mut Model, limit: usize) {
     for _ in 0..limit {
         match conn.try_recv() {
-            Ok(Event::Broadcast(b)) => model.delivered.push((b.topic, b.epoch, b.offset)),
+            Ok(Event::Broadcast(b)) => {
+                model
+                    .delivered
+                    .push((b.topic().clone(), b.epoch(), b.offset()))
+            }
             Ok(Event::Lagged { topic, missed })
             | Ok(Event::Resync {
                 topic,

@@ -21,12 +21,11 @@ async fn recv(conn: &mut hub::Connection) -> Event {
 /// The next broadcast as (topic, offset, text).
 async fn next_broadcast(conn: &mut hub::Connection) -> (Topic, u64, String) {
     match recv(conn).await {
-        Event::Broadcast(Broadcast {
-            topic,
-            offset,
-            message,
-            ..
-        }) => (topic, offset, message.as_text().unwrap().to_owned()),
+        Event::Broadcast(b) => (
+            b.topic().clone(),
+            b.offset(),
+            b.message().as_text().unwrap().to_owned(),
+        ),
         other => panic!("expected a broadcast, got {other:?}"),
     }
 }
@@ -216,10 +215,10 @@ async fn resume_replays_what_was_missed_then_goes_live() {
     for i in 0..5 {
         let event = recv(&mut first).await;
         let Event::Broadcast(b) = event else { panic!() };
-        assert_eq!(b.offset, i);
+        assert_eq!(b.offset(), i);
         last = Some(Position {
-            epoch: b.epoch,
-            offset: b.offset,
+            epoch: b.epoch(),
+            offset: b.offset(),
         });
     }
     drop(first); // the room is empty now, its history kept
@@ -430,7 +429,7 @@ async fn a_resume_thousands_back_replays_everything_in_order() {
     drop(first);
     let mut again = hub.connect().unwrap();
     let from = Position {
-        epoch: b.epoch,
+        epoch: b.epoch(),
         offset: 0,
     };
     let resumed = hub.resume(again.id(), "r", from).unwrap();
@@ -615,7 +614,7 @@ async fn a_form_is_rendered_once_shared_by_readers_and_replays_and_counted_as_hi
     let renders = AtomicUsize::new(0);
     let shout = |b: &Broadcast| {
         renders.fetch_add(1, Ordering::SeqCst);
-        Some(Message::text(b.message.as_text()?.to_uppercase()))
+        Some(Message::text(b.message().as_text()?.to_uppercase()))
     };
     async fn broadcast(conn: &mut hub::Connection) -> Broadcast {
         match recv(conn).await {
@@ -652,8 +651,8 @@ async fn a_form_is_rendered_once_shared_by_readers_and_replays_and_counted_as_hi
     // Replayed from history: the same form, not rendered again.
     let mut late = hub.connect().unwrap();
     let from = Position {
-        epoch: first.epoch,
-        offset: first.offset,
+        epoch: first.epoch(),
+        offset: first.offset(),
     };
     hub.resume(late.id(), "r", from).unwrap();
     let replayed = broadcast(&mut late).await;

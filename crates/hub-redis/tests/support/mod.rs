@@ -47,7 +47,7 @@ pub async fn next(connection: &mut Connection) -> Event {
 /// The next event's text, panicking on anything else.
 pub async fn text(connection: &mut Connection) -> String {
     match next(connection).await {
-        Event::Broadcast(b) => b.message.as_text().unwrap().to_owned(),
+        Event::Broadcast(b) => b.message().as_text().unwrap().to_owned(),
         Event::Personal(m) => m.as_text().unwrap().to_owned(),
         other => panic!("expected a message, got {other:?}"),
     }
