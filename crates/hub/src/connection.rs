@@ -16,7 +16,7 @@ use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{RecvError, TryRecvError};
 use crate::hub::{Inner, Membership, SlowConsumer};
-use crate::room::{Chunk, Envelope, Payload, Room, Subscribed, PENDING};
+use crate::room::{Envelope, Payload, Room, Subscribed, PENDING};
 use crate::stats::Counters;
 use crate::{ConnId, Event, Message, Metadata, Topic};
 
@@ -662,21 +662,7 @@ impl Connection {
 
     /// What an envelope of `topic` means to this connection, if anything.
     fn event(&self, topic: &Topic, envelope: Envelope) -> Option<Event> {
-        if envelope.except == Some(self.id) {
-            return None;
-        }
-        match envelope.payload {
-            Payload::Message(broadcast) => Some(Event::Broadcast(broadcast)),
-            Payload::Missed(0) | Payload::Placed => None,
-            Payload::Missed(missed) => {
-                Counters::add(&self.inner.counters.missed, missed);
-                Counters::add(&self.inner.counters.resyncs, 1);
-                Some(Event::Resync {
-                    topic: topic.clone(),
-                    missed: Some(missed),
-                })
-            }
-        }
+        event(self.id, &self.inner.counters, topic, envelope)
     }
 
     /// Offsets `from..to` of topic `index` went by unseen, before
@@ -733,21 +719,22 @@ impl Connection {
         let (from, to, replay) = (sub.next, refill.to, refill.replay);
         let room = Arc::clone(&sub.room);
         let topic = &room.topic;
-        let chunk = if from < to {
-            room.history_chunk(from, to, REFILL_CHUNK)
-        } else {
-            Chunk::empty(to)
-        };
-        let counters = &self.inner.counters;
+        let (id, counters) = (self.id, &self.inner.counters);
+        let start = self.pending.len();
+        let (pending, mut found) = (&mut self.pending, 0);
+        let chunk = room.history_chunk((from, to), REFILL_CHUNK, |stored| {
+            found += 1;
+            pending.extend(event(id, counters, topic, stored.clone()));
+        });
         if chunk.missing > 0 {
             Counters::add(&counters.missed, chunk.missing);
             Counters::add(&counters.resyncs, 1);
-            self.pending.push_back(Event::Resync {
+            let resync = Event::Resync {
                 topic: topic.clone(),
                 missed: Some(chunk.missing),
-            });
+            };
+            self.pending.insert(start, resync);
         }
-        let found = chunk.found.len() as u64;
         Counters::add(
             if replay {
                 &counters.replayed
@@ -756,11 +743,6 @@ impl Connection {
             },
             found,
         );
-        for stored in chunk.found {
-            if let Some(event) = self.event(topic, stored) {
-                self.pending.push_back(event);
-            }
-        }
         let sub = &mut self.subs[index];
         sub.next = chunk.next;
         if chunk.next >= to {
@@ -828,6 +810,25 @@ impl Connection {
         self.closed = Some(closed);
         self.pending.clear();
         closed
+    }
+}
+
+/// What an envelope of `topic` means to connection `id`, if anything.
+fn event(id: ConnId, counters: &Counters, topic: &Topic, envelope: Envelope) -> Option<Event> {
+    if envelope.except == Some(id) {
+        return None;
+    }
+    match envelope.payload {
+        Payload::Message(broadcast) => Some(Event::Broadcast(broadcast)),
+        Payload::Missed(0) | Payload::Placed => None,
+        Payload::Missed(missed) => {
+            Counters::add(&counters.missed, missed);
+            Counters::add(&counters.resyncs, 1);
+            Some(Event::Resync {
+                topic: topic.clone(),
+                missed: Some(missed),
+            })
+        }
     }
 }
 

@@ -16,13 +16,19 @@ use crate::{Message, Topic};
 pub struct Broadcast(Arc<Sent>);
 
 /// What every reader of one broadcast shares.
+///
+/// Aligned to a cache line: the reference count, which every delivery
+/// changes, sits on a line of its own (the `Arc`'s header), and readers
+/// reading the fields on another core do not miss on it.
+#[repr(C, align(64))]
 struct Sent {
+    /// The forms made by [`Broadcast::render`], made on first use. First,
+    /// next to the topic: a reader of a form made reads one line of this.
+    forms: OnceLock<Box<Forms>>,
     topic: Topic,
     epoch: u64,
     offset: u64,
     message: Message,
-    /// The forms made by [`Broadcast::render`], made on first use.
-    forms: OnceLock<Box<[OnceLock<Option<Message>>; FORMS]>>,
     /// Counts the bytes of the forms made.
     budget: Arc<HistoryBudget>,
 }
@@ -38,11 +44,11 @@ impl Broadcast {
         budget: Arc<HistoryBudget>,
     ) -> Self {
         Self(Arc::new(Sent {
+            forms: OnceLock::new(),
             topic,
             epoch,
             offset,
             message,
-            forms: OnceLock::new(),
             budget,
         }))
     }
@@ -122,7 +128,7 @@ impl Broadcast {
         render: impl FnOnce(&Self) -> Option<Message>,
     ) -> Option<Message> {
         let slots = self.0.forms.get_or_init(Box::default);
-        match slots.get(form) {
+        match slots.0.get(form) {
             Some(slot) => slot
                 .get_or_init(|| {
                     let made = render(self);
@@ -138,10 +144,17 @@ impl Broadcast {
 /// How many forms of a broadcast [`Broadcast::render`] keeps.
 const FORMS: usize = Broadcast::FORMS;
 
+/// The forms of a broadcast, on cache lines of their own: what is
+/// allocated next to them (reference counts, say) does not make every
+/// reader miss.
+#[derive(Default)]
+#[repr(align(64))]
+struct Forms([OnceLock<Option<Message>>; FORMS]);
+
 impl Drop for Sent {
     fn drop(&mut self) {
         let made = self.forms.get().map_or(0, |slots| {
-            (slots.iter())
+            (slots.0.iter())
                 .filter_map(|slot| slot.get()?.as_ref().map(Message::len))
                 .sum()
         });

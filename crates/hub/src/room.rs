@@ -241,25 +241,12 @@ pub(crate) struct Subscribed {
     pub(crate) missed: Option<Option<u64>>,
 }
 
-/// What [`Room::history_chunk`] found.
+/// Where a [`Room::history_chunk`] ended.
 pub(crate) struct Chunk {
-    /// Oldest first.
-    pub(crate) found: Vec<Envelope>,
     /// The offset after the chunk: where the next one starts.
     pub(crate) next: u64,
     /// Offsets of the chunk history no longer has.
     pub(crate) missing: u64,
-}
-
-impl Chunk {
-    /// Nothing, ending at `to`.
-    pub(crate) fn empty(to: u64) -> Self {
-        Self {
-            found: Vec::new(),
-            next: to,
-            missing: 0,
-        }
-    }
 }
 
 impl Room {
@@ -533,29 +520,39 @@ impl Room {
         state.generation += 1;
     }
 
-    /// History from offset `from` up to `to` (excluded), at most `max`
-    /// messages of it, and how many offsets of that stretch history no
-    /// longer has.
-    pub(crate) fn history_chunk(&self, from: u64, to: u64, max: usize) -> Chunk {
+    /// Hands `each` the history from offset `from` up to `to` (excluded),
+    /// oldest first, at most `max` messages of it (under the room's lock:
+    /// `each` only takes what it is given). Returns where the chunk ended,
+    /// and how many offsets of that stretch history no longer has.
+    pub(crate) fn history_chunk(
+        &self,
+        (from, to): (u64, u64),
+        max: usize,
+        mut each: impl FnMut(&Envelope),
+    ) -> Chunk {
+        if from >= to {
+            return Chunk {
+                next: to,
+                missing: 0,
+            };
+        }
         let state = self.lock();
         // Offsets increase along history.
         let start = state.history.partition_point(|stored| stored.offset < from);
-        let found: Vec<_> = state
-            .history
-            .range(start..)
-            .take_while(|stored| stored.offset < to)
-            .take(max)
-            .cloned()
-            .collect();
-        let next = match found.last() {
-            Some(last) if found.len() == max => last.offset + 1,
-            _ => to,
-        };
-        let missing = (next.saturating_sub(from)).saturating_sub(found.len() as u64);
+        let mut found = 0;
+        let mut last = from;
+        for stored in state.history.range(start..) {
+            if stored.offset >= to || found == max {
+                break;
+            }
+            each(stored);
+            found += 1;
+            last = stored.offset;
+        }
+        let next = if found == max { last + 1 } else { to };
         Chunk {
-            found,
             next,
-            missing,
+            missing: (next - from).saturating_sub(found as u64),
         }
     }
 
