@@ -8,17 +8,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use futures_core::Stream;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{
     RecvError as ChannelRecvError, TryRecvError as ChannelTryRecvError,
 };
-use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::error::{RecvError, TryRecvError};
 use crate::hub::{Inner, Membership, SlowConsumer};
 use crate::room::{Envelope, Payload, Room, Subscribed, PENDING};
 use crate::stats::Counters;
-use crate::{ConnId, Event, Message, Metadata, Topic};
+use crate::{ConnId, Event, Metadata, Topic};
 
 /// A change to a connection's topics, sent by the hub.
 pub(crate) enum Control {
@@ -51,116 +51,6 @@ impl Controls {
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Control>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// A connection's personal messages: bounded, and, unlike a channel,
-/// allocating nothing until something is queued.
-pub(crate) struct Personal {
-    state: Mutex<PersonalState>,
-    /// A place came free, or the queue closed.
-    room: Notify,
-}
-
-struct PersonalState {
-    messages: VecDeque<Message>,
-    capacity: usize,
-    closed: bool,
-}
-
-/// Why a personal message was not queued; the message comes back.
-pub(crate) enum Refused {
-    Full(Message),
-    Closed(Message),
-}
-
-impl Personal {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            state: Mutex::new(PersonalState {
-                messages: VecDeque::new(),
-                capacity,
-                closed: false,
-            }),
-            room: Notify::new(),
-        }
-    }
-
-    pub(crate) fn try_send(&self, message: Message) -> Result<(), Refused> {
-        {
-            let mut state = self.lock();
-            if state.closed {
-                return Err(Refused::Closed(message));
-            }
-            if state.messages.len() >= state.capacity {
-                return Err(Refused::Full(message));
-            }
-            state.messages.push_back(message);
-        }
-        Ok(())
-    }
-
-    /// Queues `message` once there is room; gives it back if the queue
-    /// closes first. Dropped early, it has not queued the message.
-    pub(crate) async fn send(&self, mut message: Message) -> Result<(), Message> {
-        loop {
-            // Registered before the attempt: a place freed in between
-            // still wakes this sender.
-            let room = self.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            match self.try_send(message) {
-                Ok(()) => return Ok(()),
-                Err(Refused::Closed(back)) => return Err(back),
-                Err(Refused::Full(back)) => {
-                    message = back;
-                    room.await;
-                }
-            }
-        }
-    }
-
-    /// No more messages: senders waiting for room give up, and the
-    /// connection takes what is queued, then learns the queue is closed.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.room.notify_waiters();
-    }
-
-    /// The next message; `Err(true)` once the queue is closed and empty.
-    fn try_recv(&self) -> Result<Message, bool> {
-        let taken = {
-            let mut state = self.lock();
-            match state.messages.pop_front() {
-                Some(message) => {
-                    if state.messages.is_empty() && state.messages.capacity() > 64 {
-                        // A burst is over: give its memory back.
-                        state.messages = VecDeque::new();
-                    }
-                    Ok(message)
-                }
-                None => Err(state.closed),
-            }
-        };
-        if taken.is_ok() {
-            self.room.notify_one();
-        }
-        taken
-    }
-
-    fn lock(&self) -> MutexGuard<'_, PersonalState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl fmt::Debug for Personal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.lock();
-        f.debug_struct("Personal")
-            .field("queued", &state.messages.len())
-            .field("capacity", &state.capacity)
-            .field("closed", &state.closed)
-            .finish()
     }
 }
 
@@ -364,7 +254,6 @@ impl Connection {
             }
             match self.membership.personal.try_recv() {
                 Ok(message) => {
-                    self.took_personal(&message);
                     // More may be queued: look again next time.
                     self.membership.notify();
                     return Some(Ok(Event::Personal(message)));
@@ -456,14 +345,6 @@ impl Connection {
             id: self.id,
             next: Some(ReusableBoxFuture::new(next_event(self))),
         }
-    }
-
-    /// A personal message left the queue: its bytes no longer count
-    /// toward the hub's budget.
-    fn took_personal(&self, message: &Message) {
-        self.inner
-            .budget
-            .remove(&self.membership.queued, message.len());
     }
 
     /// Waits until something arrives; what arrived is handed to `take`.
@@ -858,7 +739,7 @@ async fn recv_any(subs: &mut [Sub]) -> (usize, Result<Envelope, ChannelRecvError
 impl Drop for Connection {
     fn drop(&mut self) {
         // What is still queued goes with the queue.
-        self.inner.budget.detach(&self.membership.queued);
+        self.membership.personal.detach();
         self.inner.remove(self.id, RecvError::Disconnected);
     }
 }
@@ -917,50 +798,5 @@ impl fmt::Debug for Events {
             .field("id", &self.id)
             .field("ended", &self.next.is_none())
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod personal_tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::{Personal, Refused};
-    use crate::Message;
-
-    #[tokio::test]
-    async fn a_full_queue_makes_senders_wait_and_closing_gives_messages_back() {
-        let queue = Arc::new(Personal::new(1));
-        assert!(queue.try_send(Message::text("one")).is_ok());
-        assert!(matches!(
-            queue.try_send(Message::text("x")),
-            Err(Refused::Full(_))
-        ));
-        let waiting = tokio::spawn({
-            let queue = Arc::clone(&queue);
-            async move { queue.send(Message::text("two")).await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        // Taking one makes room for the waiting sender.
-        assert_eq!(queue.try_recv().ok(), Some(Message::text("one")));
-        let sent = tokio::time::timeout(Duration::from_secs(5), waiting).await;
-        assert!(matches!(sent, Ok(Ok(Ok(())))));
-        // A sender still waiting when the queue closes gets its message back;
-        // what was queued is still read, then the end.
-        let waiting = tokio::spawn({
-            let queue = Arc::clone(&queue);
-            async move { queue.send(Message::text("three")).await }
-        });
-        tokio::task::yield_now().await;
-        queue.close();
-        let back = tokio::time::timeout(Duration::from_secs(5), waiting).await;
-        assert!(matches!(back, Ok(Ok(Err(m))) if m == Message::text("three")));
-        assert_eq!(queue.try_recv().ok(), Some(Message::text("two")));
-        assert!(matches!(queue.try_recv(), Err(true)), "closed and empty");
-        assert!(matches!(
-            queue.try_send(Message::text("late")),
-            Err(Refused::Closed(_))
-        ));
     }
 }

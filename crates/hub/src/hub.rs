@@ -10,9 +10,11 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::broadcast;
 
 use crate::backplane::{Backplane, Publication, Remote, LOCAL_BITS, MAX_NODE};
-use crate::budget::{Budget, Queued};
-use crate::connection::{Connection, Control, Controls, Personal, Refused};
+use crate::budget::Budget;
+use crate::budget::Shares;
+use crate::connection::{Connection, Control, Controls};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
+use crate::personal::{Personal, Refused};
 use crate::presence::{PresenceEvent, PresenceKind};
 use crate::room::{HistoryBudget, HistoryLimits, Placing, Room, Window, PENDING};
 use crate::stats::{Counters, Stats};
@@ -179,7 +181,14 @@ impl Builder {
     /// [`queue_capacity`](Self::queue_capacity) messages each. Past the
     /// budget, the hub disconnects the connection holding the most
     /// ([`RecvError::Overloaded`]), then the next, until the total is back
-    /// under it; [`Stats::shed`] counts them. Personal messages have no
+    /// under it; [`Stats::shed`] counts them.
+    ///
+    /// The budget counts memory, not copies: one message of 1 KiB or more
+    /// queued for many connections (the same buffer, cloned), such as a
+    /// member list for every joiner, counts once, until the last queue
+    /// holding it lets it go. Smaller ones count once per queue.
+    ///
+    /// Personal messages have no
     /// history to refill them from, so whatever the
     /// [slow-consumer policy](SlowConsumer), shedding disconnects rather
     /// than drop messages unannounced: the client can reconnect and resume
@@ -350,32 +359,12 @@ pub(crate) struct Membership {
     /// (a personal message, a join or leave, the removal): the connection
     /// looks at its queues only when this is set.
     signal: AtomicBool,
-    /// Bytes in the personal queue, counted toward the hub's budget.
-    pub(crate) queued: Queued,
     /// Joins and leaves for the connection.
     pub(crate) controls: Controls,
     /// Personal messages for the connection.
     pub(crate) personal: Personal,
     /// The connection waiting for the signal, if it is.
     waker: AtomicWaker,
-}
-
-/// Takes back bytes counted for a personal message that ends up not
-/// queued; [`keep`](Self::keep) once it is.
-struct Uncount<'a>(Option<(&'a Budget, &'a Queued, usize)>);
-
-impl Uncount<'_> {
-    fn keep(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Uncount<'_> {
-    fn drop(&mut self) {
-        if let Some((budget, queued, bytes)) = self.0.take() {
-            budget.remove(queued, bytes);
-        }
-    }
 }
 
 /// Why and when a connection was removed.
@@ -398,13 +387,12 @@ impl Removal {
 }
 
 impl Membership {
-    fn new(queue_capacity: usize) -> Self {
+    fn new(queue_capacity: usize, shares: Arc<Shares>) -> Self {
         Self {
             removal: OnceLock::new(),
             signal: AtomicBool::new(false),
-            queued: Queued::default(),
             controls: Controls::default(),
-            personal: Personal::new(queue_capacity),
+            personal: Personal::new(queue_capacity, shares),
             waker: AtomicWaker::new(),
         }
     }
@@ -529,7 +517,7 @@ impl Hub {
         let count = inner.next_id.fetch_add(1, Ordering::Relaxed) & LOCAL_MASK;
         let raw = inner.node_bits | count;
         let id = ConnId::new(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MIN));
-        let membership = Arc::new(Membership::new(inner.queue_capacity));
+        let membership = Arc::new(Membership::new(inner.queue_capacity, inner.budget.shares()));
         if let Some(user) = metadata.user_arc() {
             registry.users.entry(user).or_default().insert(id);
         }
@@ -733,17 +721,11 @@ impl Hub {
         let Some(membership) = found else {
             return Err(SendError::UnknownConnection { id, message });
         };
-        let (budget, bytes) = (&self.inner.budget, message.len());
-        // Counted before it can be taken; uncounted if it never is queued
-        // (the queue closed, or this future was dropped while waiting).
-        let over = budget.add(&membership.queued, bytes);
-        let uncount = Uncount(Some((budget, &membership.queued, bytes)));
         match membership.personal.send(message).await {
             Ok(()) => {
-                uncount.keep();
                 membership.notify();
                 Counters::add(&self.inner.counters.personal, 1);
-                if over || budget.is_over() {
+                if self.inner.budget.is_over() {
                     self.inner.shed();
                 }
                 Ok(())
@@ -829,9 +811,15 @@ impl Hub {
     /// user).
     #[must_use]
     pub fn members(&self, room: &str) -> Vec<(ConnId, Metadata)> {
-        let mut members = (self.inner.room(room))
-            .map(|room| room.members())
-            .unwrap_or_default();
+        let ids = (self.inner.room(room)).map_or_else(Vec::new, |room| room.member_ids());
+        // The registry owns the metadata; a member gone meanwhile is left
+        // out.
+        let mut members: Vec<_> = {
+            let registry = self.inner.lock();
+            (ids.into_iter())
+                .filter_map(|id| Some((id, registry.conns.get(&id)?.metadata.clone())))
+                .collect()
+        };
         if let Some(backplane) = &self.inner.backplane {
             members.extend(backplane.members(&Topic::Room(room.into())));
             members.sort_by_key(|(id, _)| *id);
@@ -924,7 +912,6 @@ impl Hub {
             };
             let old_user = entry.metadata.user_arc();
             entry.metadata = metadata.clone();
-            let rooms: Vec<_> = entry.rooms.iter().cloned().collect();
             let new_user = metadata.user_arc();
             if old_user != new_user {
                 if let Some(old) = old_user {
@@ -935,11 +922,6 @@ impl Hub {
                 }
             }
             // Under the registry lock, so presence events keep their order.
-            for room in &rooms {
-                if let Some(room) = self.inner.room(room.as_str()) {
-                    room.set_member(id, metadata.clone());
-                }
-            }
             self.inner
                 .announce(PresenceKind::Updated, Topic::All, id, &metadata);
         }
@@ -1202,25 +1184,17 @@ impl Inner {
         let Some(entry) = registry.conns.get(&id) else {
             return Err(SendError::UnknownConnection { id, message });
         };
-        let (budget, queued, bytes) = (&self.budget, &entry.membership.queued, message.len());
-        let over = budget.add(queued, bytes);
         let sent = match entry.membership.personal.try_send(message) {
             Ok(()) => {
                 entry.membership.notify();
                 Counters::add(&self.counters.personal, 1);
                 Ok(())
             }
-            Err(Refused::Full(message)) => {
-                budget.remove(queued, bytes);
-                Err(SendError::QueueFull { id, message })
-            }
-            Err(Refused::Closed(message)) => {
-                budget.remove(queued, bytes);
-                Err(SendError::UnknownConnection { id, message })
-            }
+            Err(Refused::Full(message)) => Err(SendError::QueueFull { id, message }),
+            Err(Refused::Closed(message)) => Err(SendError::UnknownConnection { id, message }),
         };
         drop(registry);
-        if over && sent.is_ok() {
+        if sent.is_ok() && self.budget.is_over() {
             self.shed();
         }
         sent
@@ -1231,26 +1205,20 @@ impl Inner {
         let Some(ids) = registry.users.get(user) else {
             return 0;
         };
-        let (budget, bytes) = (&self.budget, message.len());
-        let mut over = false;
         let sent = ids
             .iter()
             .filter_map(|id| registry.conns.get(id))
             .filter(|entry| {
-                let queued = &entry.membership.queued;
-                over |= budget.add(queued, bytes);
                 let sent = entry.membership.personal.try_send(message.clone()).is_ok();
                 if sent {
                     entry.membership.notify();
-                } else {
-                    budget.remove(queued, bytes);
                 }
                 sent
             })
             .count();
         drop(registry);
         Counters::add(&self.counters.personal, sent as u64);
-        if over && sent > 0 {
+        if sent > 0 && self.budget.is_over() {
             self.shed();
         }
         sent
@@ -1290,7 +1258,7 @@ impl Inner {
         if already && from.is_none() {
             return Ok(None);
         }
-        let (room, subscribed) = self.open_room(&name, from, (id, entry.metadata.clone()));
+        let (room, subscribed) = self.open_room(&name, from, id);
         let resume = resume_outcome(&subscribed);
         entry.rooms.insert(name.clone());
         entry
@@ -1328,7 +1296,7 @@ impl Inner {
         &self,
         name: &RoomName,
         from: Option<(u64, u64)>,
-        member: (ConnId, Metadata),
+        member: ConnId,
     ) -> (Arc<Room>, crate::room::Subscribed) {
         let mut rooms = self.rooms_lock();
         let room = match rooms.by_name.get(name).cloned() {
@@ -1430,7 +1398,7 @@ impl Inner {
             let registry = self.lock();
             (registry.conns.iter())
                 .filter_map(|(id, entry)| {
-                    let bytes = entry.membership.queued.bytes();
+                    let bytes = entry.membership.personal.queued();
                     (bytes > 0).then(|| (bytes, *id, Arc::clone(&entry.membership)))
                 })
                 .collect()
@@ -1441,10 +1409,10 @@ impl Inner {
                 break;
             }
             // Emptied its queue meanwhile: it reads, and holds nothing.
-            if membership.queued.bytes() == 0 {
+            if membership.personal.queued() == 0 {
                 continue;
             }
-            let queued = self.budget.detach(&membership.queued);
+            let queued = membership.personal.detach();
             if self.remove(id, RecvError::Overloaded { queued }) {
                 Counters::add(&self.counters.shed, 1);
             }

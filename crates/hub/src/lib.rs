@@ -95,6 +95,7 @@ mod event;
 mod hub;
 mod id;
 mod message;
+mod personal;
 mod presence;
 mod room;
 mod stats;

@@ -1,7 +1,7 @@
 //! One topic's fan-out channel, history and members.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{broadcast, Notify};
 
 use crate::hub::SlowConsumer;
-use crate::{Broadcast, ConnId, Message, Metadata, Topic};
+use crate::{Broadcast, ConnId, Message, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
 #[derive(Clone, Debug)]
@@ -217,7 +217,9 @@ struct RoomState {
     history_bytes: usize,
     /// Counts `history_bytes` hub-wide.
     budget: Arc<HistoryBudget>,
-    members: HashMap<ConnId, Metadata>,
+    /// The members' ids; their metadata has one owner, the hub's
+    /// registry.
+    members: HashSet<ConnId>,
 }
 
 /// A new subscription to a room: its receiver, the offset it starts at,
@@ -273,7 +275,7 @@ impl Room {
                 history: VecDeque::new(),
                 history_bytes: 0,
                 budget,
-                members: HashMap::new(),
+                members: HashSet::new(),
             }),
             placed: Notify::new(),
             last_used,
@@ -435,15 +437,11 @@ impl Room {
 
     /// Subscribes; with `from`, also returns the history from that position
     /// on. Adds `member` to the members when given.
-    pub(crate) fn subscribe(
-        &self,
-        from: Option<(u64, u64)>,
-        member: Option<(ConnId, Metadata)>,
-    ) -> Subscribed {
+    pub(crate) fn subscribe(&self, from: Option<(u64, u64)>, member: Option<ConnId>) -> Subscribed {
         let mut state = self.lock();
         self.used(&state);
-        if let Some((id, metadata)) = member {
-            state.members.insert(id, metadata);
+        if let Some(id) = member {
+            state.members.insert(id);
         }
         let receiver = state.sender.subscribe();
         let generation = state.generation;
@@ -559,30 +557,20 @@ impl Room {
     /// Removes a member; returns how many remain, or `None` if it was not one.
     pub(crate) fn remove_member(&self, id: ConnId) -> Option<usize> {
         let mut state = self.lock();
-        state.members.remove(&id).map(|_| state.members.len())
+        state.members.remove(&id).then(|| state.members.len())
     }
 
-    pub(crate) fn set_member(&self, id: ConnId, metadata: Metadata) {
-        if let Some(slot) = self.lock().members.get_mut(&id) {
-            *slot = metadata;
-        }
-    }
-
-    pub(crate) fn members(&self) -> Vec<(ConnId, Metadata)> {
-        let mut members: Vec<_> = self
-            .lock()
-            .members
-            .iter()
-            .map(|(id, metadata)| (*id, metadata.clone()))
-            .collect();
-        members.sort_by_key(|(id, _)| *id);
+    /// The members' ids, in order.
+    pub(crate) fn member_ids(&self) -> Vec<ConnId> {
+        let mut members: Vec<_> = self.lock().members.iter().copied().collect();
+        members.sort_unstable();
         members
     }
 
     /// How many members a broadcast skipping `except` reaches.
     pub(crate) fn reach(&self, except: Option<ConnId>) -> usize {
         let state = self.lock();
-        let skipped = except.is_some_and(|id| state.members.contains_key(&id));
+        let skipped = except.is_some_and(|id| state.members.contains(&id));
         state.members.len() - usize::from(skipped)
     }
 
@@ -631,7 +619,7 @@ impl RoomState {
         if *topic == Topic::All {
             receivers
         } else {
-            let skipped = except.is_some_and(|id| self.members.contains_key(&id));
+            let skipped = except.is_some_and(|id| self.members.contains(&id));
             self.members.len() - usize::from(skipped)
         }
     }

@@ -38,8 +38,9 @@ pub struct Stats {
     pub joins: u64,
     /// Times a connection left a room (disconnecting included).
     pub leaves: u64,
-    /// Bytes of personal messages queued now, all connections together
-    /// (see [`Builder::queue_budget`](crate::Builder::queue_budget)).
+    /// Bytes of personal messages queued now, all connections together, a
+    /// buffer queued for several connections counted once (see
+    /// [`Builder::queue_budget`](crate::Builder::queue_budget)).
     pub queued_bytes: usize,
     /// Connections disconnected for holding the most when the queue budget
     /// was exceeded.

@@ -160,3 +160,52 @@ async fn the_count_is_exact_under_concurrency() {
     assert_eq!(hub.stats().queued_bytes, 0);
     assert!(hub.is_empty());
 }
+
+#[tokio::test]
+async fn one_message_queued_for_many_counts_once_and_sheds_nobody() {
+    // A member list for every joiner of a burst: the same buffer in 200
+    // queues is 64 KiB of memory, not 12.8 MiB.
+    let hub = Hub::builder().queue_budget(256 * KIB).build();
+    let mut conns: Vec<_> = (0..200).map(|_| hub.connect().unwrap()).collect();
+    let list = payload(64 * KIB);
+    for conn in &conns {
+        hub.try_send_personal(conn.id(), list.clone()).unwrap();
+    }
+    assert_eq!(hub.stats().queued_bytes, 64 * KIB);
+    assert_eq!(hub.stats().shed, 0);
+    // A copy of the bytes is other memory, counted on its own.
+    hub.try_send_personal(conns[0].id(), payload(64 * KIB))
+        .unwrap();
+    assert_eq!(hub.stats().queued_bytes, 128 * KIB);
+    // Read by all but one: still held, still counted once.
+    for conn in &mut conns[1..] {
+        assert_eq!(drain(conn), (1, None));
+    }
+    assert_eq!(hub.stats().queued_bytes, 128 * KIB);
+    assert_eq!(drain(&mut conns[0]), (2, None));
+    assert_eq!(hub.stats().queued_bytes, 0);
+    assert_eq!(hub.stats().shed, 0);
+}
+
+#[tokio::test]
+async fn shedding_a_holder_of_a_shared_message_keeps_counting_it_for_the_others() {
+    let hub = Hub::builder().queue_budget(100 * KIB).build();
+    let mut holders: Vec<_> = (0..3).map(|_| hub.connect().unwrap()).collect();
+    let shared = payload(64 * KIB);
+    for conn in &holders {
+        hub.try_send_personal(conn.id(), shared.clone()).unwrap();
+    }
+    // The first holder also holds 40 KiB of its own: over the budget, it
+    // is shed; the others still hold the shared 64 KiB.
+    hub.try_send_personal(holders[0].id(), payload(40 * KIB))
+        .unwrap();
+    assert_eq!(hub.stats().shed, 1);
+    assert_eq!(hub.stats().queued_bytes, 64 * KIB);
+    let (got, closed) = drain(&mut holders[0]);
+    assert_eq!(got, 2, "what was queued for it is still delivered");
+    assert!(matches!(closed, Some(RecvError::Overloaded { .. })));
+    for conn in &mut holders[1..] {
+        assert_eq!(drain(conn), (1, None));
+    }
+    assert_eq!(hub.stats().queued_bytes, 0);
+}
