@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::auth::Auth;
 use crate::presence::{names_of, Presences};
-use crate::protocol::{self, parse_command, payload, ChatOptions, Command};
+use crate::protocol::{self, parse_command, payload, ChatOptions, Command, Format};
 
 fn text_only() -> Close {
     Close::new(CloseCode::UNSUPPORTED, "only text messages are supported")
@@ -172,8 +172,11 @@ impl Handler for RoomChat {
         // Never waits: the session's writer is not running yet.
         let _ = hub.try_send_personal(id, welcome);
         // The whole list to the joiner alone; the others learn the change
-        // from the line announcing it (see `presence`).
-        let _ = hub.try_send_personal(id, self.presences.list(hub, &options.room));
+        // from the line announcing it (see `presence`). Text clients are
+        // shown no list: they get none.
+        if options.format == Format::Json {
+            let _ = hub.try_send_personal(id, self.presences.list(hub, &options.room));
+        }
         self.presences.joined(hub, &options.room, &name);
     }
 
