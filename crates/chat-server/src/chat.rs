@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 
 use crate::auth::Auth;
 use crate::presence::{names_of, Presences};
-use crate::protocol::{self, parse_command, payload, ChatOptions, Command, Format};
+use crate::protocol::{self, parse_command, payload, ChatOptions, Command, Format, Framed};
 
 fn text_only() -> Close {
     Close::new(CloseCode::UNSUPPORTED, "only text messages are supported")
@@ -81,6 +81,7 @@ impl Handler for Chat {
 pub struct RoomChat {
     auth: Auth,
     presences: Arc<Presences>,
+    framed: Arc<Framed>,
 }
 
 impl RoomChat {
@@ -90,6 +91,7 @@ impl RoomChat {
         Self {
             auth,
             presences: Arc::default(),
+            framed: Arc::default(),
         }
     }
 
@@ -210,7 +212,7 @@ impl Handler for RoomChat {
 
     fn render(&self, session: &Session, event: Event) -> Option<Message> {
         let options = session.metadata().data::<ChatOptions>()?;
-        protocol::render(options.format, event)
+        self.framed.render(options.format, event)
     }
 
     async fn on_close(&self, session: &Session, _ended: &Ended) {

@@ -5,7 +5,7 @@
 //! (or the path `/ws/{room}`), `name`, `format=json`, `epoch` and `offset`
 //! selects the room chat; see the README for the JSON frames.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hub::{Broadcast, Event, Message, Position, RoomName, Topic};
@@ -236,12 +236,7 @@ pub(crate) fn render(format: Format, event: Event) -> Option<Message> {
         (Format::Text, Event::Lagged { missed, .. }) => {
             Some(Message::from(format!("({missed} messages were missed)")))
         }
-        // The stored payload is already JSON: framed without re-parsing.
-        (Format::Json, Event::Personal(message)) => Some(Message::from(concat(&[
-            r#"{"type":"personal","data":"#,
-            message.as_text()?,
-            "}",
-        ]))),
+        (Format::Json, Event::Personal(message)) => personal_json(&message),
         (Format::Json, Event::Resync { topic, missed }) => Some(Message::from(
             json!({ "type": "resync", "room": topic_name(&topic), "missed": missed }).to_string(),
         )),
@@ -249,6 +244,52 @@ pub(crate) fn render(format: Format, event: Event) -> Option<Message> {
             json!({ "type": "lagged", "room": topic_name(&topic), "missed": missed }).to_string(),
         )),
         _ => None,
+    }
+}
+
+/// A personal message as a JSON client receives it. The stored payload is
+/// already JSON: framed without re-parsing.
+fn personal_json(message: &Message) -> Option<Message> {
+    Some(Message::from(concat(&[
+        r#"{"type":"personal","data":"#,
+        message.as_text()?,
+        "}",
+    ])))
+}
+
+/// Large personal messages sent to many clients, framed once: the member
+/// list every JSON joiner of a burst gets is one buffer, and its frame is
+/// made for the first joiner and shared by the others (it was copied for
+/// each). Keeps the latest one.
+#[derive(Debug, Default)]
+pub(crate) struct Framed {
+    latest: Mutex<Option<(Message, Message)>>,
+}
+
+impl Framed {
+    /// From this size on, a personal message's JSON frame is kept.
+    const FROM: usize = 1024;
+
+    /// What `event` is for a client of `format`.
+    pub(crate) fn render(&self, format: Format, event: Event) -> Option<Message> {
+        match (format, event) {
+            (Format::Json, Event::Personal(message)) if message.len() >= Self::FROM => {
+                let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((source, frame)) = latest.as_ref() {
+                    // The same buffer (the cache holds it, so its address
+                    // is not reused meanwhile).
+                    if source.as_bytes().as_ptr() == message.as_bytes().as_ptr()
+                        && source.len() == message.len()
+                    {
+                        return Some(frame.clone());
+                    }
+                }
+                let frame = personal_json(&message)?;
+                *latest = Some((message, frame.clone()));
+                Some(frame)
+            }
+            (format, event) => render(format, event),
+        }
     }
 }
 
@@ -481,5 +522,37 @@ mod tests {
         assert!(!valid_name("bo\u{200B}b"));
         assert!(!valid_name("\u{202E}bob"));
         assert!(valid_name("zoë"));
+    }
+
+    #[test]
+    fn a_large_personal_message_sent_to_many_is_framed_once() {
+        let framed = Framed::default();
+        let names: Vec<String> = (0..200).map(|i| format!("guest-{i}")).collect();
+        let list = Message::text(payload("members", json!({ "members": names })));
+        let frames: Vec<Message> = (0..3)
+            .filter_map(|_| framed.render(Format::Json, Event::Personal(list.clone())))
+            .collect();
+        assert_eq!(frames.len(), 3);
+        let text = frames[0].as_text().unwrap();
+        assert!(text.starts_with(r#"{"type":"personal","data":{"#));
+        assert_eq!(&text[26..text.len() - 1], list.as_text().unwrap());
+        // One frame, shared.
+        let at = frames[0].as_bytes().as_ptr();
+        assert!(frames.iter().all(|f| f.as_bytes().as_ptr() == at));
+        // Another buffer of the same text is framed again; text clients
+        // and small messages go the usual way.
+        let copy = Message::text(list.as_text().unwrap().to_owned());
+        let again = framed.render(Format::Json, Event::Personal(copy)).unwrap();
+        assert_eq!(again, frames[0]);
+        assert_ne!(again.as_bytes().as_ptr(), at);
+        assert_eq!(framed.render(Format::Text, Event::Personal(list)), None);
+        let small = Message::text(payload("info", json!({ "text": "hi" })));
+        let one = framed.render(Format::Json, Event::Personal(small.clone()));
+        let two = framed.render(Format::Json, Event::Personal(small));
+        assert_eq!(one, two);
+        assert_ne!(
+            one.unwrap().as_bytes().as_ptr(),
+            two.unwrap().as_bytes().as_ptr()
+        );
     }
 }
