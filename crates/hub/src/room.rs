@@ -191,6 +191,10 @@ impl HistoryBudget {
 pub(crate) struct Room {
     pub(crate) topic: Topic,
     state: Mutex<RoomState>,
+    /// Under a lock of its own (taken after `state` when both are):
+    /// readers refilling from it do not wait while a publisher, holding
+    /// `state`, wakes the channel's readers.
+    history: Mutex<History>,
     /// Woken when the backplane places the room.
     placed: Notify,
     /// The [`HistoryBudget`]'s clock when the topic was last used
@@ -212,14 +216,21 @@ struct RoomState {
     /// from this room ([`Room::publish`]).
     mirrored: bool,
     next_offset: u64,
-    /// Increasing offsets of the current epoch, oldest first.
-    history: VecDeque<Envelope>,
-    history_bytes: usize,
-    /// Counts `history_bytes` hub-wide.
+    /// What rendered forms of its messages count toward.
     budget: Arc<HistoryBudget>,
     /// The members' ids; their metadata has one owner, the hub's
     /// registry.
     members: HashSet<ConnId>,
+}
+
+/// A topic's recent messages: increasing offsets of the current epoch,
+/// oldest first.
+#[derive(Debug)]
+struct History {
+    messages: VecDeque<Envelope>,
+    bytes: usize,
+    /// Counts `bytes` hub-wide.
+    budget: Arc<HistoryBudget>,
 }
 
 /// A new subscription to a room: its receiver, the offset it starts at,
@@ -272,10 +283,13 @@ impl Room {
                 epoch: if mirrored { PENDING } else { new_epoch() },
                 mirrored,
                 next_offset: 0,
-                history: VecDeque::new(),
-                history_bytes: 0,
-                budget,
+                budget: Arc::clone(&budget),
                 members: HashSet::new(),
+            }),
+            history: Mutex::new(History {
+                messages: VecDeque::new(),
+                bytes: 0,
+                budget,
             }),
             placed: Notify::new(),
             last_used,
@@ -293,17 +307,17 @@ impl Room {
     /// Drops this topic's oldest history until `bytes` are freed or none
     /// is left; returns how many were freed.
     fn drop_history(&self, bytes: usize) -> usize {
-        let mut state = self.lock();
+        let mut history = self.history();
         let mut freed = 0;
         while freed < bytes {
-            match state.history.pop_front() {
-                Some(old) => freed += state.forget(&old),
+            match history.drop_oldest() {
+                Some(len) => freed += len,
                 None => break,
             }
         }
-        if state.history.is_empty() {
+        if history.messages.is_empty() {
             // Give the storage back too.
-            state.history = VecDeque::new();
+            history.messages = VecDeque::new();
         }
         freed
     }
@@ -329,6 +343,10 @@ impl Room {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn history(&self) -> MutexGuard<'_, History> {
+        lock_history(&self.history)
+    }
+
     /// Numbers, records and sends a message; returns how many members it
     /// reached (for [`Topic::All`], how many connections are subscribed,
     /// before `except` is skipped).
@@ -348,16 +366,11 @@ impl Room {
             state.mirrored = false;
             state.epoch = new_epoch();
             state.next_offset = 0;
-            state.clear_history();
+            self.history().clear();
         }
         let offset = state.next_offset;
-        state.send(
-            &self.topic,
-            Placing::Message(message),
-            except,
-            offset,
-            limits,
-        )
+        let placing = Placing::Message(message);
+        state.send(&self.topic, &self.history, placing, except, offset, limits)
     }
 
     /// Records and sends what the backplane placed at `epoch`/`offset`.
@@ -378,7 +391,7 @@ impl Room {
             return 0;
         }
         self.used(&state);
-        state.send(&self.topic, placing, except, offset, limits)
+        state.send(&self.topic, &self.history, placing, except, offset, limits)
     }
 
     /// Follows the backplane from `epoch`/`next` on, with `backfill` (its
@@ -395,20 +408,17 @@ impl Room {
         state.mirrored = true;
         state.epoch = epoch;
         state.next_offset = next;
-        state.clear_history();
+        let mut history = self.history();
+        history.clear();
         let backfill = backfill.into_iter().filter(|_| limits.enabled());
         for (offset, message, except) in backfill {
-            if offset >= next
-                || state
-                    .history
-                    .back()
-                    .is_some_and(|last| last.offset >= offset)
+            if offset >= next || (history.messages.back()).is_some_and(|last| last.offset >= offset)
             {
                 continue;
             }
             let budget = Arc::clone(&state.budget);
             let broadcast = Broadcast::new(self.topic.clone(), (epoch, offset), message, budget);
-            state.remember(
+            history.remember(
                 &Envelope {
                     payload: Payload::Message(broadcast),
                     except,
@@ -418,6 +428,7 @@ impl Room {
                 limits,
             );
         }
+        drop(history);
         // Members learn the place now, not with the next message: one that
         // resumed before the room was placed gets its replay at once.
         let _ = state.sender.send(Envelope {
@@ -465,10 +476,8 @@ impl Room {
         let (first, replayed, missed) = match from {
             None => (next_offset, 0, None),
             Some((epoch, first)) => {
-                let oldest = state
-                    .history
-                    .front()
-                    .map_or(next_offset, |stored| stored.offset);
+                let history = self.history();
+                let oldest = (history.messages.front()).map_or(next_offset, |stored| stored.offset);
                 let (first, missed) = if epoch != state.epoch {
                     (oldest, Some(None))
                 } else if first < oldest {
@@ -476,10 +485,8 @@ impl Room {
                 } else {
                     (first.min(next_offset), None)
                 };
-                let start = state
-                    .history
-                    .partition_point(|stored| stored.offset < first);
-                (first, (state.history.len() - start) as u64, missed)
+                let start = (history.messages).partition_point(|stored| stored.offset < first);
+                (first, (history.messages.len() - start) as u64, missed)
             }
         };
         Subscribed {
@@ -534,12 +541,12 @@ impl Room {
                 missing: 0,
             };
         }
-        let state = self.lock();
+        let history = self.history();
         // Offsets increase along history.
-        let start = state.history.partition_point(|stored| stored.offset < from);
+        let start = (history.messages).partition_point(|stored| stored.offset < from);
         let mut found = 0;
         let mut last = from;
-        for stored in state.history.range(start..) {
+        for stored in history.messages.range(start..) {
             if stored.offset >= to || found == max {
                 break;
             }
@@ -580,8 +587,11 @@ impl Room {
 
     /// The epoch, the next offset and the history's size in bytes.
     pub(crate) fn position(&self) -> (u64, u64, usize) {
-        let state = self.lock();
-        (state.epoch, state.next_offset, state.history_bytes)
+        let (epoch, next) = {
+            let state = self.lock();
+            (state.epoch, state.next_offset)
+        };
+        (epoch, next, self.history().bytes)
     }
 }
 
@@ -590,6 +600,7 @@ impl RoomState {
     fn send(
         &mut self,
         topic: &Topic,
+        history: &Mutex<History>,
         placing: Placing,
         except: Option<ConnId>,
         offset: u64,
@@ -611,7 +622,7 @@ impl RoomState {
             offset,
         };
         if limits.enabled() {
-            self.remember(&envelope, limits);
+            lock_history(history).remember(&envelope, limits);
         }
         // Numbered and sent under the lock: each channel carries its
         // messages in offset order.
@@ -623,40 +634,47 @@ impl RoomState {
             self.members.len() - usize::from(skipped)
         }
     }
+}
 
+fn lock_history(history: &Mutex<History>) -> MutexGuard<'_, History> {
+    // Every step leaves it consistent, as the room's state.
+    history.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl History {
+    /// Keeps `envelope`, the newest message, dropping the oldest past
+    /// `limits`.
     fn remember(&mut self, envelope: &Envelope, limits: HistoryLimits) {
         let len = envelope.payload.len();
-        self.history_bytes += len;
+        self.bytes += len;
         self.budget.add(len);
-        self.history.push_back(envelope.clone());
-        while self.history.len() > limits.messages || self.history_bytes > limits.bytes {
-            match self.history.pop_front() {
-                Some(old) => {
-                    self.forget(&old);
-                }
-                None => break,
+        self.messages.push_back(envelope.clone());
+        while self.messages.len() > limits.messages || self.bytes > limits.bytes {
+            if self.drop_oldest().is_none() {
+                break;
             }
         }
     }
 
-    /// Uncounts a message taken out of history; returns its size.
-    fn forget(&mut self, old: &Envelope) -> usize {
-        let len = old.payload.len();
-        self.history_bytes -= len;
+    /// Drops the oldest message; returns its size, or `None` if there was
+    /// none.
+    fn drop_oldest(&mut self) -> Option<usize> {
+        let len = self.messages.pop_front()?.payload.len();
+        self.bytes -= len;
         self.budget.remove(len);
-        len
+        Some(len)
     }
 
-    fn clear_history(&mut self) {
-        self.budget.remove(self.history_bytes);
-        self.history = VecDeque::new();
-        self.history_bytes = 0;
+    fn clear(&mut self) {
+        self.budget.remove(self.bytes);
+        self.messages = VecDeque::new();
+        self.bytes = 0;
     }
 }
 
-impl Drop for RoomState {
+impl Drop for History {
     fn drop(&mut self) {
-        self.clear_history();
+        self.clear();
     }
 }
 
