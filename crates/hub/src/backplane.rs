@@ -19,7 +19,10 @@
 //!
 //! `hub-redis` implements this trait over Redis.
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use crate::hub::Inner;
@@ -289,5 +292,36 @@ impl Remote {
             .upgrade()
             .map(|inner| inner.topics())
             .unwrap_or_default()
+    }
+}
+
+/// A new epoch: random, never zero, and below 2^53, so that it stays exact
+/// wherever numbers are doubles (Lua in Redis, JavaScript). A process-random
+/// hash of the time and a counter: unlikely to repeat across restarts or
+/// nodes. Backplanes use it for a topic their store does not know yet.
+#[must_use]
+pub fn new_epoch() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::new_epoch;
+
+    #[test]
+    fn epochs_are_distinct_and_exact_as_doubles() {
+        let epochs: HashSet<u64> = (0..1000).map(|_| new_epoch()).collect();
+        assert_eq!(epochs.len(), 1000);
+        // A plain 64-bit hash would exceed 2^53 in all but a few of 1 000.
+        assert!(epochs.iter().all(|&e| e != 0 && e < 1 << 53));
     }
 }

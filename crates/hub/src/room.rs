@@ -1,13 +1,12 @@
 //! One topic's fan-out channel, history and members.
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{broadcast, Notify};
 
+use crate::backplane::new_epoch;
 use crate::hub::SlowConsumer;
 use crate::{Broadcast, ConnId, Message, Topic};
 
@@ -676,17 +675,4 @@ impl Drop for History {
     fn drop(&mut self) {
         self.clear();
     }
-}
-
-/// An epoch unlikely to repeat across restarts: process-random hash of the
-/// time and a counter. Never zero.
-fn new_epoch() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = RandomState::new().build_hasher();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(nanos);
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish().max(1)
 }
