@@ -113,11 +113,6 @@ pub use upgrade::{is_upgrade_request, UpgradeError};
 #[doc(hidden)]
 pub mod fuzzing;
 
-/// The workspace README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;
-
 /// The crate README's example, compiled as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
