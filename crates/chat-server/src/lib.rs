@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use hub::{Backplane, Hub};
 use hub_redis::RedisBackplane;
-use hub_ws::{Config, Origins, RateLimit, WsServer};
+use hub_ws::{Config, Origins, RateLimit, SessionLimit, WsServer};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -137,11 +137,13 @@ impl Server {
             .ping_interval(args.ping_interval)
             .idle_timeout(args.idle_timeout)
             .write_timeout(args.write_timeout)
-            .max_request_head(args.max_request_head)
-            .max_sessions(args.max_connections);
+            .max_request_head(args.max_request_head);
+        // One limit over every endpoint.
+        let mut limit = SessionLimit::new().max(args.max_connections);
         if let Some(per_ip) = args.max_connections_per_ip {
-            config = config.max_sessions_per_ip(per_ip);
+            limit = limit.per_ip(per_ip);
         }
+        config = config.session_limit(limit);
         if let Some(per_second) = args.rate_limit {
             let burst = args.rate_burst.unwrap_or((per_second * 2.0).ceil() as u32);
             let limit = RateLimit::new(per_second, burst).close_after(args.rate_limit_close_after);

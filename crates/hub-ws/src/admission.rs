@@ -157,6 +157,66 @@ fn counted_as(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// How many sessions may be open at once, counted across every server
+/// configured with this limit or a clone of it: one limit covers several
+/// endpoints when they are given the same one, and only then.
+///
+/// ```
+/// use hub::Hub;
+/// use hub_ws::{Config, SessionLimit, WsServer};
+/// # #[derive(Clone)] struct Chat;
+/// # impl hub_ws::Handler for Chat {
+/// #     async fn on_message(&self, _: &hub_ws::Session, _: hub::Message) -> Result<(), hub_ws::Close> { Ok(()) }
+/// # }
+///
+/// // 10 000 sessions in all over both endpoints, 50 from one address.
+/// let limit = SessionLimit::new().max(10_000).per_ip(50);
+/// let config = Config::default().session_limit(limit.clone());
+/// let chat = WsServer::with_config(Hub::new(), Chat, config.clone());
+/// let echo = WsServer::with_config(Hub::new(), Chat, config);
+/// assert_eq!(limit.open(), 0);
+/// # let _ = (chat, echo);
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct SessionLimit {
+    max: Option<usize>,
+    per_ip: Option<usize>,
+    gate: Arc<Gate>,
+}
+
+impl SessionLimit {
+    /// No limit yet: sessions are counted, and none is refused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At most this many sessions at once; more are refused with 503
+    /// before the upgrade.
+    pub fn max(mut self, sessions: usize) -> Self {
+        self.max = Some(sessions);
+        self
+    }
+
+    /// At most this many sessions at once from one client address (an
+    /// IPv6 client's /64); more are refused with 429 before the upgrade.
+    pub fn per_ip(mut self, sessions: usize) -> Self {
+        self.per_ip = Some(sessions);
+        self
+    }
+
+    /// Sessions open now under this limit, all servers sharing it together.
+    #[must_use]
+    pub fn open(&self) -> usize {
+        self.gate.open()
+    }
+
+    /// Takes a place, if the limits allow one more session (from `ip`).
+    pub(crate) fn admit(&self, ip: Option<IpAddr>) -> Result<Admitted, UpgradeError> {
+        self.gate.admit(ip, self.max, self.per_ip)
+    }
+}
+
 /// Counts open sessions, in all and by client address.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {

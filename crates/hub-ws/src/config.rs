@@ -1,9 +1,8 @@
 //! Limits and timers of a WebSocket session.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admission::Gate;
+use crate::admission::SessionLimit;
 use crate::{Origins, RateLimit};
 
 /// Longest accepted timer; longer ones are lowered to it.
@@ -43,10 +42,9 @@ pub struct Config {
     pub(crate) allowed_origins: Vec<String>,
     /// Whether clients reach the server over TLS, if known.
     pub(crate) tls: Option<bool>,
-    pub(crate) max_sessions: Option<usize>,
-    pub(crate) max_sessions_per_ip: Option<usize>,
-    /// Shared by every server built from this configuration or its clones.
-    pub(crate) gate: Arc<Gate>,
+    /// Shared on purpose, by the servers given the same one; without one,
+    /// each server counts its own sessions, without a limit.
+    pub(crate) session_limit: Option<SessionLimit>,
     pub(crate) rate_limit: Option<RateLimit>,
 }
 
@@ -64,9 +62,7 @@ impl Default for Config {
             origins: Origins::default(),
             allowed_origins: Vec::new(),
             tls: None,
-            max_sessions: None,
-            max_sessions_per_ip: None,
-            gate: Arc::new(Gate::default()),
+            session_limit: None,
             rate_limit: None,
         }
     }
@@ -165,19 +161,11 @@ impl Config {
         self
     }
 
-    /// At most this many sessions at once; more are refused with 503
-    /// before the upgrade (default: no limit). The count is shared by every
-    /// [`WsServer`](crate::WsServer) built from this configuration or its
-    /// clones, so one limit can cover several endpoints.
-    pub fn max_sessions(mut self, sessions: usize) -> Self {
-        self.max_sessions = Some(sessions);
-        self
-    }
-
-    /// At most this many sessions at once from one client address; more
-    /// are refused with 429 before the upgrade (default: no limit).
-    pub fn max_sessions_per_ip(mut self, sessions: usize) -> Self {
-        self.max_sessions_per_ip = Some(sessions);
+    /// Limits the sessions open at once (default: no limit), counted
+    /// across every server given `limit` or a clone of it; see
+    /// [`SessionLimit`].
+    pub fn session_limit(mut self, limit: SessionLimit) -> Self {
+        self.session_limit = Some(limit);
         self
     }
 

@@ -96,7 +96,7 @@ mod stats;
 mod throttle;
 mod upgrade;
 
-pub use admission::Origins;
+pub use admission::{Origins, SessionLimit};
 pub use close::{Close, CloseCode, Ended};
 pub use config::{Config, DEFAULT_MAX_MESSAGE_SIZE};
 pub use handler::{Handler, Session};

@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::{self, Instant};
 use tokio_util::task::TaskTracker;
 
-use crate::admission::{check_origin, Admitted};
+use crate::admission::{check_origin, Admitted, SessionLimit};
 use crate::codec::Socket;
 use crate::frame::{Frame, ReadError};
 use crate::session::{drive, refuse, Finished, Shared};
@@ -105,6 +105,8 @@ pub(crate) struct Inner<H> {
     hub: Hub,
     handler: H,
     pub(crate) config: Config,
+    /// The configuration's session limit, or one of this server's own.
+    session_limit: SessionLimit,
     pub(crate) sessions: TaskTracker,
     counters: Counters,
     /// Refused handshakes are logged at this rate at most.
@@ -141,6 +143,7 @@ impl<H: Handler> WsServer<H> {
             inner: Arc::new(Inner {
                 hub,
                 handler,
+                session_limit: config.session_limit.clone().unwrap_or_default(),
                 config,
                 sessions: TaskTracker::new(),
                 counters: Counters::default(),
@@ -168,11 +171,11 @@ impl<H: Handler> WsServer<H> {
         self.inner.counters.snapshot(self.inner.sessions.len())
     }
 
-    /// Sessions admitted and not yet ended (what
-    /// [`Config::max_sessions`] counts).
+    /// Sessions admitted and not yet ended, under this server's
+    /// [`SessionLimit`] (all the servers sharing it together).
     #[must_use]
     pub fn admitted(&self) -> usize {
-        self.inner.config.gate.open()
+        self.inner.session_limit.open()
     }
 
     /// Answers a hyper request that asks for a WebSocket: returns the
@@ -282,10 +285,7 @@ impl<H: Handler> WsServer<H> {
             })
             .and_then(|metadata| {
                 let ip = peer.map(|peer| peer.ip());
-                let place =
-                    config
-                        .gate
-                        .admit(ip, config.max_sessions, config.max_sessions_per_ip)?;
+                let place = inner.session_limit.admit(ip)?;
                 Ok((place, metadata))
             })
         };
@@ -611,7 +611,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_handler_refuses_before_a_place_is_taken() {
-        let config = Config::default().max_sessions(1);
+        let config = Config::default().session_limit(SessionLimit::new().max(1));
         let server = WsServer::with_config(Hub::new(), Keyed, config);
         for _ in 0..3 {
             let refused = server
@@ -630,6 +630,34 @@ mod tests {
             hyper::StatusCode::SWITCHING_PROTOCOLS
         );
         assert_eq!(server.admitted(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_limit_is_shared_only_by_the_servers_given_it() {
+        let open = |server: &WsServer<Keyed>| {
+            let request = handshake_request("/ws?key=open");
+            server.upgrade::<_, String>(request, Metadata::new())
+        };
+        // Cloned configurations without a limit: each server its own count.
+        let config = Config::default();
+        let (a, b) = (
+            WsServer::with_config(Hub::new(), Keyed, config.clone()),
+            WsServer::with_config(Hub::new(), Keyed, config),
+        );
+        assert!(open(&a).is_ok());
+        assert_eq!((a.admitted(), b.admitted()), (1, 0));
+        // The same limit: one count, one limit, over both.
+        let limit = SessionLimit::new().max(2);
+        let config = Config::default().session_limit(limit.clone());
+        let (a, b) = (
+            WsServer::with_config(Hub::new(), Keyed, config.clone()),
+            WsServer::with_config(Hub::new(), Keyed, config),
+        );
+        assert!(open(&a).is_ok());
+        assert!(open(&b).is_ok());
+        assert_eq!((a.admitted(), b.admitted(), limit.open()), (2, 2, 2));
+        let refused = open(&a).unwrap_err();
+        assert_eq!(refused.status(), hyper::StatusCode::SERVICE_UNAVAILABLE);
     }
 
     /// What `serve_tcp` answers to `request` from a client on loopback,

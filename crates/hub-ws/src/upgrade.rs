@@ -34,11 +34,11 @@ pub enum UpgradeError {
     #[error("this origin may not open WebSockets here")]
     ForbiddenOrigin,
     /// The server has as many sessions as it accepts
-    /// ([`Config::max_sessions`](crate::Config::max_sessions)).
+    /// ([`SessionLimit::max`](crate::SessionLimit::max)).
     #[error("too many connections; try again later")]
     TooManyConnections,
     /// This client address has as many sessions as one address may have
-    /// ([`Config::max_sessions_per_ip`](crate::Config::max_sessions_per_ip)).
+    /// ([`SessionLimit::per_ip`](crate::SessionLimit::per_ip)).
     #[error("too many connections from this address")]
     TooManyFromAddress,
     /// The application refused the handshake
