@@ -149,16 +149,18 @@ impl Server {
             let limit = RateLimit::new(per_second, burst).close_after(args.rate_limit_close_after);
             config = config.rate_limit(limit);
         }
-        if args.any_origin {
-            config = config.origins(Origins::Any);
-        }
+        let origins = if args.any_origin {
+            Origins::Any
+        } else {
+            (args.allowed_origins.iter()).fold(Origins::default(), |origins, origin| {
+                origins.allow(origin.as_str())
+            })
+        };
+        config = config.origins(origins);
         if tls.is_some() {
             // Pages of this server are https ones: an http page is another
             // origin. Without TLS here, a proxy in front may terminate it.
             config = config.served_over_tls(true);
-        }
-        for origin in &args.allowed_origins {
-            config = config.allow_origin(origin.as_str());
         }
         let auth = args.auth()?;
         let builder = || {

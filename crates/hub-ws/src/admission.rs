@@ -17,20 +17,54 @@ use crate::UpgradeError;
 /// check, any web page could talk to the server as its visitor
 /// (cross-site WebSocket hijacking). Clients that are not browsers send no
 /// `Origin` and are always let in.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Origins {
-    /// The default: the origin must be the server's own (its host and port
-    /// those of the request's `Host`, default ports included, and its
-    /// scheme the one clients reach the server by, where that is known:
-    /// see [`Config::served_over_tls`](crate::Config::served_over_tls)),
-    /// or match one of these patterns: an exact origin
+    /// The default (with no patterns): the origin must be the server's own
+    /// (its host and port those of the request's `Host`, default ports
+    /// included, and its scheme the one clients reach the server by, where
+    /// that is known: see
+    /// [`Config::served_over_tls`](crate::Config::served_over_tls)), or
+    /// match one of these patterns: an exact origin
     /// (`https://app.example.com`) or a wildcard subdomain
-    /// (`*.example.com`, any scheme and port).
-    #[default]
-    SameOrAllowed,
+    /// (`*.example.com`, any scheme and port). Add patterns with
+    /// [`allow`](Self::allow).
+    SameOrAllowed(Vec<String>),
     /// Any origin (for servers that authenticate otherwise).
     Any,
+}
+
+impl Default for Origins {
+    fn default() -> Self {
+        Self::SameOrAllowed(Vec::new())
+    }
+}
+
+impl Origins {
+    /// Also lets in handshakes from `pattern`: an exact origin
+    /// (`https://app.example.com`) or a wildcard subdomain
+    /// (`*.example.com`). Spaces around the pattern and a trailing `/` do
+    /// not count; an empty pattern allows nothing, and so does any pattern
+    /// added to [`Origins::Any`], which lets everyone in already.
+    ///
+    /// ```
+    /// use hub_ws::{Config, Origins};
+    ///
+    /// let origins = Origins::default()
+    ///     .allow("https://app.example.com")
+    ///     .allow("*.example.org");
+    /// let config = Config::default().origins(origins);
+    /// # let _ = config;
+    /// ```
+    #[must_use]
+    pub fn allow(mut self, pattern: impl Into<String>) -> Self {
+        let pattern = pattern.into();
+        let pattern = pattern.trim().trim_end_matches('/');
+        if let (Self::SameOrAllowed(allowed), false) = (&mut self, pattern.is_empty()) {
+            allowed.push(pattern.to_owned());
+        }
+        self
+    }
 }
 
 /// Checks the `Origin` of a handshake. `tls` says whether clients reach
@@ -38,12 +72,12 @@ pub enum Origins {
 pub(crate) fn check_origin(
     headers: &HeaderMap,
     origins: &Origins,
-    allowed: &[String],
     tls: Option<bool>,
 ) -> Result<(), UpgradeError> {
-    if *origins == Origins::Any {
-        return Ok(());
-    }
+    let allowed = match origins {
+        Origins::Any => return Ok(()),
+        Origins::SameOrAllowed(allowed) => allowed,
+    };
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -302,7 +336,12 @@ mod tests {
         map
     }
 
-    const DEFAULT: Origins = Origins::SameOrAllowed;
+    const DEFAULT: Origins = Origins::SameOrAllowed(Vec::new());
+
+    /// The default, with these patterns as given.
+    fn allowing(patterns: &[String]) -> Origins {
+        Origins::SameOrAllowed(patterns.to_vec())
+    }
 
     #[test]
     fn same_origin_and_no_origin_pass() {
@@ -310,9 +349,9 @@ mod tests {
             ("host", "127.0.0.1:8000"),
             ("origin", "http://127.0.0.1:8000"),
         ]);
-        assert_eq!(check_origin(&same, &DEFAULT, &[], None), Ok(()));
+        assert_eq!(check_origin(&same, &DEFAULT, None), Ok(()));
         let none = headers(&[("host", "127.0.0.1:8000")]);
-        assert_eq!(check_origin(&none, &DEFAULT, &[], None), Ok(()));
+        assert_eq!(check_origin(&none, &DEFAULT, None), Ok(()));
     }
 
     #[test]
@@ -322,25 +361,25 @@ mod tests {
             ("origin", "https://evil.example"),
         ]);
         assert_eq!(
-            check_origin(&evil, &DEFAULT, &[], None),
+            check_origin(&evil, &DEFAULT, None),
             Err(UpgradeError::ForbiddenOrigin)
         );
-        assert_eq!(check_origin(&evil, &Origins::Any, &[], None), Ok(()));
+        assert_eq!(check_origin(&evil, &Origins::Any, None), Ok(()));
         let app = headers(&[
             ("host", "api.example.com"),
             ("origin", "https://app.example.com"),
         ]);
         let exact = ["https://app.example.com".to_owned()];
-        assert_eq!(check_origin(&app, &DEFAULT, &exact, None), Ok(()));
+        assert_eq!(check_origin(&app, &allowing(&exact), None), Ok(()));
         let wildcard = ["*.example.com".to_owned()];
-        assert_eq!(check_origin(&app, &DEFAULT, &wildcard, None), Ok(()));
+        assert_eq!(check_origin(&app, &allowing(&wildcard), None), Ok(()));
         // The bare domain and look-alikes do not match a wildcard.
         let bare = headers(&[("host", "x"), ("origin", "https://example.com")]);
-        assert!(check_origin(&bare, &DEFAULT, &wildcard, None).is_err());
+        assert!(check_origin(&bare, &allowing(&wildcard), None).is_err());
         let lookalike = headers(&[("host", "x"), ("origin", "https://evilexample.com")]);
-        assert!(check_origin(&lookalike, &DEFAULT, &wildcard, None).is_err());
+        assert!(check_origin(&lookalike, &allowing(&wildcard), None).is_err());
         let null = headers(&[("host", "x"), ("origin", "null")]);
-        assert!(check_origin(&null, &DEFAULT, &[], None).is_err());
+        assert!(check_origin(&null, &DEFAULT, None).is_err());
     }
 
     #[test]
@@ -370,7 +409,6 @@ mod tests {
             check_origin(
                 &headers(&[("host", host), ("origin", origin)]),
                 &DEFAULT,
-                &[],
                 tls,
             )
             .is_ok()
@@ -411,7 +449,7 @@ mod tests {
         let proxied = |origin: &str, proto: &str, tls: Option<bool>| {
             let mut map = headers(&[("host", "h"), ("origin", origin)]);
             map.insert("x-forwarded-proto", HeaderValue::from_str(proto).unwrap());
-            check_origin(&map, &DEFAULT, &[], tls).is_ok()
+            check_origin(&map, &DEFAULT, tls).is_ok()
         };
         // A plain server behind a proxy that terminates TLS.
         assert!(proxied("https://h", "https", Some(false)));
@@ -426,11 +464,11 @@ mod tests {
             " https://a.example".to_owned(),
             " https://b.example/ ".to_owned(),
         ];
-        assert_eq!(check_origin(&app, &DEFAULT, &listed, None), Ok(()));
+        assert_eq!(check_origin(&app, &allowing(&listed), None), Ok(()));
         let wildcard = [" *.example ".to_owned()];
-        assert_eq!(check_origin(&app, &DEFAULT, &wildcard, None), Ok(()));
+        assert_eq!(check_origin(&app, &allowing(&wildcard), None), Ok(()));
         let empty = headers(&[("host", "x"), ("origin", "")]);
-        assert!(check_origin(&empty, &DEFAULT, &[String::new()], None).is_err());
+        assert!(check_origin(&empty, &allowing(&[String::new()]), None).is_err());
     }
 
     #[test]

@@ -39,7 +39,6 @@ pub struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_request_head: usize,
     pub(crate) origins: Origins,
-    pub(crate) allowed_origins: Vec<String>,
     /// Whether clients reach the server over TLS, if known.
     pub(crate) tls: Option<bool>,
     /// Shared on purpose, by the servers given the same one; without one,
@@ -60,7 +59,6 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             origins: Origins::default(),
-            allowed_origins: Vec::new(),
             tls: None,
             session_limit: None,
             rate_limit: None,
@@ -128,21 +126,6 @@ impl Config {
         self
     }
 
-    /// Also lets in handshakes from `pattern`: an exact origin
-    /// (`https://app.example.com`) or a wildcard subdomain
-    /// (`*.example.com`). By default only same-origin handshakes (and
-    /// clients that send no `Origin`) are let in; see [`Origins`].
-    /// Spaces around the pattern and a trailing `/` do not count; an empty
-    /// pattern allows nothing.
-    pub fn allow_origin(mut self, pattern: impl Into<String>) -> Self {
-        let pattern = pattern.into();
-        let pattern = pattern.trim().trim_end_matches('/');
-        if !pattern.is_empty() {
-            self.allowed_origins.push(pattern.to_owned());
-        }
-        self
-    }
-
     /// Whether clients reach this server over TLS (`https://` pages,
     /// `wss://`), for the same-origin check: a page of the other scheme is
     /// another origin. Unset (the default), either scheme passes, as for a
@@ -154,8 +137,9 @@ impl Config {
         self
     }
 
-    /// Which origins may open sessions (default
-    /// [`Origins::SameOrAllowed`]). A refused handshake gets 403.
+    /// Which origins may open sessions (default: the server's own, and
+    /// clients that send no `Origin`; see [`Origins`]). A refused handshake
+    /// gets 403.
     pub fn origins(mut self, origins: Origins) -> Self {
         self.origins = origins;
         self

@@ -14,11 +14,11 @@ use tokio::time::Instant;
 #[non_exhaustive]
 pub struct RateLimit {
     /// Sustained messages per second.
-    pub per_second: f64,
+    per_second: f64,
     /// Messages that may arrive at once.
-    pub burst: u32,
+    burst: u32,
     /// Drops in a row before the client is closed with 1008.
-    pub close_after: u32,
+    close_after: u32,
 }
 
 impl RateLimit {

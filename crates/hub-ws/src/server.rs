@@ -271,23 +271,18 @@ impl<H: Handler> WsServer<H> {
         let decided = if inner.hub.is_shut_down() {
             Err(UpgradeError::ShuttingDown)
         } else {
-            check_origin(
-                headers,
-                &config.origins,
-                &config.allowed_origins,
-                config.tls,
-            )
-            .and_then(|()| {
-                inner
-                    .handler
-                    .authenticate(handshake, metadata)
-                    .map_err(UpgradeError::Refused)
-            })
-            .and_then(|metadata| {
-                let ip = peer.map(|peer| peer.ip());
-                let place = inner.session_limit.admit(ip)?;
-                Ok((place, metadata))
-            })
+            check_origin(headers, &config.origins, config.tls)
+                .and_then(|()| {
+                    inner
+                        .handler
+                        .authenticate(handshake, metadata)
+                        .map_err(UpgradeError::Refused)
+                })
+                .and_then(|metadata| {
+                    let ip = peer.map(|peer| peer.ip());
+                    let place = inner.session_limit.admit(ip)?;
+                    Ok((place, metadata))
+                })
         };
         if let Err(refused) = &decided {
             inner.counters.refused(refused);
