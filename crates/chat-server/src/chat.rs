@@ -9,10 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub::{Event, Hub, Message, Metadata, Position, PresenceKind, Resume, RoomName, Topic};
+use hub::{
+    Event, Hub, Message, Metadata, Position, PresenceError, PresenceKind, Resume, RoomName, Topic,
+};
 use hub_ws::{Close, CloseCode, Ended, Handler, Handshake, Refusal, Session};
 use serde_json::json;
-use tokio::sync::broadcast;
 
 use crate::auth::Auth;
 use crate::presence::{names_of, Presences};
@@ -342,8 +343,8 @@ pub(crate) async fn follow_departures(hub: Hub, node: u32) {
                     tell_departure(&hub, room, name, node);
                 }
             }
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return,
+            Ok(_) | Err(PresenceError::Missed { .. }) => {}
+            Err(_) => return,
         }
         if hub.is_shut_down() {
             return;

@@ -178,7 +178,7 @@ async fn wait_members(client: &mut common::Client, names: &[&str]) {
 /// Waits for a presence event of `kind` about the member called `name` in
 /// room r; returns its id.
 async fn wait_presence(
-    events: &mut tokio::sync::broadcast::Receiver<hub::PresenceEvent>,
+    events: &mut hub::Presence,
     kind: hub::PresenceKind,
     name: &str,
 ) -> hub::ConnId {

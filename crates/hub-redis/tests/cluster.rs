@@ -265,7 +265,7 @@ async fn a_redis_outage_keeps_local_delivery_and_reports_what_others_missed() {
 
 /// The next presence event about `id` in room `room`, within the wait.
 async fn presence_of(
-    events: &mut tokio::sync::broadcast::Receiver<hub::PresenceEvent>,
+    events: &mut hub::Presence,
     room: &str,
     id: hub::ConnId,
 ) -> hub::PresenceEvent {

@@ -116,3 +116,24 @@ pub enum TryRecvError {
     #[error(transparent)]
     Closed(#[from] RecvError),
 }
+
+/// Why [`Presence::recv`](crate::Presence::recv) or
+/// [`try_recv`](crate::Presence::try_recv) returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceError {
+    /// This subscriber fell too far behind and `missed` events went by
+    /// unseen; reading goes on after them. Take a fresh list
+    /// ([`Hub::members`](crate::Hub::members)) if it matters.
+    #[error("fell behind the presence events: {missed} were missed")]
+    Missed {
+        /// How many.
+        missed: u64,
+    },
+    /// No event is waiting ([`try_recv`](crate::Presence::try_recv) only).
+    #[error("no presence event is waiting")]
+    Empty,
+    /// The hub is gone: no more events will come.
+    #[error("the hub is gone; no more presence events")]
+    Closed,
+}

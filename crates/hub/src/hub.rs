@@ -15,7 +15,7 @@ use crate::budget::Shares;
 use crate::connection::{Connection, Control, Controls};
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
 use crate::personal::{Personal, Refused};
-use crate::presence::{PresenceEvent, PresenceKind};
+use crate::presence::{Presence, PresenceEvent, PresenceKind};
 use crate::room::{HistoryBudget, HistoryLimits, Placing, Room, Window, PENDING};
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
@@ -895,11 +895,12 @@ impl Hub {
     /// the backplane hears of them (a node that stops answering has its
     /// members leave).
     ///
-    /// A subscriber that falls more than 1024 events behind gets
-    /// `RecvError::Lagged` from the receiver, then continues.
+    /// A subscriber that falls more than 1 024 events behind is told how
+    /// many it missed ([`PresenceError::Missed`](crate::PresenceError::Missed)),
+    /// then continues.
     #[must_use]
-    pub fn presence(&self) -> broadcast::Receiver<PresenceEvent> {
-        self.inner.presence.subscribe()
+    pub fn presence(&self) -> Presence {
+        Presence::new(self.inner.presence.subscribe())
     }
 
     /// Replaces the metadata of `id` (a rename, say), everywhere it is

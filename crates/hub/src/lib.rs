@@ -103,7 +103,7 @@ mod topic;
 
 pub use backplane::{Backplane, Publication, Remote};
 pub use connection::{Connection, Events};
-pub use error::{ConnectError, JoinError, RecvError, SendError, TryRecvError};
+pub use error::{ConnectError, JoinError, PresenceError, RecvError, SendError, TryRecvError};
 pub use event::{Broadcast, Event};
 pub use hub::{
     Builder, Hub, Resume, SlowConsumer, DEFAULT_CAPACITY, DEFAULT_HISTORY, DEFAULT_HISTORY_BUDGET,
@@ -112,7 +112,7 @@ pub use hub::{
 };
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};
-pub use presence::{PresenceEvent, PresenceKind};
+pub use presence::{Presence, PresenceEvent, PresenceKind};
 pub use stats::Stats;
 pub use topic::{Position, RoomName, Topic};
 
