@@ -56,7 +56,10 @@ fn history(c: &mut Criterion) {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    for (label, depth) in [("history_on", hub::DEFAULT_HISTORY), ("history_off", 0)] {
+    for (label, depth) in [
+        ("history_on", hub::Builder::DEFAULT_HISTORY),
+        ("history_off", 0),
+    ] {
         let hub = Hub::builder().history(depth, usize::MAX).build();
         let mut readers: Vec<_> = (0..100)
             .map(|_| hub.connect().unwrap_or_else(|e| panic!("{e}")))

@@ -64,16 +64,16 @@ pub struct Args {
 
     /// Messages each room's channel holds for clients that have not read
     /// them yet; a client further behind is refilled from history.
-    #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::DEFAULT_CAPACITY, value_parser = parse_count)]
+    #[arg(long, env = "CHAT_CAPACITY", default_value_t = hub::Builder::DEFAULT_CAPACITY, value_parser = parse_count)]
     pub capacity: usize,
 
     /// Recent messages each room keeps, to refill clients that fell behind
     /// and to resume clients that reconnect (0 disables history).
-    #[arg(long, env = "CHAT_HISTORY", default_value_t = hub::DEFAULT_HISTORY)]
+    #[arg(long, env = "CHAT_HISTORY", default_value_t = hub::Builder::DEFAULT_HISTORY)]
     pub history: usize,
 
     /// Size limit of each room's history, in bytes.
-    #[arg(long, env = "CHAT_HISTORY_BYTES", default_value_t = hub::DEFAULT_HISTORY_BYTES)]
+    #[arg(long, env = "CHAT_HISTORY_BYTES", default_value_t = hub::Builder::DEFAULT_HISTORY_BYTES)]
     pub history_bytes: usize,
 
     /// Most bytes of history all rooms of an endpoint keep together, e.g.
@@ -83,7 +83,7 @@ pub struct Args {
     pub history_budget: usize,
 
     /// Personal messages (echo replies) queued per client.
-    #[arg(long, env = "CHAT_QUEUE_CAPACITY", default_value_t = hub::DEFAULT_QUEUE_CAPACITY, value_parser = parse_count)]
+    #[arg(long, env = "CHAT_QUEUE_CAPACITY", default_value_t = hub::Builder::DEFAULT_QUEUE_CAPACITY, value_parser = parse_count)]
     pub queue_capacity: usize,
 
     /// Most bytes of personal messages (echo replies, notices, private
@@ -417,9 +417,9 @@ mod tests {
         assert_eq!(args.port, 8000);
         assert_eq!(args.host.to_string(), "127.0.0.1");
         assert_eq!(args.max_message_size, 64 * 1024);
-        assert_eq!(args.queue_budget, hub::DEFAULT_QUEUE_BUDGET);
+        assert_eq!(args.queue_budget, hub::Builder::DEFAULT_QUEUE_BUDGET);
         assert_eq!(args.max_request_head, 16 * 1024);
-        assert_eq!(args.history_budget, hub::DEFAULT_HISTORY_BUDGET);
+        assert_eq!(args.history_budget, hub::Builder::DEFAULT_HISTORY_BUDGET);
         assert_eq!(args.presence_burst, Duration::from_millis(100));
     }
 }

@@ -98,11 +98,11 @@ use crate::wire::Keys;
 pub const DEFAULT_PREFIX: &str = "hub";
 /// Default number of messages each topic's stream keeps, for nodes that
 /// catch up and clients that resume.
-pub const DEFAULT_HISTORY: usize = hub::DEFAULT_HISTORY;
+pub const DEFAULT_HISTORY: usize = hub::Builder::DEFAULT_HISTORY;
 /// Default time a topic's keys live once no node follows it: ten minutes.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
 /// Default size limit of each topic's stream, in payload bytes.
-pub const DEFAULT_HISTORY_BYTES: usize = hub::DEFAULT_HISTORY_BYTES;
+pub const DEFAULT_HISTORY_BYTES: usize = hub::Builder::DEFAULT_HISTORY_BYTES;
 /// Default time after which a node that stopped answering has its room
 /// members dropped by the others.
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);

@@ -20,26 +20,6 @@ use crate::room::{HistoryBudget, HistoryLimits, Placing, Room, Window, PENDING};
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
 
-/// Default number of messages a topic's channel holds for connections that
-/// have not read them yet.
-pub const DEFAULT_CAPACITY: usize = 1024;
-/// Default number of personal messages queued per connection.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
-/// Default number of recent messages each topic keeps in its history.
-pub const DEFAULT_HISTORY: usize = 8192;
-/// Default size limit of each topic's history, in payload bytes.
-pub const DEFAULT_HISTORY_BYTES: usize = 8 << 20;
-/// Default limit on the history of all topics together, in payload bytes:
-/// 256 MiB.
-pub const DEFAULT_HISTORY_BUDGET: usize = 256 << 20;
-/// Default number of empty rooms whose history is kept for clients that
-/// come back.
-pub const DEFAULT_IDLE_ROOMS: usize = 64;
-/// Default hub-wide budget for bytes waiting in personal queues: 256 MiB.
-pub const DEFAULT_QUEUE_BUDGET: usize = 256 << 20;
-/// Largest accepted capacity; larger requests are lowered to this.
-pub const MAX_CAPACITY: usize = 1 << 24;
-
 /// What happens to a connection that falls further behind a topic's
 /// channel than its [capacity](Builder::capacity).
 ///
@@ -93,24 +73,44 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Self {
-            capacity: DEFAULT_CAPACITY,
-            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            capacity: Builder::DEFAULT_CAPACITY,
+            queue_capacity: Builder::DEFAULT_QUEUE_CAPACITY,
             history: HistoryLimits {
-                messages: DEFAULT_HISTORY,
-                bytes: DEFAULT_HISTORY_BYTES,
+                messages: Builder::DEFAULT_HISTORY,
+                bytes: Builder::DEFAULT_HISTORY_BYTES,
             },
-            history_budget: DEFAULT_HISTORY_BUDGET,
-            idle_rooms: DEFAULT_IDLE_ROOMS,
+            history_budget: Builder::DEFAULT_HISTORY_BUDGET,
+            idle_rooms: Builder::DEFAULT_IDLE_ROOMS,
             slow_consumer: SlowConsumer::default(),
-            queue_budget: DEFAULT_QUEUE_BUDGET,
+            queue_budget: Builder::DEFAULT_QUEUE_BUDGET,
             backplane: None,
         }
     }
 }
 
 impl Builder {
+    /// Default number of messages a topic's channel holds for connections that
+    /// have not read them yet.
+    pub const DEFAULT_CAPACITY: usize = 1024;
+    /// Default number of personal messages queued per connection.
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+    /// Default number of recent messages each topic keeps in its history.
+    pub const DEFAULT_HISTORY: usize = 8192;
+    /// Default size limit of each topic's history, in payload bytes.
+    pub const DEFAULT_HISTORY_BYTES: usize = 8 << 20;
+    /// Default limit on the history of all topics together, in payload bytes:
+    /// 256 MiB.
+    pub const DEFAULT_HISTORY_BUDGET: usize = 256 << 20;
+    /// Default number of empty rooms whose history is kept for clients that
+    /// come back.
+    pub const DEFAULT_IDLE_ROOMS: usize = 64;
+    /// Default hub-wide budget for bytes waiting in personal queues: 256 MiB.
+    pub const DEFAULT_QUEUE_BUDGET: usize = 256 << 20;
+    /// Largest accepted capacity; larger requests are lowered to this.
+    pub const MAX_CAPACITY: usize = 1 << 24;
+
     /// How many messages each topic's channel holds for connections that
-    /// have not read them yet (default [`DEFAULT_CAPACITY`]). A connection
+    /// have not read them yet (default [`Builder::DEFAULT_CAPACITY`]). A connection
     /// further behind meets the [slow-consumer policy](SlowConsumer).
     ///
     /// A channel allocates its slots up front, about 100 bytes each. Under
@@ -121,22 +121,22 @@ impl Builder {
     /// messages behind without loss, and a quiet room costs a few hundred
     /// bytes. The broadcast-to-all topic, and rooms under the other
     /// policies, get `capacity` slots. Values are clamped to
-    /// `1..=MAX_CAPACITY`.
+    /// `1..=Builder::MAX_CAPACITY`.
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.clamp(1, MAX_CAPACITY);
+        self.capacity = capacity.clamp(1, Builder::MAX_CAPACITY);
         self
     }
 
     /// How many personal messages may wait for each connection (default
-    /// [`DEFAULT_QUEUE_CAPACITY`]). Values are clamped to `1..=MAX_CAPACITY`.
+    /// [`Builder::DEFAULT_QUEUE_CAPACITY`]). Values are clamped to `1..=Builder::MAX_CAPACITY`.
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
-        self.queue_capacity = capacity.clamp(1, MAX_CAPACITY);
+        self.queue_capacity = capacity.clamp(1, Builder::MAX_CAPACITY);
         self
     }
 
     /// How many recent messages, and how many payload bytes, each topic
     /// keeps for [resume](Hub::resume) and [repair](SlowConsumer::Repair)
-    /// (defaults [`DEFAULT_HISTORY`] and [`DEFAULT_HISTORY_BYTES`]); the
+    /// (defaults [`Builder::DEFAULT_HISTORY`] and [`Builder::DEFAULT_HISTORY_BYTES`]); the
     /// oldest go first when either limit is reached. `0` disables history.
     pub fn history(mut self, messages: usize, bytes: usize) -> Self {
         self.history = HistoryLimits { messages, bytes };
@@ -144,7 +144,7 @@ impl Builder {
     }
 
     /// How many payload bytes the history of all topics may hold together
-    /// (default [`DEFAULT_HISTORY_BUDGET`]), whatever the number of topics.
+    /// (default [`Builder::DEFAULT_HISTORY_BUDGET`]), whatever the number of topics.
     ///
     /// Past it, history goes from the topics used longest ago (published
     /// to or joined), oldest messages first, until the total is an eighth
@@ -158,7 +158,7 @@ impl Builder {
     }
 
     /// How many empty rooms keep their history for members that come back
-    /// (default [`DEFAULT_IDLE_ROOMS`]); beyond that, the longest empty go
+    /// (default [`Builder::DEFAULT_IDLE_ROOMS`]); beyond that, the longest empty go
     /// first, and their epoch with them.
     pub fn idle_rooms(mut self, rooms: usize) -> Self {
         self.idle_rooms = rooms;
@@ -173,7 +173,7 @@ impl Builder {
     }
 
     /// How many bytes of personal messages may wait in the queues of all
-    /// connections together (default [`DEFAULT_QUEUE_BUDGET`]).
+    /// connections together (default [`Builder::DEFAULT_QUEUE_BUDGET`]).
     ///
     /// Broadcasts are stored once per topic, bounded by the channel
     /// capacity and history; personal messages are queued per connection,

@@ -69,21 +69,21 @@
 //!
 //! # Choosing capacities
 //!
-//! - `capacity` (per topic, default [`DEFAULT_CAPACITY`]): how far a reader
+//! - `capacity` (per topic, default [`Builder::DEFAULT_CAPACITY`]): how far a reader
 //!   may fall behind before the slow-consumer policy acts. Under
 //!   [`SlowConsumer::Repair`] with enough history (the defaults), a room's
 //!   channel is small (2 to 16 slots, about 100 bytes each) and readers
 //!   further behind are refilled from history; otherwise each topic
 //!   allocates `capacity` slots up front.
-//! - `history` (per topic, default [`DEFAULT_HISTORY`] messages and
-//!   [`DEFAULT_HISTORY_BYTES`]): how far back repair and resume reach. It
+//! - `history` (per topic, default [`Builder::DEFAULT_HISTORY`] messages and
+//!   [`Builder::DEFAULT_HISTORY_BYTES`]): how far back repair and resume reach. It
 //!   grows only with traffic. Memory: about the retained payload plus ~64
 //!   bytes a message.
 //! - `history_budget` (all topics together, default
-//!   [`DEFAULT_HISTORY_BUDGET`]): the most history the hub holds, whatever
+//!   [`Builder::DEFAULT_HISTORY_BUDGET`]): the most history the hub holds, whatever
 //!   the number of topics; past it, the topics used longest ago lose
 //!   theirs first.
-//! - `queue_capacity` (per connection, default [`DEFAULT_QUEUE_CAPACITY`]):
+//! - `queue_capacity` (per connection, default [`Builder::DEFAULT_QUEUE_CAPACITY`]):
 //!   personal messages in flight.
 #![doc(test(attr(deny(warnings))))]
 
@@ -105,11 +105,7 @@ pub use backplane::{Backplane, Publication, Remote};
 pub use connection::{Connection, Events};
 pub use error::{ConnectError, JoinError, PresenceError, RecvError, SendError, TryRecvError};
 pub use event::{Broadcast, Event};
-pub use hub::{
-    Builder, Hub, Resume, SlowConsumer, DEFAULT_CAPACITY, DEFAULT_HISTORY, DEFAULT_HISTORY_BUDGET,
-    DEFAULT_HISTORY_BYTES, DEFAULT_IDLE_ROOMS, DEFAULT_QUEUE_BUDGET, DEFAULT_QUEUE_CAPACITY,
-    MAX_CAPACITY,
-};
+pub use hub::{Builder, Hub, Resume, SlowConsumer};
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};
 pub use presence::{Presence, PresenceEvent, PresenceKind};
