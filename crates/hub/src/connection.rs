@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use futures_core::Stream;
@@ -14,53 +14,13 @@ use tokio::sync::broadcast::error::{
 };
 use tokio_util::sync::ReusableBoxFuture;
 
+use crate::builder::SlowConsumer;
 use crate::error::{RecvError, TryRecvError};
-use crate::hub::{Inner, Membership, SlowConsumer};
+use crate::hub::Inner;
+use crate::mailbox::{Control, Membership};
 use crate::room::{Envelope, Payload, Room, Subscribed, PENDING};
 use crate::stats::Counters;
 use crate::{ConnId, Event, Metadata, Topic};
-
-/// A change to a connection's topics, sent by the hub.
-pub(crate) enum Control {
-    /// Start (or restart) a topic's stream.
-    Join {
-        room: Arc<Room>,
-        subscribed: Subscribed,
-    },
-    Leave(Topic),
-}
-
-/// A connection's joins and leaves, queued by the hub. Unlike a channel,
-/// it allocates nothing until something is queued: most connections never
-/// join anything after connecting.
-///
-/// The hub signals the connection ([`Membership::notify`]) after queueing.
-#[derive(Default)]
-pub(crate) struct Controls {
-    queue: Mutex<VecDeque<Control>>,
-}
-
-impl Controls {
-    pub(crate) fn send(&self, control: Control) {
-        self.lock().push_back(control);
-    }
-
-    fn try_recv(&self) -> Option<Control> {
-        self.lock().pop_front()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Control>> {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl fmt::Debug for Controls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Controls")
-            .field("queued", &self.lock().len())
-            .finish()
-    }
-}
 
 /// A connection registered with a [`Hub`](crate::Hub): it receives what the
 /// hub delivers to it.

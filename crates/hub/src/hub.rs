@@ -3,253 +3,22 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use futures_util::task::AtomicWaker;
 use tokio::sync::broadcast;
 
 use crate::backplane::{Backplane, Publication, Remote, LOCAL_BITS, MAX_NODE};
 use crate::budget::Budget;
-use crate::budget::Shares;
-use crate::connection::{Connection, Control, Controls};
+use crate::builder::{Builder, SlowConsumer};
+use crate::connection::Connection;
 use crate::error::{ConnectError, JoinError, RecvError, SendError};
-use crate::personal::{Personal, Refused};
+use crate::mailbox::{Control, Membership, Removal};
+use crate::personal::Refused;
 use crate::presence::{Presence, PresenceEvent, PresenceKind};
 use crate::room::{HistoryBudget, HistoryLimits, Placing, Room, Window, PENDING};
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
-
-/// What happens to a connection that falls further behind a topic's
-/// channel than its [capacity](Builder::capacity).
-///
-/// The fan-out never waits for a slow connection: the others keep receiving
-/// at full speed, and the slow one loses its place in the channel. This
-/// policy decides what happens then.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SlowConsumer {
-    /// The gap is refilled from the topic's [history](Builder::history), in
-    /// order, on the same connection: it loses nothing. Only when the gap
-    /// reaches further back than history does the connection receive
-    /// [`Event::Resync`](crate::Event::Resync), then what history has.
-    #[default]
-    Repair,
-    /// The connection receives one [`Event::Lagged`](crate::Event::Lagged)
-    /// saying how many messages it missed, then continues.
-    Skip,
-    /// The connection is removed from the hub and its
-    /// [`recv`](Connection::recv) returns [`RecvError::Lagged`]. A WebSocket
-    /// adapter closes it with 1013 (try again later).
-    Disconnect,
-}
-
-/// Configures and builds a [`Hub`].
-///
-/// ```
-/// use hub::{Hub, SlowConsumer};
-///
-/// let hub = Hub::builder()
-///     .capacity(512)
-///     .queue_capacity(64)
-///     .history(1000, 1 << 20)
-///     .slow_consumer(SlowConsumer::Repair)
-///     .build();
-/// assert!(hub.is_empty());
-/// ```
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct Builder {
-    capacity: usize,
-    queue_capacity: usize,
-    history: HistoryLimits,
-    history_budget: usize,
-    idle_rooms: usize,
-    slow_consumer: SlowConsumer,
-    queue_budget: usize,
-    backplane: Option<Arc<dyn Backplane>>,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Self {
-            capacity: Builder::DEFAULT_CAPACITY,
-            queue_capacity: Builder::DEFAULT_QUEUE_CAPACITY,
-            history: HistoryLimits {
-                messages: Builder::DEFAULT_HISTORY,
-                bytes: Builder::DEFAULT_HISTORY_BYTES,
-            },
-            history_budget: Builder::DEFAULT_HISTORY_BUDGET,
-            idle_rooms: Builder::DEFAULT_IDLE_ROOMS,
-            slow_consumer: SlowConsumer::default(),
-            queue_budget: Builder::DEFAULT_QUEUE_BUDGET,
-            backplane: None,
-        }
-    }
-}
-
-impl Builder {
-    /// Default number of messages a topic's channel holds for connections that
-    /// have not read them yet.
-    pub const DEFAULT_CAPACITY: usize = 1024;
-    /// Default number of personal messages queued per connection.
-    pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
-    /// Default number of recent messages each topic keeps in its history.
-    pub const DEFAULT_HISTORY: usize = 8192;
-    /// Default size limit of each topic's history, in payload bytes.
-    pub const DEFAULT_HISTORY_BYTES: usize = 8 << 20;
-    /// Default limit on the history of all topics together, in payload bytes:
-    /// 256 MiB.
-    pub const DEFAULT_HISTORY_BUDGET: usize = 256 << 20;
-    /// Default number of empty rooms whose history is kept for clients that
-    /// come back.
-    pub const DEFAULT_IDLE_ROOMS: usize = 64;
-    /// Default hub-wide budget for bytes waiting in personal queues: 256 MiB.
-    pub const DEFAULT_QUEUE_BUDGET: usize = 256 << 20;
-    /// Largest accepted capacity; larger requests are lowered to this.
-    pub const MAX_CAPACITY: usize = 1 << 24;
-
-    /// How many messages each topic's channel holds for connections that
-    /// have not read them yet (default [`Builder::DEFAULT_CAPACITY`]). A connection
-    /// further behind meets the [slow-consumer policy](SlowConsumer).
-    ///
-    /// A channel allocates its slots up front, about 100 bytes each. Under
-    /// [`SlowConsumer::Repair`] with history reaching at least `capacity`
-    /// messages back (the defaults), a room's channel starts with 2 slots
-    /// and doubles, up to 16, when a reader falls behind it: readers further
-    /// behind are refilled from history, so they may still fall `capacity`
-    /// messages behind without loss, and a quiet room costs a few hundred
-    /// bytes. The broadcast-to-all topic, and rooms under the other
-    /// policies, get `capacity` slots. Values are clamped to
-    /// `1..=Builder::MAX_CAPACITY`.
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.clamp(1, Builder::MAX_CAPACITY);
-        self
-    }
-
-    /// How many personal messages may wait for each connection (default
-    /// [`Builder::DEFAULT_QUEUE_CAPACITY`]). Values are clamped to `1..=Builder::MAX_CAPACITY`.
-    pub fn queue_capacity(mut self, capacity: usize) -> Self {
-        self.queue_capacity = capacity.clamp(1, Builder::MAX_CAPACITY);
-        self
-    }
-
-    /// How many recent messages, and how many payload bytes, each topic
-    /// keeps for [resume](Hub::resume) and [repair](SlowConsumer::Repair)
-    /// (defaults [`Builder::DEFAULT_HISTORY`] and [`Builder::DEFAULT_HISTORY_BYTES`]); the
-    /// oldest go first when either limit is reached. `0` disables history.
-    pub fn history(mut self, messages: usize, bytes: usize) -> Self {
-        self.history = HistoryLimits { messages, bytes };
-        self
-    }
-
-    /// How many payload bytes the history of all topics may hold together
-    /// (default [`Builder::DEFAULT_HISTORY_BUDGET`]), whatever the number of topics.
-    ///
-    /// Past it, history goes from the topics used longest ago (published
-    /// to or joined), oldest messages first, until the total is an eighth
-    /// under the budget; an emptied room that has lost its history goes
-    /// too. A connection resuming from history that was dropped receives
-    /// [`Event::Resync`](crate::Event::Resync), as for history that aged
-    /// out. Values under 1 are raised to 1.
-    pub fn history_budget(mut self, bytes: usize) -> Self {
-        self.history_budget = bytes;
-        self
-    }
-
-    /// How many empty rooms keep their history for members that come back
-    /// (default [`Builder::DEFAULT_IDLE_ROOMS`]); beyond that, the longest empty go
-    /// first, and their epoch with them.
-    pub fn idle_rooms(mut self, rooms: usize) -> Self {
-        self.idle_rooms = rooms;
-        self
-    }
-
-    /// What happens to a connection that falls behind (default
-    /// [`SlowConsumer::Repair`]).
-    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
-        self.slow_consumer = policy;
-        self
-    }
-
-    /// How many bytes of personal messages may wait in the queues of all
-    /// connections together (default [`Builder::DEFAULT_QUEUE_BUDGET`]).
-    ///
-    /// Broadcasts are stored once per topic, bounded by the channel
-    /// capacity and history; personal messages are queued per connection,
-    /// and a crowd of clients that stop reading could otherwise hold
-    /// [`queue_capacity`](Self::queue_capacity) messages each. Past the
-    /// budget, the hub disconnects the connection holding the most
-    /// ([`RecvError::Overloaded`]), then the next, until the total is back
-    /// under it; [`Stats::shed`] counts them.
-    ///
-    /// The budget counts memory, not copies: one message of 1 KiB or more
-    /// queued for many connections (the same buffer, cloned), such as a
-    /// member list for every joiner, counts once, until the last queue
-    /// holding it lets it go. Smaller ones count once per queue.
-    ///
-    /// Personal messages have no
-    /// history to refill them from, so whatever the
-    /// [slow-consumer policy](SlowConsumer), shedding disconnects rather
-    /// than drop messages unannounced: the client can reconnect and resume
-    /// its rooms. A shed connection's queue is freed when it is dropped.
-    pub fn queue_budget(mut self, bytes: usize) -> Self {
-        self.queue_budget = bytes;
-        self
-    }
-
-    /// Shares this hub's broadcasts, personal and user messages with the
-    /// hubs of other nodes through `backplane` (see the
-    /// [`backplane`](crate::backplane) module). Without one (the default),
-    /// the hub serves its own connections only and needs nothing else.
-    ///
-    /// With a backplane, the count a broadcast returns is the connections
-    /// of this node it will reach, and rooms are numbered by the backplane:
-    /// a room's [`position`](Hub::position) is known once the backplane
-    /// has placed it.
-    pub fn backplane(mut self, backplane: Arc<dyn Backplane>) -> Self {
-        self.backplane = Some(backplane);
-        self
-    }
-
-    /// Builds the hub.
-    pub fn build(self) -> Hub {
-        let (presence, _) = broadcast::channel(PRESENCE_CAPACITY);
-        let mirrored = self.backplane.is_some();
-        let node = (self.backplane.as_ref()).map_or(0, |b| b.node().clamp(1, MAX_NODE));
-        let history_budget = Arc::new(HistoryBudget::new(self.history_budget));
-        let inner = Arc::new(Inner {
-            all: Arc::new(Room::new(
-                Topic::All,
-                Window::fixed(self.capacity),
-                mirrored,
-                Arc::clone(&history_budget),
-            )),
-            history_budget,
-            rooms: Mutex::new(Rooms::default()),
-            registry: Mutex::new(Registry::default()),
-            next_id: AtomicU64::new(1),
-            presence,
-            capacity: self.capacity,
-            queue_capacity: self.queue_capacity,
-            history: self.history,
-            idle_rooms: self.idle_rooms,
-            slow_consumer: self.slow_consumer,
-            counters: Counters::default(),
-            budget: Budget::new(self.queue_budget),
-            shedding: Mutex::new(()),
-            node_bits: u64::from(node) << LOCAL_BITS,
-            backplane: self.backplane,
-        });
-        if let Some(backplane) = &inner.backplane {
-            backplane.start(Remote::new(&inner));
-        }
-        Hub {
-            _last_handle: Arc::new(LastHandle(Arc::clone(&inner))),
-            inner,
-        }
-    }
-}
 
 /// The bits of a connection id that count this node's connections.
 const LOCAL_MASK: u64 = (1 << LOCAL_BITS) - 1;
@@ -351,90 +120,6 @@ struct Entry {
     membership: Arc<Membership>,
 }
 
-/// Shared by a registry entry and its connection: how the connection left.
-#[derive(Debug)]
-pub(crate) struct Membership {
-    removal: OnceLock<Removal>,
-    /// Set after anything is queued for the connection besides broadcasts
-    /// (a personal message, a join or leave, the removal): the connection
-    /// looks at its queues only when this is set.
-    signal: AtomicBool,
-    /// Joins and leaves for the connection.
-    pub(crate) controls: Controls,
-    /// Personal messages for the connection.
-    pub(crate) personal: Personal,
-    /// The connection waiting for the signal, if it is.
-    waker: AtomicWaker,
-}
-
-/// Why and when a connection was removed.
-#[derive(Clone, Debug)]
-pub(crate) struct Removal {
-    pub(crate) reason: RecvError,
-    /// For each topic the connection was in, the epoch and offset of the
-    /// first message sent after the removal: earlier ones are still
-    /// delivered.
-    pub(crate) cutoffs: Vec<(Topic, u64, u64)>,
-}
-
-impl Removal {
-    pub(crate) fn cutoff(&self, topic: &Topic) -> Option<(u64, u64)> {
-        self.cutoffs
-            .iter()
-            .find(|(t, _, _)| t == topic)
-            .map(|(_, epoch, offset)| (*epoch, *offset))
-    }
-}
-
-impl Membership {
-    fn new(queue_capacity: usize, shares: Arc<Shares>) -> Self {
-        Self {
-            removal: OnceLock::new(),
-            signal: AtomicBool::new(false),
-            controls: Controls::default(),
-            personal: Personal::new(queue_capacity, shares),
-            waker: AtomicWaker::new(),
-        }
-    }
-
-    fn remove(&self, removal: Removal) {
-        let _ = self.removal.set(removal);
-        // Senders waiting for room give up; what is queued is still read.
-        self.personal.close();
-        self.notify();
-    }
-
-    /// Something was queued for the connection.
-    pub(crate) fn notify(&self) {
-        self.signal.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Whether the signal is up; if not, `cx` is woken when it goes up.
-    pub(crate) fn is_signalled(&self, cx: &std::task::Context<'_>) -> bool {
-        // Registered before the check: a signal in between still wakes.
-        self.waker.register(cx.waker());
-        self.signal.load(Ordering::Acquire)
-    }
-
-    /// Whether the signal is up, without taking it.
-    #[inline]
-    pub(crate) fn is_raised(&self) -> bool {
-        self.signal.load(Ordering::Relaxed)
-    }
-
-    /// Takes the signal: whether anything was queued since the last take.
-    pub(crate) fn take_signal(&self) -> bool {
-        // Read first: most calls find nothing, and a read leaves the cache
-        // line shared where a swap would take it.
-        self.signal.load(Ordering::Relaxed) && self.signal.swap(false, Ordering::Acquire)
-    }
-
-    pub(crate) fn removal(&self) -> Option<&Removal> {
-        self.removal.get()
-    }
-}
-
 /// How a [`Hub::resume`] went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -475,6 +160,46 @@ impl fmt::Debug for Hub {
             .field("capacity", &self.inner.capacity)
             .field("slow_consumer", &self.inner.slow_consumer)
             .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// The hub `builder` describes.
+    pub(crate) fn from_builder(builder: Builder) -> Hub {
+        let (presence, _) = broadcast::channel(PRESENCE_CAPACITY);
+        let mirrored = builder.backplane.is_some();
+        let node = (builder.backplane.as_ref()).map_or(0, |b| b.node().clamp(1, MAX_NODE));
+        let history_budget = Arc::new(HistoryBudget::new(builder.history_budget));
+        let inner = Arc::new(Inner {
+            all: Arc::new(Room::new(
+                Topic::All,
+                Window::fixed(builder.capacity),
+                mirrored,
+                Arc::clone(&history_budget),
+            )),
+            history_budget,
+            rooms: Mutex::new(Rooms::default()),
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            presence,
+            capacity: builder.capacity,
+            queue_capacity: builder.queue_capacity,
+            history: builder.history,
+            idle_rooms: builder.idle_rooms,
+            slow_consumer: builder.slow_consumer,
+            counters: Counters::default(),
+            budget: Budget::new(builder.queue_budget),
+            shedding: Mutex::new(()),
+            node_bits: u64::from(node) << LOCAL_BITS,
+            backplane: builder.backplane,
+        });
+        if let Some(backplane) = &inner.backplane {
+            backplane.start(Remote::new(&inner));
+        }
+        Hub {
+            _last_handle: Arc::new(LastHandle(Arc::clone(&inner))),
+            inner,
+        }
     }
 }
 

@@ -89,11 +89,13 @@
 
 pub mod backplane;
 mod budget;
+mod builder;
 mod connection;
 pub mod error;
 mod event;
 mod hub;
 mod id;
+mod mailbox;
 mod message;
 mod personal;
 mod presence;
@@ -102,10 +104,11 @@ mod stats;
 mod topic;
 
 pub use backplane::{Backplane, Publication, Remote};
+pub use builder::{Builder, SlowConsumer};
 pub use connection::{Connection, Events};
 pub use error::{ConnectError, JoinError, PresenceError, RecvError, SendError, TryRecvError};
 pub use event::{Broadcast, Event};
-pub use hub::{Builder, Hub, Resume, SlowConsumer};
+pub use hub::{Hub, Resume};
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};
 pub use presence::{Presence, PresenceEvent, PresenceKind};

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{broadcast, Notify};
 
 use crate::backplane::new_epoch;
-use crate::hub::SlowConsumer;
+use crate::builder::SlowConsumer;
 use crate::{Broadcast, ConnId, Message, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
