@@ -1,6 +1,6 @@
 //! The hub: a registry of connections, rooms and their fan-out channels.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use crate::mailbox::{Control, Membership, Removal};
 use crate::personal::Refused;
 use crate::presence::{Presence, PresenceEvent, PresenceKind};
 use crate::room::{HistoryBudget, HistoryLimits, Placing, Room, Window, PENDING};
+use crate::rooms::Rooms;
 use crate::stats::{Counters, Stats};
 use crate::{ConnId, Message, Metadata, Position, RoomName, Topic};
 
@@ -80,7 +81,7 @@ impl Drop for LastHandle {
 pub(crate) struct Inner {
     /// The topic every connection is in.
     all: Arc<Room>,
-    rooms: Mutex<Rooms>,
+    rooms: Rooms,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
     presence: broadcast::Sender<PresenceEvent>,
@@ -89,7 +90,6 @@ pub(crate) struct Inner {
     history: HistoryLimits,
     /// Counts the history of every topic, and trims it past its limit.
     history_budget: Arc<HistoryBudget>,
-    idle_rooms: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) counters: Counters,
     pub(crate) budget: Budget,
@@ -98,13 +98,6 @@ pub(crate) struct Inner {
     /// This node's number, placed where connection ids carry it.
     node_bits: u64,
     backplane: Option<Arc<dyn Backplane>>,
-}
-
-#[derive(Default)]
-struct Rooms {
-    by_name: HashMap<RoomName, Arc<Room>>,
-    /// Empty rooms kept for their history, longest empty first.
-    idle: VecDeque<RoomName>,
 }
 
 #[derive(Default)]
@@ -177,15 +170,19 @@ impl Hub {
                 mirrored,
                 Arc::clone(&history_budget),
             )),
+            rooms: Rooms::new(
+                Window::live(builder.capacity, builder.history, builder.slow_consumer),
+                (builder.idle_rooms, builder.history.enabled()),
+                Arc::clone(&history_budget),
+                builder.backplane.clone(),
+            ),
             history_budget,
-            rooms: Mutex::new(Rooms::default()),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
             presence,
             capacity: builder.capacity,
             queue_capacity: builder.queue_capacity,
             history: builder.history,
-            idle_rooms: builder.idle_rooms,
             slow_consumer: builder.slow_consumer,
             counters: Counters::default(),
             budget: Budget::new(builder.queue_budget),
@@ -555,15 +552,7 @@ impl Hub {
     /// The rooms that have members, sorted by name.
     #[must_use]
     pub fn rooms(&self) -> Vec<RoomName> {
-        let rooms = self.inner.rooms_lock();
-        let mut names: Vec<_> = rooms
-            .by_name
-            .iter()
-            .filter(|(_, room)| room.member_count() > 0)
-            .map(|(name, _)| name.clone())
-            .collect();
-        names.sort();
-        names
+        self.inner.rooms.with_members()
     }
 
     /// The rooms `id` is in, sorted by name.
@@ -715,12 +704,8 @@ impl Inner {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn rooms_lock(&self) -> MutexGuard<'_, Rooms> {
-        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     fn room(&self, name: &str) -> Option<Arc<Room>> {
-        self.rooms_lock().by_name.get(name).cloned()
+        self.rooms.get(name)
     }
 
     fn topic(&self, topic: &Topic) -> Option<Arc<Room>> {
@@ -774,26 +759,11 @@ impl Inner {
         if !self.history_budget.is_over() {
             return;
         }
-        let topics: Vec<Arc<Room>> = {
-            let rooms = self.rooms_lock();
-            let mut topics = Vec::with_capacity(rooms.by_name.len() + 1);
-            topics.push(Arc::clone(&self.all));
-            topics.extend(rooms.by_name.values().cloned());
-            topics
-        };
+        let mut topics = self.rooms.all();
+        topics.push(Arc::clone(&self.all));
         self.history_budget.trim(topics.iter().map(|room| &**room));
         drop(topics);
-        let mut rooms = self.rooms_lock();
-        let Rooms { by_name, idle } = &mut *rooms;
-        idle.retain(|name| {
-            let keep = by_name
-                .get(name)
-                .is_some_and(|room| room.member_count() > 0 || room.position().2 > 0);
-            if !keep && by_name.remove(name).is_some() {
-                self.unwatch(name.clone());
-            }
-            keep
-        });
+        self.rooms.forget_spent();
     }
 
     pub(crate) fn publish_here(
@@ -873,10 +843,10 @@ impl Inner {
     }
 
     pub(crate) fn topics(&self) -> Vec<Topic> {
-        let rooms = self.rooms_lock();
-        let mut topics = Vec::with_capacity(rooms.by_name.len() + 1);
+        let names = self.rooms.names();
+        let mut topics = Vec::with_capacity(names.len() + 1);
         topics.push(Topic::All);
-        topics.extend(rooms.by_name.keys().cloned().map(Topic::Room));
+        topics.extend(names.into_iter().map(Topic::Room));
         topics
     }
 
@@ -984,7 +954,7 @@ impl Inner {
         if already && from.is_none() {
             return Ok(None);
         }
-        let (room, subscribed) = self.open_room(&name, from, id);
+        let (room, subscribed) = self.rooms.open(&name, from, id);
         let resume = resume_outcome(&subscribed);
         entry.rooms.insert(name.clone());
         entry
@@ -1015,77 +985,10 @@ impl Inner {
         Ok(Some(resume))
     }
 
-    /// Subscribes a new member to the room called `name`, created if needed
-    /// (or brought back from the idle rooms). Under the rooms lock, so the
-    /// room cannot be retired between being found and gaining its member.
-    fn open_room(
-        &self,
-        name: &RoomName,
-        from: Option<(u64, u64)>,
-        member: ConnId,
-    ) -> (Arc<Room>, crate::room::Subscribed) {
-        let mut rooms = self.rooms_lock();
-        let room = match rooms.by_name.get(name).cloned() {
-            Some(room) => {
-                rooms.idle.retain(|idle| idle != name);
-                room
-            }
-            None => {
-                let topic = Topic::Room(name.clone());
-                let mirrored = self.backplane.is_some();
-                let budget = Arc::clone(&self.history_budget);
-                let window = Window::live(self.capacity, self.history, self.slow_consumer);
-                let room = Arc::new(Room::new(topic, window, mirrored, budget));
-                rooms.by_name.insert(name.clone(), Arc::clone(&room));
-                if let Some(backplane) = &self.backplane {
-                    backplane.watch(&room.topic);
-                }
-                room
-            }
-        };
-        let subscribed = room.subscribe(from, Some(member));
-        (room, subscribed)
-    }
-
-    /// Takes `id` out of a room's members; an emptied room goes, or waits
-    /// among the idle rooms if it has history to keep.
+    /// Takes `id` out of a room's members.
     fn leave_room(&self, id: ConnId, name: &RoomName) {
-        let mut rooms = self.rooms_lock();
-        let Some(room) = rooms.by_name.get(name).cloned() else {
-            return;
-        };
-        let left = room.remove_member(id);
-        if left.is_some() {
+        if self.rooms.leave(id, name) {
             Counters::add(&self.counters.leaves, 1);
-        }
-        if left != Some(0) {
-            return;
-        }
-        if self.history.enabled() && self.idle_rooms > 0 && room.position().2 > 0 {
-            rooms.idle.push_back(name.clone());
-            while rooms.idle.len() > self.idle_rooms {
-                let Some(evicted) = rooms.idle.pop_front() else {
-                    break;
-                };
-                // Never retire a room that has gained members meanwhile.
-                if rooms
-                    .by_name
-                    .get(&evicted)
-                    .is_some_and(|r| r.member_count() == 0)
-                {
-                    rooms.by_name.remove(&evicted);
-                    self.unwatch(evicted);
-                }
-            }
-        } else {
-            rooms.by_name.remove(name);
-            self.unwatch(name.clone());
-        }
-    }
-
-    fn unwatch(&self, room: RoomName) {
-        if let Some(backplane) = &self.backplane {
-            backplane.unwatch(&Topic::Room(room));
         }
     }
 

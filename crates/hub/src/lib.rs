@@ -100,6 +100,7 @@ mod message;
 mod personal;
 mod presence;
 mod room;
+mod rooms;
 mod stats;
 mod topic;
 
