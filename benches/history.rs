@@ -35,11 +35,11 @@ fn history_cost() -> Option<f64> {
     let hub = Hub::builder().history(N, usize::MAX).build();
     let member = hub.connect().unwrap_or_else(|e| panic!("{e}"));
     hub.join(member.id(), "r").unwrap_or_else(|e| panic!("{e}"));
-    hub.broadcast_room("r", message());
+    hub.to("r").broadcast(message());
     let before = resident()?;
     for _ in 0..N {
         // Each payload is its own allocation, as a chat line would be.
-        hub.broadcast_room("r", message());
+        hub.to("r").broadcast(message());
     }
     let after = resident()?;
     drop(member);
@@ -71,7 +71,7 @@ fn history(c: &mut Criterion) {
         group.throughput(Throughput::Elements(100));
         group.bench_function(label, |b| {
             b.iter(|| {
-                hub.broadcast_room("r", payload.clone());
+                hub.to("r").broadcast(payload.clone());
                 for reader in &mut readers {
                     black_box(reader.try_recv().ok());
                 }
@@ -90,12 +90,12 @@ fn history(c: &mut Criterion) {
         let keeper = hub.connect().unwrap_or_else(|e| panic!("{e}"));
         hub.join(keeper.id(), "r").unwrap_or_else(|e| panic!("{e}"));
         // The position resumed from: the last message seen before the n.
-        hub.broadcast_room("r", message());
+        hub.to("r").broadcast(message());
         let seen = hub
             .position(&Topic::from("r"))
             .unwrap_or_else(|| panic!("room"));
         for _ in 0..n {
-            hub.broadcast_room("r", message());
+            hub.to("r").broadcast(message());
         }
         group.throughput(Throughput::Elements(n));
         group.bench_with_input(BenchmarkId::new("resume", n), &n, |b, &n| {
@@ -123,7 +123,7 @@ fn history(c: &mut Criterion) {
                 hub.join(conn.id(), "live")
                     .unwrap_or_else(|e| panic!("{e}"));
                 for _ in 0..n {
-                    hub.broadcast_room("live", message());
+                    hub.to("live").broadcast(message());
                     match conn.try_recv() {
                         Ok(Event::Broadcast(b)) => {
                             black_box(b);

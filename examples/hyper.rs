@@ -33,7 +33,8 @@ impl Handler for Chat {
         let _ = session.send(format!("You wrote: {text}")).await;
         session
             .hub()
-            .broadcast_except(session.id(), format!("Client #{id} says: {text}"));
+            .except(session.id())
+            .broadcast(format!("Client #{id} says: {text}"));
         Ok(())
     }
 

@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // ana and ben join a room; only they hear it.
     hub.join(ids[0], "rust")?;
     hub.join(ids[1], "rust")?;
-    hub.broadcast_room("rust", "hello rustaceans");
+    hub.to("rust").broadcast("hello rustaceans");
     let members: Vec<_> = hub
         .members("rust")
         .into_iter()
@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("in rust: {members:?}");
     // One connection gets a personal message; the others a broadcast without it.
     hub.try_send_personal(ids[2], "a note for cy")?;
-    hub.broadcast_except(ids[2], "not for cy");
+    hub.except(ids[2]).broadcast("not for cy");
 
     // Close every connection; each reader receives what was already sent,
     // then its loop ends.

@@ -244,7 +244,7 @@ async fn run(
     let reply = match command {
         Command::Msg { to, text } => {
             let line = payload("private", json!({ "from": name, "to": to, "text": text }));
-            if hub.send_to_user(to, line.clone()) == 0 {
+            if hub.to_user(to).broadcast(line.clone()) == 0 {
                 Some(info(format!("no one called {to} is connected")))
             } else if to == name {
                 None
@@ -310,7 +310,7 @@ fn remember_name(session: &Session, name: &str) {
 }
 
 fn announce(hub: &Hub, options: &ChatOptions, kind: &str, fields: serde_json::Value) {
-    hub.broadcast_room(options.room.as_str(), payload(kind, fields));
+    hub.to(&options.room).broadcast(payload(kind, fields));
 }
 
 fn member_names(hub: &Hub, options: &ChatOptions) -> Vec<String> {

@@ -110,7 +110,7 @@ impl Presences {
                     .collect(),
             };
             let line = payload("nick", json!({ "from": from, "to": to, "presence": diff }));
-            hub.broadcast_room(room.as_str(), line);
+            hub.to(room).broadcast(line);
             presence.sent();
         });
     }
@@ -289,7 +289,7 @@ impl RoomPresence {
             if who.len() > 1 {
                 fields["names"] = json!(who);
             }
-            hub.broadcast_room(room.as_str(), payload(kind, fields));
+            hub.to(room).broadcast(payload(kind, fields));
         }
         self.sent();
         Some(names.is_empty())

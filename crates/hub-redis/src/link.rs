@@ -694,8 +694,9 @@ impl Link {
         let Some(user) = entry.take("u").and_then(|u| String::from_utf8(u).ok()) else {
             return;
         };
+        let except = entry.except();
         if let Some(message) = take_message(&mut entry) {
-            remote.send_to_user(&user, message);
+            remote.send_to_user(&user, message, &except);
         }
     }
 
@@ -774,7 +775,7 @@ impl Link {
             remote.deliver_missed(topic, position, missed);
             return;
         }
-        let except = entry.number("x").and_then(ConnId::from_raw);
+        let except = entry.except();
         if let Some(message) = take_message(&mut entry) {
             remote.deliver(topic, position, message, except);
         } else {
@@ -879,7 +880,7 @@ impl Link {
                     .arg(self.config.history_bytes)
                     .arg(self.config.ttl.as_secs())
                     .arg(self.node)
-                    .arg(wire::raw_id(*except))
+                    .arg(wire::except(except))
                     .arg(kind)
                     .arg(payload);
                 steps.push(Step::Publish(publication));
@@ -895,13 +896,19 @@ impl Link {
                     .arg(payload);
                 steps.push(Step::Direct(publication));
             }
-            Publication::User { user, message } => {
+            Publication::User {
+                user,
+                message,
+                except,
+            } => {
                 let (kind, payload) = wire::encode(message);
                 self.append(pipe, session, &self.keys.users())
                     .arg("u")
                     .arg(user.as_bytes())
                     .arg("n")
                     .arg(self.node)
+                    .arg("x")
+                    .arg(wire::except(except))
                     .arg("k")
                     .arg(kind)
                     .arg("m")
@@ -1160,7 +1167,7 @@ impl Link {
         *slot = Some(Cursor { epoch, next: start });
         let backfill = tail.into_iter().filter_map(|mut entry| {
             let offset = entry.offset()?;
-            let except = entry.number("x").and_then(ConnId::from_raw);
+            let except = entry.except();
             (offset < start && entry.number("e") == Some(epoch)).then_some(())?;
             Some((offset, take_message(&mut entry)?, except))
         });

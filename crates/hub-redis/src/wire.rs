@@ -10,7 +10,7 @@
 //! `{stream}:size` beside each counts its payload bytes.
 
 use bytes::Bytes;
-use hub::{ConnId, Message, Topic};
+use hub::{ConnId, Except, Message, Topic};
 use redis::Value;
 
 /// Lua: `trim(stream, counter, most, limit)` takes the oldest entries
@@ -222,9 +222,14 @@ pub(crate) fn decode(kind: &[u8], payload: Vec<u8>) -> Option<Message> {
     }
 }
 
-/// The raw value of an optional connection id, 0 for none.
-pub(crate) fn raw_id(id: Option<ConnId>) -> u64 {
-    id.map_or(0, ConnId::get)
+/// Connections a message skips, as a stream field: their raw ids joined
+/// by commas, or 0 for none.
+pub(crate) fn except(except: &Except) -> String {
+    if except.is_empty() {
+        return "0".to_owned();
+    }
+    let ids: Vec<String> = except.iter().map(|id| id.get().to_string()).collect();
+    ids.join(",")
 }
 
 /// One stream entry: its id and fields.
@@ -253,6 +258,15 @@ impl Entry {
 
     pub(crate) fn number(&self, name: &str) -> Option<u64> {
         std::str::from_utf8(self.field(name)?).ok()?.parse().ok()
+    }
+
+    /// The connections the entry's message skips (field `x`, as
+    /// [`except`] writes it); an id that does not read is left out.
+    pub(crate) fn except(&self) -> Except {
+        let field = self.field("x").and_then(|x| std::str::from_utf8(x).ok());
+        (field.unwrap_or_default().split(','))
+            .filter_map(|raw| raw.parse().ok().and_then(ConnId::from_raw))
+            .collect()
     }
 
     /// For a topic entry: its offset (the id's sequence minus one).

@@ -28,7 +28,7 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
         let room = Topic::Room("r".into());
         timeout(WAIT, hub.until_placed(&room)).await.unwrap();
     }
-    a.broadcast_room("r", "before");
+    a.to("r").broadcast("before");
     assert_eq!(text(&mut b1).await, "before");
     assert_eq!(text(&mut a1).await, "before");
 
@@ -39,7 +39,7 @@ async fn scripts_flushed_from_redis_are_loaded_again() {
         .unwrap();
     // Numbered in Redis as usual, in the same epoch: no fork, no resync.
     for (i, expected) in ["after 1", "after 2"].into_iter().enumerate() {
-        a.broadcast_room("r", expected);
+        a.to("r").broadcast(expected);
         for conn in [&mut a1, &mut b1] {
             match next(conn).await {
                 Event::Broadcast(line) => {
@@ -75,7 +75,7 @@ async fn a_room_nobody_follows_leaves_redis_after_its_ttl() {
     a.join(conn.id(), "passing").unwrap();
     let room = Topic::Room("passing".into());
     timeout(WAIT, a.until_placed(&room)).await.unwrap();
-    a.broadcast_room("passing", "hello");
+    a.to("passing").broadcast("hello");
     assert_eq!(text(&mut conn).await, "hello");
     let redis_conn = raw(&redis).await;
     let exists = || {
@@ -139,7 +139,7 @@ async fn streams_keep_their_bytes_within_limits() {
     timeout(WAIT, a.until_placed(&room)).await.unwrap();
     let line = "z".repeat(4000);
     for _ in 0..100 {
-        a.broadcast_room("big", line.clone());
+        a.to("big").broadcast(line.clone());
         assert_eq!(text(&mut a1).await, line);
     }
     let mut conn = raw(&redis).await;
@@ -157,7 +157,7 @@ async fn streams_keep_their_bytes_within_limits() {
     // User messages: bounded too, and they expire.
     let mut b1 = b.connect_with(hub::Metadata::new().with_user("u")).unwrap();
     for i in 0..20 {
-        a.send_to_user("u", format!("{i}:{line}"));
+        a.to_user("u").broadcast(format!("{i}:{line}"));
         assert_eq!(text(&mut b1).await, format!("{i}:{line}"));
     }
     let (bytes, entries) = stream_payloads(&mut conn, "hub:users").await;

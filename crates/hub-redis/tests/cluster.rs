@@ -96,9 +96,9 @@ async fn rooms_reach_their_members_on_every_node() {
         .unwrap();
 
     // Sent from a node whose sender is excluded.
-    assert_eq!(a.broadcast_room_except("rust", a1.id(), "x"), 0);
+    assert_eq!(a.to("rust").except(a1.id()).broadcast("x"), 0);
     assert_eq!(text(&mut b1).await, "x");
-    assert_eq!(b.broadcast_room("rust", "y"), 1);
+    assert_eq!(b.to("rust").broadcast("y"), 1);
     assert_eq!(text(&mut b1).await, "y");
     // a1 was excluded from "x": "y" comes first.
     match next(&mut a1).await {
@@ -110,7 +110,7 @@ async fn rooms_reach_their_members_on_every_node() {
         other => panic!("unexpected {other:?}"),
     }
     // A node without members relays nothing to its connections.
-    assert_eq!(c.broadcast_room("rust", "from c"), 0);
+    assert_eq!(c.to("rust").broadcast("from c"), 0);
     assert_eq!(text(&mut a1).await, "from c");
     assert_eq!(text(&mut b1).await, "from c");
     c.broadcast("end");
@@ -132,9 +132,19 @@ async fn personal_and_user_messages_cross_nodes() {
     assert_eq!(next(&mut a1).await, Event::Personal(message("hi back")));
 
     // Every connection of the user, on every node, exactly once.
-    assert_eq!(b.send_to_user("ann", "to ann"), 1, "counts this node's");
+    assert_eq!(
+        b.to_user("ann").broadcast("to ann"),
+        1,
+        "counts this node's"
+    );
     assert_eq!(next(&mut b1).await, Event::Personal(message("to ann")));
     assert_eq!(next(&mut a1).await, Event::Personal(message("to ann")));
+    // Skipping a connection of another node: only ann's tab on b.
+    assert_eq!(b.to_user("ann").except(a1.id()).broadcast("not a1"), 1);
+    assert_eq!(next(&mut b1).await, Event::Personal(message("not a1")));
+    // Skipping several, on both nodes, from everyone.
+    assert_eq!(a.except(a1.id()).except(b1.id()).broadcast("to b2"), 0);
+    assert_eq!(text(&mut b2).await, "to b2");
 
     // To a connection that is gone: taken, then dropped there, counted.
     let gone = b2.id();
@@ -162,7 +172,7 @@ async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
     a.join(a1.id(), "news").unwrap();
     let mut seen = Vec::new();
     for i in 0..5 {
-        a.broadcast_room("news", format!("m{i}"));
+        a.to("news").broadcast(format!("m{i}"));
     }
     for _ in 0..5 {
         match next(&mut a1).await {
@@ -183,7 +193,7 @@ async fn a_client_resumes_on_another_node_without_gap_or_duplicate() {
     for expected in &seen[3..] {
         assert_eq!(next(&mut b1).await, Event::Broadcast(expected.clone()));
     }
-    a.broadcast_room("news", "m5");
+    a.to("news").broadcast("m5");
     match next(&mut b1).await {
         Event::Broadcast(m) => {
             assert_eq!(m.message().as_text(), Some("m5"));

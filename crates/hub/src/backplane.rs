@@ -27,7 +27,7 @@ use std::sync::{Arc, Weak};
 
 use crate::hub::Inner;
 use crate::room::Placing;
-use crate::{ConnId, Message, Metadata, Position, PresenceEvent, SendError, Topic};
+use crate::{ConnId, Except, Message, Metadata, Position, PresenceEvent, SendError, Topic};
 
 /// The largest node number; connection ids carry it in their top bits.
 pub const MAX_NODE: u32 = (1 << NODE_BITS) - 1;
@@ -48,8 +48,8 @@ pub enum Publication {
         topic: Topic,
         /// What.
         message: Message,
-        /// A connection that must not receive it.
-        except: Option<ConnId>,
+        /// Connections that must not receive it.
+        except: Except,
     },
     /// A personal message for a connection of another node
     /// ([`ConnId::node`]), to be handed to [`Remote::send_personal`] there.
@@ -66,6 +66,8 @@ pub enum Publication {
         user: Arc<str>,
         /// What.
         message: Message,
+        /// Connections that must not receive it.
+        except: Except,
     },
 }
 
@@ -198,7 +200,7 @@ impl Remote {
         topic: &Topic,
         position: Position,
         message: Message,
-        except: Option<ConnId>,
+        except: Except,
     ) -> usize {
         self.inner.upgrade().map_or(0, |inner| {
             inner.deliver(topic, position, Placing::Message(message), except)
@@ -211,7 +213,7 @@ impl Remote {
     /// notice of 0 only takes the position, silently.
     pub fn deliver_missed(&self, topic: &Topic, position: Position, missed: u64) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.deliver(topic, position, Placing::Missed(missed), None);
+            inner.deliver(topic, position, Placing::Missed(missed), Except::none());
         }
     }
 
@@ -226,7 +228,7 @@ impl Remote {
         &self,
         topic: &Topic,
         next: Position,
-        backfill: impl IntoIterator<Item = (u64, Message, Option<ConnId>)>,
+        backfill: impl IntoIterator<Item = (u64, Message, Except)>,
     ) {
         if let Some(inner) = self.inner.upgrade() {
             inner.rebase(topic, next, backfill);
@@ -249,7 +251,7 @@ impl Remote {
     /// as the hub does with one [given back](Backplane::publish): the topic
     /// forks until it is [rebased](Self::rebase). Returns how many it
     /// reached.
-    pub fn deliver_here(&self, topic: &Topic, message: Message, except: Option<ConnId>) -> usize {
+    pub fn deliver_here(&self, topic: &Topic, message: Message, except: Except) -> usize {
         self.inner
             .upgrade()
             .map_or(0, |inner| inner.publish_here(topic, message, except))
@@ -269,11 +271,12 @@ impl Remote {
     }
 
     /// Queues a user message from another node for this node's connections
-    /// of `user`; returns how many it was queued for.
-    pub fn send_to_user(&self, user: &str, message: Message) -> usize {
+    /// of `user`, but those in `except`; returns how many it was queued
+    /// for.
+    pub fn send_to_user(&self, user: &str, message: Message, except: &Except) -> usize {
         self.inner
             .upgrade()
-            .map_or(0, |inner| inner.send_to_user_local(user, &message))
+            .map_or(0, |inner| inner.send_to_user_local(user, &message, except))
     }
 
     /// Passes a presence event of another node to this hub's

@@ -383,7 +383,7 @@ impl Connection {
             && self.pending.is_empty()
             && envelope.epoch == sub.epoch
             && envelope.offset == sub.next
-            && envelope.except != Some(self.id);
+            && !envelope.except.contains(self.id);
         if in_line {
             if let Payload::Message(broadcast) = envelope.payload {
                 sub.next += 1;
@@ -656,7 +656,7 @@ impl Connection {
 
 /// What an envelope of `topic` means to connection `id`, if anything.
 fn event(id: ConnId, counters: &Counters, topic: &Topic, envelope: Envelope) -> Option<Event> {
-    if envelope.except == Some(id) {
+    if envelope.except.contains(id) {
         return None;
     }
     match envelope.payload {

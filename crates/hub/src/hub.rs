@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::broadcast;
 
+use crate::audience::{Audience, Except};
 use crate::backplane::{Backplane, Publication, Remote, LOCAL_BITS, MAX_NODE};
 use crate::budget::Budget;
 use crate::builder::{Builder, SlowConsumer};
@@ -50,7 +51,7 @@ const PRESENCE_CAPACITY: usize = 1024;
 /// assert_eq!(bob.recv().await?.into_message(), Some(Message::text("hello")));
 ///
 /// hub.join(bob.id(), "rust")?;
-/// assert_eq!(hub.broadcast_room("rust", "just the rustaceans"), 1);
+/// assert_eq!(hub.to("rust").broadcast("just the rustaceans"), 1);
 /// assert_eq!(bob.recv().await?.into_message(), Some(Message::text("just the rustaceans")));
 ///
 /// drop(alice); // dropping a connection disconnects it
@@ -456,75 +457,135 @@ impl Hub {
         }
     }
 
-    /// Queues `message` for every connection of `user` (see
-    /// [`Metadata::with_user`]), without waiting; returns how many it was
-    /// queued for. A connection whose queue is full is skipped. With a
-    /// [backplane](Builder::backplane), the user's connections on other
-    /// nodes receive it too; the count is this node's.
-    pub fn send_to_user(&self, user: &str, message: impl Into<Message>) -> usize {
-        let message = message.into();
-        let sent = self.inner.send_to_user_local(user, &message);
-        if let Some(backplane) = &self.inner.backplane {
-            // Given back when out of reach: then it stays local.
-            let _ = backplane.publish(Publication::User {
-                user: user.into(),
-                message,
-            });
-        }
-        sent
-    }
-
     /// Sends `message` to every connection; returns how many it reached.
     ///
     /// Never waits: a connection that does not keep up meets the
     /// [slow-consumer policy](SlowConsumer) instead of holding the others
-    /// back. With no connection it returns 0.
+    /// back. With no connection it returns 0. For any other audience (a
+    /// room, several, a user, everyone but the sender), see [`to`](Self::to)
+    /// and [`Audience`].
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
-        self.inner.broadcast(Topic::All, message.into(), None)
+        self.publish(Topic::All, message.into(), Except::none())
     }
 
-    /// Sends `message` to every connection except `except` (typically the
-    /// sender); returns how many it reached.
+    /// The members of `room`, as an [`Audience`] to add to or
+    /// [`broadcast`](Audience::broadcast) to.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hub = hub::Hub::new();
+    /// let ann = hub.connect()?;
+    /// hub.join(ann.id(), "rust")?;
+    /// assert_eq!(hub.to("rust").broadcast("just the rustaceans"), 1);
+    /// assert_eq!(hub.to("rust").to("go").broadcast("both rooms"), 1);
+    /// assert_eq!(hub.to("rust").except(ann.id()).broadcast("not ann"), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn to(&self, room: impl Into<RoomName>) -> Audience<'_> {
+        Audience::new(self).to(room)
+    }
+
+    /// Every connection of `user` (see [`Metadata::with_user`]), on every
+    /// node, as an [`Audience`]: each receives the message as a personal
+    /// one, and one whose queue is full is skipped.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use hub::Metadata;
+    ///
+    /// let hub = hub::Hub::new();
+    /// let tab = hub.connect_with(Metadata::default().with_user("ann"))?;
+    /// let _other_tab = hub.connect_with(Metadata::default().with_user("ann"))?;
+    /// assert_eq!(hub.to_user("ann").broadcast("to every tab"), 2);
+    /// assert_eq!(hub.to_user("ann").except(tab.id()).broadcast("to the others"), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn to_user(&self, user: &str) -> Audience<'_> {
+        Audience::new(self).to_user(user)
+    }
+
+    /// Every connection but `id` (typically the sender), as an
+    /// [`Audience`].
+    pub fn except(&self, id: ConnId) -> Audience<'_> {
+        Audience::new(self).except(id)
+    }
+
+    /// Sends `message` to every connection except `except`.
+    #[deprecated(since = "0.2.0", note = "use `hub.except(id).broadcast(message)`")]
     pub fn broadcast_except(&self, except: ConnId, message: impl Into<Message>) -> usize {
-        self.inner
-            .broadcast(Topic::All, message.into(), Some(except))
+        self.except(except).broadcast(message)
     }
 
-    /// Sends `message` to the members of `room`; returns how many it
-    /// reached (0 if the room has no members).
+    /// Sends `message` to the members of `room`.
+    #[deprecated(since = "0.2.0", note = "use `hub.to(room).broadcast(message)`")]
     pub fn broadcast_room(&self, room: &str, message: impl Into<Message>) -> usize {
-        self.broadcast_room_inner(room, message.into(), None)
+        self.to(room).broadcast(message)
     }
 
-    /// Sends `message` to the members of `room` except `except`; returns how
-    /// many it reached.
+    /// Sends `message` to the members of `room` except `except`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `hub.to(room).except(id).broadcast(message)`"
+    )]
     pub fn broadcast_room_except(
         &self,
         room: &str,
         except: ConnId,
         message: impl Into<Message>,
     ) -> usize {
-        self.broadcast_room_inner(room, message.into(), Some(except))
+        self.to(room).except(except).broadcast(message)
     }
 
-    /// Sends `message` to each of `rooms`; returns how many deliveries that
-    /// made. Each room numbers it in its own stream, so a connection in two
-    /// of the rooms receives it once in each.
+    /// Sends `message` to each of `rooms`.
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `hub.to(a).to(b).broadcast(message)`, adding each room"
+    )]
     pub fn broadcast_rooms<R: AsRef<str>>(
         &self,
         rooms: &[R],
         message: impl Into<Message>,
     ) -> usize {
-        let message = message.into();
-        rooms
-            .iter()
-            .map(|room| self.broadcast_room_inner(room.as_ref(), message.clone(), None))
-            .sum()
+        if rooms.is_empty() {
+            return 0;
+        }
+        (rooms.iter())
+            .fold(Audience::new(self), |to, room| to.to(room.as_ref()))
+            .broadcast(message)
     }
 
-    fn broadcast_room_inner(&self, room: &str, message: Message, except: Option<ConnId>) -> usize {
-        self.inner
-            .broadcast(Topic::Room(room.into()), message, except)
+    /// Queues `message` for every connection of `user`.
+    #[deprecated(since = "0.2.0", note = "use `hub.to_user(user).broadcast(message)`")]
+    pub fn send_to_user(&self, user: &str, message: impl Into<Message>) -> usize {
+        self.to_user(user).broadcast(message)
+    }
+
+    /// Broadcasts to a topic: through the backplane if there is one, and
+    /// it takes the message, or else to this node's connections.
+    pub(crate) fn publish(&self, topic: Topic, message: Message, except: Except) -> usize {
+        self.inner.broadcast(topic, message, except)
+    }
+
+    /// Queues `message` for this node's connections of `user`, and hands
+    /// it to the backplane for the others.
+    pub(crate) fn publish_to_user(
+        &self,
+        user: Arc<str>,
+        message: Message,
+        except: &Except,
+    ) -> usize {
+        let sent = self.inner.send_to_user_local(&user, &message, except);
+        if let Some(backplane) = &self.inner.backplane {
+            // Given back when out of reach: then it stays local.
+            let _ = backplane.publish(Publication::User {
+                user,
+                message,
+                except: except.clone(),
+            });
+        }
+        sent
     }
 
     /// The members of `room` with their metadata, in id order. With a
@@ -721,17 +782,17 @@ impl Inner {
 
     /// Broadcasts through the backplane if there is one and it takes the
     /// message, or else to this node's connections.
-    fn broadcast(&self, topic: Topic, message: Message, except: Option<ConnId>) -> usize {
+    fn broadcast(&self, topic: Topic, message: Message, except: Except) -> usize {
         Counters::add(&self.counters.broadcasts, 1);
         let room = self.topic(&topic);
         let message = match &self.backplane {
             None => message,
             Some(backplane) => {
-                let reach = room.as_ref().map_or(0, |room| self.reach(room, except));
+                let reach = room.as_ref().map_or(0, |room| self.reach(room, &except));
                 let publication = Publication::Broadcast {
                     topic,
                     message,
-                    except,
+                    except: except.clone(),
                 };
                 match backplane.publish(publication) {
                     // Counted as delivered when it comes back.
@@ -747,10 +808,10 @@ impl Inner {
     }
 
     /// Numbers and delivers a broadcast on this node alone.
-    fn publish_local(&self, room: &Room, message: Message, except: Option<ConnId>) -> usize {
-        let reached = room.publish(message, except, self.history);
+    fn publish_local(&self, room: &Room, message: Message, except: Except) -> usize {
+        let reached = room.publish(message, &except, self.history);
         self.within_history_budget();
-        self.delivered(room, reached, except)
+        self.delivered(room, reached, &except)
     }
 
     /// Trims history back under the hub-wide budget, if it is over, and
@@ -766,12 +827,7 @@ impl Inner {
         self.rooms.forget_spent();
     }
 
-    pub(crate) fn publish_here(
-        &self,
-        topic: &Topic,
-        message: Message,
-        except: Option<ConnId>,
-    ) -> usize {
+    pub(crate) fn publish_here(&self, topic: &Topic, message: Message, except: Except) -> usize {
         (self.topic(topic)).map_or(0, |room| self.publish_local(&room, message, except))
     }
 
@@ -781,7 +837,7 @@ impl Inner {
         topic: &Topic,
         position: Position,
         placing: Placing,
-        except: Option<ConnId>,
+        except: Except,
     ) -> usize {
         let Some(room) = self.topic(topic) else {
             return 0;
@@ -791,12 +847,12 @@ impl Inner {
             position.epoch,
             position.offset,
             placing,
-            except,
+            &except,
             self.history,
         );
         self.within_history_budget();
         if is_message {
-            self.delivered(&room, reached, except)
+            self.delivered(&room, reached, &except)
         } else {
             0
         }
@@ -804,9 +860,15 @@ impl Inner {
 
     /// Counts the deliveries of a message sent to `reached` subscribers of
     /// `room` (for everyone, `except` is among them).
-    fn delivered(&self, room: &Room, reached: usize, except: Option<ConnId>) -> usize {
-        let excluded = match (&room.topic, except) {
-            (Topic::All, Some(id)) => usize::from(self.lock().conns.contains_key(&id)),
+    fn delivered(&self, room: &Room, reached: usize, except: &Except) -> usize {
+        let excluded = match &room.topic {
+            Topic::All if !except.is_empty() => {
+                let registry = self.lock();
+                except
+                    .iter()
+                    .filter(|id| registry.conns.contains_key(id))
+                    .count()
+            }
             _ => 0,
         };
         let reached = reached.saturating_sub(excluded);
@@ -815,12 +877,12 @@ impl Inner {
     }
 
     /// How many of this node's connections a broadcast to `room` reaches.
-    fn reach(&self, room: &Room, except: Option<ConnId>) -> usize {
+    fn reach(&self, room: &Room, except: &Except) -> usize {
         match &room.topic {
             Topic::All => {
                 let registry = self.lock();
-                let excluded = except.is_some_and(|id| registry.conns.contains_key(&id));
-                registry.conns.len() - usize::from(excluded)
+                let excluded = except.iter().filter(|id| registry.conns.contains_key(id));
+                registry.conns.len() - excluded.count()
             }
             Topic::Room(_) => room.reach(except),
         }
@@ -830,7 +892,7 @@ impl Inner {
         &self,
         topic: &Topic,
         next: Position,
-        backfill: impl IntoIterator<Item = (u64, Message, Option<ConnId>)>,
+        backfill: impl IntoIterator<Item = (u64, Message, Except)>,
     ) {
         if let Some(room) = self.topic(topic) {
             room.rebase(next.epoch, next.offset, backfill, self.history);
@@ -896,13 +958,19 @@ impl Inner {
         sent
     }
 
-    pub(crate) fn send_to_user_local(&self, user: &str, message: &Message) -> usize {
+    pub(crate) fn send_to_user_local(
+        &self,
+        user: &str,
+        message: &Message,
+        except: &Except,
+    ) -> usize {
         let registry = self.lock();
         let Some(ids) = registry.users.get(user) else {
             return 0;
         };
         let sent = ids
             .iter()
+            .filter(|id| !except.contains(**id))
             .filter_map(|id| registry.conns.get(id))
             .filter(|entry| {
                 let sent = entry.membership.personal.try_send(message.clone()).is_ok();

@@ -17,7 +17,7 @@
 //! let writer = hub.connect()?;
 //!
 //! // One connection says something; everyone else hears it.
-//! hub.broadcast_except(writer.id(), format!("Client says: {}", "hi"));
+//! hub.except(writer.id()).broadcast(format!("Client says: {}", "hi"));
 //! let heard = reader.recv().await?.into_message();
 //! assert_eq!(heard, Some(Message::text("Client says: hi")));
 //!
@@ -87,6 +87,7 @@
 //!   personal messages in flight.
 #![doc(test(attr(deny(warnings))))]
 
+mod audience;
 pub mod backplane;
 mod budget;
 mod builder;
@@ -104,6 +105,7 @@ mod rooms;
 mod stats;
 mod topic;
 
+pub use audience::{Audience, Except};
 pub use backplane::{Backplane, Publication, Remote};
 pub use builder::{Builder, SlowConsumer};
 pub use connection::{Connection, Events};

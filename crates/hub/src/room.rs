@@ -8,14 +8,14 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::backplane::new_epoch;
 use crate::builder::SlowConsumer;
-use crate::{Broadcast, ConnId, Message, Topic};
+use crate::{Broadcast, ConnId, Except, Message, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
 #[derive(Clone, Debug)]
 pub(crate) struct Envelope {
     pub(crate) payload: Payload,
-    /// A connection that must not receive this message.
-    pub(crate) except: Option<ConnId>,
+    /// Connections that must not receive this message.
+    pub(crate) except: Except,
     /// Place in the topic.
     pub(crate) epoch: u64,
     pub(crate) offset: u64,
@@ -356,7 +356,7 @@ impl Room {
     pub(crate) fn publish(
         &self,
         message: Message,
-        except: Option<ConnId>,
+        except: &Except,
         limits: HistoryLimits,
     ) -> usize {
         let mut state = self.lock();
@@ -382,7 +382,7 @@ impl Room {
         epoch: u64,
         offset: u64,
         placing: Placing,
-        except: Option<ConnId>,
+        except: &Except,
         limits: HistoryLimits,
     ) -> usize {
         let mut state = self.lock();
@@ -400,7 +400,7 @@ impl Room {
         &self,
         epoch: u64,
         next: u64,
-        backfill: impl IntoIterator<Item = (u64, Message, Option<ConnId>)>,
+        backfill: impl IntoIterator<Item = (u64, Message, Except)>,
         limits: HistoryLimits,
     ) {
         let mut state = self.lock();
@@ -432,7 +432,7 @@ impl Room {
         // resumed before the room was placed gets its replay at once.
         let _ = state.sender.send(Envelope {
             payload: Payload::Placed,
-            except: None,
+            except: Except::none(),
             epoch,
             offset: next,
         });
@@ -574,10 +574,8 @@ impl Room {
     }
 
     /// How many members a broadcast skipping `except` reaches.
-    pub(crate) fn reach(&self, except: Option<ConnId>) -> usize {
-        let state = self.lock();
-        let skipped = except.is_some_and(|id| state.members.contains(&id));
-        state.members.len() - usize::from(skipped)
+    pub(crate) fn reach(&self, except: &Except) -> usize {
+        self.lock().reach(except)
     }
 
     pub(crate) fn member_count(&self) -> usize {
@@ -601,7 +599,7 @@ impl RoomState {
         topic: &Topic,
         history: &Mutex<History>,
         placing: Placing,
-        except: Option<ConnId>,
+        except: &Except,
         offset: u64,
         limits: HistoryLimits,
     ) -> usize {
@@ -616,7 +614,7 @@ impl RoomState {
         };
         let envelope = Envelope {
             payload,
-            except,
+            except: except.clone(),
             epoch: self.epoch,
             offset,
         };
@@ -629,9 +627,14 @@ impl RoomState {
         if *topic == Topic::All {
             receivers
         } else {
-            let skipped = except.is_some_and(|id| self.members.contains(&id));
-            self.members.len() - usize::from(skipped)
+            self.reach(except)
         }
+    }
+
+    /// How many members a broadcast skipping `except` reaches.
+    fn reach(&self, except: &Except) -> usize {
+        let skipped = except.iter().filter(|id| self.members.contains(id));
+        self.members.len() - skipped.count()
     }
 }
 

@@ -48,6 +48,12 @@ impl From<String> for RoomName {
     }
 }
 
+impl From<&String> for RoomName {
+    fn from(name: &String) -> Self {
+        Self(name.as_str().into())
+    }
+}
+
 impl From<&RoomName> for RoomName {
     fn from(name: &RoomName) -> Self {
         name.clone()

@@ -91,7 +91,8 @@ async fn no_send_leaves_the_hub_over_budget_and_nothing_accepted_is_lost() {
             accepted[round] += 1;
         }
         assert!(hub.stats().queued_bytes <= BUDGET);
-        hub.send_to_user(&format!("user{}", round % 5), payload(KIB));
+        hub.to_user(&format!("user{}", round % 5))
+            .broadcast(payload(KIB));
         assert!(hub.stats().queued_bytes <= BUDGET);
     }
     let stats = hub.stats();

@@ -69,7 +69,7 @@ async fn broadcast_except_skips_one() {
     let hub = Hub::new();
     let mut sender = hub.connect().unwrap();
     let mut other = hub.connect().unwrap();
-    assert_eq!(hub.broadcast_except(sender.id(), "from sender"), 1);
+    assert_eq!(hub.except(sender.id()).broadcast("from sender"), 1);
     assert_eq!(hub.broadcast("to all"), 2);
     assert_eq!(recv_msg(&mut other).await, Ok(text("from sender")));
     assert_eq!(recv_msg(&mut other).await, Ok(text("to all")));

@@ -117,15 +117,15 @@ fn run(ops: Vec<Op>, capacity: usize, history: usize, policy: SlowConsumer) {
             Op::Send(room, except) => {
                 let topic = topic(room);
                 let Some(Position { epoch, offset }) = hub.position(&topic) else {
-                    assert_eq!(hub.broadcast_room(ROOMS[room.unwrap()], "x"), 0);
+                    assert_eq!(hub.to(ROOMS[room.unwrap()]).broadcast("x"), 0);
                     continue;
                 };
                 let except_id = except.map(|c| conns[c].id());
                 let reached = match (room, except_id) {
                     (None, None) => hub.broadcast("x"),
-                    (None, Some(id)) => hub.broadcast_except(id, "x"),
-                    (Some(r), None) => hub.broadcast_room(ROOMS[r], "x"),
-                    (Some(r), Some(id)) => hub.broadcast_room_except(ROOMS[r], id, "x"),
+                    (None, Some(id)) => hub.except(id).broadcast("x"),
+                    (Some(r), None) => hub.to(ROOMS[r]).broadcast("x"),
+                    (Some(r), Some(id)) => hub.to(ROOMS[r]).except(id).broadcast("x"),
                 };
                 published += 1;
                 let mut members = 0;

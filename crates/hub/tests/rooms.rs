@@ -42,9 +42,9 @@ async fn rooms_reach_their_members_only() {
     assert!(hub.join(a.id(), "rust").unwrap());
     assert!(!hub.join(a.id(), "rust").unwrap());
     assert!(hub.join(b.id(), "go").unwrap());
-    assert_eq!(hub.broadcast_room("rust", "r0"), 1);
-    assert_eq!(hub.broadcast_room("go", "g0"), 1);
-    assert_eq!(hub.broadcast_room("nowhere", "x"), 0);
+    assert_eq!(hub.to("rust").broadcast("r0"), 1);
+    assert_eq!(hub.to("go").broadcast("g0"), 1);
+    assert_eq!(hub.to("nowhere").broadcast("x"), 0);
     assert_eq!(next_broadcast(&mut a).await, (room("rust"), 0, "r0".into()));
     assert_eq!(next_broadcast(&mut b).await, (room("go"), 0, "g0".into()));
     assert_eq!(a.try_recv(), Err(TryRecvError::Empty));
@@ -57,11 +57,11 @@ async fn rooms_reach_their_members_only() {
     // Leaving stops delivery; the emptied room is gone from the list.
     assert!(hub.leave(a.id(), "rust"));
     assert!(!hub.leave(a.id(), "rust"));
-    assert_eq!(hub.broadcast_room("rust", "r1"), 0);
+    assert_eq!(hub.to("rust").broadcast("r1"), 0);
     assert_eq!(a.try_recv(), Err(TryRecvError::Empty));
     assert_eq!(hub.rooms(), vec![RoomName::from("go")]);
     assert!(hub.join(hub::ConnId::clone(&a.id()), "go").unwrap());
-    assert_eq!(hub.broadcast_room_except("go", b.id(), "g1"), 1);
+    assert_eq!(hub.to("go").except(b.id()).broadcast("g1"), 1);
     assert_eq!(next_broadcast(&mut a).await, (room("go"), 1, "g1".into()));
     assert_eq!(b.try_recv(), Err(TryRecvError::Empty));
 }
@@ -74,7 +74,7 @@ async fn broadcast_to_several_rooms_numbers_it_in_each() {
     hub.join(both.id(), "a").unwrap();
     hub.join(both.id(), "b").unwrap();
     hub.join(one.id(), "b").unwrap();
-    assert_eq!(hub.broadcast_rooms(&["a", "b"], "hi"), 3);
+    assert_eq!(hub.to("a").to("b").broadcast("hi"), 3);
     let mut got = vec![
         next_broadcast(&mut both).await,
         next_broadcast(&mut both).await,
@@ -188,18 +188,18 @@ async fn send_to_user_reaches_every_tab() {
     let mut tab1 = hub.connect_with(Metadata::new().with_user("ann")).unwrap();
     let mut tab2 = hub.connect_with(Metadata::new().with_user("ann")).unwrap();
     let mut other = hub.connect_with(Metadata::new().with_user("bo")).unwrap();
-    assert_eq!(hub.send_to_user("ann", "psst"), 2);
+    assert_eq!(hub.to_user("ann").broadcast("psst"), 2);
     for tab in [&mut tab1, &mut tab2] {
         assert_eq!(recv(tab).await, Event::Personal(Message::text("psst")));
     }
     assert_eq!(other.try_recv(), Err(TryRecvError::Empty));
     drop(tab1);
-    assert_eq!(hub.send_to_user("ann", "again"), 1);
-    assert_eq!(hub.send_to_user("nobody", "x"), 0);
+    assert_eq!(hub.to_user("ann").broadcast("again"), 1);
+    assert_eq!(hub.to_user("nobody").broadcast("x"), 0);
     // Renaming the user moves the connection.
     hub.set_metadata(tab2.id(), Metadata::new().with_user("bo"));
-    assert_eq!(hub.send_to_user("ann", "x"), 0);
-    assert_eq!(hub.send_to_user("bo", "both"), 2);
+    assert_eq!(hub.to_user("ann").broadcast("x"), 0);
+    assert_eq!(hub.to_user("bo").broadcast("both"), 2);
     let _ = other.recv().await;
 }
 
@@ -209,7 +209,7 @@ async fn resume_replays_what_was_missed_then_goes_live() {
     let mut first = hub.connect().unwrap();
     hub.join(first.id(), "rust").unwrap();
     for i in 0..10 {
-        hub.broadcast_room("rust", format!("m{i}"));
+        hub.to("rust").broadcast(format!("m{i}"));
     }
     let mut last = None;
     for i in 0..5 {
@@ -223,12 +223,12 @@ async fn resume_replays_what_was_missed_then_goes_live() {
     }
     drop(first); // the room is empty now, its history kept
     for i in 10..15 {
-        hub.broadcast_room("rust", format!("m{i}"));
+        hub.to("rust").broadcast(format!("m{i}"));
     }
     let mut again = hub.connect().unwrap();
     let resumed = hub.resume(again.id(), "rust", last.unwrap()).unwrap();
     assert_eq!(resumed, Resume::CaughtUp { replayed: 10 });
-    hub.broadcast_room("rust", "m15");
+    hub.to("rust").broadcast("m15");
     for i in 5..16 {
         assert_eq!(
             next_broadcast(&mut again).await,
@@ -245,7 +245,7 @@ async fn resume_from_another_epoch_or_too_far_back_says_resync() {
     let conn = hub.connect().unwrap();
     hub.join(conn.id(), "r").unwrap();
     for i in 0..10 {
-        hub.broadcast_room("r", format!("m{i}"));
+        hub.to("r").broadcast(format!("m{i}"));
     }
     let epoch = hub.position(&room("r")).unwrap().epoch;
 
@@ -329,7 +329,7 @@ async fn a_lagging_reader_is_repaired_in_place() {
     let mut slow = hub.connect().unwrap();
     hub.join(slow.id(), "r").unwrap();
     for i in 0..30 {
-        hub.broadcast_room("r", format!("m{i}"));
+        hub.to("r").broadcast(format!("m{i}"));
     }
     for i in 0..30 {
         assert_eq!(
@@ -358,14 +358,14 @@ async fn a_room_channel_grows_while_readers_fall_behind_and_nothing_is_lost() {
     // before the reader gets to it; in the last round, nothing after.
     for round in 0..6 {
         for _ in 0..40 {
-            hub.broadcast_room("r", format!("m{sent}"));
+            hub.to("r").broadcast(format!("m{sent}"));
             sent += 1;
         }
         assert_eq!(next_broadcast(&mut slow).await.1, read);
         read += 1;
         if round < 5 {
             for _ in 0..7 {
-                hub.broadcast_room("r", format!("m{sent}"));
+                hub.to("r").broadcast(format!("m{sent}"));
                 sent += 1;
             }
         }
@@ -391,7 +391,7 @@ async fn a_reader_thousands_behind_is_refilled_in_order_while_the_room_goes_on()
     let mut slow = hub.connect().unwrap();
     hub.join(slow.id(), "r").unwrap();
     for i in 0..3000 {
-        hub.broadcast_room("r", format!("m{i}"));
+        hub.to("r").broadcast(format!("m{i}"));
     }
     for i in 0..1000 {
         assert_eq!(
@@ -401,7 +401,7 @@ async fn a_reader_thousands_behind_is_refilled_in_order_while_the_room_goes_on()
     }
     // More arrives while the gap is being refilled.
     for i in 3000..3500 {
-        hub.broadcast_room("r", format!("m{i}"));
+        hub.to("r").broadcast(format!("m{i}"));
     }
     for i in 1000..3500 {
         assert_eq!(
@@ -421,7 +421,7 @@ async fn a_resume_thousands_back_replays_everything_in_order() {
     let mut first = hub.connect().unwrap();
     hub.join(first.id(), "r").unwrap();
     for i in 0..2000 {
-        hub.broadcast_room("r", format!("m{i}"));
+        hub.to("r").broadcast(format!("m{i}"));
     }
     let Event::Broadcast(b) = recv(&mut first).await else {
         panic!("expected a broadcast")
@@ -434,7 +434,7 @@ async fn a_resume_thousands_back_replays_everything_in_order() {
     };
     let resumed = hub.resume(again.id(), "r", from).unwrap();
     assert_eq!(resumed, Resume::CaughtUp { replayed: 1999 });
-    hub.broadcast_room("r", "m2000");
+    hub.to("r").broadcast("m2000");
     for i in 1..2001 {
         assert_eq!(
             next_broadcast(&mut again).await,
@@ -486,14 +486,14 @@ async fn empty_rooms_keep_history_until_evicted() {
     let hub = Hub::builder().idle_rooms(1).build();
     let conn = hub.connect().unwrap();
     hub.join(conn.id(), "a").unwrap();
-    hub.broadcast_room("a", "kept");
+    hub.to("a").broadcast("kept");
     let epoch_a = hub.position(&room("a")).unwrap().epoch;
     hub.leave(conn.id(), "a");
     assert!(hub.rooms().is_empty());
     assert_eq!(hub.position(&room("a")).unwrap().epoch, epoch_a);
     // A second emptied room pushes the first out: its epoch is gone.
     hub.join(conn.id(), "b").unwrap();
-    hub.broadcast_room("b", "x");
+    hub.to("b").broadcast("x");
     hub.leave(conn.id(), "b");
     assert_eq!(hub.position(&room("a")), None);
     hub.join(conn.id(), "a").unwrap();
@@ -509,7 +509,7 @@ async fn skip_policy_reports_lag_per_room() {
     let mut slow = hub.connect().unwrap();
     hub.join(slow.id(), "r").unwrap();
     for i in 0..5 {
-        hub.broadcast_room("r", format!("m{i}"));
+        hub.to("r").broadcast(format!("m{i}"));
     }
     assert_eq!(
         recv(&mut slow).await,
@@ -527,9 +527,9 @@ async fn a_removed_member_gets_room_messages_sent_before_only() {
     let mut conn = hub.connect().unwrap();
     let _other = hub.connect().unwrap();
     hub.join(conn.id(), "r").unwrap();
-    hub.broadcast_room("r", "before");
+    hub.to("r").broadcast("before");
     hub.disconnect(conn.id());
-    hub.broadcast_room("r", "after");
+    hub.to("r").broadcast("after");
     assert_eq!(next_broadcast(&mut conn).await.2, "before");
     assert_eq!(conn.recv().await, Err(RecvError::Disconnected));
 }
@@ -547,7 +547,7 @@ async fn history_of_all_rooms_stays_within_the_hub_budget() {
     for r in 0..10 {
         hub.join(member.id(), format!("r{r}")).unwrap();
         for _ in 0..16 {
-            hub.broadcast_room(&format!("r{r}"), line.clone());
+            hub.to(format!("r{r}")).broadcast(line.clone());
             assert!(hub.stats().history_bytes <= BUDGET);
         }
     }
@@ -592,14 +592,14 @@ async fn empty_rooms_whose_history_was_trimmed_go() {
         hub.join(member.id(), name).unwrap();
     }
     for _ in 0..16 {
-        hub.broadcast_room("old", line.clone());
+        hub.to("old").broadcast(line.clone());
     }
     // Emptied, "old" waits among the idle rooms with its history...
     assert!(hub.leave(member.id(), "old"));
     assert!(hub.position(&room("old")).is_some());
     // ...until "hot" needs the room in the budget: then it goes.
     for _ in 0..32 {
-        hub.broadcast_room("hot", line.clone());
+        hub.to("hot").broadcast(line.clone());
     }
     assert_eq!(hub.position(&room("old")), None);
     assert!(hub.stats().history_bytes <= 2 << 20);
@@ -628,8 +628,8 @@ async fn a_form_is_rendered_once_shared_by_readers_and_replays_and_counted_as_hi
     let mut b = hub.connect().unwrap();
     hub.join(a.id(), "r").unwrap();
     hub.join(b.id(), "r").unwrap();
-    hub.broadcast_room("r", "first");
-    hub.broadcast_room("r", "hello");
+    hub.to("r").broadcast("first");
+    hub.to("r").broadcast("hello");
     let first = broadcast(&mut a).await;
     broadcast(&mut b).await;
     assert_eq!(hub.stats().history_bytes, 10);
@@ -661,8 +661,8 @@ async fn a_form_is_rendered_once_shared_by_readers_and_replays_and_counted_as_hi
     assert_eq!(renders.load(Ordering::SeqCst), 4);
     drop((replayed, late));
     // Out of history and read by every member: no longer counted.
-    hub.broadcast_room("r", "x");
-    hub.broadcast_room("r", "y");
+    hub.to("r").broadcast("x");
+    hub.to("r").broadcast("y");
     for conn in [&mut a, &mut b] {
         broadcast(conn).await;
         broadcast(conn).await;
@@ -677,7 +677,7 @@ async fn under_skip_and_disconnect_a_room_reader_may_fall_capacity_behind() {
         let mut reader = hub.connect().unwrap();
         hub.join(reader.id(), "r").unwrap();
         for i in 0..64 {
-            hub.broadcast_room("r", format!("m{i}"));
+            hub.to("r").broadcast(format!("m{i}"));
         }
         // The policy acts past the capacity, not past a small window.
         for i in 0..64 {
