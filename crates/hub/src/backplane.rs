@@ -19,23 +19,13 @@
 //!
 //! `hub-redis` implements this trait over Redis.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use crate::hub::Inner;
-use crate::room::Placing;
 use crate::{ConnId, Except, Message, Metadata, Position, PresenceEvent, SendError, Topic};
 
-/// The largest node number; connection ids carry it in their top bits.
-pub const MAX_NODE: u32 = (1 << NODE_BITS) - 1;
-
-/// Bits of a connection id that hold the node number.
-const NODE_BITS: u32 = 20;
-/// Bits of a connection id that count the node's connections.
-pub(crate) const LOCAL_BITS: u32 = 64 - NODE_BITS;
+pub use crate::id::MAX_NODE;
+pub use crate::topic::new_epoch;
 
 /// What a hub hands to its backplane to share with the other nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,11 +148,38 @@ pub trait Backplane: fmt::Debug + Send + Sync + 'static {
     }
 }
 
+/// What a [`Remote`] delivers into: the hub, seen from its backplane (see
+/// `bridge.rs`).
+pub(crate) trait Sink: Send + Sync {
+    fn is_shut_down(&self) -> bool;
+    /// A message (or, with none, a notice of `missed` messages) placed at
+    /// `position` of `topic`.
+    fn deliver(
+        &self,
+        topic: &Topic,
+        position: Position,
+        message: Result<Message, u64>,
+        except: Except,
+    ) -> usize;
+    fn rebase(
+        &self,
+        topic: &Topic,
+        next: Position,
+        backfill: &mut dyn Iterator<Item = (u64, Message, Except)>,
+    );
+    fn is_following(&self, topic: &Topic) -> bool;
+    fn deliver_here(&self, topic: &Topic, message: Message, except: Except) -> usize;
+    fn send_personal(&self, to: ConnId, message: Message) -> Result<(), SendError>;
+    fn send_to_user(&self, user: &str, message: &Message, except: &Except) -> usize;
+    fn announce(&self, event: PresenceEvent);
+    fn topics(&self) -> Vec<Topic>;
+}
+
 /// A backplane's handle on its hub, given by [`Backplane::start`]. It does
 /// not keep the hub alive: once the hub is gone, every call does nothing.
 #[derive(Clone)]
 pub struct Remote {
-    inner: Weak<Inner>,
+    inner: Weak<dyn Sink>,
 }
 
 impl fmt::Debug for Remote {
@@ -174,10 +191,8 @@ impl fmt::Debug for Remote {
 }
 
 impl Remote {
-    pub(crate) fn new(inner: &Arc<Inner>) -> Self {
-        Self {
-            inner: Arc::downgrade(inner),
-        }
+    pub(crate) fn new(inner: Weak<dyn Sink>) -> Self {
+        Self { inner }
     }
 
     /// Whether the hub still exists and has not been shut down.
@@ -202,8 +217,8 @@ impl Remote {
         message: Message,
         except: Except,
     ) -> usize {
-        self.inner.upgrade().map_or(0, |inner| {
-            inner.deliver(topic, position, Placing::Message(message), except)
+        (self.inner.upgrade()).map_or(0, |inner| {
+            inner.deliver(topic, position, Ok(message), except)
         })
     }
 
@@ -213,7 +228,7 @@ impl Remote {
     /// notice of 0 only takes the position, silently.
     pub fn deliver_missed(&self, topic: &Topic, position: Position, missed: u64) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.deliver(topic, position, Placing::Missed(missed), Except::none());
+            inner.deliver(topic, position, Err(missed), Except::none());
         }
     }
 
@@ -231,7 +246,7 @@ impl Remote {
         backfill: impl IntoIterator<Item = (u64, Message, Except)>,
     ) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.rebase(topic, next, backfill);
+            inner.rebase(topic, next, &mut backfill.into_iter());
         }
     }
 
@@ -254,7 +269,7 @@ impl Remote {
     pub fn deliver_here(&self, topic: &Topic, message: Message, except: Except) -> usize {
         self.inner
             .upgrade()
-            .map_or(0, |inner| inner.publish_here(topic, message, except))
+            .map_or(0, |inner| inner.deliver_here(topic, message, except))
     }
 
     /// Queues a personal message from another node for a connection of
@@ -265,7 +280,7 @@ impl Remote {
     /// As [`Hub::try_send_personal`](crate::Hub::try_send_personal).
     pub fn send_personal(&self, to: ConnId, message: Message) -> Result<(), SendError> {
         match self.inner.upgrade() {
-            Some(inner) => inner.send_personal_local(to, message),
+            Some(inner) => inner.send_personal(to, message),
             None => Err(SendError::UnknownConnection { id: to, message }),
         }
     }
@@ -276,14 +291,14 @@ impl Remote {
     pub fn send_to_user(&self, user: &str, message: Message, except: &Except) -> usize {
         self.inner
             .upgrade()
-            .map_or(0, |inner| inner.send_to_user_local(user, &message, except))
+            .map_or(0, |inner| inner.send_to_user(user, &message, except))
     }
 
     /// Passes a presence event of another node to this hub's
     /// [`presence`](crate::Hub::presence) subscribers.
     pub fn announce(&self, event: PresenceEvent) {
         if let Some(inner) = self.inner.upgrade() {
-            inner.announce_remote(event);
+            inner.announce(event);
         }
     }
 
@@ -295,36 +310,5 @@ impl Remote {
             .upgrade()
             .map(|inner| inner.topics())
             .unwrap_or_default()
-    }
-}
-
-/// A new epoch: random, never zero, and below 2^53, so that it stays exact
-/// wherever numbers are doubles (Lua in Redis, JavaScript). A process-random
-/// hash of the time and a counter: unlikely to repeat across restarts or
-/// nodes. Backplanes use it for a topic their store does not know yet.
-#[must_use]
-pub fn new_epoch() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = RandomState::new().build_hasher();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(nanos);
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    (hasher.finish() >> 11).max(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use super::new_epoch;
-
-    #[test]
-    fn epochs_are_distinct_and_exact_as_doubles() {
-        let epochs: HashSet<u64> = (0..1000).map(|_| new_epoch()).collect();
-        assert_eq!(epochs.len(), 1000);
-        // A plain 64-bit hash would exceed 2^53 in all but a few of 1 000.
-        assert!(epochs.iter().all(|&e| e != 0 && e < 1 << 53));
     }
 }

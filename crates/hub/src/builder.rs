@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use crate::backplane::Backplane;
-use crate::room::HistoryLimits;
-use crate::Hub;
+use crate::history::HistoryLimits;
 
 /// What happens to a connection that falls further behind a topic's
 /// channel than its [capacity](Builder::capacity).
@@ -31,7 +30,7 @@ pub enum SlowConsumer {
     Disconnect,
 }
 
-/// Configures and builds a [`Hub`].
+/// Configures and builds a [`Hub`](crate::Hub).
 ///
 /// ```
 /// use hub::{Hub, SlowConsumer};
@@ -122,7 +121,7 @@ impl Builder {
     }
 
     /// How many recent messages, and how many payload bytes, each topic
-    /// keeps for [resume](Hub::resume) and [repair](SlowConsumer::Repair)
+    /// keeps for [resume](crate::Hub::resume) and [repair](SlowConsumer::Repair)
     /// (defaults [`Builder::DEFAULT_HISTORY`] and [`Builder::DEFAULT_HISTORY_BYTES`]); the
     /// oldest go first when either limit is reached. `0` disables history.
     pub fn history(mut self, messages: usize, bytes: usize) -> Self {
@@ -192,15 +191,10 @@ impl Builder {
     ///
     /// With a backplane, the count a broadcast returns is the connections
     /// of this node it will reach, and rooms are numbered by the backplane:
-    /// a room's [`position`](Hub::position) is known once the backplane
+    /// a room's [`position`](crate::Hub::position) is known once the backplane
     /// has placed it.
     pub fn backplane(mut self, backplane: Arc<dyn Backplane>) -> Self {
         self.backplane = Some(backplane);
         self
-    }
-
-    /// Builds the hub.
-    pub fn build(self) -> Hub {
-        Hub::from_builder(self)
     }
 }

@@ -3,30 +3,27 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Poll};
 
-use futures_core::Stream;
-use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::{
     RecvError as ChannelRecvError, TryRecvError as ChannelTryRecvError,
 };
-use tokio_util::sync::ReusableBoxFuture;
 
 use crate::builder::SlowConsumer;
 use crate::error::{RecvError, TryRecvError};
-use crate::hub::Inner;
+use crate::inner::Inner;
 use crate::mailbox::{Control, Membership};
 use crate::room::{Envelope, Payload, Room, Subscribed, PENDING};
 use crate::stats::Counters;
+use crate::subscription::{event, recv_any, Refill, Sub, REFILL_CHUNK};
 use crate::{ConnId, Event, Metadata, Topic};
 
 /// A connection registered with a [`Hub`](crate::Hub): it receives what the
 /// hub delivers to it.
 ///
 /// Read with [`recv`](Self::recv) (or [`try_recv`](Self::try_recv), or as a
-/// [`Stream`] through [`into_stream`](Self::into_stream)). Personal messages
+/// [`Stream`](futures_core::Stream) through [`into_stream`](Self::into_stream)). Personal messages
 /// come before broadcasts that are waiting at the same time; each topic's
 /// broadcasts arrive in offset order, without gaps or duplicates, or with
 /// the gap announced ([`Event::Lagged`], [`Event::Resync`]).
@@ -46,62 +43,6 @@ pub struct Connection {
     /// Which topic to look at first next time, for fairness.
     turn: usize,
 }
-
-/// One topic's stream as this connection reads it.
-struct Sub {
-    room: Arc<Room>,
-    receiver: broadcast::Receiver<Envelope>,
-    /// The generation of the room's channel `receiver` belongs to.
-    generation: u64,
-    /// The epoch this connection follows ([`PENDING`]: none yet).
-    epoch: u64,
-    /// The offset this connection expects next.
-    next: u64,
-    /// Being read from history rather than from the channel (boxed: a
-    /// connection has a `Sub` per room, and rarely a refill).
-    refill: Option<Box<Refill>>,
-    /// While draining: reached the removal cutoff.
-    done: bool,
-}
-
-impl Sub {
-    fn new(room: Arc<Room>, subscribed: Subscribed) -> Self {
-        let refill = (subscribed.first < subscribed.next_offset)
-            .then(|| Refill::replay(subscribed.next_offset));
-        Self {
-            room,
-            receiver: subscribed.receiver,
-            generation: subscribed.generation,
-            epoch: subscribed.epoch,
-            next: subscribed.first,
-            refill,
-            done: false,
-        }
-    }
-}
-
-/// Offsets `Sub::next..to` of a topic, read from its history a chunk at a
-/// time: a reader far behind holds one chunk, not the whole gap.
-struct Refill {
-    to: u64,
-    /// Asked for (a resume), rather than repairing a gap.
-    replay: bool,
-    /// The message that showed the gap, delivered after it.
-    held: Option<Envelope>,
-}
-
-impl Refill {
-    fn replay(to: u64) -> Box<Self> {
-        Box::new(Self {
-            to,
-            replay: true,
-            held: None,
-        })
-    }
-}
-
-/// Messages read from history at a time.
-const REFILL_CHUNK: usize = 64;
 
 /// What woke a waiting `recv`.
 enum Woke {
@@ -274,37 +215,6 @@ impl Connection {
             return Err(self.close(reason).into());
         }
         Err(TryRecvError::Empty)
-    }
-
-    /// Turns the connection into a [`Stream`] of events. The stream yields
-    /// the closing [`RecvError`] once, then ends.
-    ///
-    /// ```
-    /// use futures_util::StreamExt;
-    /// use hub::{Hub, Message, RecvError};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let hub = Hub::new();
-    /// let connection = hub.connect()?;
-    /// let id = connection.id();
-    /// let mut events = connection.into_stream();
-    ///
-    /// hub.broadcast("one");
-    /// hub.disconnect(id);
-    /// let first = events.next().await.and_then(|e| e.ok()?.into_message());
-    /// assert_eq!(first, Some(Message::text("one")));
-    /// assert_eq!(events.next().await, Some(Err(RecvError::Disconnected)));
-    /// assert_eq!(events.next().await, None);
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[must_use]
-    pub fn into_stream(self) -> Events {
-        Events {
-            id: self.id,
-            next: Some(ReusableBoxFuture::new(next_event(self))),
-        }
     }
 
     /// Waits until something arrives; what arrived is handed to `take`.
@@ -654,48 +564,6 @@ impl Connection {
     }
 }
 
-/// What an envelope of `topic` means to connection `id`, if anything.
-fn event(id: ConnId, counters: &Counters, topic: &Topic, envelope: Envelope) -> Option<Event> {
-    if envelope.except.contains(id) {
-        return None;
-    }
-    match envelope.payload {
-        Payload::Message(broadcast) => Some(Event::Broadcast(broadcast)),
-        Payload::Missed(0) | Payload::Placed => None,
-        Payload::Missed(missed) => {
-            Counters::add(&counters.missed, missed);
-            Counters::add(&counters.resyncs, 1);
-            Some(Event::Resync {
-                topic: topic.clone(),
-                missed: Some(missed),
-            })
-        }
-    }
-}
-
-/// Waits for the first of several topics to deliver.
-async fn recv_any(subs: &mut [Sub]) -> (usize, Result<Envelope, ChannelRecvError>) {
-    match subs {
-        [] => std::future::pending().await,
-        [only] => (0, only.receiver.recv().await),
-        many => {
-            let mut waiting: Vec<_> = many
-                .iter_mut()
-                .map(|sub| Box::pin(sub.receiver.recv()))
-                .collect();
-            std::future::poll_fn(|cx| {
-                for (index, future) in waiting.iter_mut().enumerate() {
-                    if let Poll::Ready(received) = future.as_mut().poll(cx) {
-                        return Poll::Ready((index, received));
-                    }
-                }
-                Poll::Pending
-            })
-            .await
-        }
-    }
-}
-
 impl Drop for Connection {
     fn drop(&mut self) {
         // What is still queued goes with the queue.
@@ -711,52 +579,5 @@ impl fmt::Debug for Connection {
             .field("metadata", &self.metadata)
             .field("closed", &self.closed)
             .finish_non_exhaustive()
-    }
-}
-
-type Next = (Result<Event, RecvError>, Connection);
-
-async fn next_event(mut connection: Connection) -> Next {
-    let result = connection.recv().await;
-    (result, connection)
-}
-
-/// A [`Connection`] as a [`Stream`] of events; see
-/// [`Connection::into_stream`]. Dropping it disconnects the connection.
-pub struct Events {
-    id: ConnId,
-    next: Option<ReusableBoxFuture<'static, Next>>,
-}
-
-impl Events {
-    /// The id of the underlying connection.
-    #[must_use]
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-}
-
-impl Stream for Events {
-    type Item = Result<Event, RecvError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(next) = self.next.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let (result, connection) = ready!(next.poll(cx));
-        match result {
-            Ok(_) => next.set(next_event(connection)),
-            Err(_) => self.next = None,
-        }
-        Poll::Ready(Some(result))
-    }
-}
-
-impl fmt::Debug for Events {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Events")
-            .field("id", &self.id)
-            .field("ended", &self.next.is_none())
-            .finish()
     }
 }

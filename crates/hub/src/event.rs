@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use crate::room::HistoryBudget;
+use crate::history::HistoryBudget;
 use crate::{Message, Topic};
 
 /// A message broadcast to a topic, with its place in that topic's stream.

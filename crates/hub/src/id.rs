@@ -5,6 +5,14 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
+/// The largest node number; connection ids carry it in their top bits.
+pub const MAX_NODE: u32 = (1 << NODE_BITS) - 1;
+
+/// Bits of a connection id that hold the node number.
+const NODE_BITS: u32 = 20;
+/// Bits of a connection id that count the node's connections.
+pub(crate) const LOCAL_BITS: u32 = 64 - NODE_BITS;
+
 /// The unique id of a connection within a hub.
 ///
 /// Ids are never reused by the hub that issued them (and hubs sharing a
@@ -39,7 +47,7 @@ impl ConnId {
     #[must_use]
     pub fn node(self) -> u32 {
         // The shift leaves at most 20 bits.
-        u32::try_from(self.0.get() >> crate::backplane::LOCAL_BITS).unwrap_or(u32::MAX)
+        u32::try_from(self.0.get() >> LOCAL_BITS).unwrap_or(u32::MAX)
     }
 
     /// The id with this raw value (as [`get`](Self::get) returns it), for a

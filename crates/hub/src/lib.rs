@@ -89,34 +89,44 @@
 
 mod audience;
 pub mod backplane;
+mod bridge;
 mod budget;
 mod builder;
 mod connection;
 pub mod error;
 mod event;
+mod events;
+mod except;
+mod history;
 mod hub;
 mod id;
+mod inner;
+mod lifecycle;
 mod mailbox;
 mod message;
 mod personal;
 mod presence;
+mod registry;
 mod room;
 mod rooms;
 mod stats;
+mod subscription;
 mod topic;
 
-pub use audience::{Audience, Except};
+pub use audience::Audience;
 pub use backplane::{Backplane, Publication, Remote};
 pub use builder::{Builder, SlowConsumer};
-pub use connection::{Connection, Events};
+pub use connection::Connection;
 pub use error::{ConnectError, JoinError, PresenceError, RecvError, SendError, TryRecvError};
 pub use event::{Broadcast, Event};
-pub use hub::{Hub, Resume};
+pub use events::Events;
+pub use except::Except;
+pub use hub::Hub;
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};
 pub use presence::{Presence, PresenceEvent, PresenceKind};
 pub use stats::Stats;
-pub use topic::{Position, RoomName, Topic};
+pub use topic::{Position, Resume, RoomName, Topic};
 
 /// The crate README's example, compiled and run as a doctest.
 #[cfg(doctest)]

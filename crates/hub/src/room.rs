@@ -1,13 +1,14 @@
 //! One topic's fan-out channel, history and members.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{broadcast, Notify};
 
-use crate::backplane::new_epoch;
 use crate::builder::SlowConsumer;
+use crate::history::{HistoryBudget, HistoryLimits, Kept};
+use crate::topic::new_epoch;
 use crate::{Broadcast, ConnId, Except, Message, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
@@ -55,19 +56,6 @@ pub(crate) enum Placing {
 /// given yet. Real epochs are never zero.
 pub(crate) const PENDING: u64 = 0;
 
-/// How much history each topic keeps.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct HistoryLimits {
-    pub(crate) messages: usize,
-    pub(crate) bytes: usize,
-}
-
-impl HistoryLimits {
-    pub(crate) fn enabled(&self) -> bool {
-        self.messages > 0 && self.bytes > 0
-    }
-}
-
 /// How many slots a topic's channel has at first, and how many it may
 /// grow to.
 ///
@@ -108,79 +96,6 @@ impl Window {
             }
         } else {
             Self::fixed(capacity)
-        }
-    }
-}
-
-/// The hub-wide limit on history: every topic's history counts toward it,
-/// and past it the history of the topics used longest ago goes first.
-#[derive(Debug)]
-pub(crate) struct HistoryBudget {
-    limit: usize,
-    /// Payload bytes in every topic's history.
-    held: AtomicUsize,
-    /// Ticks at every use of a topic: a topic's last tick says how long
-    /// ago it was used, relative to the others.
-    clock: AtomicU64,
-    /// Held by the one caller trimming.
-    trimming: Mutex<()>,
-}
-
-impl HistoryBudget {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self {
-            limit: limit.max(1),
-            held: AtomicUsize::new(0),
-            clock: AtomicU64::new(0),
-            trimming: Mutex::new(()),
-        }
-    }
-
-    pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn add(&self, bytes: usize) {
-        self.held.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    pub(crate) fn remove(&self, bytes: usize) {
-        self.held.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    pub(crate) fn is_over(&self) -> bool {
-        self.held() > self.limit
-    }
-
-    /// What trimming brings history down to: an eighth under the limit,
-    /// so that the next messages do not each trim again.
-    fn low_water(&self) -> usize {
-        self.limit - self.limit / 8
-    }
-
-    fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Drops history from `topics`, those used longest ago first and the
-    /// oldest messages of each first, until the total is back under the
-    /// limit (an eighth under it). One caller trims at a time; others go on.
-    pub(crate) fn trim<'a>(&self, topics: impl IntoIterator<Item = &'a Room>) {
-        let Ok(_trimming) = self.trimming.try_lock() else {
-            return;
-        };
-        let mut topics: Vec<_> = topics
-            .into_iter()
-            .map(|room| (room.last_used(), room))
-            .collect();
-        topics.sort_unstable_by_key(|(last_used, _)| *last_used);
-        let target = self.low_water();
-        for (_, room) in topics {
-            let held = self.held();
-            if held <= target {
-                break;
-            }
-            room.drop_history(held - target);
         }
     }
 }
@@ -297,28 +212,6 @@ impl Room {
 
     fn used(&self, state: &RoomState) {
         self.last_used.store(state.budget.tick(), Ordering::Relaxed);
-    }
-
-    fn last_used(&self) -> u64 {
-        self.last_used.load(Ordering::Relaxed)
-    }
-
-    /// Drops this topic's oldest history until `bytes` are freed or none
-    /// is left; returns how many were freed.
-    fn drop_history(&self, bytes: usize) -> usize {
-        let mut history = self.history();
-        let mut freed = 0;
-        while freed < bytes {
-            match history.drop_oldest() {
-                Some(len) => freed += len,
-                None => break,
-            }
-        }
-        if history.messages.is_empty() {
-            // Give the storage back too.
-            history.messages = VecDeque::new();
-        }
-        freed
     }
 
     /// Waits until the room has a place in its backplane's stream (at
@@ -589,6 +482,27 @@ impl Room {
             (state.epoch, state.next_offset)
         };
         (epoch, next, self.history().bytes)
+    }
+}
+
+impl Kept for Room {
+    fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    fn drop_history(&self, bytes: usize) {
+        let mut history = self.history();
+        let mut freed = 0;
+        while freed < bytes {
+            match history.drop_oldest() {
+                Some(len) => freed += len,
+                None => break,
+            }
+        }
+        if history.messages.is_empty() {
+            // Give the storage back too.
+            history.messages = VecDeque::new();
+        }
     }
 }
 

@@ -6,7 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::backplane::Backplane;
-use crate::room::{HistoryBudget, Room, Subscribed, Window};
+use crate::history::HistoryBudget;
+use crate::room::{Room, Subscribed, Window};
 use crate::{ConnId, RoomName, Topic};
 
 pub(crate) struct Rooms {
