@@ -15,17 +15,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use hub::{Message, Metadata, Text};
-use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::error::Error as WsError;
 
-use crate::frame::{Frame, ReadError};
+use crate::frame::{Frame, ReadError, READ_BUFFER, WRITE_BUFFER};
 use crate::session::Shared;
 use crate::{Close, CloseCode, Ended, Handler, Handshake, PeerAddr, WsServer};
-
-/// axum's read buffer: small keeps idle connections cheap; it grows for
-/// large messages as needed.
-const READ_BUFFER: usize = 4 << 10;
-/// axum flushes once this much is buffered.
-const WRITE_BUFFER: usize = 64 << 10;
 
 /// axum's socket, seen as [`Frame`]s.
 struct AxumSocket(WebSocket);
@@ -96,16 +90,9 @@ fn outgoing(frame: Frame) -> AxumMessage {
 /// axum wraps the tungstenite error it got; this crate uses the same
 /// tungstenite, so the kind of error (and its close code) survives.
 fn classify(error: axum::Error) -> ReadError {
-    let Ok(error) = error.into_inner().downcast::<WsError>() else {
-        return ReadError::Lost;
-    };
-    match *error {
-        WsError::Capacity(_) => ReadError::TooBig,
-        WsError::Utf8(_) => ReadError::InvalidUtf8,
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadError::Lost,
-        WsError::Protocol(_) => ReadError::Protocol,
-        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => ReadError::Lost,
-        _ => ReadError::Other,
+    match error.into_inner().downcast::<WsError>() {
+        Ok(error) => ReadError::from(&*error),
+        Err(_) => ReadError::Lost,
     }
 }
 

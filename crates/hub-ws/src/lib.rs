@@ -94,6 +94,8 @@ mod server;
 mod session;
 mod stats;
 mod throttle;
+#[cfg(feature = "tungstenite")]
+mod tungstenite;
 mod upgrade;
 
 pub use admission::{Origins, SessionLimit};
