@@ -121,10 +121,12 @@ impl<H: Handler> WsServer<H> {
     /// The session is the one [`upgrade`](Self::upgrade) and
     /// [`serve_tcp`](Self::serve_tcp) run: the same handler, keep-alive,
     /// rate limits and close codes. What comes before it is the caller's:
-    /// check the request's origin and credentials in the handshake's
-    /// callback ([`admit`](Self::admit) does it as `upgrade` would), and
-    /// accept with [`tungstenite_config`](Self::tungstenite_config) so
-    /// that this server's size limits hold (1009 past them).
+    /// [`accept_tungstenite`](Self::accept_tungstenite) checks the request
+    /// as `upgrade` does (origin, the handler's
+    /// [`authenticate`](Handler::authenticate), session limits). A caller
+    /// running its own handshake accepts with
+    /// [`tungstenite_config`](Self::tungstenite_config), so that this
+    /// server's size limits hold (1009 past them).
     ///
     /// The built-in codec of `upgrade` and `serve_tcp` remains the faster
     /// path: it writes each broadcast's bytes, shared by every socket,
