@@ -3,9 +3,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
-
 use axum::extract::ws::{
     CloseFrame, Message as AxumMessage, Utf8Bytes, WebSocket, WebSocketUpgrade,
 };
@@ -13,43 +10,24 @@ use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::{Sink, Stream};
 use hub::{Message, Metadata, Text};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 
+use crate::adapted::{Adapted, MessageSocket};
 use crate::frame::{Frame, ReadError, READ_BUFFER, WRITE_BUFFER};
 use crate::session::Shared;
 use crate::{Close, CloseCode, Ended, Handler, Handshake, PeerAddr, WsServer};
 
-/// axum's socket, seen as [`Frame`]s.
-struct AxumSocket(WebSocket);
+impl MessageSocket for WebSocket {
+    type Message = AxumMessage;
+    type ReadError = axum::Error;
 
-impl Stream for AxumSocket {
-    type Item = Result<Frame, ReadError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = ready!(Pin::new(&mut self.0).poll_next(cx));
-        Poll::Ready(item.map(|item| item.map_err(classify).and_then(incoming)))
-    }
-}
-
-impl Sink<Frame> for AxumSocket {
-    type Error = axum::Error;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0).poll_ready(cx)
+    fn incoming(item: Result<AxumMessage, axum::Error>) -> Result<Frame, ReadError> {
+        item.map_err(classify).and_then(incoming)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), Self::Error> {
-        Pin::new(&mut self.0).start_send(outgoing(frame))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0).poll_close(cx)
+    fn outgoing(frame: Frame) -> AxumMessage {
+        outgoing(frame)
     }
 }
 
@@ -183,7 +161,7 @@ impl<H: Handler> WsServer<H> {
     ) -> impl Future<Output = Ended> + '_ {
         // Not an `async fn`, which would keep the socket twice for the
         // session's life (as taken, and where its body moves it).
-        let socket = Shared::new(AxumSocket(socket));
+        let socket = Shared::new(Adapted(socket));
         async move {
             let session = self.run(&socket, metadata, peer);
             self.inner.sessions.track_future(session).await.ended

@@ -80,6 +80,8 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(any(feature = "axum", feature = "tungstenite"))]
+mod adapted;
 mod admission;
 #[cfg(feature = "axum")]
 mod axum;

@@ -3,11 +3,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use futures_util::{Sink, Stream};
 use hub::{Message, Metadata, Text};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -18,43 +15,23 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::adapted::{Adapted, MessageSocket};
 use crate::frame::{Frame, ReadError, READ_BUFFER, WRITE_BUFFER};
 use crate::handshake::Handshake;
 use crate::session::Shared;
 use crate::{Close, CloseCode, Ended, Handler, ServeError, WsServer};
 
-/// tungstenite's socket, seen as [`Frame`]s.
-struct TungsteniteSocket<S>(WebSocketStream<S>);
+impl<S: AsyncRead + AsyncWrite + Unpin> MessageSocket for WebSocketStream<S> {
+    type Message = WsMessage;
+    type ReadError = WsError;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Stream for TungsteniteSocket<S> {
-    type Item = Result<Frame, ReadError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = ready!(Pin::new(&mut self.0).poll_next(cx));
-        Poll::Ready(item.map(|item| {
-            item.map_err(|error| ReadError::from(&error))
-                .and_then(incoming)
-        }))
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for TungsteniteSocket<S> {
-    type Error = WsError;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0).poll_ready(cx)
+    fn incoming(item: Result<WsMessage, WsError>) -> Result<Frame, ReadError> {
+        item.map_err(|error| ReadError::from(&error))
+            .and_then(incoming)
     }
 
-    fn start_send(mut self: Pin<&mut Self>, frame: Frame) -> Result<(), Self::Error> {
-        Pin::new(&mut self.0).start_send(outgoing(frame))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Pin::new(&mut self.0).poll_close(cx)
+    fn outgoing(frame: Frame) -> WsMessage {
+        outgoing(frame)
     }
 }
 
@@ -175,7 +152,7 @@ impl<H: Handler> WsServer<H> {
     {
         // Not an `async fn`, which would keep the socket twice for the
         // session's life (as taken, and where its body moves it).
-        let socket = Shared::new(TungsteniteSocket(socket));
+        let socket = Shared::new(Adapted(socket));
         async move {
             let session = self.run(&socket, metadata, peer);
             self.inner.sessions.track_future(session).await.ended
