@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::error::{Error, UrlError};
-use crate::ws::put_header;
+use hub_ws::wire::{self, Opcode};
 
 /// The largest message accepted; a larger one closes its client with 1009.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -440,79 +440,56 @@ enum Frame {
     Nothing,
 }
 
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
 /// Parses the client frame at the start of `buf`: the frame and the bytes
 /// it took, `None` if it is not all there yet, or the close code to end
 /// the connection with.
 fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, u16> {
-    let [first, second, ..] = *buf else {
-        return Ok(None);
+    let header = match wire::read_header(buf, true) {
+        Ok(Some(header)) => header,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(1002),
     };
-    let (fin, opcode) = (first & 0x80 != 0, first & 0x0F);
-    if first & 0x70 != 0 || second & 0x80 == 0 {
-        // Reserved bits, or an unmasked client frame.
-        return Err(1002);
-    }
-    let (len, mut at) = match second & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(b) => (u64::from_be_bytes(b), 10),
-            None => return Ok(None),
-        },
-        len => (u64::from(len), 2),
-    };
-    let control = opcode & 0x8 != 0;
-    if control && (len > 125 || !fin) {
-        return Err(1002);
-    }
-    if (!control && !fin) || opcode == 0 {
+    let opcode = header.opcode;
+    if (!opcode.is_control() && !header.fin) || opcode == Opcode::Continuation {
         // Fragmented messages are not supported here.
         return Err(1003);
     }
-    let len = match usize::try_from(len) {
+    let len = match usize::try_from(header.len) {
         Ok(len) if len <= MAX_MESSAGE => len,
         _ => return Err(1009),
     };
-    let Some(mask) = buf.get(at..at + 4) else {
+    let Some(mask) = header.mask else {
         return Ok(None);
     };
-    let mask = [mask[0], mask[1], mask[2], mask[3]];
-    at += 4;
+    let at = header.size;
     let Some(payload) = buf.get(at..at + len) else {
         return Ok(None);
     };
     let frame = |opcode| {
-        let mut out = BytesMut::with_capacity(len + 4);
-        put_header(&mut out, 0x80 | opcode, false, len);
+        let mut out = BytesMut::with_capacity(len + 10);
+        wire::put_header(&mut out, true, opcode, None, len);
         let start = out.len();
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out.extend_from_slice(payload);
+        wire::apply_mask(&mut out[start..], mask);
         (out, start)
     };
     let parsed = match opcode {
-        OP_TEXT | OP_BINARY => {
+        Opcode::Text | Opcode::Binary => {
             let (out, start) = frame(opcode);
-            if opcode == OP_TEXT && std::str::from_utf8(&out[start..]).is_err() {
+            if opcode == Opcode::Text && std::str::from_utf8(&out[start..]).is_err() {
                 return Err(1007);
             }
             Frame::Message(out.freeze())
         }
-        OP_PING => Frame::Reply(frame(OP_PONG).0.freeze()),
-        OP_PONG => Frame::Nothing,
-        OP_CLOSE => {
+        Opcode::Ping => Frame::Reply(frame(Opcode::Pong).0.freeze()),
+        Opcode::Pong => Frame::Nothing,
+        Opcode::Close => {
             // Answer with the client's code (without its reason), or with
             // an empty close if it gave none.
-            let (out, start) = frame(OP_CLOSE);
+            let (out, start) = frame(Opcode::Close);
             Frame::Close(match out.get(start..start + 2) {
                 Some(code) => close_frame(u16::from_be_bytes([code[0], code[1]])),
-                None => Bytes::from_static(&[0x80 | OP_CLOSE, 0]),
+                None => Bytes::from_static(&[0x88, 0]),
             })
         }
         _ => return Err(1002),
@@ -521,7 +498,7 @@ fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, u16> {
 }
 
 fn close_frame(code: u16) -> Bytes {
-    Bytes::copy_from_slice(&[0x80 | OP_CLOSE, 2, (code >> 8) as u8, code as u8])
+    Bytes::copy_from_slice(&[0x88, 2, (code >> 8) as u8, code as u8])
 }
 
 #[cfg(test)]
@@ -532,7 +509,12 @@ mod tests {
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x12, 0x34, 0x56, 0x78];
         let mut frame = Vec::new();
-        put_header(&mut frame, first, true, payload.len());
+        frame.push(first);
+        frame.extend(match payload.len() {
+            len @ 0..=125 => vec![0x80 | len as u8],
+            len @ 126..=0xFFFF => [vec![0x80 | 126], (len as u16).to_be_bytes().to_vec()].concat(),
+            len => [vec![0x80 | 127], (len as u64).to_be_bytes().to_vec()].concat(),
+        });
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
         frame

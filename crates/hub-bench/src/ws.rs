@@ -11,7 +11,8 @@
 
 use std::io;
 
-use bytes::{Buf as _, BufMut, BytesMut};
+use bytes::{Buf as _, BytesMut};
+use hub_ws::wire::{self, Opcode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -26,13 +27,6 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 const MAX_MESSAGE: usize = 64 << 20;
 /// Bytes queued before [`Writer::feed`] writes them out.
 const WRITE_BUFFER: usize = 16 * 1024;
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
 
 /// Close code sent when a client is done.
 pub(crate) const NORMAL: u16 = 1000;
@@ -63,6 +57,8 @@ pub(crate) enum ReadError {
     Io(#[from] io::Error),
     #[error("the server broke the WebSocket protocol: {0}")]
     Protocol(&'static str),
+    #[error("the server broke the WebSocket protocol: {0}")]
+    Frame(#[from] wire::HeaderError),
 }
 
 /// What one read brought, besides the messages.
@@ -204,12 +200,12 @@ impl Reader {
         while let Some(frame) = next_frame(&self.buf[at..])? {
             let payload = &self.buf[at + frame.header..at + frame.header + frame.len];
             match (frame.opcode, &mut self.partial) {
-                (OP_TEXT | OP_BINARY, None) if frame.fin => {
+                (Opcode::Text | Opcode::Binary, None) if frame.fin => {
                     on_message(payload);
                     handed = true;
                 }
-                (OP_TEXT | OP_BINARY, None) => self.partial = Some(payload.to_vec()),
-                (OP_CONTINUATION, Some(partial)) => {
+                (Opcode::Text | Opcode::Binary, None) => self.partial = Some(payload.to_vec()),
+                (Opcode::Continuation, Some(partial)) => {
                     if partial.len() + payload.len() > MAX_MESSAGE {
                         return Err(ReadError::Protocol("message too long"));
                     }
@@ -221,9 +217,9 @@ impl Reader {
                         }
                     }
                 }
-                (OP_PING, _) => self.ping = Some(payload.to_vec()),
-                (OP_PONG, _) => {}
-                (OP_CLOSE, _) => {
+                (Opcode::Ping, _) => self.ping = Some(payload.to_vec()),
+                (Opcode::Pong, _) => {}
+                (Opcode::Close, _) => {
                     let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
                     self.closed = Some(code);
                     at += frame.header + frame.len;
@@ -242,48 +238,29 @@ impl Reader {
 #[derive(Debug, PartialEq, Eq)]
 struct FrameAt {
     fin: bool,
-    opcode: u8,
+    opcode: Opcode,
     header: usize,
     len: usize,
 }
 
 /// The first frame of `buf`, if it is all there.
 fn next_frame(buf: &[u8]) -> Result<Option<FrameAt>, ReadError> {
-    let [first, second, ..] = *buf else {
-        return Ok(None);
+    let header = match wire::read_header(buf, false) {
+        Ok(Some(header)) => header,
+        Ok(None) => return Ok(None),
+        Err(error) => return Err(ReadError::Frame(error)),
     };
-    if first & 0x70 != 0 {
-        return Err(ReadError::Protocol("reserved bits set"));
-    }
-    if second & 0x80 != 0 {
-        return Err(ReadError::Protocol("the server masked a frame"));
-    }
-    let (header, len) = match second & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(b) => (4, usize::from(u16::from_be_bytes([b[0], b[1]]))),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10) {
-            Some(b) => {
-                let mut bytes = [0; 8];
-                bytes.copy_from_slice(b);
-                let len = usize::try_from(u64::from_be_bytes(bytes)).unwrap_or(usize::MAX);
-                (10, len)
-            }
-            None => return Ok(None),
-        },
-        short => (2, usize::from(short)),
+    let len = match usize::try_from(header.len) {
+        Ok(len) if len <= MAX_MESSAGE => len,
+        _ => return Err(ReadError::Protocol("frame too long")),
     };
-    if len > MAX_MESSAGE {
-        return Err(ReadError::Protocol("frame too long"));
-    }
-    if buf.len() < header + len {
+    if buf.len() < header.size + len {
         return Ok(None);
     }
     Ok(Some(FrameAt {
-        fin: first & 0x80 != 0,
-        opcode: first & 0x0F,
-        header,
+        fin: header.fin,
+        opcode: header.opcode,
+        header: header.size,
         len,
     }))
 }
@@ -311,7 +288,7 @@ impl Writer {
     /// Queues a text message, and writes out what is queued once there is
     /// enough of it.
     pub(crate) async fn feed_text(&mut self, text: &[u8]) -> io::Result<()> {
-        self.queue(OP_TEXT, text);
+        self.queue(Opcode::Text, text);
         if self.buf.len() >= WRITE_BUFFER {
             self.flush().await?;
         }
@@ -320,13 +297,13 @@ impl Writer {
 
     /// Sends a text message now.
     pub(crate) async fn send_text(&mut self, text: &[u8]) -> io::Result<()> {
-        self.queue(OP_TEXT, text);
+        self.queue(Opcode::Text, text);
         self.flush().await
     }
 
     /// Answers a ping.
     pub(crate) async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.queue(OP_PONG, &payload[..payload.len().min(125)]);
+        self.queue(Opcode::Pong, &payload[..payload.len().min(125)]);
         self.flush().await
     }
 
@@ -334,7 +311,7 @@ impl Writer {
     pub(crate) async fn close(&mut self, code: u16, reason: &str) -> io::Result<()> {
         let mut payload = code.to_be_bytes().to_vec();
         payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
-        self.queue(OP_CLOSE, &payload);
+        self.queue(Opcode::Close, &payload);
         self.flush().await
     }
 
@@ -347,16 +324,12 @@ impl Writer {
         Ok(())
     }
 
-    fn queue(&mut self, opcode: u8, payload: &[u8]) {
-        put_header(&mut self.buf, 0x80 | opcode, true, payload.len());
+    fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
         let mask = self.next_mask();
-        self.buf.extend_from_slice(&mask);
-        self.buf.extend(
-            payload
-                .iter()
-                .zip(mask.iter().cycle())
-                .map(|(byte, key)| byte ^ key),
-        );
+        wire::put_header(&mut self.buf, true, opcode, Some(mask), payload.len());
+        let start = self.buf.len();
+        self.buf.extend_from_slice(payload);
+        wire::apply_mask(&mut self.buf[start..], mask);
     }
 
     /// xorshift64: a new masking key for every frame.
@@ -369,25 +342,6 @@ impl Writer {
     }
 }
 
-/// Puts a frame's header: its first byte (FIN, opcode), then the payload's
-/// length, with the mask bit if `masked` (the key is the caller's to put).
-pub(crate) fn put_header(out: &mut impl BufMut, first: u8, masked: bool, len: usize) {
-    let mask_bit = if masked { 0x80 } else { 0 };
-    out.put_u8(first);
-    match len {
-        // Each arm's range fits the cast.
-        0..=125 => out.put_u8(mask_bit | len as u8),
-        126..=0xFFFF => {
-            out.put_u8(mask_bit | 126);
-            out.put_u16(len as u16);
-        }
-        _ => {
-            out.put_u8(mask_bit | 127);
-            out.put_u64(len as u64);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -395,6 +349,10 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    const OP_TEXT: u8 = Opcode::Text.bits();
+    const OP_CLOSE: u8 = Opcode::Close.bits();
+    const OP_PONG: u8 = Opcode::Pong.bits();
 
     /// Bound on every wait.
     const WAIT: Duration = Duration::from_secs(10);
@@ -537,7 +495,7 @@ mod tests {
             next_frame(&[0x81, 3, b'a', b'b', b'c', 0x81]).unwrap(),
             Some(FrameAt {
                 fin: true,
-                opcode: OP_TEXT,
+                opcode: Opcode::Text,
                 header: 2,
                 len: 3
             })
@@ -549,7 +507,7 @@ mod tests {
             next_frame(&long).unwrap(),
             Some(FrameAt {
                 fin: false,
-                opcode: OP_BINARY,
+                opcode: Opcode::Binary,
                 header: 4,
                 len: 256
             })

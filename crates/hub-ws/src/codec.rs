@@ -27,6 +27,7 @@ use hub::{Message, Text};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::frame::{Frame, ReadError};
+use crate::wire::{self, Header, Opcode};
 use crate::{Close, CloseCode};
 
 /// Bytes read at once (on the stack).
@@ -51,13 +52,6 @@ const HIGH_WATER: usize = 1 << 20;
 const RESERVE_AHEAD: usize = 64 * 1024;
 /// Most bytes gathered into one write on a stream without vectored writes.
 const COALESCE: usize = 64 * 1024;
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
 
 /// A WebSocket server socket: a `Stream` of the client's [`Frame`]s and a
 /// `Sink` of ours. Answers pings and the client's close frame by itself.
@@ -128,7 +122,7 @@ impl<S> Socket<S> {
     }
 
     /// Queues one frame whose payload is copied next to its header.
-    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+    fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
         self.put_header(opcode, payload.len(), payload.len());
         self.scratch.put_slice(payload);
         self.out_len += payload.len();
@@ -136,7 +130,7 @@ impl<S> Socket<S> {
 
     /// Queues one frame whose payload is shared with every other socket it
     /// goes to (copied instead when small).
-    fn queue_shared(&mut self, opcode: u8, payload: Bytes) {
+    fn queue_shared(&mut self, opcode: Opcode, payload: Bytes) {
         if payload.len() <= INLINE {
             return self.queue(opcode, &payload);
         }
@@ -148,7 +142,7 @@ impl<S> Socket<S> {
 
     /// Writes a frame header into the scratch buffer, with room for
     /// `extra` more bytes after it.
-    fn put_header(&mut self, opcode: u8, len: usize, extra: usize) {
+    fn put_header(&mut self, opcode: Opcode, len: usize, extra: usize) {
         let need = 10 + extra;
         if self.scratch.capacity() - self.scratch.len() < need {
             // An empty buffer takes its first room again (in place, once
@@ -162,18 +156,7 @@ impl<S> Socket<S> {
             self.scratch.reserve(need.max(room));
         }
         let start = self.scratch.len();
-        self.scratch.put_u8(0x80 | opcode);
-        match len {
-            0..=125 => self.scratch.put_u8(len as u8),
-            126..=0xFFFF => {
-                self.scratch.put_u8(126);
-                self.scratch.put_u16(len as u16);
-            }
-            _ => {
-                self.scratch.put_u8(127);
-                self.scratch.put_u64(len as u64);
-            }
-        }
+        wire::put_header(&mut self.scratch, true, opcode, None, len);
         self.out_len += self.scratch.len() - start;
     }
 
@@ -215,20 +198,20 @@ impl<S> Socket<S> {
         }
         match frame {
             Frame::Message(Message::Text(text)) => {
-                self.queue_shared(OP_TEXT, text.into_bytes());
+                self.queue_shared(Opcode::Text, text.into_bytes());
             }
             Frame::Message(Message::Binary(bytes)) => {
-                self.queue_shared(OP_BINARY, bytes);
+                self.queue_shared(Opcode::Binary, bytes);
             }
-            Frame::Message(other) => self.queue(OP_BINARY, other.as_bytes()),
-            Frame::Ping(bytes) => self.queue(OP_PING, &bytes[..bytes.len().min(125)]),
-            Frame::Pong(bytes) => self.queue(OP_PONG, &bytes[..bytes.len().min(125)]),
-            Frame::Close(None) => self.queue(OP_CLOSE, &[]),
+            Frame::Message(other) => self.queue(Opcode::Binary, other.as_bytes()),
+            Frame::Ping(bytes) => self.queue(Opcode::Ping, &bytes[..bytes.len().min(125)]),
+            Frame::Pong(bytes) => self.queue(Opcode::Pong, &bytes[..bytes.len().min(125)]),
+            Frame::Close(None) => self.queue(Opcode::Close, &[]),
             Frame::Close(Some(close)) => {
                 let mut payload = Vec::with_capacity(2 + close.reason().len());
                 payload.extend_from_slice(&close.code().sendable().0.to_be_bytes());
                 payload.extend_from_slice(truncate(close.reason(), 123).as_bytes());
-                self.queue(OP_CLOSE, &payload);
+                self.queue(Opcode::Close, &payload);
             }
         }
     }
@@ -284,99 +267,50 @@ impl Partial {
     }
 }
 
-/// One parsed frame header.
-struct Header {
-    fin: bool,
-    opcode: u8,
-    mask: [u8; 4],
-    /// Where the payload starts in the buffer.
-    start: usize,
-    len: usize,
-}
-
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
-    /// Parses the header at the start of `self.read`; `Ok(None)` if more
-    /// bytes are needed.
-    fn header(&self) -> Result<Option<Header>, ReadError> {
-        let buf = &self.read[..];
-        if buf.len() < 2 {
+    /// Reads the header at the start of `self.read`: the header and its
+    /// masking key, `Ok(None)` if more bytes are needed.
+    fn header(&self) -> Result<Option<(Header, [u8; 4], usize)>, ReadError> {
+        let Some(header) = wire::read_header(&self.read, true).map_err(|_| ReadError::Protocol)?
+        else {
             return Ok(None);
-        }
-        let (b0, b1) = (buf[0], buf[1]);
-        let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0F);
-        if b0 & 0x70 != 0 || b1 & 0x80 == 0 {
-            // Reserved bits without an extension, or an unmasked frame.
-            return Err(ReadError::Protocol);
-        }
-        let control = opcode & 0x08 != 0;
-        match opcode {
-            OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
-            OP_CLOSE | OP_PING | OP_PONG if fin => {}
-            _ => return Err(ReadError::Protocol),
-        }
-        let (len, at) = match b1 & 0x7F {
-            126 if buf.len() >= 4 => (usize::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
-            127 if buf.len() >= 10 => {
-                let mut raw = [0u8; 8];
-                raw.copy_from_slice(&buf[2..10]);
-                let len = u64::from_be_bytes(raw);
-                if len >> 63 != 0 {
-                    return Err(ReadError::Protocol);
-                }
-                (usize::try_from(len).unwrap_or(usize::MAX), 10)
-            }
-            126 | 127 => return Ok(None),
-            len => (usize::from(len), 2),
         };
-        if control && len > 125 {
-            return Err(ReadError::Protocol);
-        }
+        let len = usize::try_from(header.len).unwrap_or(usize::MAX);
         if len > self.max_frame {
             return Err(ReadError::TooBig);
         }
-        if buf.len() < at + 4 {
-            return Ok(None);
-        }
-        let mut mask = [0u8; 4];
-        mask.copy_from_slice(&buf[at..at + 4]);
-        Ok(Some(Header {
-            fin,
-            opcode,
-            mask,
-            start: at + 4,
-            len,
-        }))
+        Ok(header.mask.map(|mask| (header, mask, len)))
     }
 
     /// The next complete frame in the buffer, if there is one.
     fn parse(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
-            let Some(header) = self.header()? else {
+            let Some((header, mask, len)) = self.header()? else {
                 return Ok(None);
             };
-            if self.read.len() < header.start + header.len {
+            if self.read.len() < header.size + len {
                 // Room for more of the frame, but never more than could
                 // arrive soon: the header's length is only a claim.
-                let missing = header.start + header.len - self.read.len();
+                let missing = header.size + len - self.read.len();
                 self.read.reserve(missing.min(RESERVE_AHEAD));
                 return Ok(None);
             }
-            self.read.advance(header.start);
-            let mut payload = self.read.split_to(header.len);
-            unmask(&mut payload, header.mask);
+            self.read.advance(header.size);
+            let mut payload = self.read.split_to(len);
+            wire::apply_mask(&mut payload, mask);
             if self.read.is_empty() {
                 // Idle again: hold no buffer.
                 self.read = BytesMut::new();
             }
             match header.opcode {
-                OP_PING => {
+                Opcode::Ping => {
                     self.pong = Some(payload.freeze());
                     let ping = self.pong.clone().unwrap_or_default();
                     return Ok(Some(Frame::Ping(ping)));
                 }
-                OP_PONG => return Ok(Some(Frame::Pong(payload.freeze()))),
-                OP_CLOSE => return self.closed(&payload).map(Some),
-                OP_CONTINUATION => {
+                Opcode::Pong => return Ok(Some(Frame::Pong(payload.freeze()))),
+                Opcode::Close => return self.closed(&payload).map(Some),
+                Opcode::Continuation => {
                     let Some(partial) = self.partial.as_mut() else {
                         return Err(ReadError::Protocol);
                     };
@@ -396,7 +330,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                         // A new message inside a fragmented one.
                         return Err(ReadError::Protocol);
                     }
-                    let text = opcode == OP_TEXT;
+                    let text = opcode == Opcode::Text;
                     if header.fin {
                         return message(text, payload.freeze()).map(Some);
                     }
@@ -455,7 +389,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             if self.pong_ahead == 0 {
                 if let Some(ping) = self.pong.take() {
                     if !self.close_sent {
-                        self.queue(OP_PONG, &ping);
+                        self.queue(Opcode::Pong, &ping);
                         self.pong_ahead = self.out_len;
                     }
                 }
@@ -543,22 +477,6 @@ fn message(text: bool, bytes: Bytes) -> Result<Frame, ReadError> {
 /// Close codes a client may send (RFC 6455, section 7.4).
 fn is_valid_received(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
-fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    // Eight bytes at a time, then the rest.
-    let word = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = payload.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        let mut raw = [0u8; 8];
-        raw.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(raw) ^ word).to_ne_bytes());
-    }
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= mask[i % 4];
-    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Socket<S> {
@@ -655,6 +573,13 @@ mod tests {
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
+
+    const OP_CONTINUATION: u8 = Opcode::Continuation.bits();
+    const OP_TEXT: u8 = Opcode::Text.bits();
+    const OP_BINARY: u8 = Opcode::Binary.bits();
+    const OP_CLOSE: u8 = Opcode::Close.bits();
+    const OP_PING: u8 = Opcode::Ping.bits();
+    const OP_PONG: u8 = Opcode::Pong.bits();
 
     /// A client frame: masked with a fixed key.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -1159,21 +1084,5 @@ mod tests {
             next(&mut socket).await,
             Some(Err(ReadError::InvalidUtf8))
         ));
-    }
-
-    #[test]
-    fn unmasking_matches_the_definition() {
-        let mask = [1, 2, 3, 250];
-        for len in 0..40 {
-            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let mut fast = data.clone();
-            unmask(&mut fast, mask);
-            let slow: Vec<u8> = data
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ mask[i % 4])
-                .collect();
-            assert_eq!(fast, slow);
-        }
     }
 }

@@ -99,6 +99,7 @@ mod throttle;
 #[cfg(feature = "tungstenite")]
 mod tungstenite;
 mod upgrade;
+pub mod wire;
 
 pub use admission::{Origins, SessionLimit};
 pub use close::{Close, CloseCode, Ended};
