@@ -1,0 +1,302 @@
+//! The reading side of the link, with no Redis in it: what this node
+//! follows and how far it has read, and delivering what every node wrote
+//! to this node's hub, in order, once each. The link hands it the entries
+//! it reads; tests hand it entries of their own.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use hub::{ConnId, Message, Position, PresenceEvent, PresenceKind, Publication, Remote, Topic};
+
+use crate::presence::{self, Member};
+use crate::wire::{self, Entry, Keys, MISSED};
+use crate::Shared;
+
+/// How far this node has read a topic's stream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cursor {
+    pub(crate) epoch: u64,
+    pub(crate) next: u64,
+}
+
+pub(crate) struct Follow {
+    pub(crate) remote: Option<Remote>,
+    keys: Keys,
+    shared: Arc<Shared>,
+    node: u32,
+    /// The topics this node keeps; `None` until placed.
+    pub(crate) watched: HashMap<Topic, Option<Cursor>>,
+    /// Where this node reads its inbox, the user and presence streams
+    /// (stream ids).
+    pub(crate) inbox: Option<(u64, u64)>,
+    pub(crate) users: Option<(u64, u64)>,
+    pub(crate) presence: Option<(u64, u64)>,
+    /// Nodes whose members to read again (they wrote them anew).
+    pub(crate) reload: Vec<u32>,
+}
+
+impl Follow {
+    pub(crate) fn new(keys: Keys, shared: Arc<Shared>, node: u32) -> Self {
+        let mut watched = HashMap::new();
+        watched.insert(Topic::All, None);
+        Self {
+            remote: None,
+            keys,
+            shared,
+            node,
+            watched,
+            inbox: None,
+            users: None,
+            presence: None,
+            reload: Vec::new(),
+        }
+    }
+
+    /// The topics whose streams to read, and from where.
+    pub(crate) fn following(&self) -> Vec<(Topic, Cursor)> {
+        let Some(remote) = &self.remote else {
+            return Vec::new();
+        };
+        (self.watched.iter())
+            .filter(|(topic, _)| remote.is_following(topic))
+            .filter_map(|(topic, cursor)| cursor.map(|c| (topic.clone(), c)))
+            .collect()
+    }
+
+    /// A publication taken but not written: a broadcast is delivered here
+    /// alone (and reported to the other nodes once Redis is back); personal
+    /// and user messages for other nodes are lost, and counted.
+    pub(crate) fn give_back(&self, publication: Publication) {
+        match publication {
+            Publication::Broadcast {
+                topic,
+                message,
+                except,
+            } => {
+                self.shared.fork(&topic);
+                if let Some(remote) = &self.remote {
+                    remote.deliver_here(&topic, message, except);
+                }
+            }
+            other => {
+                tracing::warn!(publication = ?other, "Redis lost before a message for another node was written; dropped");
+                self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn announce(&self, events: Vec<PresenceEvent>) {
+        if let Some(remote) = &self.remote {
+            for event in events {
+                remote.announce(event);
+            }
+        }
+    }
+
+    /// Delivers what an `XREAD` brought, stream by stream.
+    pub(crate) fn take_in(&mut self, streams: Vec<(Vec<u8>, Vec<Entry>)>) {
+        let inbox = self.keys.inbox(self.node).into_bytes();
+        let users = self.keys.users().into_bytes();
+        let presence = self.keys.presence().into_bytes();
+        let topics: HashMap<Vec<u8>, Topic> = (self.watched.keys())
+            .map(|topic| (self.keys.stream(topic).into_bytes(), topic.clone()))
+            .collect();
+        for (key, entries) in streams {
+            if key == inbox {
+                for entry in entries {
+                    self.inbox = Some(entry.id);
+                    self.personal(entry);
+                }
+            } else if key == users {
+                for entry in entries {
+                    self.users = Some(entry.id);
+                    self.user(entry);
+                }
+            } else if key == presence {
+                for entry in entries {
+                    self.presence = Some(entry.id);
+                    self.presence_change(entry);
+                }
+            } else if let Some(topic) = topics.get(&key) {
+                for entry in entries {
+                    self.broadcast(topic, entry);
+                }
+            }
+        }
+    }
+
+    fn personal(&self, mut entry: Entry) {
+        let (Some(remote), Some(to)) = (&self.remote, entry.number("c").and_then(ConnId::from_raw))
+        else {
+            return;
+        };
+        let Some(message) = take_message(&mut entry) else {
+            return;
+        };
+        if let Err(error) = remote.send_personal(to, message) {
+            tracing::debug!(%error, "a personal message from another node was not queued");
+            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn user(&self, mut entry: Entry) {
+        let Some(remote) = &self.remote else { return };
+        if entry.number("n") == Some(u64::from(self.node)) {
+            return;
+        }
+        let Some(user) = entry.take("u").and_then(|u| String::from_utf8(u).ok()) else {
+            return;
+        };
+        let except = entry.except();
+        if let Some(message) = take_message(&mut entry) {
+            remote.send_to_user(&user, message, &except);
+        }
+    }
+
+    /// Another node's join, leave, change, heartbeat or new list.
+    fn presence_change(&mut self, mut entry: Entry) {
+        let Some(node) = entry.number("n").and_then(|n| u32::try_from(n).ok()) else {
+            return;
+        };
+        if node == self.node {
+            return;
+        }
+        let kind = match entry.field("k") {
+            Some(b"j") => PresenceKind::Joined,
+            Some(b"l") => PresenceKind::Left,
+            Some(b"u") => PresenceKind::Updated,
+            Some(b"s") => {
+                self.reload.push(node);
+                return;
+            }
+            _ => {
+                self.shared.roster().heard(node);
+                return;
+            }
+        };
+        let field = entry.take("f").and_then(|f| String::from_utf8(f).ok());
+        let member = entry.take("a").and_then(|a| String::from_utf8(a).ok());
+        let Some((topic, id)) = field.as_deref().and_then(presence::parse_field) else {
+            return;
+        };
+        let member = member
+            .as_deref()
+            .and_then(Member::decode)
+            .unwrap_or_default();
+        let event = self.shared.roster().apply(node, kind, topic, id, member);
+        self.announce(event.into_iter().collect());
+    }
+
+    fn broadcast(&mut self, topic: &Topic, mut entry: Entry) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let Some(Some(cursor)) = self.watched.get_mut(topic) else {
+            return;
+        };
+        let (Some(offset), Some(epoch)) = (entry.offset(), entry.number("e")) else {
+            // Not ours to read, but never to be read again either.
+            tracing::warn!(%topic, id = ?entry.id, "skipped a malformed entry");
+            if entry.id.0 == 0 {
+                cursor.next = cursor.next.max(entry.id.1);
+            }
+            return;
+        };
+        if epoch != cursor.epoch {
+            // The topic started over in Redis (its keys expired, say): place
+            // it again; the cursor, kept, says it is news from its start.
+            tracing::info!(%topic, "topic restarted in Redis; placing it again");
+            self.shared.refork(topic);
+            return;
+        }
+        if !remote.is_following(topic) {
+            // Forked since the read began: read again once placed.
+            return;
+        }
+        cursor.next = cursor.next.max(offset + 1);
+        self.shared
+            .counters
+            .delivered
+            .fetch_add(1, Ordering::Relaxed);
+        let position = Position { epoch, offset };
+        if entry.field("k") == Some(MISSED.as_bytes()) {
+            let missed = if entry.number("n") == Some(u64::from(self.node)) {
+                0
+            } else {
+                entry.number("m").unwrap_or(0)
+            };
+            remote.deliver_missed(topic, position, missed);
+            return;
+        }
+        let except = entry.except();
+        if let Some(message) = take_message(&mut entry) {
+            remote.deliver(topic, position, message, except);
+        } else {
+            remote.deliver_missed(topic, position, 1);
+        }
+    }
+
+    /// Places `topic` again if Redis numbers it in another epoch than the
+    /// one this node follows.
+    pub(crate) fn check_epoch(&mut self, topic: &Topic, epoch: u64) {
+        if let Some(Some(cursor)) = self.watched.get(topic) {
+            if cursor.epoch != epoch {
+                tracing::info!(%topic, "topic started over in Redis; placing it again");
+                self.shared.refork(topic);
+            }
+        }
+    }
+
+    /// Follows `topic` from where Redis says it stands: from this node's
+    /// cursor if it follows the same epoch, from the start of a new epoch,
+    /// or, for a topic new here, from the next message, with the stream's
+    /// latest entries before that as history. (What this node publishes
+    /// after asking is numbered after that: its members get every message
+    /// that follows anything they were seen to do.)
+    pub(crate) fn place(&mut self, topic: Topic, placed: wire::Placed) {
+        let wire::Placed { epoch, next, tail } = placed;
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let Some(slot) = self.watched.get_mut(&topic) else {
+            // Unwatched meanwhile.
+            return;
+        };
+        let following = remote.is_following(&topic);
+        let start = match *slot {
+            Some(cursor) if cursor.epoch == epoch => {
+                if following {
+                    return;
+                }
+                cursor.next
+            }
+            // The topic started over while this node followed it (Redis
+            // lost it, or it expired): everything in the new epoch is news.
+            Some(_) => 0,
+            None => next,
+        };
+        *slot = Some(Cursor { epoch, next: start });
+        let backfill = tail.into_iter().filter_map(|mut entry| {
+            let offset = entry.offset()?;
+            let except = entry.except();
+            (offset < start && entry.number("e") == Some(epoch)).then_some(())?;
+            Some((offset, take_message(&mut entry)?, except))
+        });
+        remote.rebase(
+            &topic,
+            Position {
+                epoch,
+                offset: start,
+            },
+            backfill,
+        );
+    }
+}
+
+/// The message of an entry, from its kind and payload fields.
+fn take_message(entry: &mut Entry) -> Option<Message> {
+    let kind = entry.take("k")?;
+    let payload = entry.take("m")?;
+    wire::decode(&kind, payload)
+}
