@@ -256,20 +256,7 @@ impl Builder {
             .await
             .map_err(connect)?;
         let node = u32::try_from((count.max(1) - 1) % u64::from(MAX_NODE) + 1).unwrap_or(1);
-        let shared = Arc::new(Shared {
-            up: AtomicBool::new(false),
-            signal: watch::channel(false).0,
-            queued: AtomicUsize::new(0),
-            limit: self.config.queue,
-            forks: Mutex::new(HashMap::new()),
-            roster: Mutex::new(Roster::default()),
-            counters: Counters::default(),
-            commands: Mutex::new(None),
-            changes: Mutex::new(Changes::default()),
-            changed: Notify::new(),
-        });
-        let (commands, receiver) = mpsc::unbounded_channel();
-        *shared.commands() = Some(commands.clone());
+        let (shared, commands, receiver) = Shared::new(self.config.queue);
         let link = Link::new(
             client,
             keys,
@@ -576,6 +563,31 @@ impl Changes {
 }
 
 impl Shared {
+    /// The state of a new backplane, whose link reads its commands from
+    /// the receiver.
+    pub(crate) fn new(
+        queue: usize,
+    ) -> (
+        Arc<Self>,
+        mpsc::UnboundedSender<Command>,
+        mpsc::UnboundedReceiver<Command>,
+    ) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            up: AtomicBool::new(false),
+            signal: watch::channel(false).0,
+            queued: AtomicUsize::new(0),
+            limit: queue,
+            forks: Mutex::new(HashMap::new()),
+            roster: Mutex::new(Roster::default()),
+            counters: Counters::default(),
+            commands: Mutex::new(Some(commands.clone())),
+            changes: Mutex::new(Changes::default()),
+            changed: Notify::new(),
+        });
+        (shared, commands, receiver)
+    }
+
     pub(crate) fn set_up(&self, up: bool) -> bool {
         let was = self.up.swap(up, Ordering::AcqRel);
         self.signal.send_replace(up);

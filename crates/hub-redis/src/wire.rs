@@ -241,6 +241,15 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// An entry with this id and these fields, as Redis would give it.
+    #[cfg(test)]
+    pub(crate) fn new(id: (u64, u64), fields: &[(&str, &[u8])]) -> Self {
+        let fields = (fields.iter())
+            .map(|(name, value)| (name.as_bytes().to_vec(), value.to_vec()))
+            .collect();
+        Self { id, fields }
+    }
+
     pub(crate) fn field(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()

@@ -338,7 +338,14 @@ impl Connection {
             // back, or one this room follows for the first time).
             let known = sub.epoch != PENDING;
             sub.epoch = envelope.epoch;
-            sub.next = envelope.offset;
+            // One that joined before the room was placed, and fell so far
+            // behind that the place went by unseen, still starts at the
+            // place: what came since is a gap to repair.
+            sub.next = match known {
+                true => envelope.offset,
+                false => (sub.room.placed_from(envelope.epoch))
+                    .map_or(envelope.offset, |from| from.min(envelope.offset)),
+            };
             if known {
                 let topic = sub.room.topic.clone();
                 Counters::add(&self.inner.counters.resyncs, 1);

@@ -130,6 +130,9 @@ struct RoomState {
     /// from this room ([`Room::publish`]).
     mirrored: bool,
     next_offset: u64,
+    /// Where the current epoch was first placed: a member that joined
+    /// before it was placed receives everything from there on.
+    placed_from: u64,
     /// What rendered forms of its messages count toward.
     budget: Arc<HistoryBudget>,
     /// The members' ids; their metadata has one owner, the hub's
@@ -197,6 +200,7 @@ impl Room {
                 epoch: if mirrored { PENDING } else { new_epoch() },
                 mirrored,
                 next_offset: 0,
+                placed_from: 0,
                 budget: Arc::clone(&budget),
                 members: HashSet::new(),
             }),
@@ -258,6 +262,7 @@ impl Room {
             state.mirrored = false;
             state.epoch = new_epoch();
             state.next_offset = 0;
+            state.placed_from = 0;
             self.history().clear();
         }
         let offset = state.next_offset;
@@ -298,6 +303,9 @@ impl Room {
     ) {
         let mut state = self.lock();
         state.mirrored = true;
+        if state.epoch != epoch {
+            state.placed_from = next;
+        }
         state.epoch = epoch;
         state.next_offset = next;
         let mut history = self.history();
@@ -331,6 +339,14 @@ impl Room {
         });
         drop(state);
         self.placed.notify_waiters();
+    }
+
+    /// Where epoch `epoch` was first placed, if it is the room's epoch: a
+    /// subscriber that joined before the room was placed, and did not see
+    /// the place go by, starts there.
+    pub(crate) fn placed_from(&self, epoch: u64) -> Option<u64> {
+        let state = self.lock();
+        (state.epoch == epoch).then_some(state.placed_from)
     }
 
     /// Whether this room follows a backplane (rather than a fork of its own).

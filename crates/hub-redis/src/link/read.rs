@@ -300,3 +300,208 @@ fn take_message(entry: &mut Entry) -> Option<Message> {
     let payload = entry.take("m")?;
     wire::decode(&kind, payload)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reading side against a real hub, with entries written by hand
+    //! instead of read from Redis.
+
+    use std::sync::Mutex;
+
+    use hub::{Backplane, Event, Hub, Metadata, TryRecvError};
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    use super::*;
+    use crate::link::Command;
+
+    /// A backplane that only hands over the hub's [`Remote`].
+    #[derive(Debug, Default)]
+    struct Stub(Mutex<Option<Remote>>);
+
+    impl Backplane for Stub {
+        fn node(&self) -> u32 {
+            1
+        }
+        fn start(&self, remote: Remote) {
+            *self.0.lock().unwrap() = Some(remote);
+        }
+        fn publish(&self, publication: Publication) -> Result<(), Publication> {
+            Err(publication)
+        }
+        fn watch(&self, _: &Topic) {}
+        fn unwatch(&self, _: &Topic) {}
+    }
+
+    struct Harness {
+        hub: Hub,
+        follow: Follow,
+        keys: Keys,
+        commands: UnboundedReceiver<Command>,
+    }
+
+    /// A hub of node 1, and its reading side with room `r` placed at
+    /// epoch 7, offset 0.
+    fn harness() -> Harness {
+        let stub = Arc::new(Stub::default());
+        let hub = Hub::builder().backplane(Arc::clone(&stub) as _).build();
+        let (shared, _, commands) = Shared::new(1 << 20);
+        let keys = Keys::new("t");
+        let mut follow = Follow::new(keys.clone(), shared, 1);
+        follow.remote = stub.0.lock().unwrap().take();
+        follow.watched.insert(room(), None);
+        Harness {
+            hub,
+            follow,
+            keys,
+            commands,
+        }
+    }
+
+    impl Harness {
+        fn place(&mut self) {
+            let placed = wire::Placed {
+                epoch: 7,
+                next: 0,
+                tail: Vec::new(),
+            };
+            self.follow.place(room(), placed);
+        }
+
+        fn take_in(&mut self, stream: String, entries: Vec<Entry>) {
+            self.follow.take_in(vec![(stream.into_bytes(), entries)]);
+        }
+
+        fn room_stream(&self) -> String {
+            self.keys.stream(&room())
+        }
+    }
+
+    fn room() -> Topic {
+        Topic::Room("r".into())
+    }
+
+    /// A room entry at `offset` of `epoch`.
+    fn line(epoch: u64, offset: u64, fields: &[(&str, &[u8])]) -> Entry {
+        let epoch = epoch.to_string();
+        let mut all = vec![("e", epoch.as_bytes())];
+        all.extend_from_slice(fields);
+        Entry::new((0, offset + 1), &all)
+    }
+
+    fn text(epoch: u64, offset: u64, text: &str) -> Entry {
+        line(epoch, offset, &[("k", b"t"), ("m", text.as_bytes())])
+    }
+
+    fn broadcast(event: Result<Event, TryRecvError>) -> (u64, String) {
+        match event {
+            Ok(Event::Broadcast(b)) => (b.offset(), b.message().as_text().unwrap().to_owned()),
+            other => panic!("expected a broadcast, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lines_are_delivered_once_each_in_order() {
+        let mut h = harness();
+        let mut member = h.hub.connect().unwrap();
+        h.hub.join(member.id(), "r").unwrap();
+        h.place();
+        let stream = h.room_stream();
+        let entries = vec![
+            text(7, 0, "a"),
+            text(7, 1, "b"),
+            text(7, 1, "b again"),
+            text(7, 2, "c"),
+        ];
+        h.take_in(stream, entries);
+        for expected in [(0, "a"), (1, "b"), (2, "c")] {
+            let got = broadcast(member.try_recv());
+            assert_eq!((got.0, got.1.as_str()), expected);
+        }
+        assert_eq!(member.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(h.follow.watched[&room()].map(|c| c.next), Some(3));
+    }
+
+    #[test]
+    fn notices_tell_what_another_node_lost_and_nothing_of_ours() {
+        let mut h = harness();
+        let mut member = h.hub.connect().unwrap();
+        h.hub.join(member.id(), "r").unwrap();
+        h.place();
+        let stream = h.room_stream();
+        let theirs = line(7, 0, &[("k", MISSED.as_bytes()), ("n", b"2"), ("m", b"5")]);
+        let ours = line(7, 1, &[("k", MISSED.as_bytes()), ("n", b"1"), ("m", b"9")]);
+        h.take_in(stream, vec![theirs, ours, text(7, 2, "after")]);
+        match member.try_recv() {
+            Ok(Event::Resync { topic, missed }) => assert_eq!((topic, missed), (room(), Some(5))),
+            other => panic!("expected a resync, got {other:?}"),
+        }
+        assert_eq!(broadcast(member.try_recv()), (2, "after".to_owned()));
+        assert_eq!(member.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn a_line_of_another_epoch_places_the_topic_again() {
+        let mut h = harness();
+        let mut member = h.hub.connect().unwrap();
+        h.hub.join(member.id(), "r").unwrap();
+        h.place();
+        let stream = h.room_stream();
+        h.take_in(stream, vec![text(8, 0, "elsewhere")]);
+        assert_eq!(member.try_recv(), Err(TryRecvError::Empty));
+        match h.commands.try_recv() {
+            Ok(Command::Refork(topic)) => assert_eq!(topic, room()),
+            other => panic!("expected a refork, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_malformed_line_is_skipped_and_never_read_again() {
+        let mut h = harness();
+        let mut member = h.hub.connect().unwrap();
+        h.hub.join(member.id(), "r").unwrap();
+        h.place();
+        let stream = h.room_stream();
+        let no_epoch = Entry::new((0, 1), &[("k", b"t"), ("m", b"x")]);
+        let bad_kind = line(7, 1, &[("k", b"?"), ("m", b"x")]);
+        h.take_in(stream, vec![no_epoch, bad_kind, text(7, 2, "fine")]);
+        // Each is a gap of one, told as such: the line without an epoch
+        // never reaches the hub, the unreadable one arrives as a notice.
+        for _ in 0..2 {
+            match member.try_recv() {
+                Ok(Event::Resync { missed, .. }) => assert_eq!(missed, Some(1)),
+                other => panic!("expected a resync, got {other:?}"),
+            }
+        }
+        assert_eq!(broadcast(member.try_recv()), (2, "fine".to_owned()));
+        assert_eq!(h.follow.watched[&room()].map(|c| c.next), Some(3));
+    }
+
+    #[test]
+    fn user_lines_skip_this_nodes_own_and_the_connections_excepted() {
+        let mut h = harness();
+        let ann = Metadata::new().with_user("ann");
+        let mut tab1 = h.hub.connect_with(ann.clone()).unwrap();
+        let mut tab2 = h.hub.connect_with(ann).unwrap();
+        let skipped = tab2.id().get().to_string();
+        let from_node_2 = Entry::new(
+            (5, 0),
+            &[
+                ("u", b"ann"),
+                ("n", b"2"),
+                ("x", skipped.as_bytes()),
+                ("k", b"t"),
+                ("m", b"hi"),
+            ],
+        );
+        let ours = Entry::new(
+            (5, 1),
+            &[("u", b"ann"), ("n", b"1"), ("k", b"t"), ("m", b"echo")],
+        );
+        let users = h.keys.users();
+        h.take_in(users, vec![from_node_2, ours]);
+        assert_eq!(tab1.try_recv(), Ok(Event::Personal(Message::text("hi"))));
+        assert_eq!(tab1.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(tab2.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(h.follow.users, Some((5, 1)));
+    }
+}
