@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example autobahn -- 9001                # the built-in codec
+//! cargo run --release --example autobahn -- 9001 --compression  # with permessage-deflate
 //! cargo run --release --example autobahn -- 9001 --tungstenite  # tokio-tungstenite
 //! pip install kosoku && kosoku 127.0.0.1:9001                   # the cases
 //! ```
@@ -31,12 +32,14 @@ impl Handler for Echo {
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let port = args.next().unwrap_or_else(|| "9001".into());
-    let tungstenite = args.any(|arg| arg == "--tungstenite");
+    let flags: Vec<String> = args.collect();
+    let tungstenite = flags.iter().any(|flag| flag == "--tungstenite");
+    let compression = flags.iter().any(|flag| flag == "--compression");
     let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await?;
-    let transport = if tungstenite {
-        "tokio-tungstenite"
-    } else {
-        "the built-in codec"
+    let transport = match (tungstenite, compression) {
+        (true, _) => "tokio-tungstenite",
+        (false, true) => "the built-in codec, with permessage-deflate",
+        (false, false) => "the built-in codec",
     };
     println!(
         "autobahn echo on ws://{}/ through {transport}",
@@ -44,7 +47,8 @@ async fn main() -> std::io::Result<()> {
     );
     let config = Config::default()
         .max_message_size(MAX_MESSAGE)
-        .max_frame_size(MAX_MESSAGE);
+        .max_frame_size(MAX_MESSAGE)
+        .compression(compression);
     let hub = Hub::builder().queue_capacity(4096).build();
     let server = WsServer::with_config(hub, Echo, config);
     loop {

@@ -121,6 +121,11 @@ pub struct Args {
     #[arg(long, env = "CHAT_ANY_ORIGIN")]
     pub any_origin: bool,
 
+    /// Offer permessage-deflate on every endpoint: a broadcast is deflated
+    /// once and shared by every client that agreed to it.
+    #[arg(long, env = "CHAT_COMPRESSION")]
+    pub compression: bool,
+
     /// How many new connections the kernel holds for the server before it
     /// accepts them (capped by `net.core.somaxconn`). A burst of clients
     /// larger than this, such as everyone reconnecting after a restart,

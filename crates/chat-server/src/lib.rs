@@ -137,7 +137,8 @@ impl Server {
             .ping_interval(args.ping_interval)
             .idle_timeout(args.idle_timeout)
             .write_timeout(args.write_timeout)
-            .max_request_head(args.max_request_head);
+            .max_request_head(args.max_request_head)
+            .compression(args.compression);
         // One limit over every endpoint.
         let mut limit = SessionLimit::new().max(args.max_connections);
         if let Some(per_ip) = args.max_connections_per_ip {

@@ -111,7 +111,7 @@ const HUB: [Series<Stats>; 16] = [
     ),
 ];
 
-const WS: [Series<WsStats>; 9] = [
+const WS: [Series<WsStats>; 14] = [
     (
         "ws_sessions",
         "gauge",
@@ -165,6 +165,36 @@ const WS: [Series<WsStats>; 9] = [
         "counter",
         "Sessions whose connection was lost without a close handshake.",
         |s| s.lost,
+    ),
+    (
+        "ws_compressed_sessions_total",
+        "counter",
+        "Sessions that agreed on permessage-deflate.",
+        |s| s.compressed_sessions,
+    ),
+    (
+        "ws_deflate_bytes_in_total",
+        "counter",
+        "Payload bytes of messages to compressing clients, before compression.",
+        |s| s.deflate_bytes_in,
+    ),
+    (
+        "ws_deflate_bytes_out_total",
+        "counter",
+        "Payload bytes written for them (deflated, or as they were when deflate did not shrink them).",
+        |s| s.deflate_bytes_out,
+    ),
+    (
+        "ws_inflate_bytes_in_total",
+        "counter",
+        "Payload bytes of compressed messages from clients, as they came.",
+        |s| s.inflate_bytes_in,
+    ),
+    (
+        "ws_inflate_bytes_out_total",
+        "counter",
+        "The same messages' bytes, inflated.",
+        |s| s.inflate_bytes_out,
     ),
 ];
 

@@ -12,7 +12,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{recv_text, send_text, wait_for_connections, TestServer, WAIT};
+use common::{http, recv_text, send_text, wait_for_connections, wait_for_metric, TestServer, WAIT};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
@@ -247,6 +247,70 @@ async fn two_people_chat_see_each_other_and_survive_a_dropped_connection() {
 
     alice.close().await.unwrap();
     drop(observer);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_arrive_intact_over_permessage_deflate() {
+    let driver = chromedriver().await;
+    let alice = browser(&driver).await;
+    let bob = browser(&driver).await;
+    let server = TestServer::start(&["--compression"]).await;
+    let base = format!("http://127.0.0.1:{}", server.addr.port());
+    for (page, name) in [(&alice, "alice"), (&bob, "bob")] {
+        page.goto(&format!("{base}/?room=zip&name={name}"))
+            .await
+            .unwrap();
+        wait_for_state(page, "open", WAIT).await;
+    }
+    wait_members(&alice, &["alice", "bob"]).await;
+    // Chromium offers permessage-deflate by itself; both agreed.
+    wait_for_metric(
+        server.addr,
+        "ws_compressed_sessions_total{endpoint=\"rooms\"} 2",
+    )
+    .await;
+
+    // Long lines, repetitive and not, with characters of every width:
+    // each arrives whole, once.
+    let lines: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "{i}: {} — ünïcödé ✓ 🦀 {}",
+                "deflate me ".repeat(40),
+                i * 7919
+            )
+        })
+        .collect();
+    for line in &lines {
+        say(&alice, line).await;
+    }
+    let seen = wait_until(&bob, "every long line", LINES, |v| {
+        lines_with(v, &lines[4]) == 1
+    })
+    .await;
+    for line in &lines {
+        assert_eq!(lines_with(&seen, &format!("alice{line}")), 1, "{seen}");
+    }
+    say(&bob, &lines[0]).await;
+    wait_until(&alice, "bob's long line", LINES, |v| {
+        lines_with(v, &format!("bob{}", lines[0])) == 1
+    })
+    .await;
+
+    // Deflated on the way out, and inflated on the way in.
+    let (_, _, metrics) = http(server.addr, "GET", "/metrics").await;
+    let value = |name: &str| -> u64 {
+        let prefix = format!("{name}{{endpoint=\"rooms\"}} ");
+        (metrics.lines())
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert!(value("ws_deflate_bytes_out_total") < value("ws_deflate_bytes_in_total") / 2);
+    assert!(value("ws_inflate_bytes_in_total") < value("ws_inflate_bytes_out_total"));
+    alice.close().await.unwrap();
+    bob.close().await.unwrap();
     server.stop().await;
 }
 

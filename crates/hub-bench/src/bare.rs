@@ -445,9 +445,9 @@ enum Frame {
 /// the connection with.
 fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, u16> {
     let header = match wire::read_header(buf, true) {
-        Ok(Some(header)) => header,
+        Ok(Some(header)) if !header.compressed => header,
         Ok(None) => return Ok(None),
-        Err(_) => return Err(1002),
+        Ok(Some(_)) | Err(_) => return Err(1002),
     };
     let opcode = header.opcode;
     if (!opcode.is_control() && !header.fin) || opcode == Opcode::Continuation {
@@ -467,7 +467,7 @@ fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, u16> {
     };
     let frame = |opcode| {
         let mut out = BytesMut::with_capacity(len + 10);
-        wire::put_header(&mut out, true, opcode, None, len);
+        wire::put_header(&mut out, (true, false), opcode, None, len);
         let start = out.len();
         out.extend_from_slice(payload);
         wire::apply_mask(&mut out[start..], mask);

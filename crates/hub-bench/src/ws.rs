@@ -246,7 +246,8 @@ struct FrameAt {
 /// The first frame of `buf`, if it is all there.
 fn next_frame(buf: &[u8]) -> Result<Option<FrameAt>, ReadError> {
     let header = match wire::read_header(buf, false) {
-        Ok(Some(header)) => header,
+        Ok(Some(header)) if !header.compressed => header,
+        Ok(Some(_)) => return Err(ReadError::Frame(wire::HeaderError::Reserved)),
         Ok(None) => return Ok(None),
         Err(error) => return Err(ReadError::Frame(error)),
     };
@@ -326,7 +327,13 @@ impl Writer {
 
     fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
         let mask = self.next_mask();
-        wire::put_header(&mut self.buf, true, opcode, Some(mask), payload.len());
+        wire::put_header(
+            &mut self.buf,
+            (true, false),
+            opcode,
+            Some(mask),
+            payload.len(),
+        );
         let start = self.buf.len();
         self.buf.extend_from_slice(payload);
         wire::apply_mask(&mut self.buf[start..], mask);

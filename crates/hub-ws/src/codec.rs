@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -26,6 +27,7 @@ use futures_util::{Sink, Stream};
 use hub::{Message, Text};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::deflate::{Agreed, DeflateCounters, Deflated, Inflater};
 use crate::frame::{Frame, ReadError};
 use crate::wire::{self, Header, Opcode};
 use crate::{Close, CloseCode};
@@ -89,6 +91,19 @@ pub(crate) struct Socket<S> {
     /// A ping found no message since the one before: the connection is
     /// quiet, and gives back its frame buffer once the ping is written.
     quiet: bool,
+    /// `permessage-deflate`, when the client and server agreed on it.
+    deflate: Option<Box<SocketDeflate>>,
+}
+
+/// A compressing socket's side of `permessage-deflate`.
+#[derive(Debug)]
+struct SocketDeflate {
+    agreed: Agreed,
+    inflater: Inflater,
+    /// Deflated forms of recent messages, shared with the server's other
+    /// sockets.
+    shared: Arc<Deflated>,
+    counters: Arc<DeflateCounters>,
 }
 
 impl<S> Socket<S> {
@@ -109,7 +124,25 @@ impl<S> Socket<S> {
             close_sent: false,
             sent_since_ping: false,
             quiet: false,
+            deflate: None,
         }
+    }
+
+    /// Compresses as agreed with the client: messages out are deflated
+    /// (once for every socket of `shared`), messages in are inflated.
+    pub(crate) fn with_deflate(
+        mut self,
+        agreed: Agreed,
+        shared: Arc<Deflated>,
+        counters: Arc<DeflateCounters>,
+    ) -> Self {
+        self.deflate = Some(Box::new(SocketDeflate {
+            agreed,
+            inflater: Inflater::new(agreed),
+            shared,
+            counters,
+        }));
+        self
     }
 
     pub(crate) fn into_inner(self) -> S {
@@ -123,18 +156,23 @@ impl<S> Socket<S> {
 
     /// Queues one frame whose payload is copied next to its header.
     fn queue(&mut self, opcode: Opcode, payload: &[u8]) {
-        self.put_header(opcode, payload.len(), payload.len());
+        self.queue_as(opcode, payload, false);
+    }
+
+    /// Queues one frame, copied next to its header; `compressed` sets RSV1.
+    fn queue_as(&mut self, opcode: Opcode, payload: &[u8], compressed: bool) {
+        self.put_header(opcode, compressed, payload.len(), payload.len());
         self.scratch.put_slice(payload);
         self.out_len += payload.len();
     }
 
     /// Queues one frame whose payload is shared with every other socket it
     /// goes to (copied instead when small).
-    fn queue_shared(&mut self, opcode: Opcode, payload: Bytes) {
+    fn queue_shared(&mut self, opcode: Opcode, payload: Bytes, compressed: bool) {
         if payload.len() <= INLINE {
-            return self.queue(opcode, &payload);
+            return self.queue_as(opcode, &payload, compressed);
         }
-        self.put_header(opcode, payload.len(), 0);
+        self.put_header(opcode, compressed, payload.len(), 0);
         self.push_scratch();
         self.out_len += payload.len();
         self.out.push_back(payload);
@@ -142,7 +180,7 @@ impl<S> Socket<S> {
 
     /// Writes a frame header into the scratch buffer, with room for
     /// `extra` more bytes after it.
-    fn put_header(&mut self, opcode: Opcode, len: usize, extra: usize) {
+    fn put_header(&mut self, opcode: Opcode, compressed: bool, len: usize, extra: usize) {
         let need = 10 + extra;
         if self.scratch.capacity() - self.scratch.len() < need {
             // An empty buffer takes its first room again (in place, once
@@ -156,7 +194,7 @@ impl<S> Socket<S> {
             self.scratch.reserve(need.max(room));
         }
         let start = self.scratch.len();
-        wire::put_header(&mut self.scratch, true, opcode, None, len);
+        wire::put_header(&mut self.scratch, (true, compressed), opcode, None, len);
         self.out_len += self.scratch.len() - start;
     }
 
@@ -183,6 +221,22 @@ impl<S> Socket<S> {
         self.out.push_back(frames.freeze());
     }
 
+    /// Queues a message, deflated if the client agreed to it and deflate
+    /// shrinks it.
+    fn queue_message(&mut self, opcode: Opcode, payload: Bytes) {
+        let deflated = (self.deflate.as_ref()).and_then(|deflate| {
+            let deflated = deflate.shared.get(&payload, deflate.agreed.server_bits);
+            deflate
+                .counters
+                .out(payload.len(), deflated.as_ref().map(Bytes::len));
+            deflated
+        });
+        match deflated {
+            Some(deflated) => self.queue_shared(opcode, deflated, true),
+            None => self.queue_shared(opcode, payload, false),
+        }
+    }
+
     fn queue_frame(&mut self, frame: Frame) {
         if self.close_sent {
             return;
@@ -198,10 +252,10 @@ impl<S> Socket<S> {
         }
         match frame {
             Frame::Message(Message::Text(text)) => {
-                self.queue_shared(Opcode::Text, text.into_bytes());
+                self.queue_message(Opcode::Text, text.into_bytes());
             }
             Frame::Message(Message::Binary(bytes)) => {
-                self.queue_shared(Opcode::Binary, bytes);
+                self.queue_message(Opcode::Binary, bytes);
             }
             Frame::Message(other) => self.queue(Opcode::Binary, other.as_bytes()),
             Frame::Ping(bytes) => self.queue(Opcode::Ping, &bytes[..bytes.len().min(125)]),
@@ -229,6 +283,8 @@ fn truncate(reason: &str, max: usize) -> &str {
 /// A fragmented message being put together.
 struct Partial {
     text: bool,
+    /// Compressed: checked once inflated, not as it arrives.
+    compressed: bool,
     data: BytesMut,
     /// How much of a text message's `data` is known to be valid UTF-8 (the
     /// rest is at most one character cut between fragments).
@@ -236,9 +292,10 @@ struct Partial {
 }
 
 impl Partial {
-    fn new(text: bool, data: BytesMut) -> Result<Self, ReadError> {
+    fn new(text: bool, compressed: bool, data: BytesMut) -> Result<Self, ReadError> {
         let mut partial = Self {
             text,
+            compressed,
             data,
             checked: 0,
         };
@@ -254,7 +311,7 @@ impl Partial {
     /// Fails on the fragment that makes a text message invalid UTF-8,
     /// rather than once the whole message is in.
     fn check(&mut self) -> Result<(), ReadError> {
-        if !self.text {
+        if !self.text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.data[self.checked..]) {
@@ -295,6 +352,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 self.read.reserve(missing.min(RESERVE_AHEAD));
                 return Ok(None);
             }
+            if header.compressed && self.deflate.is_none() {
+                // RSV1 without the extension.
+                return Err(ReadError::Protocol);
+            }
             self.read.advance(header.size);
             let mut payload = self.read.split_to(len);
             wire::apply_mask(&mut payload, mask);
@@ -322,7 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                         let Some(partial) = self.partial.take() else {
                             return Err(ReadError::Protocol);
                         };
-                        return message(partial.text, partial.data.freeze()).map(Some);
+                        return self.complete(partial.text, partial.compressed, partial.data);
                     }
                 }
                 opcode => {
@@ -332,12 +393,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                     }
                     let text = opcode == Opcode::Text;
                     if header.fin {
-                        return message(text, payload.freeze()).map(Some);
+                        return self.complete(text, header.compressed, payload);
                     }
-                    self.partial = Some(Partial::new(text, payload)?);
+                    self.partial = Some(Partial::new(text, header.compressed, payload)?);
                 }
             }
         }
+    }
+
+    /// A whole message: inflated if it came compressed, and checked.
+    fn complete(
+        &mut self,
+        text: bool,
+        compressed: bool,
+        payload: BytesMut,
+    ) -> Result<Option<Frame>, ReadError> {
+        if !compressed {
+            return message(text, payload.freeze()).map(Some);
+        }
+        let Some(deflate) = self.deflate.as_mut() else {
+            return Err(ReadError::Protocol);
+        };
+        let inflated = deflate.inflater.inflate(&payload, self.max_message)?;
+        deflate.counters.inflated(payload.len(), inflated.len());
+        message(text, Bytes::from(inflated)).map(Some)
     }
 
     /// The client's close frame: checked, answered, and handed on.

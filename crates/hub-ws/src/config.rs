@@ -45,6 +45,7 @@ pub struct Config {
     /// each server counts its own sessions, without a limit.
     pub(crate) session_limit: Option<SessionLimit>,
     pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) compression: bool,
 }
 
 impl Default for Config {
@@ -62,6 +63,7 @@ impl Default for Config {
             tls: None,
             session_limit: None,
             rate_limit: None,
+            compression: false,
         }
     }
 }
@@ -157,6 +159,26 @@ impl Config {
     /// see [`RateLimit`].
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Offers `permessage-deflate` (RFC 7692) to clients that ask for it
+    /// (default: off). Off, the server answers without the extension.
+    ///
+    /// On, the server deflates each message on its own
+    /// (`server_no_context_takeover`), so that a broadcast is deflated once
+    /// and its compressed frame shared by every compressing socket, as its
+    /// plain frame is by the others. Messages under 64 bytes, and those
+    /// deflate would not shrink, go out as they are. Client messages are
+    /// inflated with the context the client keeps (from scratch for each
+    /// message if it offered `client_no_context_takeover`, which is then
+    /// agreed and costs the socket no memory between messages), and never
+    /// past [`max_message_size`](Self::max_message_size) (1009).
+    ///
+    /// Only the built-in codec compresses ([`WsServer::upgrade`](crate::WsServer::upgrade)
+    /// and [`WsServer::serve_tcp`](crate::WsServer::serve_tcp)).
+    pub fn compression(mut self, on: bool) -> Self {
+        self.compression = on;
         self
     }
 }

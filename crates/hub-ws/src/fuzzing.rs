@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::admission::check_origin;
 use crate::codec::Socket;
+use crate::deflate::{self, Agreed};
 use crate::frame::Frame;
 use crate::Origins;
 
@@ -62,6 +63,50 @@ impl AsyncWrite for Wire<'_> {
 /// read after an error or the client's close; the server never writes
 /// more than the pongs and close it owes.
 pub fn frames(data: &[u8]) {
+    read_frames(data, None);
+}
+
+/// As [`frames`], on a socket that agreed on `permessage-deflate`
+/// (`data[0]`'s top bit: with the client's context kept or not): client
+/// messages with RSV1 are inflated, and never past the 4 KiB limit,
+/// however they were deflated (a bomb stops at the limit, 1009).
+pub fn inflate(data: &[u8]) {
+    let Some(first) = data.first() else {
+        return;
+    };
+    let agreed = Agreed {
+        server_bits: 15,
+        client_no_context: first & 0x80 != 0,
+    };
+    read_frames(data, Some(agreed));
+}
+
+/// `Sec-WebSocket-Extensions` values (raw bytes, split at newlines into
+/// several headers) negotiated.
+///
+/// Never panics; the answer, if any, is `permessage-deflate` with
+/// `server_no_context_takeover`, and offered back to the negotiation it
+/// is taken as it is.
+pub fn extensions(data: &[u8]) {
+    let mut headers = HeaderMap::new();
+    for value in data.split(|b| *b == b'\n') {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.append(header::SEC_WEBSOCKET_EXTENSIONS, value);
+        }
+    }
+    let Some((agreed, answer)) = deflate::negotiate(&headers) else {
+        return;
+    };
+    assert!((8..=15).contains(&agreed.server_bits));
+    let text = answer.to_str().expect("an answer is ASCII");
+    assert!(text.starts_with("permessage-deflate; server_no_context_takeover"));
+    let mut again = HeaderMap::new();
+    again.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer.clone());
+    let (agreed_again, answer_again) = deflate::negotiate(&again).expect("the answer is an offer");
+    assert_eq!((agreed_again, answer_again), (agreed, answer));
+}
+
+fn read_frames(data: &[u8], deflate: Option<Agreed>) {
     let Some((first, input)) = data.split_first() else {
         return;
     };
@@ -71,6 +116,10 @@ pub fn frames(data: &[u8]) {
         written: 0,
     };
     let mut socket = Socket::new(wire, 4096, 1024);
+    if let Some(agreed) = deflate {
+        let shared = std::sync::Arc::default();
+        socket = socket.with_deflate(agreed, shared, std::sync::Arc::default());
+    }
     let mut cx = Context::from_waker(Waker::noop());
     let mut frames = 0;
     let mut ended = false;

@@ -88,6 +88,7 @@ mod axum;
 mod close;
 mod codec;
 mod config;
+mod deflate;
 mod frame;
 mod handler;
 mod handshake;

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Poll};
 
@@ -26,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{check_origin, Admitted, SessionLimit};
 use crate::codec::Socket;
+use crate::deflate::{self, Agreed, Deflated};
 use crate::frame::{Frame, ReadError};
 use crate::session::{drive, refuse, Finished, Shared};
 use crate::stats::{Counters, WsStats};
@@ -109,6 +111,9 @@ pub(crate) struct Inner<H> {
     session_limit: SessionLimit,
     pub(crate) sessions: TaskTracker,
     counters: Counters,
+    /// Deflated forms of recent messages, shared by the compressing
+    /// sockets.
+    deflated: Arc<Deflated>,
     /// Refused handshakes are logged at this rate at most.
     refusals_logged: LogThrottle,
 }
@@ -147,6 +152,7 @@ impl<H: Handler> WsServer<H> {
                 config,
                 sessions: TaskTracker::new(),
                 counters: Counters::default(),
+                deflated: Arc::default(),
                 refusals_logged: LogThrottle::default(),
             }),
         }
@@ -213,9 +219,19 @@ impl<H: Handler> WsServer<H> {
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
         let handshake = Handshake::new(request.uri(), request.headers(), peer);
         let (admitted, metadata) = self.admit(&handshake, metadata)?;
+        let mut response = switching_protocols(accept);
+        let deflate = match self.inner.config.compression {
+            true => deflate::negotiate(request.headers()),
+            false => None,
+        };
+        let deflate = deflate.map(|(agreed, answer)| {
+            (response.headers_mut()).insert(hyper::header::SEC_WEBSOCKET_EXTENSIONS, answer);
+            agreed
+        });
         Ok(Accepted {
-            response: switching_protocols(accept),
+            response,
             upgrade: Upgrade {
+                deflate,
                 on_upgrade: hyper::upgrade::on(request),
                 _admitted: admitted,
                 metadata,
@@ -244,7 +260,8 @@ impl<H: Handler> WsServer<H> {
             match upgrade.on_upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    Some(self.serve_io(io, upgrade.metadata, upgrade.peer).await)
+                    let served = self.serve_io(io, upgrade.metadata, upgrade.peer, upgrade.deflate);
+                    Some(served.await)
                 }
                 // Typically the connection was not served `with_upgrades()`.
                 Err(error) => {
@@ -319,7 +336,7 @@ impl<H: Handler> WsServer<H> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        let session = self.serve_io(io, metadata, peer);
+        let session = self.serve_io(io, metadata, peer, None);
         self.inner.sessions.track_future(session).await
     }
 
@@ -330,12 +347,19 @@ impl<H: Handler> WsServer<H> {
         io: S,
         metadata: Metadata,
         peer: Option<SocketAddr>,
+        deflate: Option<Agreed>,
     ) -> impl Future<Output = Ended> + 'a
     where
         S: AsyncRead + AsyncWrite + Unpin + 'a,
     {
         let config = &self.inner.config;
-        let socket = Socket::new(io, config.max_message_size, config.max_frame_size);
+        let mut socket = Socket::new(io, config.max_message_size, config.max_frame_size);
+        if let Some(agreed) = deflate {
+            let counters = &self.inner.counters;
+            counters.compressed_sessions.fetch_add(1, Ordering::Relaxed);
+            let (shared, counted) = (&self.inner.deflated, &counters.deflate);
+            socket = socket.with_deflate(agreed, Arc::clone(shared), Arc::clone(counted));
+        }
         let socket = Shared::new(socket);
         async move {
             let finished = self.run(&socket, metadata, peer).await;
@@ -472,6 +496,8 @@ impl<H: Handler> WsServer<H> {
 /// An admitted handshake whose connection hyper has yet to hand over.
 struct Upgrade {
     on_upgrade: OnUpgrade,
+    /// `permessage-deflate`, if agreed.
+    deflate: Option<Agreed>,
     /// The place the session takes; given back when this drops, with the
     /// session's future.
     _admitted: Admitted,

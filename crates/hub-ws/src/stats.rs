@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hub::Message;
 
+use crate::deflate::DeflateCounters;
 use crate::{CloseCode, Ended, UpgradeError};
 
 /// A snapshot of a server's counters, from
@@ -40,6 +41,19 @@ pub struct WsStats {
     /// Sessions the server closed, by close code (codes seen so far, in
     /// order).
     pub closed_by_server: Vec<(CloseCode, u64)>,
+    /// Sessions that agreed on `permessage-deflate` (see
+    /// [`Config::compression`](crate::Config::compression)).
+    pub compressed_sessions: u64,
+    /// Payload bytes of the messages written to compressing sockets, before
+    /// compression.
+    pub deflate_bytes_in: u64,
+    /// Payload bytes written for them: deflated, or as they are when
+    /// deflate would not shrink them.
+    pub deflate_bytes_out: u64,
+    /// Payload bytes of compressed messages from clients, as they came.
+    pub inflate_bytes_in: u64,
+    /// The same messages, inflated.
+    pub inflate_bytes_out: u64,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +69,9 @@ pub(crate) struct Counters {
     lost: AtomicU64,
     /// Closes are rare next to messages: a lock per close is cheap.
     closed_by_server: Mutex<BTreeMap<CloseCode, u64>>,
+    pub(crate) compressed_sessions: AtomicU64,
+    /// Shared with the compressing sockets.
+    pub(crate) deflate: Arc<DeflateCounters>,
 }
 
 impl Counters {
@@ -125,6 +142,11 @@ impl Counters {
             closed_by_client: self.closed_by_client.load(Relaxed),
             lost: self.lost.load(Relaxed),
             closed_by_server,
+            compressed_sessions: self.compressed_sessions.load(Relaxed),
+            deflate_bytes_in: self.deflate.out_before.load(Relaxed),
+            deflate_bytes_out: self.deflate.out_after.load(Relaxed),
+            inflate_bytes_in: self.deflate.in_compressed.load(Relaxed),
+            inflate_bytes_out: self.deflate.in_inflated.load(Relaxed),
         }
     }
 }

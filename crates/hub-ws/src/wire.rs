@@ -8,7 +8,7 @@
 //! // A client's frame: masked.
 //! let mask = [1, 2, 3, 4];
 //! let mut frame = Vec::new();
-//! wire::put_header(&mut frame, true, Opcode::Text, Some(mask), 2);
+//! wire::put_header(&mut frame, (true, false), Opcode::Text, Some(mask), 2);
 //! let start = frame.len();
 //! frame.extend_from_slice(b"hi");
 //! wire::apply_mask(&mut frame[start..], mask);
@@ -79,6 +79,9 @@ impl Opcode {
 pub struct Header {
     /// The last frame of its message.
     pub fin: bool,
+    /// RSV1: the message is compressed (`permessage-deflate`); set on its
+    /// first frame only.
+    pub compressed: bool,
     /// What the frame carries.
     pub opcode: Opcode,
     /// The masking key, for a frame from a client; `None` until its bytes
@@ -102,7 +105,8 @@ impl Header {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HeaderError {
-    /// A reserved bit is set, and no extension gives it a meaning.
+    /// RSV2 or RSV3 is set, which no extension here gives a meaning, or
+    /// RSV1 on a control frame or a continuation.
     #[error("reserved bits set")]
     Reserved,
     /// A client's frame is not masked, or a server's frame is.
@@ -133,7 +137,7 @@ pub fn read_header(buf: &[u8], masked: bool) -> Result<Option<Header>, HeaderErr
     let [first, second, ..] = *buf else {
         return Ok(None);
     };
-    if first & 0x70 != 0 {
+    if first & 0x30 != 0 {
         return Err(HeaderError::Reserved);
     }
     if (second & 0x80 != 0) != masked {
@@ -141,6 +145,15 @@ pub fn read_header(buf: &[u8], masked: bool) -> Result<Option<Header>, HeaderErr
     }
     let fin = first & 0x80 != 0;
     let opcode = Opcode::from_bits(first & 0x0F).ok_or(HeaderError::Opcode)?;
+    let compressed = first & 0x40 != 0;
+    if compressed
+        && matches!(
+            opcode,
+            Opcode::Continuation | Opcode::Close | Opcode::Ping | Opcode::Pong
+        )
+    {
+        return Err(HeaderError::Reserved);
+    }
     let (len, at) = match second & 0x7F {
         126 => match buf.get(2..4) {
             Some(raw) => (u64::from(u16::from_be_bytes([raw[0], raw[1]])), 4),
@@ -166,6 +179,7 @@ pub fn read_header(buf: &[u8], masked: bool) -> Result<Option<Header>, HeaderErr
     };
     Ok(Some(Header {
         fin,
+        compressed,
         opcode,
         mask,
         len,
@@ -173,18 +187,20 @@ pub fn read_header(buf: &[u8], masked: bool) -> Result<Option<Header>, HeaderErr
     }))
 }
 
-/// Writes a frame's header: FIN, the opcode, the payload's length and, for
-/// a client, the masking key (the payload is then the caller's to mask
-/// with [`apply_mask`]).
+/// Writes a frame's header: FIN, RSV1 if the message is `compressed`
+/// (first frame only), the opcode, the payload's length and, for a client,
+/// the masking key (the payload is then the caller's to mask with
+/// [`apply_mask`]).
 pub fn put_header(
     out: &mut impl BufMut,
-    fin: bool,
+    (fin, compressed): (bool, bool),
     opcode: Opcode,
     mask: Option<[u8; 4]>,
     len: usize,
 ) {
     let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    out.put_u8(if fin { 0x80 } else { 0 } | opcode.bits());
+    let rsv1 = if compressed { 0x40 } else { 0 };
+    out.put_u8(if fin { 0x80 } else { 0 } | rsv1 | opcode.bits());
     match len {
         // Each arm's range fits its cast.
         0..=125 => out.put_u8(mask_bit | len as u8),
@@ -249,7 +265,7 @@ mod tests {
         for len in [0, 125, 126, 0xFFFF, 0x10000] {
             for mask in [None, Some([9, 8, 7, 6])] {
                 let mut out = Vec::new();
-                put_header(&mut out, len % 2 == 0, Opcode::Binary, mask, len);
+                put_header(&mut out, (len % 2 == 0, false), Opcode::Binary, mask, len);
                 let read = header(&out, mask.is_some()).unwrap().unwrap();
                 assert_eq!(read.len, len as u64);
                 assert_eq!(
@@ -262,7 +278,12 @@ mod tests {
 
     #[test]
     fn broken_headers_are_refused() {
-        assert_eq!(header(&[0xC1, 0x80], true), Err(HeaderError::Reserved));
+        assert_eq!(header(&[0xA1, 0x80], true), Err(HeaderError::Reserved));
+        assert_eq!(header(&[0x91, 0x80], true), Err(HeaderError::Reserved));
+        // RSV1 is for the first frame of a data message only.
+        assert_eq!(header(&[0xC9, 0x80], true), Err(HeaderError::Reserved));
+        assert_eq!(header(&[0xC0, 0x80], true), Err(HeaderError::Reserved));
+        assert!(header(&[0xC1, 0x80], true).unwrap().unwrap().compressed);
         assert_eq!(header(&[0x81, 0x02], true), Err(HeaderError::Masking));
         assert_eq!(header(&[0x81, 0x83], false), Err(HeaderError::Masking));
         assert_eq!(header(&[0x83, 0x80], true), Err(HeaderError::Opcode));
