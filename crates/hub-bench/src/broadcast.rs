@@ -31,7 +31,7 @@ use crate::common::{common_options, Common};
 use crate::connect::{self, Dialer};
 use crate::error::Error;
 use crate::latency::{Latencies, Samples};
-use crate::payload::{self, Marker};
+use crate::payload::{self, Marker, Padding};
 use crate::proc::{self, CpuTime, Pid};
 use crate::progress::Progress;
 use crate::report::{seconds, BroadcastReport, CloseReport, Cpu, Deliveries, Latency, ServerUsage};
@@ -75,6 +75,7 @@ pub struct Broadcast {
     senders: usize,
     messages: u32,
     size: usize,
+    padding: Padding,
     rate: Option<f64>,
     timeout: Duration,
 }
@@ -89,6 +90,7 @@ impl Broadcast {
             senders: 1,
             messages: 1000,
             size: 64,
+            padding: Padding::X,
             rate: None,
             timeout: Duration::from_secs(60),
         }
@@ -114,6 +116,13 @@ impl Broadcast {
     #[must_use]
     pub fn size(mut self, size: usize) -> Self {
         self.size = size;
+        self
+    }
+
+    /// What fills each message after its marker (`x` by default).
+    #[must_use]
+    pub fn padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
         self
     }
 
@@ -207,9 +216,11 @@ impl Broadcast {
             senders,
             messages: self.messages,
             size: self.size,
+            padding: self.padding,
             plan,
             send_on: senders_thread.handle(),
-            dialer: Dialer::new(targets, sources, self.common.handshake_timeout),
+            dialer: Dialer::new(targets, sources, self.common.handshake_timeout)
+                .compression(self.common.compression),
             stop: Stop::new(self.common.clients + self.senders),
             latencies: Latencies::for_this_machine(),
             counts: Counts::default(),
@@ -420,6 +431,7 @@ struct Run {
     senders: u32,
     messages: u32,
     size: usize,
+    padding: Padding,
     plan: Option<RatePlan>,
     /// Where the senders run (see [`SenderThread`]).
     send_on: Handle,
@@ -607,7 +619,7 @@ async fn send(
             if phase.wait_for(|p| *p >= Phase::WarmUp).await.is_err() {
                 return Ok(());
             }
-            let Some(warm_up) = payload::warm_up(sender, run.size) else {
+            let Some(warm_up) = payload::warm_up(sender, run.size, run.padding) else {
                 return Ok(());
             };
             loop {
@@ -687,7 +699,7 @@ async fn send_batch(
     let end = end.min(run.messages);
     let mut writer = writer.lock().await;
     while *seq < end {
-        let Some(text) = payload::data(sender, *seq, run.nanos(), run.size) else {
+        let Some(text) = payload::data(sender, *seq, run.nanos(), run.size, run.padding) else {
             *seq = run.messages;
             break;
         };

@@ -71,6 +71,11 @@ pub(crate) struct Common {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) handshake_timeout: Duration,
 
+    /// Offer permessage-deflate (with client_no_context_takeover), and
+    /// inflate what the server sends compressed.
+    #[arg(long)]
+    pub(crate) compression: bool,
+
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub(crate) json: Option<PathBuf>,
@@ -96,6 +101,11 @@ pub(crate) struct BroadcastArgs {
     /// Bytes of text per message (at least the marker, about 25).
     #[arg(long, default_value_t = 64)]
     pub(crate) size: usize,
+
+    /// Pad messages with words, different in each, rather than with `x`
+    /// (which deflate shrinks to nothing).
+    #[arg(long)]
+    pub(crate) prose: bool,
 
     /// Messages per second per sender [default: as fast as possible].
     #[arg(long)]

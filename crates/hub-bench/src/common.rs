@@ -14,6 +14,8 @@ pub(crate) struct Common {
     pub(crate) source_ips: Option<usize>,
     pub(crate) server_pid: Option<u32>,
     pub(crate) handshake_timeout: Duration,
+    /// Offer permessage-deflate.
+    pub(crate) compression: bool,
     pub(crate) progress: bool,
 }
 
@@ -43,6 +45,7 @@ impl Common {
             source_ips: None,
             server_pid: None,
             handshake_timeout: Duration::from_secs(10),
+            compression: false,
             progress: false,
         }
     }
@@ -89,6 +92,15 @@ macro_rules! common_options {
         #[must_use]
         pub fn handshake_timeout(mut self, timeout: std::time::Duration) -> Self {
             self.common.handshake_timeout = timeout;
+            self
+        }
+
+        /// Whether the clients offer `permessage-deflate` (asking the
+        /// server for no context takeover on their side) and inflate what
+        /// comes compressed.
+        #[must_use]
+        pub fn compression(mut self, compression: bool) -> Self {
+            self.common.compression = compression;
             self
         }
 

@@ -169,6 +169,7 @@ pub(crate) struct Dialer {
     sources: Vec<IpAddr>,
     permits: Semaphore,
     timeout: Duration,
+    compression: bool,
 }
 
 impl Dialer {
@@ -180,7 +181,14 @@ impl Dialer {
             sources,
             permits: Semaphore::new(HANDSHAKES_IN_FLIGHT),
             timeout,
+            compression: false,
         }
+    }
+
+    /// Clients that offer `permessage-deflate`.
+    pub(crate) fn compression(mut self, compression: bool) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// The number of source addresses.
@@ -227,9 +235,14 @@ impl Dialer {
             socket.bind(SocketAddr::new(from, 0)).map_err(tcp)?;
         }
         let stream = socket.connect(target.addr).await.map_err(tcp)?;
-        ws::handshake(stream, &target.host, &target.path_for(index))
-            .await
-            .map_err(ConnectError::Handshake)
+        ws::handshake(
+            stream,
+            &target.host,
+            &target.path_for(index),
+            self.compression,
+        )
+        .await
+        .map_err(ConnectError::Handshake)
     }
 }
 

@@ -91,7 +91,8 @@ impl Idle {
         let cpu_before = server_cpu();
         let progress = Progress::new(self.common.progress);
         let run = Arc::new(IdleRun {
-            dialer: Dialer::new(targets, sources, self.common.handshake_timeout),
+            dialer: Dialer::new(targets, sources, self.common.handshake_timeout)
+                .compression(self.common.compression),
             stop: Stop::new(self.common.clients),
         });
 

@@ -53,6 +53,7 @@ pub use bare::Bare;
 pub use broadcast::Broadcast;
 pub use error::{ConnectError, Error, UrlError};
 pub use idle::Idle;
+pub use payload::Padding;
 pub use report::{
     BroadcastReport, CloseReport, ConnectReport, Cpu, Deliveries, IdleReport, IdleServer, Latency,
     ServerUsage, Spread,

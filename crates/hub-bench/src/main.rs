@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use hub_bench::{Bare, Broadcast, Error, Idle};
+use hub_bench::{Bare, Broadcast, Error, Idle, Padding};
 
 use crate::cli::{Cli, Command};
 
@@ -24,11 +24,17 @@ async fn main() -> ExitCode {
                 .senders(args.senders)
                 .messages(args.messages)
                 .size(args.size)
+                .padding(if args.prose {
+                    Padding::Prose
+                } else {
+                    Padding::X
+                })
                 .rate(args.rate)
                 .source_ips(c.source_ips)
                 .server_pid(c.server_pid)
                 .timeout(args.timeout)
                 .handshake_timeout(c.handshake_timeout)
+                .compression(c.compression)
                 .progress(!c.quiet)
                 .run()
                 .await;
@@ -47,6 +53,7 @@ async fn main() -> ExitCode {
                 .server_pid(c.server_pid)
                 .hold(args.hold)
                 .handshake_timeout(c.handshake_timeout)
+                .compression(c.compression)
                 .progress(!c.quiet)
                 .run()
                 .await;

@@ -1,4 +1,5 @@
-//! The text the senders send: a marker between `~` padded with `x`.
+//! The text the senders send: a marker between `~` padded with `x`, or
+//! with words ([`Padding::Prose`]) where what deflate makes of it matters.
 //!
 //! A measured message is `~{sender}:{seq}:{nanos}~` where `sender` and
 //! `seq` are decimal and `nanos` (the send time, in nanoseconds since the
@@ -50,26 +51,74 @@ fn digits(mut n: u32) -> usize {
     count
 }
 
+/// What fills a message after its marker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Padding {
+    /// `x`, repeated: deflate shrinks it to almost nothing.
+    #[default]
+    X,
+    /// Words drawn from a small vocabulary, different in every message:
+    /// about what deflate makes of a chat line.
+    Prose,
+}
+
 /// A measured message of exactly `size` bytes, or `None` if its marker
 /// does not fit (see [`min_size`]).
-pub(crate) fn data(sender: u32, seq: u32, sent: u64, size: usize) -> Option<String> {
+pub(crate) fn data(
+    sender: u32,
+    seq: u32,
+    sent: u64,
+    size: usize,
+    padding: Padding,
+) -> Option<String> {
     let mut text = String::with_capacity(size);
     // Writing to a String cannot fail.
     let _ = write!(text, "~{sender}:{seq}:{sent:016x}~");
-    pad(text, size)
+    pad(
+        text,
+        size,
+        padding,
+        u64::from(sender) << 32 | u64::from(seq),
+    )
 }
 
 /// A warm-up message of exactly `size` bytes, or `None` if its marker does
 /// not fit.
-pub(crate) fn warm_up(sender: u32, size: usize) -> Option<String> {
+pub(crate) fn warm_up(sender: u32, size: usize, padding: Padding) -> Option<String> {
     let mut text = String::with_capacity(size);
     let _ = write!(text, "~w{sender}~");
-    pad(text, size)
+    pad(text, size, padding, u64::from(sender))
 }
 
-fn pad(mut text: String, size: usize) -> Option<String> {
+/// Words of the prose padding.
+const WORDS: [&str; 64] = [
+    "the", "a", "we", "you", "they", "it", "is", "was", "and", "but", "so", "then", "meeting",
+    "tomorrow", "today", "lunch", "build", "deploy", "server", "room", "chat", "message", "works",
+    "broke", "again", "fixed", "please", "thanks", "sounds", "good", "great", "maybe", "later",
+    "after", "before", "with", "without", "about", "review", "branch", "merge", "test", "tests",
+    "failing", "passing", "coffee", "anyone", "here", "there", "what", "when", "where", "why",
+    "how", "really", "quite", "nice", "weekend", "monday", "friday", "ship", "it", "now", "ok",
+];
+
+fn pad(mut text: String, size: usize, padding: Padding, seed: u64) -> Option<String> {
     let missing = size.checked_sub(text.len())?;
-    text.extend(std::iter::repeat_n('x', missing));
+    match padding {
+        Padding::X => text.extend(std::iter::repeat_n('x', missing)),
+        Padding::Prose => {
+            // xorshift64, never zero.
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            while text.len() < size {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push(' ');
+                text.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
+            }
+            // ASCII: any cut is a character boundary.
+            text.truncate(size);
+        }
+    }
     Some(text)
 }
 
@@ -162,7 +211,7 @@ mod tests {
             (u32::MAX, u32::MAX, u64::MAX),
         ] {
             let size = min_size(sender.saturating_add(1), seq.saturating_add(1)) + 10;
-            let text = data(sender, seq, sent, size);
+            let text = data(sender, seq, sent, size, Padding::X);
             let text = text.as_deref().unwrap_or_default();
             assert_eq!(text.len(), size);
             assert!(text.ends_with("xxxxxxxxxx"), "{text}");
@@ -171,7 +220,7 @@ mod tests {
                 Some(Marker::Data { sender, seq, sent })
             );
         }
-        let text = warm_up(42, 20).unwrap_or_default();
+        let text = warm_up(42, 20, Padding::X).unwrap_or_default();
         assert_eq!(text, "~w42~xxxxxxxxxxxxxxx");
         assert_eq!(find(text.as_bytes()), Some(Marker::WarmUp { sender: 42 }));
     }
@@ -181,13 +230,13 @@ mod tests {
         assert_eq!(min_size(1, 1), "~0:0:0000000000000000~".len());
         assert_eq!(min_size(10, 2000), "~9:1999:0000000000000000~".len());
         let size = min_size(10, 2000);
-        assert!(data(9, 1999, u64::MAX, size).is_some());
-        assert!(data(9, 1999, u64::MAX, size - 1).is_none());
+        assert!(data(9, 1999, u64::MAX, size, Padding::X).is_some());
+        assert!(data(9, 1999, u64::MAX, size - 1, Padding::X).is_none());
     }
 
     #[test]
     fn marker_found_after_a_prefix() {
-        let text = data(3, 17, 0xabc, 40).unwrap_or_default();
+        let text = data(3, 17, 0xabc, 40, Padding::X).unwrap_or_default();
         let said = format!("Client says: {text}");
         let expected = Some(Marker::Data {
             sender: 3,
@@ -221,11 +270,33 @@ mod tests {
     }
 
     #[test]
+    fn prose_fills_to_the_size_with_words_that_differ() {
+        let size = 200;
+        let a = data(1, 1, 5, size, Padding::Prose).unwrap_or_default();
+        let b = data(1, 2, 5, size, Padding::Prose).unwrap_or_default();
+        assert_eq!((a.len(), b.len()), (size, size));
+        assert_ne!(a[24..], b[24..], "each message its own words");
+        // Only the marker's own: nothing in the words looks like one.
+        assert!(a.is_ascii() && a.rfind('~') == Some(21), "{a}");
+        assert_eq!(
+            find(a.as_bytes()),
+            Some(Marker::Data {
+                sender: 1,
+                seq: 1,
+                sent: 5
+            })
+        );
+        assert!(a.split(' ').count() > 20, "{a}");
+        let warm = warm_up(3, 50, Padding::Prose).unwrap_or_default();
+        assert_eq!(find(warm.as_bytes()), Some(Marker::WarmUp { sender: 3 }));
+    }
+
+    #[test]
     fn wrong_sizes_are_rejected() {
-        assert_eq!(data(0, 0, 0, 5), None);
-        assert_eq!(data(0, 0, 0, min_size(1, 1) - 1), None);
-        assert_eq!(warm_up(1, 3), None);
-        let exact = data(0, 0, 0, min_size(1, 1)).unwrap_or_default();
+        assert_eq!(data(0, 0, 0, 5, Padding::X), None);
+        assert_eq!(data(0, 0, 0, min_size(1, 1) - 1, Padding::X), None);
+        assert_eq!(warm_up(1, 3, Padding::X), None);
+        let exact = data(0, 0, 0, min_size(1, 1), Padding::X).unwrap_or_default();
         assert_eq!(exact, "~0:0:0000000000000000~");
     }
 }

@@ -9,9 +9,12 @@
 //! buffer's spare room as is, and each complete message is handed to the
 //! caller as a slice of it.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 
 use bytes::{Buf as _, BytesMut};
+use flate2::{Decompress, FlushDecompress};
 use hub_ws::wire::{self, Opcode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -79,11 +82,16 @@ pub(crate) async fn handshake(
     mut stream: TcpStream,
     host: &str,
     path: &str,
+    compression: bool,
 ) -> Result<(Reader, Writer), HandshakeError> {
     let key = generate_key();
+    let offer = match compression {
+        true => "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n",
+        false => "",
+    };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{offer}\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -99,10 +107,19 @@ pub(crate) async fn handshake(
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
     };
-    check_answer(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
+    let deflate = check_answer(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
+    if deflate && !compression {
+        return Err(HandshakeError::Malformed(
+            "an extension that was not offered",
+        ));
+    }
     buf.advance(head_len);
     let (read, write) = stream.into_split();
-    Ok((Reader::new(read, buf), Writer::new(write)))
+    let mut reader = Reader::new(read, buf);
+    if deflate {
+        reader.inflate = Some(Box::new(Inflate::default()));
+    }
+    Ok((reader, Writer::new(write)))
 }
 
 /// Where the head of an HTTP answer ends (after its blank line).
@@ -110,8 +127,9 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-/// Checks the status line and the `Sec-WebSocket-Accept` header.
-fn check_answer(head: &[u8], accept: &str) -> Result<(), HandshakeError> {
+/// Checks the status line and the `Sec-WebSocket-Accept` header; returns
+/// whether the server agreed on `permessage-deflate`.
+fn check_answer(head: &[u8], accept: &str) -> Result<bool, HandshakeError> {
     let head = std::str::from_utf8(head).map_err(|_| HandshakeError::Malformed("not text"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -126,17 +144,19 @@ fn check_answer(head: &[u8], accept: &str) -> Result<(), HandshakeError> {
     if status != 101 {
         return Err(HandshakeError::Status { status });
     }
-    let accepted = lines
-        .filter_map(|line| line.split_once(':'))
-        .any(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
-        });
+    let (mut accepted, mut deflate) = (false, false);
+    for (name, value) in lines.filter_map(|line| line.split_once(':')) {
+        let name = name.trim();
+        accepted |= name.eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept;
+        deflate |= name.eq_ignore_ascii_case("sec-websocket-extensions")
+            && value.trim().starts_with("permessage-deflate");
+    }
     if !accepted {
         return Err(HandshakeError::Malformed(
             "no Sec-WebSocket-Accept header matching the key",
         ));
     }
-    Ok(())
+    Ok(deflate)
 }
 
 /// The reading half: frames from the server.
@@ -144,8 +164,11 @@ fn check_answer(head: &[u8], accept: &str) -> Result<(), HandshakeError> {
 pub(crate) struct Reader {
     io: OwnedReadHalf,
     buf: BytesMut,
-    /// A fragmented message being put together.
-    partial: Option<Vec<u8>>,
+    /// A fragmented message being put together (compressed, if its first
+    /// frame said so).
+    partial: Option<(Vec<u8>, bool)>,
+    /// Set when the server agreed on `permessage-deflate`.
+    inflate: Option<Box<Inflate>>,
     /// The payload of the latest ping, not handed out yet.
     ping: Option<Vec<u8>>,
     /// The server closed (with this code, if it gave one).
@@ -158,6 +181,7 @@ impl Reader {
             io,
             buf,
             partial: None,
+            inflate: None,
             ping: None,
             closed: None,
         }
@@ -197,22 +221,30 @@ impl Reader {
     fn parse(&mut self, on_message: &mut impl FnMut(&[u8])) -> Result<bool, ReadError> {
         let mut at = 0;
         let mut handed = false;
-        while let Some(frame) = next_frame(&self.buf[at..])? {
+        while let Some(frame) = next_frame(&self.buf[at..], self.inflate.is_some())? {
             let payload = &self.buf[at + frame.header..at + frame.header + frame.len];
             match (frame.opcode, &mut self.partial) {
                 (Opcode::Text | Opcode::Binary, None) if frame.fin => {
-                    on_message(payload);
+                    match (frame.compressed, &mut self.inflate) {
+                        (true, Some(inflate)) => on_message(inflate.inflate(payload)?),
+                        _ => on_message(payload),
+                    }
                     handed = true;
                 }
-                (Opcode::Text | Opcode::Binary, None) => self.partial = Some(payload.to_vec()),
-                (Opcode::Continuation, Some(partial)) => {
+                (Opcode::Text | Opcode::Binary, None) => {
+                    self.partial = Some((payload.to_vec(), frame.compressed));
+                }
+                (Opcode::Continuation, Some((partial, _))) => {
                     if partial.len() + payload.len() > MAX_MESSAGE {
                         return Err(ReadError::Protocol("message too long"));
                     }
                     partial.extend_from_slice(payload);
                     if frame.fin {
-                        if let Some(whole) = self.partial.take() {
-                            on_message(&whole);
+                        if let Some((whole, compressed)) = self.partial.take() {
+                            match (compressed, &mut self.inflate) {
+                                (true, Some(inflate)) => on_message(inflate.inflate(&whole)?),
+                                _ => on_message(&whole),
+                            }
                             handed = true;
                         }
                     }
@@ -238,15 +270,17 @@ impl Reader {
 #[derive(Debug, PartialEq, Eq)]
 struct FrameAt {
     fin: bool,
+    compressed: bool,
     opcode: Opcode,
     header: usize,
     len: usize,
 }
 
-/// The first frame of `buf`, if it is all there.
-fn next_frame(buf: &[u8]) -> Result<Option<FrameAt>, ReadError> {
+/// The first frame of `buf`, if it is all there; compressed frames only if
+/// `deflate` was agreed.
+fn next_frame(buf: &[u8], deflate: bool) -> Result<Option<FrameAt>, ReadError> {
     let header = match wire::read_header(buf, false) {
-        Ok(Some(header)) if !header.compressed => header,
+        Ok(Some(header)) if deflate || !header.compressed => header,
         Ok(Some(_)) => return Err(ReadError::Frame(wire::HeaderError::Reserved)),
         Ok(None) => return Ok(None),
         Err(error) => return Err(ReadError::Frame(error)),
@@ -260,10 +294,116 @@ fn next_frame(buf: &[u8]) -> Result<Option<FrameAt>, ReadError> {
     }
     Ok(Some(FrameAt {
         fin: header.fin,
+        compressed: header.compressed,
         opcode: header.opcode,
         header: header.size,
         len,
     }))
+}
+
+/// Inflates the server's compressed messages: each on its own (the server
+/// takes no context over).
+pub(crate) struct Inflate {
+    state: Decompress,
+    out: Vec<u8>,
+}
+
+impl Default for Inflate {
+    fn default() -> Self {
+        Self {
+            state: Decompress::new(false),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Inflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflate").finish_non_exhaustive()
+    }
+}
+
+impl Inflate {
+    /// One message, inflated (the RFC 7692 tail put back).
+    ///
+    /// A server that deflates a broadcast once sends every client the same
+    /// bytes: the clients of one thread inflate them once, so that the load
+    /// tool does not spend on inflating what the server saved on
+    /// deflating.
+    fn inflate(&mut self, data: &[u8]) -> Result<&[u8], ReadError> {
+        thread_local! {
+            static RECENT: RefCell<Recent> = RefCell::default();
+        }
+        let known = RECENT.with_borrow(|recent| {
+            recent.inflated.get(data).map(|inflated| {
+                self.out.clear();
+                self.out.extend_from_slice(inflated);
+            })
+        });
+        if known.is_some() {
+            return Ok(&self.out);
+        }
+        self.inflate_anew(data)?;
+        RECENT.with_borrow_mut(|recent| recent.insert(data, &self.out));
+        Ok(&self.out)
+    }
+
+    fn inflate_anew(&mut self, data: &[u8]) -> Result<(), ReadError> {
+        self.state.reset(false);
+        self.out.clear();
+        for input in [data, &[0, 0, 0xFF, 0xFF][..]] {
+            let start = self.state.total_in();
+            loop {
+                let consumed = usize::try_from(self.state.total_in() - start).unwrap_or(usize::MAX);
+                if consumed >= input.len() && self.out.len() < self.out.capacity() {
+                    break;
+                }
+                if self.out.len() >= MAX_MESSAGE {
+                    return Err(ReadError::Protocol("message too long"));
+                }
+                if self.out.len() == self.out.capacity() {
+                    self.out.reserve(input.len().max(READ_CHUNK));
+                }
+                let rest = input.get(consumed..).unwrap_or_default();
+                let before = (self.state.total_in(), self.state.total_out());
+                self.state
+                    .decompress_vec(rest, &mut self.out, FlushDecompress::Sync)
+                    .map_err(|_| ReadError::Protocol("not deflate data"))?;
+                if (self.state.total_in(), self.state.total_out()) == before {
+                    return Err(ReadError::Protocol("deflate data that goes nowhere"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Messages a thread has inflated lately, by their deflated bytes: clients
+/// read a run's messages at their own pace, so thousands are in flight.
+#[derive(Default)]
+struct Recent {
+    inflated: HashMap<Vec<u8>, Vec<u8>>,
+    order: VecDeque<Vec<u8>>,
+}
+
+impl Recent {
+    /// Most messages kept.
+    const MOST: usize = 4096;
+
+    fn insert(&mut self, deflated: &[u8], inflated: &[u8]) {
+        if self.order.len() == Self::MOST {
+            if let Some(old) = self.order.pop_front() {
+                self.inflated.remove(&old);
+            }
+        }
+        if self
+            .inflated
+            .insert(deflated.to_vec(), inflated.to_vec())
+            .is_none()
+        {
+            self.order.push_back(deflated.to_vec());
+        }
+    }
 }
 
 /// The writing half: masked frames to the server.
@@ -436,7 +576,7 @@ mod tests {
         let host = addr.to_string();
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut reader, mut writer) =
-            tokio::time::timeout(WAIT, handshake(stream, &host, "/ws?x=1"))
+            tokio::time::timeout(WAIT, handshake(stream, &host, "/ws?x=1", false))
                 .await
                 .unwrap()
                 .unwrap();
@@ -483,7 +623,7 @@ mod tests {
         });
         let host = addr.to_string();
         let stream = TcpStream::connect(addr).await.unwrap();
-        let refused = tokio::time::timeout(WAIT, handshake(stream, &host, "/ws"))
+        let refused = tokio::time::timeout(WAIT, handshake(stream, &host, "/ws", false))
             .await
             .unwrap();
         assert!(matches!(
@@ -493,27 +633,33 @@ mod tests {
         server.await.unwrap();
     }
 
+    fn next_frame_plain(buf: &[u8]) -> Result<Option<FrameAt>, ReadError> {
+        next_frame(buf, false)
+    }
+
     #[test]
     fn frames_are_found_only_when_whole() {
-        assert_eq!(next_frame(&[]).unwrap(), None);
-        assert_eq!(next_frame(&[0x81]).unwrap(), None);
-        assert_eq!(next_frame(&[0x81, 3, b'a', b'b']).unwrap(), None);
+        assert_eq!(next_frame_plain(&[]).unwrap(), None);
+        assert_eq!(next_frame_plain(&[0x81]).unwrap(), None);
+        assert_eq!(next_frame_plain(&[0x81, 3, b'a', b'b']).unwrap(), None);
         assert_eq!(
-            next_frame(&[0x81, 3, b'a', b'b', b'c', 0x81]).unwrap(),
+            next_frame_plain(&[0x81, 3, b'a', b'b', b'c', 0x81]).unwrap(),
             Some(FrameAt {
                 fin: true,
+                compressed: false,
                 opcode: Opcode::Text,
                 header: 2,
                 len: 3
             })
         );
         let mut long = vec![0x02, 126, 0x01, 0x00];
-        assert_eq!(next_frame(&long).unwrap(), None);
+        assert_eq!(next_frame_plain(&long).unwrap(), None);
         long.resize(4 + 256, 7);
         assert_eq!(
-            next_frame(&long).unwrap(),
+            next_frame_plain(&long).unwrap(),
             Some(FrameAt {
                 fin: false,
+                compressed: false,
                 opcode: Opcode::Binary,
                 header: 4,
                 len: 256
@@ -521,9 +667,12 @@ mod tests {
         );
         let mut longer = vec![0x82, 127];
         longer.extend_from_slice(&70_000u64.to_be_bytes());
-        assert_eq!(next_frame(&longer).unwrap(), None);
+        assert_eq!(next_frame_plain(&longer).unwrap(), None);
         longer.resize(10 + 70_000, 0);
-        assert_eq!(next_frame(&longer).unwrap().map(|f| f.len), Some(70_000));
+        assert_eq!(
+            next_frame_plain(&longer).unwrap().map(|f| f.len),
+            Some(70_000)
+        );
     }
 
     #[test]
@@ -533,7 +682,7 @@ mod tests {
             &[0xC1, 0][..],
             &[0x82, 127, 0xFF, 0, 0, 0, 0, 0, 0, 0][..],
         ] {
-            assert!(next_frame(bad).is_err(), "{bad:?}");
+            assert!(next_frame_plain(bad).is_err(), "{bad:?}");
         }
     }
 

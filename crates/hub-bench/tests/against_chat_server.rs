@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chat_server::{Args, Server};
 use clap::Parser as _;
-use hub_bench::{Broadcast, Error, Idle, UrlError};
+use hub_bench::{Broadcast, Error, Idle, Padding, UrlError};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -107,6 +107,51 @@ async fn broadcast_flat_out() {
     let server_usage = report.server.as_ref().unwrap();
     assert!(server_usage.vm_rss_bytes.unwrap() > 0, "{report}");
     assert_eq!(report.close.clean, 50, "{report}");
+    server.stop().await;
+}
+
+/// The server's /metrics page.
+async fn metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = bounded(tokio::net::TcpStream::connect(addr)).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    bounded(tcp.read_to_string(&mut body)).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_compressed_to_a_json_room() {
+    let server = TestServer::start_with(&["--compression"]).await;
+    let report = Broadcast::new(server.url("/ws?room=zip&format=json"))
+        .clients(30)
+        .messages(100)
+        .size(300)
+        .padding(Padding::Prose)
+        .compression(true)
+        .timeout(Duration::from_secs(30))
+        .run();
+    let report = bounded(report).await.unwrap();
+    assert_eq!(report.deliveries.received, 30 * 100, "{report}");
+    assert_eq!(report.deliveries.lost, 0, "{report}");
+    assert_eq!(report.deliveries.duplicated, 0, "{report}");
+    assert!(report.passed(), "{report}");
+    // Deflated on the wire, to every client.
+    let metrics = metrics(server.addr).await;
+    let value = |name: &str| -> u64 {
+        let prefix = format!("{name}{{endpoint=\"rooms\"}} ");
+        (metrics.lines())
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(value("ws_compressed_sessions_total"), 30);
+    let (before, after) = (
+        value("ws_deflate_bytes_in_total"),
+        value("ws_deflate_bytes_out_total"),
+    );
+    assert!(after < before * 3 / 4, "{after} of {before}");
     server.stop().await;
 }
 

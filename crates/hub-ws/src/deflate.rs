@@ -17,7 +17,8 @@
 //! message size limit.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -39,13 +40,19 @@ const NAME: &str = "permessage-deflate";
 /// them off each message, and the reader puts them back.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
 
-/// Recent messages whose deflated form is kept, per shard.
-const SHARD_ENTRIES: usize = 64;
+/// Recent messages whose deflated form is kept, per shard: readers of a
+/// busy room are thousands of messages apart, and each should find the
+/// form the first one made.
+const SHARD_ENTRIES: usize = 4096;
 /// Bytes of originals kept per shard (their deflated forms are smaller).
-const SHARD_BYTES: usize = 4 << 20;
+/// The originals are mostly held by history anyway; what the cache adds
+/// is their deflated forms, up to 16 MiB in all.
+const SHARD_BYTES: usize = 1 << 20;
 /// Shards of the cache: sockets on different threads rarely wait for one
 /// another.
 const SHARDS: usize = 16;
+/// Answers each thread keeps in front of the shared cache.
+const RECENT_ENTRIES: usize = 1024;
 
 /// What the server and one client agreed on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -340,7 +347,9 @@ fn inflate_into(
 /// and keeps that buffer, so the address cannot be reused by another
 /// message while the entry lives. Each shard keeps its most recent
 /// entries, a bounded number and size of them; a reader far behind may
-/// find its message gone and deflate it again.
+/// find its message gone and deflate it again. In front of it, each
+/// thread keeps its last few answers (and their buffers), which serve
+/// the sockets of a fan-out without taking a lock.
 #[derive(Debug)]
 pub(crate) struct Deflated {
     shards: Box<[Mutex<Shard>]>,
@@ -348,14 +357,75 @@ pub(crate) struct Deflated {
 
 #[derive(Debug, Default)]
 struct Shard {
-    entries: VecDeque<Entry>,
+    /// By the message buffer's address, length and window bits.
+    entries: HashMap<Key, Entry, BuildHasherDefault<KeyHasher>>,
+    /// The entries' keys, oldest first.
+    order: VecDeque<Key>,
+    /// Bytes of the originals kept.
     bytes: usize,
+}
+
+/// A message buffer's address and length, and the window bits.
+type Key = (usize, usize, u8);
+
+/// A thread's latest answers, by key; each keeps its original buffer, so
+/// that the address is not reused while it is kept.
+#[derive(Debug, Default)]
+struct Recent {
+    answers: HashMap<Key, (Bytes, Option<Bytes>), BuildHasherDefault<KeyHasher>>,
+    order: VecDeque<Key>,
+}
+
+impl Recent {
+    fn get(&self, key: &Key) -> Option<Option<Bytes>> {
+        self.answers.get(key).map(|(_, deflated)| deflated.clone())
+    }
+
+    fn insert(&mut self, key: Key, original: &Bytes, deflated: Option<Bytes>) {
+        if self.order.len() >= RECENT_ENTRIES {
+            if let Some(old) = self.order.pop_front() {
+                self.answers.remove(&old);
+            }
+        }
+        if (self.answers.insert(key, (original.clone(), deflated))).is_none() {
+            self.order.push_back(key);
+        }
+    }
+}
+
+/// Hashes a key of addresses and lengths, which need no defence against
+/// chosen collisions (clients choose neither), in a few instructions.
+#[derive(Debug, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Debug)]
 struct Entry {
+    /// Kept, so that its address is not reused while the entry lives.
     original: Bytes,
-    bits: u8,
     deflated: Arc<OnceLock<Option<Bytes>>>,
 }
 
@@ -374,30 +444,44 @@ impl Deflated {
         if payload.len() < MIN_DEFLATE || bits < 9 {
             return None;
         }
-        let address = payload.as_ptr() as usize;
-        let shard = &self.shards[(address >> 6) % SHARDS];
+        // Each thread keeps the answers it had lately, found without a
+        // lock: the sockets of a fan-out ask for the same few messages.
+        thread_local! {
+            static RECENT: RefCell<Recent> = RefCell::default();
+        }
+        let key = (payload.as_ptr() as usize, payload.len(), bits);
+        if let Some(deflated) = RECENT.with_borrow(|recent| recent.get(&key)) {
+            return deflated;
+        }
+        let deflated = self.shared(payload, bits);
+        RECENT.with_borrow_mut(|recent| recent.insert(key, payload, deflated.clone()));
+        deflated
+    }
+
+    /// [`get`](Self::get), from the cache every thread shares.
+    fn shared(&self, payload: &Bytes, bits: u8) -> Option<Bytes> {
+        let key = (payload.as_ptr() as usize, payload.len(), bits);
+        let shard = &self.shards[(key.0 >> 6) % SHARDS];
         let slot = {
             let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            let found = (shard.entries.iter().rev()).find(|entry| {
-                entry.original.as_ptr() as usize == address
-                    && entry.original.len() == payload.len()
-                    && entry.bits == bits
-            });
-            match found {
+            match shard.entries.get(&key) {
                 Some(entry) => Arc::clone(&entry.deflated),
                 None => {
                     let slot = Arc::new(OnceLock::new());
-                    shard.bytes += payload.len();
-                    shard.entries.push_back(Entry {
+                    let entry = Entry {
                         original: payload.clone(),
-                        bits,
                         deflated: Arc::clone(&slot),
-                    });
-                    while shard.entries.len() > SHARD_ENTRIES || shard.bytes > SHARD_BYTES {
-                        let Some(old) = shard.entries.pop_front() else {
+                    };
+                    shard.entries.insert(key, entry);
+                    shard.order.push_back(key);
+                    shard.bytes += payload.len();
+                    while shard.order.len() > SHARD_ENTRIES || shard.bytes > SHARD_BYTES {
+                        let Some(old) = shard.order.pop_front() else {
                             break;
                         };
-                        shard.bytes -= old.original.len().min(shard.bytes);
+                        if let Some(old) = shard.entries.remove(&old) {
+                            shard.bytes -= old.original.len().min(shard.bytes);
+                        }
                     }
                     slot
                 }
@@ -586,8 +670,8 @@ mod tests {
         assert_ne!(cache.get(&copy, 15).unwrap().as_ptr(), first.as_ptr());
         assert_eq!(cache.get(&Bytes::from_static(b"short"), 15), None);
         // Bounded: old entries go.
-        for _ in 0..SHARDS * SHARD_ENTRIES * 2 {
-            cache.get(&Bytes::from(vec![b'y'; 100]), 15);
+        for _ in 0..20_000 {
+            cache.get(&Bytes::from(vec![b'y'; 1000]), 15);
         }
         let kept: usize = cache
             .shards
