@@ -370,6 +370,12 @@ impl Inflate {
                     .decompress_vec(rest, &mut self.out, FlushDecompress::Sync)
                     .map_err(|_| ReadError::Protocol("not deflate data"))?;
                 if (self.state.total_in(), self.state.total_out()) == before {
+                    // Output that filled the buffer exactly, with the input
+                    // spent, is the end; input left that goes nowhere is not
+                    // deflate.
+                    if rest.is_empty() {
+                        break;
+                    }
                     return Err(ReadError::Protocol("deflate data that goes nowhere"));
                 }
             }
@@ -631,6 +637,38 @@ mod tests {
             Err(HandshakeError::Status { status: 503 })
         ));
         server.await.unwrap();
+    }
+
+    #[test]
+    fn inflates_whatever_the_fill_of_its_buffer() {
+        use flate2::{Compress, Compression, FlushCompress};
+        // Lengths around the buffer's first reserve, where the output
+        // fills it exactly.
+        for len in [
+            1,
+            100,
+            READ_CHUNK - 1,
+            READ_CHUNK,
+            READ_CHUNK + 1,
+            3 * READ_CHUNK,
+        ] {
+            let text: Vec<u8> = (0..len).map(|i| b"abcdefgh"[i % 8]).collect();
+            let mut deflated = Vec::with_capacity(len + 64);
+            let mut compress = Compress::new(Compression::default(), false);
+            compress
+                .compress_vec(&text, &mut deflated, FlushCompress::Sync)
+                .unwrap();
+            deflated.truncate(deflated.len() - 4);
+            let mut inflate = Inflate::default();
+            assert_eq!(
+                inflate
+                    .inflate_anew(&deflated)
+                    .map(|()| inflate.out.clone())
+                    .unwrap(),
+                text,
+                "{len}"
+            );
+        }
     }
 
     fn next_frame_plain(buf: &[u8]) -> Result<Option<FrameAt>, ReadError> {
