@@ -104,6 +104,11 @@ struct SocketDeflate {
     /// sockets.
     shared: Arc<Deflated>,
     counters: Arc<DeflateCounters>,
+    /// Bytes of the messages queued since the last flush, and bytes
+    /// written for them: counted in `counters` once per flush, not per
+    /// message.
+    out_before: u64,
+    out_after: u64,
 }
 
 impl<S> Socket<S> {
@@ -141,6 +146,8 @@ impl<S> Socket<S> {
             inflater: Inflater::new(agreed),
             shared,
             counters,
+            out_before: 0,
+            out_after: 0,
         }));
         self
     }
@@ -224,17 +231,30 @@ impl<S> Socket<S> {
     /// Queues a message, deflated if the client agreed to it and deflate
     /// shrinks it.
     fn queue_message(&mut self, opcode: Opcode, payload: Bytes) {
-        let deflated = (self.deflate.as_ref()).and_then(|deflate| {
-            let deflated = deflate.shared.get(&payload, deflate.agreed.server_bits);
-            deflate
-                .counters
-                .out(payload.len(), deflated.as_ref().map(Bytes::len));
-            deflated
+        // Taken out for the while, so that the frame can be queued from
+        // inside the cache's lending closure.
+        let Some(mut deflate) = self.deflate.take() else {
+            return self.queue_shared(opcode, payload, false);
+        };
+        let bits = deflate.agreed.server_bits;
+        let written = (deflate.shared).with(&payload, bits, |deflated| match deflated {
+            Some(deflated) if deflated.len() <= INLINE => {
+                self.queue_as(opcode, deflated, true);
+                Some(deflated.len())
+            }
+            Some(deflated) => {
+                self.queue_shared(opcode, deflated.clone(), true);
+                Some(deflated.len())
+            }
+            None => None,
         });
-        match deflated {
-            Some(deflated) => self.queue_shared(opcode, deflated, true),
-            None => self.queue_shared(opcode, payload, false),
+        let before = payload.len() as u64;
+        deflate.out_before += before;
+        deflate.out_after += written.map_or(before, |after| after as u64);
+        if written.is_none() {
+            self.queue_shared(opcode, payload, false);
         }
+        self.deflate = Some(deflate);
     }
 
     fn queue_frame(&mut self, frame: Frame) {
@@ -636,6 +656,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for Socket<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(deflate) = this.deflate.as_mut() {
+            if deflate.out_before > 0 {
+                deflate.counters.out(deflate.out_before, deflate.out_after);
+                (deflate.out_before, deflate.out_after) = (0, 0);
+            }
+        }
         std::task::ready!(this.poll_write_out(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
     }

@@ -241,11 +241,10 @@ pub(crate) struct DeflateCounters {
 }
 
 impl DeflateCounters {
-    /// A message of `before` bytes went out as `after` bytes (`None`: as
-    /// it is).
-    pub(crate) fn out(&self, before: usize, after: Option<usize>) {
-        self.out_before.fetch_add(before as u64, Ordering::Relaxed);
-        (self.out_after).fetch_add(after.unwrap_or(before) as u64, Ordering::Relaxed);
+    /// Messages of `before` bytes in all went out as `after` bytes.
+    pub(crate) fn out(&self, before: u64, after: u64) {
+        self.out_before.fetch_add(before, Ordering::Relaxed);
+        self.out_after.fetch_add(after, Ordering::Relaxed);
     }
 
     /// A message came in as `compressed` bytes and inflated to `inflated`.
@@ -377,8 +376,8 @@ struct Recent {
 }
 
 impl Recent {
-    fn get(&self, key: &Key) -> Option<Option<Bytes>> {
-        self.answers.get(key).map(|(_, deflated)| deflated.clone())
+    fn get(&self, key: &Key) -> Option<&Option<Bytes>> {
+        self.answers.get(key).map(|(_, deflated)| deflated)
     }
 
     fn insert(&mut self, key: Key, original: &Bytes, deflated: Option<Bytes>) {
@@ -440,9 +439,24 @@ impl Default for Deflated {
 impl Deflated {
     /// `payload` deflated with a window of `bits`, made once for every
     /// socket that asks while it is kept; `None` to send it as it is.
+    #[cfg(test)]
     pub(crate) fn get(&self, payload: &Bytes, bits: u8) -> Option<Bytes> {
+        self.with(payload, bits, |deflated| deflated.cloned())
+    }
+
+    /// Calls `f` with `payload`'s deflated form with a window of `bits`,
+    /// made once for every socket that asks while it is kept (`None`: send
+    /// it as it is), lent rather than cloned: a socket that copies a
+    /// short frame does not touch the buffer's reference count, which every
+    /// other socket of the fan-out would contend for.
+    pub(crate) fn with<R>(
+        &self,
+        payload: &Bytes,
+        bits: u8,
+        f: impl FnOnce(Option<&Bytes>) -> R,
+    ) -> R {
         if payload.len() < MIN_DEFLATE || bits < 9 {
-            return None;
+            return f(None);
         }
         // Each thread keeps the answers it had lately, found without a
         // lock: the sockets of a fan-out ask for the same few messages.
@@ -450,15 +464,21 @@ impl Deflated {
             static RECENT: RefCell<Recent> = RefCell::default();
         }
         let key = (payload.as_ptr() as usize, payload.len(), bits);
-        if let Some(deflated) = RECENT.with_borrow(|recent| recent.get(&key)) {
-            return deflated;
-        }
+        let found = RECENT.with_borrow(move |recent| match recent.get(&key) {
+            Some(deflated) => Ok(f(deflated.as_ref())),
+            None => Err(f),
+        });
+        let f = match found {
+            Ok(answer) => return answer,
+            Err(f) => f,
+        };
         let deflated = self.shared(payload, bits);
-        RECENT.with_borrow_mut(|recent| recent.insert(key, payload, deflated.clone()));
-        deflated
+        let answer = f(deflated.as_ref());
+        RECENT.with_borrow_mut(|recent| recent.insert(key, payload, deflated));
+        answer
     }
 
-    /// [`get`](Self::get), from the cache every thread shares.
+    /// The deflated form, from the cache every thread shares.
     fn shared(&self, payload: &Bytes, bits: u8) -> Option<Bytes> {
         let key = (payload.as_ptr() as usize, payload.len(), bits);
         let shard = &self.shards[(key.0 >> 6) % SHARDS];
