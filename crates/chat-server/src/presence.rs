@@ -33,6 +33,16 @@ use crate::protocol::payload;
 /// default.
 const BURST: Duration = Duration::from_millis(100);
 
+/// A room's lines wait this long per member besides: every line goes to
+/// every member, so a room of N members gets a line at most every N × 25
+/// µs (40 000 deliveries a second, whatever its size), and a join storm
+/// costs each join a bounded number of deliveries rather than a number
+/// that grows with the room (10 000 members: a line every 250 ms).
+const PER_MEMBER: Duration = Duration::from_micros(25);
+
+/// The longest wait between two lines, whatever the room's size.
+const MOST_BURST: Duration = Duration::from_secs(2);
+
 /// Every room's presence lines and member list.
 pub(crate) struct Presences {
     rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomPresence>>>>,
@@ -59,6 +69,8 @@ struct RoomPresence {
     list: Option<Message>,
     /// Forgotten (the room emptied): whoever held on to it looks again.
     retired: bool,
+    /// Members at the last line.
+    members: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,14 +141,15 @@ impl Presences {
                 return;
             }
             let now = Instant::now();
-            let quiet = presence.last.is_none_or(|last| now >= last + self.burst);
+            let burst = presence.burst(self.burst);
+            let quiet = presence.last.is_none_or(|last| now >= last + burst);
             if quiet {
                 let empty = presence.flush(hub, room);
                 self.forget_if_empty(hub, room, entry, presence, empty);
                 return;
             }
             presence.scheduled = true;
-            let at = presence.last.map_or(now, |last| last + self.burst);
+            let at = presence.last.map_or(now, |last| last + burst);
             let (presences, hub, room) = (Arc::clone(self), hub.clone(), room.clone());
             let entry = Arc::clone(entry);
             tokio::spawn(async move {
@@ -213,6 +226,14 @@ impl Presences {
 }
 
 impl RoomPresence {
+    /// How long after a line the next changes wait: `least`, or longer in
+    /// a large room (see [`PER_MEMBER`]).
+    fn burst(&self, least: Duration) -> Duration {
+        let per_members =
+            PER_MEMBER.saturating_mul(u32::try_from(self.members).unwrap_or(u32::MAX));
+        least.max(per_members.min(MOST_BURST))
+    }
+
     /// The list for a joiner: the one taken since the last line, or a new
     /// one.
     fn list(&mut self, hub: &Hub, room: &RoomName) -> Message {
@@ -248,6 +269,7 @@ impl RoomPresence {
             return None;
         }
         let names = present(hub, room);
+        self.members = names.len();
         let pending = std::mem::take(&mut self.pending);
         let same_kind = |a: &Change, b: &Change| {
             matches!(
@@ -348,6 +370,23 @@ mod tests {
         let conn = hub.connect_with(Metadata::new().with_name(name)).unwrap();
         hub.join(conn.id(), "r").unwrap();
         conn
+    }
+
+    #[test]
+    fn large_rooms_wait_longer_between_lines() {
+        let room = |members| RoomPresence {
+            members,
+            ..RoomPresence::default()
+        };
+        let least = Duration::from_millis(100);
+        assert_eq!(room(0).burst(least), least);
+        assert_eq!(room(1_000).burst(least), least);
+        assert_eq!(room(10_000).burst(least), Duration::from_millis(250));
+        assert_eq!(room(10_000_000).burst(least), MOST_BURST);
+        assert_eq!(
+            room(1_000).burst(Duration::from_secs(3)),
+            Duration::from_secs(3)
+        );
     }
 
     #[tokio::test(start_paused = true)]
