@@ -143,6 +143,9 @@ fn host_and_port(authority: &str, default_port: u16) -> Option<(&str, u16)> {
     let (host, port) = match authority.strip_prefix('[') {
         Some(rest) => {
             let (host, after) = rest.split_once(']')?;
+            // Brackets hold an IPv6 address, nothing else: `[e]` is not the
+            // host `e`.
+            host.parse::<std::net::Ipv6Addr>().ok()?;
             match after {
                 "" => (host, None),
                 _ => (host, Some(after.strip_prefix(':')?)),
@@ -401,6 +404,17 @@ mod tests {
         assert_eq!(gate.open(), 0);
         assert!(gate.by_ip.lock().unwrap().is_empty());
         assert!(gate.admit(Some(ip), Some(2), Some(1)).is_ok());
+    }
+
+    #[test]
+    fn brackets_hold_only_ipv6_addresses() {
+        assert_eq!(host_and_port("[::1]:8000", 80), Some(("::1", 8000)));
+        assert_eq!(host_and_port("[::1]", 80), Some(("::1", 80)));
+        assert_eq!(host_and_port("[e]", 443), None);
+        assert_eq!(host_and_port("[]:80", 80), None);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("e"));
+        assert!(!is_same_origin("https://[e]", &headers, None));
     }
 
     #[test]
