@@ -111,7 +111,7 @@ const HUB: [Series<Stats>; 16] = [
     ),
 ];
 
-const WS: [Series<WsStats>; 14] = [
+const WS: [Series<WsStats>; 15] = [
     (
         "ws_sessions",
         "gauge",
@@ -183,6 +183,12 @@ const WS: [Series<WsStats>; 14] = [
         "counter",
         "Payload bytes written for them (deflated, or as they were when deflate did not shrink them).",
         |s| s.deflate_bytes_out,
+    ),
+    (
+        "ws_deflate_chained_total",
+        "counter",
+        "Messages to compressing clients deflated against the messages before them (once for every client in step).",
+        |s| s.deflate_chained,
     ),
     (
         "ws_inflate_bytes_in_total",

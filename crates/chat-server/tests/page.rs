@@ -298,6 +298,30 @@ async fn lines_arrive_intact_over_permessage_deflate() {
     })
     .await;
 
+    // Enough lines of varied words to fill a chain's window: the later
+    // ones go out deflated against the lines before them, which Chromium
+    // inflates with the window it kept.
+    const WORDS: [&str; 12] = [
+        "build", "merge", "coffee", "deploy", "friday", "review", "tests", "broke", "again",
+        "lunch", "ship", "maybe",
+    ];
+    let varied: Vec<String> = (0..30)
+        .map(|i| {
+            let words: Vec<&str> = (0..16).map(|k| WORDS[(i * 7 + k * k) % 12]).collect();
+            format!("varied {i}: {}", words.join(" "))
+        })
+        .collect();
+    for line in &varied {
+        say(&alice, line).await;
+    }
+    let seen = wait_until(&bob, "every varied line", LINES, |v| {
+        lines_with(v, &varied[29]) == 1
+    })
+    .await;
+    for line in &varied {
+        assert_eq!(lines_with(&seen, &format!("alice{line}")), 1, "{seen}");
+    }
+
     // Deflated on the way out, and inflated on the way in.
     let (_, _, metrics) = http(server.addr, "GET", "/metrics").await;
     let value = |name: &str| -> u64 {
@@ -309,6 +333,9 @@ async fn lines_arrive_intact_over_permessage_deflate() {
     };
     assert!(value("ws_deflate_bytes_out_total") < value("ws_deflate_bytes_in_total") / 2);
     assert!(value("ws_inflate_bytes_in_total") < value("ws_inflate_bytes_out_total"));
+    // Most lines went out in the room's chain, to both.
+    let chained = value("ws_deflate_chained_total");
+    assert!(chained >= 40, "{chained} lines in a chain's form");
     alice.close().await.unwrap();
     bob.close().await.unwrap();
     server.stop().await;

@@ -220,7 +220,7 @@ impl Broadcast {
             plan,
             send_on: senders_thread.handle(),
             dialer: Dialer::new(targets, sources, self.common.handshake_timeout)
-                .compression(self.common.compression),
+                .offer(self.common.offer()),
             stop: Stop::new(self.common.clients + self.senders),
             latencies: Latencies::for_this_machine(),
             counts: Counts::default(),

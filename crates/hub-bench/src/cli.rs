@@ -76,6 +76,11 @@ pub(crate) struct Common {
     #[arg(long)]
     pub(crate) compression: bool,
 
+    /// With --compression, also ask the server to deflate each message on
+    /// its own (server_no_context_takeover).
+    #[arg(long, requires = "compression")]
+    pub(crate) server_no_context: bool,
+
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub(crate) json: Option<PathBuf>,

@@ -16,6 +16,8 @@ pub(crate) struct Common {
     pub(crate) handshake_timeout: Duration,
     /// Offer permessage-deflate.
     pub(crate) compression: bool,
+    /// And ask for `server_no_context_takeover`.
+    pub(crate) server_no_context: bool,
     pub(crate) progress: bool,
 }
 
@@ -26,6 +28,15 @@ impl Common {
             .chain(&self.also)
             .map(|url| crate::connect::Target::parse(url))
             .collect()
+    }
+
+    /// What the clients offer of `permessage-deflate`.
+    pub(crate) fn offer(&self) -> crate::ws::Offer {
+        match (self.compression, self.server_no_context) {
+            (false, _) => crate::ws::Offer::Nothing,
+            (true, false) => crate::ws::Offer::Deflate,
+            (true, true) => crate::ws::Offer::DeflateAlone,
+        }
     }
 
     /// The endpoints, for reports.
@@ -46,6 +57,7 @@ impl Common {
             server_pid: None,
             handshake_timeout: Duration::from_secs(10),
             compression: false,
+            server_no_context: false,
             progress: false,
         }
     }
@@ -101,6 +113,16 @@ macro_rules! common_options {
         #[must_use]
         pub fn compression(mut self, compression: bool) -> Self {
             self.common.compression = compression;
+            self
+        }
+
+        /// Whether the clients that offer `permessage-deflate` also ask
+        /// the server to deflate each message on its own
+        /// (`server_no_context_takeover`); otherwise they keep one window
+        /// across the server's messages, as browsers do.
+        #[must_use]
+        pub fn server_no_context(mut self, alone: bool) -> Self {
+            self.common.server_no_context = alone;
             self
         }
 

@@ -14,7 +14,7 @@ use crate::latency;
 use crate::progress::Progress;
 use crate::report::{seconds, ConnectReport, Spread};
 use crate::stop::Stop;
-use crate::ws::{self, Reader, Status, Writer};
+use crate::ws::{self, Offer, Reader, Status, Writer};
 
 /// A connected client: its reading and writing halves.
 pub(crate) type Ws = (Reader, Writer);
@@ -169,7 +169,7 @@ pub(crate) struct Dialer {
     sources: Vec<IpAddr>,
     permits: Semaphore,
     timeout: Duration,
-    compression: bool,
+    offer: Offer,
 }
 
 impl Dialer {
@@ -181,13 +181,13 @@ impl Dialer {
             sources,
             permits: Semaphore::new(HANDSHAKES_IN_FLIGHT),
             timeout,
-            compression: false,
+            offer: Offer::Nothing,
         }
     }
 
-    /// Clients that offer `permessage-deflate`.
-    pub(crate) fn compression(mut self, compression: bool) -> Self {
-        self.compression = compression;
+    /// What the clients offer of `permessage-deflate`.
+    pub(crate) fn offer(mut self, offer: Offer) -> Self {
+        self.offer = offer;
         self
     }
 
@@ -235,14 +235,9 @@ impl Dialer {
             socket.bind(SocketAddr::new(from, 0)).map_err(tcp)?;
         }
         let stream = socket.connect(target.addr).await.map_err(tcp)?;
-        ws::handshake(
-            stream,
-            &target.host,
-            &target.path_for(index),
-            self.compression,
-        )
-        .await
-        .map_err(ConnectError::Handshake)
+        ws::handshake(stream, &target.host, &target.path_for(index), self.offer)
+            .await
+            .map_err(ConnectError::Handshake)
     }
 }
 

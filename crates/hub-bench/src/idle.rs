@@ -92,7 +92,7 @@ impl Idle {
         let progress = Progress::new(self.common.progress);
         let run = Arc::new(IdleRun {
             dialer: Dialer::new(targets, sources, self.common.handshake_timeout)
-                .compression(self.common.compression),
+                .offer(self.common.offer()),
             stop: Stop::new(self.common.clients),
         });
 

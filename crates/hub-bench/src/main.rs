@@ -35,6 +35,7 @@ async fn main() -> ExitCode {
                 .timeout(args.timeout)
                 .handshake_timeout(c.handshake_timeout)
                 .compression(c.compression)
+                .server_no_context(c.server_no_context)
                 .progress(!c.quiet)
                 .run()
                 .await;
@@ -54,6 +55,7 @@ async fn main() -> ExitCode {
                 .hold(args.hold)
                 .handshake_timeout(c.handshake_timeout)
                 .compression(c.compression)
+                .server_no_context(c.server_no_context)
                 .progress(!c.quiet)
                 .run()
                 .await;

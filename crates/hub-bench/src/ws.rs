@@ -82,16 +82,22 @@ pub(crate) async fn handshake(
     mut stream: TcpStream,
     host: &str,
     path: &str,
-    compression: bool,
+    offer: Offer,
 ) -> Result<(Reader, Writer), HandshakeError> {
     let key = generate_key();
-    let offer = match compression {
-        true => "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n",
-        false => "",
+    let offered = match offer {
+        Offer::Nothing => "",
+        Offer::Deflate => {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n"
+        }
+        Offer::DeflateAlone => {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; \
+             server_no_context_takeover\r\n"
+        }
     };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{offer}\r\n"
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n{offered}\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -108,7 +114,7 @@ pub(crate) async fn handshake(
         }
     };
     let deflate = check_answer(&buf[..head_len], &derive_accept_key(key.as_bytes()))?;
-    if deflate && !compression {
+    if deflate.is_some() && offer == Offer::Nothing {
         return Err(HandshakeError::Malformed(
             "an extension that was not offered",
         ));
@@ -116,8 +122,8 @@ pub(crate) async fn handshake(
     buf.advance(head_len);
     let (read, write) = stream.into_split();
     let mut reader = Reader::new(read, buf);
-    if deflate {
-        reader.inflate = Some(Box::new(Inflate::default()));
+    if let Some(alone) = deflate {
+        reader.inflate = Some(Box::new(Inflate::new(alone)));
     }
     Ok((reader, Writer::new(write)))
 }
@@ -128,8 +134,9 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Checks the status line and the `Sec-WebSocket-Accept` header; returns
-/// whether the server agreed on `permessage-deflate`.
-fn check_answer(head: &[u8], accept: &str) -> Result<bool, HandshakeError> {
+/// whether the server agreed on `permessage-deflate`, and if so whether
+/// it deflates each message on its own.
+fn check_answer(head: &[u8], accept: &str) -> Result<Option<bool>, HandshakeError> {
     let head = std::str::from_utf8(head).map_err(|_| HandshakeError::Malformed("not text"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
@@ -144,12 +151,15 @@ fn check_answer(head: &[u8], accept: &str) -> Result<bool, HandshakeError> {
     if status != 101 {
         return Err(HandshakeError::Status { status });
     }
-    let (mut accepted, mut deflate) = (false, false);
+    let (mut accepted, mut deflate) = (false, None);
     for (name, value) in lines.filter_map(|line| line.split_once(':')) {
         let name = name.trim();
         accepted |= name.eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept;
-        deflate |= name.eq_ignore_ascii_case("sec-websocket-extensions")
-            && value.trim().starts_with("permessage-deflate");
+        if name.eq_ignore_ascii_case("sec-websocket-extensions")
+            && value.trim().starts_with("permessage-deflate")
+        {
+            deflate = Some(value.contains("server_no_context_takeover"));
+        }
     }
     if !accepted {
         return Err(HandshakeError::Malformed(
@@ -301,18 +311,32 @@ fn next_frame(buf: &[u8], deflate: bool) -> Result<Option<FrameAt>, ReadError> {
     }))
 }
 
-/// Inflates the server's compressed messages: each on its own (the server
-/// takes no context over).
+/// What a client offers of `permessage-deflate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Offer {
+    Nothing,
+    /// Taking no context over on the client's side (so that the server
+    /// keeps no inflate window per client); the server may keep its.
+    Deflate,
+    /// And asking the server to deflate each message on its own.
+    DeflateAlone,
+}
+
+/// Inflates the server's compressed messages.
 pub(crate) struct Inflate {
     state: Decompress,
     out: Vec<u8>,
+    /// The server deflates each message on its own: identical bytes
+    /// inflate to identical messages, for every client.
+    alone: bool,
 }
 
-impl Default for Inflate {
-    fn default() -> Self {
+impl Inflate {
+    fn new(alone: bool) -> Self {
         Self {
             state: Decompress::new(false),
             out: Vec::new(),
+            alone,
         }
     }
 }
@@ -331,6 +355,11 @@ impl Inflate {
     /// tool does not spend on inflating what the server saved on
     /// deflating.
     fn inflate(&mut self, data: &[u8]) -> Result<&[u8], ReadError> {
+        if !self.alone {
+            // With the window of the messages before: this client's own.
+            self.inflate_anew(data)?;
+            return Ok(&self.out);
+        }
         thread_local! {
             static RECENT: RefCell<Recent> = RefCell::default();
         }
@@ -349,7 +378,9 @@ impl Inflate {
     }
 
     fn inflate_anew(&mut self, data: &[u8]) -> Result<(), ReadError> {
-        self.state.reset(false);
+        if self.alone {
+            self.state.reset(false);
+        }
         self.out.clear();
         for input in [data, &[0, 0, 0xFF, 0xFF][..]] {
             let start = self.state.total_in();
@@ -582,7 +613,7 @@ mod tests {
         let host = addr.to_string();
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut reader, mut writer) =
-            tokio::time::timeout(WAIT, handshake(stream, &host, "/ws?x=1", false))
+            tokio::time::timeout(WAIT, handshake(stream, &host, "/ws?x=1", Offer::Nothing))
                 .await
                 .unwrap()
                 .unwrap();
@@ -629,7 +660,7 @@ mod tests {
         });
         let host = addr.to_string();
         let stream = TcpStream::connect(addr).await.unwrap();
-        let refused = tokio::time::timeout(WAIT, handshake(stream, &host, "/ws", false))
+        let refused = tokio::time::timeout(WAIT, handshake(stream, &host, "/ws", Offer::Nothing))
             .await
             .unwrap();
         assert!(matches!(
@@ -659,7 +690,7 @@ mod tests {
                 .compress_vec(&text, &mut deflated, FlushCompress::Sync)
                 .unwrap();
             deflated.truncate(deflated.len() - 4);
-            let mut inflate = Inflate::default();
+            let mut inflate = Inflate::new(true);
             assert_eq!(
                 inflate
                     .inflate_anew(&deflated)

@@ -27,7 +27,7 @@ use futures_util::{Sink, Stream};
 use hub::{Message, Text};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::deflate::{Agreed, DeflateCounters, Deflated, Inflater};
+use crate::deflate::{Agreed, DeflateCounters, Deflated, Inflater, Place};
 use crate::frame::{Frame, ReadError};
 use crate::wire::{self, Header, Opcode};
 use crate::{Close, CloseCode};
@@ -100,6 +100,9 @@ pub(crate) struct Socket<S> {
 struct SocketDeflate {
     agreed: Agreed,
     inflater: Inflater,
+    /// What the client's window ends with, when the socket may put it in
+    /// a chain.
+    place: Option<Place>,
     /// Deflated forms of recent messages, shared with the server's other
     /// sockets.
     shared: Arc<Deflated>,
@@ -109,6 +112,7 @@ struct SocketDeflate {
     /// message.
     out_before: u64,
     out_after: u64,
+    chained: u64,
 }
 
 impl<S> Socket<S> {
@@ -144,10 +148,12 @@ impl<S> Socket<S> {
         self.deflate = Some(Box::new(SocketDeflate {
             agreed,
             inflater: Inflater::new(agreed),
+            place: agreed.place(),
             shared,
             counters,
             out_before: 0,
             out_after: 0,
+            chained: 0,
         }));
         self
     }
@@ -237,20 +243,26 @@ impl<S> Socket<S> {
             return self.queue_shared(opcode, payload, false);
         };
         let bits = deflate.agreed.server_bits;
-        let written = (deflate.shared).with(&payload, bits, |deflated| match deflated {
-            Some(deflated) if deflated.len() <= INLINE => {
-                self.queue_as(opcode, deflated, true);
-                Some(deflated.len())
-            }
-            Some(deflated) => {
-                self.queue_shared(opcode, deflated.clone(), true);
-                Some(deflated.len())
-            }
-            None => None,
-        });
+        let written = (deflate.shared).with(
+            &payload,
+            bits,
+            deflate.place.as_mut(),
+            |deflated, chained| match deflated {
+                Some(deflated) if deflated.len() <= INLINE => {
+                    self.queue_as(opcode, deflated, true);
+                    Some((deflated.len(), chained))
+                }
+                Some(deflated) => {
+                    self.queue_shared(opcode, deflated.clone(), true);
+                    Some((deflated.len(), chained))
+                }
+                None => None,
+            },
+        );
         let before = payload.len() as u64;
         deflate.out_before += before;
-        deflate.out_after += written.map_or(before, |after| after as u64);
+        deflate.out_after += written.map_or(before, |(after, _)| after as u64);
+        deflate.chained += u64::from(written.is_some_and(|(_, chained)| chained));
         if written.is_none() {
             self.queue_shared(opcode, payload, false);
         }
@@ -658,8 +670,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Frame> for Socket<S> {
         let this = self.get_mut();
         if let Some(deflate) = this.deflate.as_mut() {
             if deflate.out_before > 0 {
-                deflate.counters.out(deflate.out_before, deflate.out_after);
-                (deflate.out_before, deflate.out_after) = (0, 0);
+                (deflate.counters).out(deflate.out_before, deflate.out_after, deflate.chained);
+                (deflate.out_before, deflate.out_after, deflate.chained) = (0, 0, 0);
             }
         }
         std::task::ready!(this.poll_write_out(cx))?;

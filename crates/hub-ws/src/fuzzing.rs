@@ -77,16 +77,80 @@ pub fn inflate(data: &[u8]) {
     let agreed = Agreed {
         server_bits: 15,
         client_no_context: first & 0x80 != 0,
+        server_no_context: false,
     };
     read_frames(data, Some(agreed));
+}
+
+/// Messages deflated for four clients that keep their windows, in chains
+/// and on their own: every client inflates exactly what was sent to it,
+/// whatever it missed, got again, or got alone.
+///
+/// Input: one command per byte, for client `byte & 3`: by `byte >> 2 & 3`,
+/// it gets its next broadcast line, skips it, gets a message of its own,
+/// or goes back `byte >> 4` lines (a line again, as after a refill). Line
+/// lengths (0 to 300 bytes) follow the bytes too.
+pub fn chains(data: &[u8]) {
+    use bytes::Bytes;
+    const WORDS: [&str; 8] = [
+        "build", "merge", "a", "coffee", "deploy", "", "friday", "ok",
+    ];
+    let make = |n: usize, seed: u8| {
+        let len = (usize::from(seed) * 37 + n * 11) % 300;
+        let mut text = format!("{n}:");
+        while text.len() < len {
+            text.push_str(WORDS[(n * 5 + text.len()) % 8]);
+            text.push(' ');
+        }
+        text.truncate(len);
+        Bytes::from(text)
+    };
+    let agreed = Agreed {
+        server_bits: 15,
+        client_no_context: false,
+        server_no_context: false,
+    };
+    let cache = deflate::Deflated::default();
+    let mut lines: Vec<Bytes> = Vec::new();
+    let mut clients: Vec<_> = (0..4)
+        .map(|_| (deflate::Inflater::new(agreed), agreed.place(), 0usize))
+        .collect();
+    for (i, &byte) in data.iter().take(4096).enumerate() {
+        let (inflater, place, next) = &mut clients[usize::from(byte & 3)];
+        let message = match byte >> 2 & 3 {
+            0 => {
+                while lines.len() <= *next {
+                    lines.push(make(lines.len(), byte));
+                }
+                *next += 1;
+                lines[*next - 1].clone()
+            }
+            1 => {
+                *next += 1;
+                continue;
+            }
+            2 => Bytes::from(make(i, byte).to_vec()),
+            _ => {
+                *next = next.saturating_sub(usize::from(byte >> 4));
+                continue;
+            }
+        };
+        let sent = cache.with(&message, 15, place.as_mut(), |form, _| form.cloned());
+        if let Some(form) = sent {
+            let inflated = inflater
+                .inflate(&form, 1 << 20)
+                .expect("what was sent inflates");
+            assert_eq!(inflated, message, "what was sent inflates back");
+        }
+    }
 }
 
 /// `Sec-WebSocket-Extensions` values (raw bytes, split at newlines into
 /// several headers) negotiated.
 ///
-/// Never panics; the answer, if any, is `permessage-deflate` with
-/// `server_no_context_takeover`, and offered back to the negotiation it
-/// is taken as it is.
+/// Never panics; the answer, if any, is `permessage-deflate`, with
+/// `server_no_context_takeover` exactly when the server agreed to it, and
+/// offered back to the negotiation it is taken as it is.
 pub fn extensions(data: &[u8]) {
     let mut headers = HeaderMap::new();
     for value in data.split(|b| *b == b'\n') {
@@ -99,7 +163,11 @@ pub fn extensions(data: &[u8]) {
     };
     assert!((8..=15).contains(&agreed.server_bits));
     let text = answer.to_str().expect("an answer is ASCII");
-    assert!(text.starts_with("permessage-deflate; server_no_context_takeover"));
+    assert!(text.starts_with("permessage-deflate"));
+    assert_eq!(
+        text.contains("server_no_context_takeover"),
+        agreed.server_no_context
+    );
     let mut again = HeaderMap::new();
     again.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer.clone());
     let (agreed_again, answer_again) = deflate::negotiate(&again).expect("the answer is an offer");

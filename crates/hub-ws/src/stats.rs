@@ -50,6 +50,10 @@ pub struct WsStats {
     /// Payload bytes written for them: deflated, or as they are when
     /// deflate would not shrink them.
     pub deflate_bytes_out: u64,
+    /// Of those messages, the ones written deflated against the window of
+    /// the messages before them, made once for every socket in step (see
+    /// [`Config::compression`](crate::Config::compression)).
+    pub deflate_chained: u64,
     /// Payload bytes of compressed messages from clients, as they came.
     pub inflate_bytes_in: u64,
     /// The same messages, inflated.
@@ -145,6 +149,7 @@ impl Counters {
             compressed_sessions: self.compressed_sessions.load(Relaxed),
             deflate_bytes_in: self.deflate.out_before.load(Relaxed),
             deflate_bytes_out: self.deflate.out_after.load(Relaxed),
+            deflate_chained: self.deflate.chained.load(Relaxed),
             inflate_bytes_in: self.deflate.in_compressed.load(Relaxed),
             inflate_bytes_out: self.deflate.in_inflated.load(Relaxed),
         }

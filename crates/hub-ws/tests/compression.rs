@@ -15,9 +15,11 @@ use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// The offer browsers make, and one asking for no context takeover.
+/// The offer browsers make; one that takes no context over on the
+/// client's side, and one that asks the server to take none over.
 const BROWSER: &str = "permessage-deflate; client_max_window_bits";
 const NO_CONTEXT: &str = "permessage-deflate; client_no_context_takeover";
+const ALONE: &str = "permessage-deflate; server_no_context_takeover";
 
 /// The classic chat: a line goes to everyone else.
 struct Chat;
@@ -53,6 +55,8 @@ struct Client {
     read: Vec<u8>,
     /// The server's `Sec-WebSocket-Extensions` answer.
     extensions: Option<String>,
+    /// The window kept across the server's messages.
+    window: Decompress,
 }
 
 /// One frame from the server: RSV1, opcode, payload.
@@ -91,7 +95,25 @@ impl Client {
             tcp,
             read,
             extensions,
+            window: Decompress::new(false),
         }
+    }
+
+    /// The next message, which must come deflated, inflated with the
+    /// window kept from the messages before it; and its deflated size.
+    async fn next_inflated(&mut self) -> (Vec<u8>, usize) {
+        let (rsv1, opcode, data) = self.next().await;
+        assert!(
+            rsv1 && opcode == Opcode::Text,
+            "{opcode:?} compressed: {rsv1}"
+        );
+        let mut input = data.clone();
+        input.extend_from_slice(&[0, 0, 0xFF, 0xFF]);
+        let mut out = Vec::with_capacity(1 << 20);
+        self.window
+            .decompress_vec(&input, &mut out, FlushDecompress::Sync)
+            .unwrap();
+        (out, data.len())
     }
 
     async fn send(&mut self, opcode: Opcode, compressed: bool, payload: &[u8]) {
@@ -181,16 +203,18 @@ async fn a_broadcast_goes_deflated_to_those_who_agreed_and_plain_to_the_others()
     let mut joined = server.hub().presence();
     let mut browser = Client::connect(&addr, Some(BROWSER)).await;
     let mut lean = Client::connect(&addr, Some(NO_CONTEXT)).await;
+    let mut alone = Client::connect(&addr, Some(ALONE)).await;
     let mut plain = Client::connect(&addr, None).await;
     let mut sender = Client::connect(&addr, None).await;
-    wait_for_sessions(&server, &mut joined, 4).await;
-    assert_eq!(
-        browser.extensions.as_deref(),
-        Some("permessage-deflate; server_no_context_takeover")
-    );
+    wait_for_sessions(&server, &mut joined, 5).await;
+    assert_eq!(browser.extensions.as_deref(), Some("permessage-deflate"));
     assert_eq!(
         lean.extensions.as_deref(),
-        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+        Some("permessage-deflate; client_no_context_takeover")
+    );
+    assert_eq!(
+        alone.extensions.as_deref(),
+        Some("permessage-deflate; server_no_context_takeover")
     );
     assert_eq!(plain.extensions, None);
 
@@ -205,8 +229,12 @@ async fn a_broadcast_goes_deflated_to_those_who_agreed_and_plain_to_the_others()
         text.len()
     );
     assert_eq!(inflate(&deflated), text.as_bytes());
-    // Deflated once: the same bytes for every compressing socket.
+    // Deflated once: the same bytes for every socket whose window it fits.
     assert_eq!(lean.next().await, (true, Opcode::Text, deflated.clone()));
+    // On its own for the client that asked for no context.
+    let (rsv1, _, on_its_own) = alone.next().await;
+    assert!(rsv1);
+    assert_eq!(inflate(&on_its_own), text.as_bytes());
     assert_eq!(
         plain.next().await,
         (false, Opcode::Text, text.clone().into_bytes())
@@ -214,12 +242,91 @@ async fn a_broadcast_goes_deflated_to_those_who_agreed_and_plain_to_the_others()
 
     // Too short to gain anything: as it is, RSV1 clear.
     sender.send(Opcode::Text, false, b"hi").await;
-    assert_eq!(browser.next().await, (false, Opcode::Text, b"hi".to_vec()));
+    for client in [&mut browser, &mut lean, &mut alone] {
+        assert_eq!(client.next().await, (false, Opcode::Text, b"hi".to_vec()));
+    }
 
     let stats = server.stats();
-    assert_eq!(stats.compressed_sessions, 2);
-    assert_eq!(stats.deflate_bytes_in, 2 * (text.len() as u64 + 2));
-    assert_eq!(stats.deflate_bytes_out, 2 * (deflated.len() as u64 + 2));
+    assert_eq!(stats.compressed_sessions, 3);
+    assert_eq!(stats.deflate_chained, 2);
+    assert_eq!(stats.deflate_bytes_in, 3 * (text.len() as u64 + 2));
+    assert_eq!(
+        stats.deflate_bytes_out,
+        2 * deflated.len() as u64 + on_its_own.len() as u64 + 3 * 2
+    );
+}
+
+/// The mean of `sizes`.
+fn mean(sizes: &[usize]) -> usize {
+    sizes.iter().sum::<usize>() / sizes.len().max(1)
+}
+
+#[tokio::test]
+async fn lines_are_deflated_against_the_lines_before_them() {
+    let (server, addr) = serve(Config::default().compression(true)).await;
+    let mut joined = server.hub().presence();
+    let mut early: Vec<Client> = Vec::new();
+    for _ in 0..3 {
+        early.push(Client::connect(&addr, Some(BROWSER)).await);
+    }
+    let mut alone = Client::connect(&addr, Some(ALONE)).await;
+    let mut sender = Client::connect(&addr, None).await;
+    wait_for_sessions(&server, &mut joined, 5).await;
+    // What deflate makes of a line on its own.
+    let on_its_own = mean(
+        &(0..60)
+            .map(|n| deflate(line(n).as_bytes()).len())
+            .collect::<Vec<_>>(),
+    );
+
+    let mut sizes = vec![Vec::new(); 3];
+    for n in 0..60 {
+        let text = line(n);
+        sender.send(Opcode::Text, false, text.as_bytes()).await;
+        for (client, sizes) in early.iter_mut().zip(&mut sizes) {
+            let (inflated, size) = client.next_inflated().await;
+            assert_eq!(inflated, text.as_bytes(), "line {n}");
+            sizes.push(size);
+        }
+        let (rsv1, _, data) = alone.next().await;
+        assert!(rsv1);
+        assert_eq!(inflate(&data), text.as_bytes(), "line {n} on its own");
+    }
+    for sizes in &sizes {
+        assert!(
+            mean(&sizes[30..]) * 2 < on_its_own,
+            "{} against {on_its_own} on its own",
+            mean(&sizes[30..])
+        );
+    }
+    // The same bytes for every client.
+    assert_eq!(sizes[0], sizes[1]);
+    assert_eq!(sizes[0], sizes[2]);
+    // The first line starts a chain, with nothing before it: every
+    // client that keeps a window is in step from there.
+    assert_eq!(server.stats().deflate_chained, 3 * 60);
+
+    // A client that joins a talking chat gets lines on their own until
+    // its window holds enough of the chain, then steps in.
+    early.push(Client::connect(&addr, Some(BROWSER)).await);
+    timeout(WAIT, joined.recv()).await.unwrap().unwrap();
+    assert_eq!(server.sessions(), 6);
+    let mut late_sizes = Vec::new();
+    for n in 60..140 {
+        let text = line(n);
+        sender.send(Opcode::Text, false, text.as_bytes()).await;
+        for client in &mut early {
+            let (inflated, size) = client.next_inflated().await;
+            assert_eq!(inflated, text.as_bytes(), "line {n}");
+            late_sizes.push(size);
+        }
+        late_sizes.drain(..3);
+    }
+    assert!(mean(&late_sizes[60..]) * 2 < on_its_own, "{late_sizes:?}");
+    // The late client stepped in once its window held 4 KiB of the chain:
+    // some 20 lines of these.
+    let late_chained = server.stats().deflate_chained - 3 * 60 - 3 * 80;
+    assert!((50..=62).contains(&late_chained), "{late_chained}");
 }
 
 #[tokio::test]
