@@ -174,6 +174,13 @@ pub struct Args {
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub jwt_secret: Option<String>,
 
+    /// Turn on the server API under /api/ (publish, broadcast, send,
+    /// rooms): callers send `Authorization: Bearer KEY`. At least 32
+    /// bytes. Prefer the variable to the flag (flags show in process
+    /// lists).
+    #[arg(long, env = "CHAT_API_KEY", hide_env_values = true, value_parser = parse_api_key)]
+    pub api_key: Option<String>,
+
     /// Print a token for this user id, signed with --jwt-secret, and exit.
     #[arg(long, value_name = "USER", requires = "jwt_secret")]
     pub issue_token: Option<String>,
@@ -286,6 +293,18 @@ fn parse_secret(value: &str) -> Result<String, String> {
     Ok(value.to_owned())
 }
 
+/// An API key long enough not to be guessed.
+fn parse_api_key(value: &str) -> Result<String, String> {
+    if value.len() < crate::api::MIN_API_KEY_LEN {
+        return Err(format!(
+            "an API key needs at least {} bytes; this one has {} (try `openssl rand -hex 32`)",
+            crate::api::MIN_API_KEY_LEN,
+            value.len()
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// A request head limit: a size of at least 1 KiB (a browser's request
 /// with its cookies takes about that).
 fn parse_head_size(value: &str) -> Result<usize, String> {
@@ -350,6 +369,19 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains(flag), "{text}");
         text
+    }
+
+    #[test]
+    fn short_api_keys_are_refused() {
+        for short in ["", "key", &"k".repeat(31)] {
+            let text = refusal("--api-key", short);
+            assert!(
+                text.contains("an API key needs at least 32 bytes"),
+                "{text}"
+            );
+        }
+        let args = Args::parse_from(["chat-server", "--api-key", &"k".repeat(32)]);
+        assert_eq!(args.api_key.as_deref().map(str::len), Some(32));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! The binary wraps this with flags and signal handling; tests start it
 //! in-process on port 0.
 
+mod api;
 mod args;
 mod auth;
 mod chat;
@@ -99,6 +100,12 @@ pub enum StartError {
     /// Redis (`--redis-url`) could not be reached.
     #[error(transparent)]
     Redis(#[from] hub_redis::Error),
+    /// The API key (`--api-key`) is too short to keep callers out.
+    #[error("the API key has {len} bytes; give at least 32 (try `openssl rand -hex 32`)")]
+    ApiKeyTooShort {
+        /// Its length.
+        len: usize,
+    },
 }
 
 /// A listening socket with room for `backlog` connections waiting to be
@@ -164,6 +171,13 @@ impl Server {
             config = config.served_over_tls(true);
         }
         let auth = args.auth()?;
+        let api = match args.api_key.as_deref() {
+            Some(key) if key.len() < api::MIN_API_KEY_LEN => {
+                return Err(StartError::ApiKeyTooShort { len: key.len() });
+            }
+            Some(key) => Some(api::Api::new(key, args.max_message_size)),
+            None => None,
+        };
         let builder = || {
             Hub::builder()
                 .capacity(args.capacity)
@@ -225,6 +239,7 @@ impl Server {
                 ),
                 echo: WsServer::with_config(builder().build(), Echo::new(auth), config),
                 backplanes,
+                api,
             },
             grace: args.shutdown_grace,
             batches: (args.shutdown_batch, args.shutdown_batch_interval),

@@ -260,8 +260,27 @@ const BACKPLANE: [Series<hub_redis::Stats>; 8] = [
 pub(crate) fn render(
     endpoints: &[Endpoint],
     backplanes: &[(&'static str, hub_redis::Stats)],
+    api: Option<&[(&'static str, u16, u64)]>,
 ) -> String {
     let mut out = String::new();
+    if let Some(calls) = api {
+        let name = "api_requests_total";
+        family(
+            &mut out,
+            name,
+            "counter",
+            "Server API calls, by endpoint and status.",
+        );
+        for (endpoint, status, n) in calls {
+            sample(
+                &mut out,
+                name,
+                endpoint,
+                Some(("status", &status.to_string())),
+                *n,
+            );
+        }
+    }
     if !backplanes.is_empty() {
         for (name, kind, help, value) in BACKPLANE {
             family(&mut out, name, kind, help);

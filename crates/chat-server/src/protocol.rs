@@ -105,7 +105,7 @@ pub(crate) fn parse_options(
     }))
 }
 
-fn valid_room(room: &str) -> bool {
+pub(crate) fn valid_room(room: &str) -> bool {
     (1..=64).contains(&room.len())
         && room
             .chars()

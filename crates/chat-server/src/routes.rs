@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
+use crate::api::{Api, Hubs};
 use crate::chat::{Chat, Echo, RoomChat};
 use crate::metrics::{self, Endpoint};
 use crate::protocol::parse_options;
@@ -33,6 +34,8 @@ pub(crate) struct Routes {
     pub(crate) echo: WsServer<Echo>,
     /// With `--redis-url`: the backplane of each endpoint that has one.
     pub(crate) backplanes: Vec<(&'static str, Arc<RedisBackplane>)>,
+    /// With `--api-key`: the server API.
+    pub(crate) api: Option<Api>,
 }
 
 type Body = Full<Bytes>;
@@ -71,12 +74,27 @@ impl Routes {
                 }
             }),
             "/metrics" => get_only(&request, || {
+                let api = self.api.as_ref().map(Api::calls);
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    metrics::render(&self.endpoints(), &self.backplane_stats()),
+                    metrics::render(&self.endpoints(), &self.backplane_stats(), api.as_deref()),
                 )
             }),
+            api if api.starts_with("/api/") => match &self.api {
+                Some(server_api) => {
+                    let hubs = Hubs {
+                        chat: self.chat.hub(),
+                        rooms: self.rooms.hub(),
+                    };
+                    server_api.handle(hubs, request).await
+                }
+                None => respond(
+                    StatusCode::NOT_FOUND,
+                    "application/json",
+                    "{\"error\":\"the server API is off; start the server with --api-key\"}\n",
+                ),
+            },
             _ => respond(StatusCode::NOT_FOUND, TEXT, "not found\n"),
         };
         Ok(response)

@@ -87,7 +87,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hub::backplane::MAX_NODE;
-use hub::{Backplane, ConnId, Metadata, PresenceEvent, PresenceKind, Publication, Remote, Topic};
+use hub::{
+    Backplane, ConnId, Metadata, Placed, PresenceEvent, PresenceKind, Publication, Remote, Topic,
+};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::link::{Command, Link};
@@ -369,6 +371,33 @@ impl RedisBackplane {
             script_reloads: c.script_reloads.load(Ordering::Relaxed),
         }
     }
+
+    /// Queues a publication for the link, or gives it back if Redis is
+    /// out of reach or the queue is full.
+    fn send_publication(
+        &self,
+        publication: Publication,
+        placed: Option<Placed>,
+    ) -> Result<(), Publication> {
+        let shared = &self.shared;
+        let cost = cost(&publication);
+        let queued = shared.queued.fetch_add(cost, Ordering::AcqRel);
+        if !shared.up.load(Ordering::Acquire) || queued + cost > shared.limit {
+            shared.queued.fetch_sub(cost, Ordering::AcqRel);
+            if let Some(topic) = publication.topic() {
+                shared.fork(topic);
+            }
+            return Err(publication);
+        }
+        match self.commands.send(Command::Publish(publication, placed)) {
+            // The link is gone (its runtime is shutting down).
+            Err(mpsc::error::SendError(Command::Publish(publication, _))) => {
+                shared.queued.fetch_sub(cost, Ordering::AcqRel);
+                Err(publication)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Backplane for RedisBackplane {
@@ -381,24 +410,12 @@ impl Backplane for RedisBackplane {
     }
 
     fn publish(&self, publication: Publication) -> Result<(), Publication> {
-        let shared = &self.shared;
-        let cost = cost(&publication);
-        let queued = shared.queued.fetch_add(cost, Ordering::AcqRel);
-        if !shared.up.load(Ordering::Acquire) || queued + cost > shared.limit {
-            shared.queued.fetch_sub(cost, Ordering::AcqRel);
-            if let Some(topic) = publication.topic() {
-                shared.fork(topic);
-            }
-            return Err(publication);
-        }
-        match self.commands.send(Command::Publish(publication)) {
-            // The link is gone (its runtime is shutting down).
-            Err(mpsc::error::SendError(Command::Publish(publication))) => {
-                shared.queued.fetch_sub(cost, Ordering::AcqRel);
-                Err(publication)
-            }
-            _ => Ok(()),
-        }
+        self.send_publication(publication, None)
+    }
+
+    /// Reports the position the `PUBLISH` script gives a broadcast.
+    fn publish_placed(&self, publication: Publication, placed: Placed) -> Result<(), Publication> {
+        self.send_publication(publication, Some(placed))
     }
 
     fn watch(&self, topic: &Topic) {

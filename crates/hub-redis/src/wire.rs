@@ -10,7 +10,7 @@
 //! `{stream}:size` beside each counts its payload bytes.
 
 use bytes::Bytes;
-use hub::{ConnId, Except, Message, Topic};
+use hub::{ConnId, Except, Message, Position, Topic};
 use redis::Value;
 
 /// Lua: `trim(stream, counter, most, limit)` takes the oldest entries
@@ -299,12 +299,14 @@ pub(crate) fn bytes(value: Value) -> Result<Vec<u8>, Unexpected> {
 }
 
 /// The first element of an array reply, as a number.
-pub(crate) fn first_number(value: Value) -> Option<u64> {
-    array(value)
-        .ok()?
-        .into_iter()
-        .next()
-        .and_then(|v| number(v).ok())
+/// Where the `PUBLISH` script placed a message: its reply, `{epoch,
+/// offset}`.
+pub(crate) fn position(value: Value) -> Option<Position> {
+    let mut values = array(value).ok()?.into_iter().map(|v| number(v).ok());
+    Some(Position {
+        epoch: values.next()??,
+        offset: values.next()??,
+    })
 }
 
 pub(crate) fn number(value: Value) -> Result<u64, Unexpected> {

@@ -487,3 +487,56 @@ async fn a_node_whose_queue_is_full_delivers_locally_and_reports_it() {
         (1, 1, 0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_learns_where_redis_placed_its_message() {
+    let redis = RedisServer::start().await;
+    let (a, _) = node(&redis.url()).await;
+    let (b, _) = node(&redis.url()).await;
+    let mut b1 = b.connect().unwrap();
+    b.join(b1.id(), "news").unwrap();
+    let news = Topic::Room("news".into());
+    tokio::time::timeout(support::WAIT, b.until_placed(&news))
+        .await
+        .unwrap();
+
+    // A has no member of the room: the message goes through Redis, and A
+    // learns the position B's member receives it at.
+    let first = tokio::time::timeout(support::WAIT, a.publish("news", "one"))
+        .await
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(support::WAIT, a.publish("news", "two"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (second.epoch, second.offset),
+        (first.epoch, first.offset + 1)
+    );
+    for (expected, position) in [("one", first), ("two", second)] {
+        match next(&mut b1).await {
+            Event::Broadcast(m) => {
+                assert_eq!(m.message().as_text(), Some(expected));
+                assert_eq!((m.epoch(), m.offset()), (position.epoch, position.offset));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // Redis gone and no member on A: nothing is published, and A says so.
+    drop(redis);
+    let refused = tokio::time::timeout(support::WAIT, async {
+        loop {
+            match a.publish("news", "lost").await {
+                Err(hub::PublishError::Unreachable) => return,
+                // Not noticed yet, or taken and then given up on.
+                Ok(_) | Err(hub::PublishError::Unplaced) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    refused.await.unwrap();
+}

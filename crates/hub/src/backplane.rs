@@ -127,6 +127,20 @@ pub trait Backplane: fmt::Debug + Send + Sync + 'static {
     /// The publication, given back.
     fn publish(&self, publication: Publication) -> Result<(), Publication>;
 
+    /// Shares a broadcast as [`publish`](Self::publish) does, and reports
+    /// where it was placed through `placed` once it is numbered (what
+    /// [`Hub::publish`](crate::Hub::publish) answers). By default the
+    /// position is never reported: `placed` is dropped, and the publisher
+    /// learns that the message was shared, not where.
+    ///
+    /// # Errors
+    ///
+    /// The publication, given back (`placed` is dropped).
+    fn publish_placed(&self, publication: Publication, placed: Placed) -> Result<(), Publication> {
+        drop(placed);
+        self.publish(publication)
+    }
+
     /// The hub has connections in a room from now on: deliver its messages
     /// (after placing it with [`Remote::rebase`]).
     fn watch(&self, topic: &Topic);
@@ -145,6 +159,26 @@ pub trait Backplane: fmt::Debug + Send + Sync + 'static {
     fn members(&self, topic: &Topic) -> Vec<(ConnId, Metadata)> {
         let _ = topic;
         Vec::new()
+    }
+}
+
+/// Where a broadcast handed to [`Backplane::publish_placed`] was placed,
+/// for its publisher: the backplane reports the position once the
+/// message is numbered, or drops this if it never is.
+#[derive(Debug)]
+pub struct Placed(tokio::sync::oneshot::Sender<Position>);
+
+impl Placed {
+    /// A report, and where the publisher awaits it.
+    pub(crate) fn new() -> (Self, tokio::sync::oneshot::Receiver<Position>) {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        (Self(sender), receiver)
+    }
+
+    /// Tells the publisher that the message was placed at `position`.
+    pub fn report(self, position: Position) {
+        // The publisher may have stopped waiting.
+        let _ = self.0.send(position);
     }
 }
 

@@ -24,6 +24,27 @@ pub enum JoinError {
     },
 }
 
+/// Why [`Hub::publish`](crate::Hub::publish) could not tell where a
+/// message was placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The hub was shut down; the message was not published.
+    #[error("the hub is shut down; nothing was published")]
+    Shutdown,
+    /// The backplane is out of reach and this node has no such room: the
+    /// message reached no one. Try again once the backplane is back.
+    #[error("the backplane is out of reach and no member of the room is on this node; nothing was published")]
+    Unreachable,
+    /// The backplane took the message but did not say where it placed it
+    /// (it does not report positions, or it gave up on the message after
+    /// taking it). The message may have reached the room.
+    #[error(
+        "the backplane did not report where the message was placed; it may have been delivered"
+    )]
+    Unplaced,
+}
+
 /// Why a personal message could not be queued.
 ///
 /// The message is handed back so the caller can retry, log or drop it.

@@ -7,7 +7,7 @@ use crate::audience::Audience;
 use crate::backplane::Remote;
 use crate::builder::Builder;
 use crate::connection::Connection;
-use crate::error::{ConnectError, JoinError, RecvError, SendError};
+use crate::error::{ConnectError, JoinError, PublishError, RecvError, SendError};
 use crate::inner::Inner;
 use crate::presence::Presence;
 use crate::room::PENDING;
@@ -294,6 +294,45 @@ impl Hub {
     pub fn broadcast(&self, message: impl Into<Message>) -> usize {
         self.inner
             .publish(Topic::All, message.into(), Except::none())
+    }
+
+    /// Publishes `message` to `room`, as [`to(room)`](Self::to)`.broadcast`
+    /// does, and returns where it was placed: the epoch and offset a
+    /// client resumes after (see [`resume`](Self::resume)). Unlike a
+    /// broadcast, the message is numbered and kept in history even when
+    /// no member of the room is on this node (if rooms keep history; see
+    /// [`Builder::idle_rooms`]): what a backend pushing into a room needs.
+    ///
+    /// With a [backplane](crate::Builder::backplane), waits until the
+    /// backplane has numbered it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hub = hub::Hub::new();
+    /// let first = hub.publish("news", "kept for whoever joins").await?;
+    /// let second = hub.publish("news", "and this one").await?;
+    /// assert_eq!(second.offset, first.offset + 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Shutdown`] once the hub is shut down;
+    /// [`PublishError::Unreachable`] if the backplane is out of reach and
+    /// no member of the room is on this node; [`PublishError::Unplaced`]
+    /// if the backplane took the message but did not tell where it placed
+    /// it.
+    pub async fn publish(
+        &self,
+        room: impl Into<RoomName>,
+        message: impl Into<Message>,
+    ) -> Result<Position, PublishError> {
+        match self.inner.publish_placed(room.into(), message.into())? {
+            Ok(position) => Ok(position),
+            Err(placed) => placed.await.map_err(|_| PublishError::Unplaced),
+        }
     }
 
     /// The members of `room`, as an [`Audience`] to add to or

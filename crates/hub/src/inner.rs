@@ -7,12 +7,12 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
-use crate::backplane::{Backplane, Publication};
+use crate::backplane::{Backplane, Placed, Publication};
 use crate::budget::Budget;
 use crate::builder::{Builder, SlowConsumer};
-use crate::error::SendError;
+use crate::error::{PublishError, SendError};
 use crate::history::{HistoryBudget, HistoryLimits};
 use crate::id::{LOCAL_BITS, MAX_NODE};
 use crate::personal::Refused;
@@ -21,7 +21,7 @@ use crate::registry::Registry;
 use crate::room::{Room, Window};
 use crate::rooms::Rooms;
 use crate::stats::Counters;
-use crate::{ConnId, Except, Message, Metadata, Topic};
+use crate::{ConnId, Except, Message, Metadata, Position, RoomName, Topic};
 
 /// The bits of a connection id that count this node's connections.
 pub(crate) const LOCAL_MASK: u64 = (1 << LOCAL_BITS) - 1;
@@ -137,9 +137,54 @@ impl Inner {
 
     /// Numbers and delivers a broadcast on this node alone.
     pub(crate) fn publish_local(&self, room: &Room, message: Message, except: Except) -> usize {
-        let reached = room.publish(message, &except, self.history);
+        self.publish_local_at(room, message, except).0
+    }
+
+    /// [`publish_local`](Self::publish_local), and where it was placed.
+    fn publish_local_at(&self, room: &Room, message: Message, except: Except) -> (usize, Position) {
+        let (reached, position) = room.publish(message, &except, self.history);
         self.within_history_budget();
-        self.delivered(room, reached, &except)
+        (self.delivered(room, reached, &except), position)
+    }
+
+    /// Publishes to `room` as [`publish`](Self::publish) does, and tells
+    /// where the message was placed: at once on this node alone (the room
+    /// is kept even with no member here, for its history), or once the
+    /// backplane numbered it.
+    pub(crate) fn publish_placed(
+        &self,
+        room: RoomName,
+        message: Message,
+    ) -> Result<Result<Position, oneshot::Receiver<Position>>, PublishError> {
+        if self.is_shut_down() {
+            return Err(PublishError::Shutdown);
+        }
+        Counters::add(&self.counters.broadcasts, 1);
+        let message = match &self.backplane {
+            None => message,
+            Some(backplane) => {
+                let (placed, receiver) = Placed::new();
+                let publication = Publication::Broadcast {
+                    topic: Topic::Room(room.clone()),
+                    message,
+                    except: Except::none(),
+                };
+                match backplane.publish_placed(publication, placed) {
+                    Ok(()) => return Ok(Err(receiver)),
+                    // Out of reach: this node's members get it, as with
+                    // any broadcast, in the room's own numbering.
+                    Err(back) => match self.room(room.as_str()) {
+                        Some(kept) => {
+                            let message = back.into_message();
+                            return Ok(Ok(self.publish_local_at(&kept, message, Except::none()).1));
+                        }
+                        None => return Err(PublishError::Unreachable),
+                    },
+                }
+            }
+        };
+        let kept = self.rooms.keep(&room);
+        Ok(Ok(self.publish_local_at(&kept, message, Except::none()).1))
     }
 
     /// Trims history back under the hub-wide budget, if it is over, and

@@ -114,10 +114,12 @@ mod subscription;
 mod topic;
 
 pub use audience::Audience;
-pub use backplane::{Backplane, Publication, Remote};
+pub use backplane::{Backplane, Placed, Publication, Remote};
 pub use builder::{Builder, SlowConsumer};
 pub use connection::Connection;
-pub use error::{ConnectError, JoinError, PresenceError, RecvError, SendError, TryRecvError};
+pub use error::{
+    ConnectError, JoinError, PresenceError, PublishError, RecvError, SendError, TryRecvError,
+};
 pub use event::{Broadcast, Event};
 pub use events::Events;
 pub use except::Except;

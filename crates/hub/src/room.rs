@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::builder::SlowConsumer;
 use crate::history::{HistoryBudget, HistoryLimits, Kept};
 use crate::topic::new_epoch;
-use crate::{Broadcast, ConnId, Except, Message, Topic};
+use crate::{Broadcast, ConnId, Except, Message, Position, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
 #[derive(Clone, Debug)]
@@ -245,7 +245,7 @@ impl Room {
 
     /// Numbers, records and sends a message; returns how many members it
     /// reached (for [`Topic::All`], how many connections are subscribed,
-    /// before `except` is skipped).
+    /// before `except` is skipped), and where it was placed.
     ///
     /// A mirrored room numbering a message itself (its backplane is out of
     /// reach) forks: it starts an epoch of its own, which its members see
@@ -255,7 +255,7 @@ impl Room {
         message: Message,
         except: &Except,
         limits: HistoryLimits,
-    ) -> usize {
+    ) -> (usize, Position) {
         let mut state = self.lock();
         self.used(&state);
         if state.mirrored {
@@ -267,7 +267,12 @@ impl Room {
         }
         let offset = state.next_offset;
         let placing = Placing::Message(message);
-        state.send(&self.topic, &self.history, placing, except, offset, limits)
+        let position = Position {
+            epoch: state.epoch,
+            offset,
+        };
+        let reached = state.send(&self.topic, &self.history, placing, except, offset, limits);
+        (reached, position)
     }
 
     /// Records and sends what the backplane placed at `epoch`/`offset`.

@@ -106,6 +106,40 @@ impl Rooms {
         (room, subscribed)
     }
 
+    /// The room called `name`, made if needed, for a message published
+    /// with no member on this node: a room made so is kept among the idle
+    /// rooms, for its history, if rooms keep history; if they do not, it
+    /// is not kept at all (the message reaches no one and is not stored).
+    pub(crate) fn keep(&self, name: &RoomName) -> Arc<Room> {
+        let mut table = self.lock();
+        if let Some(room) = table.by_name.get(name) {
+            return Arc::clone(room);
+        }
+        let topic = Topic::Room(name.clone());
+        let budget = Arc::clone(&self.history_budget);
+        let room = Arc::new(Room::new(topic, self.window, false, budget));
+        if self.keep_history && self.idle_rooms > 0 {
+            table.by_name.insert(name.clone(), Arc::clone(&room));
+            self.make_idle(&mut table, name.clone());
+        }
+        room
+    }
+
+    /// Puts an empty room among the idle ones, retiring the longest idle
+    /// past the limit (never one that has gained members meanwhile).
+    fn make_idle(&self, table: &mut Table, name: RoomName) {
+        table.idle.push_back(name);
+        while table.idle.len() > self.idle_rooms {
+            let Some(evicted) = table.idle.pop_front() else {
+                break;
+            };
+            if (table.by_name.get(&evicted)).is_some_and(|r| r.member_count() == 0) {
+                table.by_name.remove(&evicted);
+                self.unwatch(evicted);
+            }
+        }
+    }
+
     /// Takes `id` out of the room's members; an emptied room goes, or waits
     /// among the idle rooms if it has history to keep. Returns whether `id`
     /// was a member.
@@ -119,17 +153,7 @@ impl Rooms {
             return left.is_some();
         }
         if self.keep_history && self.idle_rooms > 0 && room.position().2 > 0 {
-            table.idle.push_back(name.clone());
-            while table.idle.len() > self.idle_rooms {
-                let Some(evicted) = table.idle.pop_front() else {
-                    break;
-                };
-                // Never retire a room that has gained members meanwhile.
-                if (table.by_name.get(&evicted)).is_some_and(|r| r.member_count() == 0) {
-                    table.by_name.remove(&evicted);
-                    self.unwatch(evicted);
-                }
-            }
+            self.make_idle(&mut table, name.clone());
         } else {
             table.by_name.remove(name);
             self.unwatch(name.clone());

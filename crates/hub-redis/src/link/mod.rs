@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hub::backplane::new_epoch;
-use hub::{ConnId, PresenceEvent, Publication, Remote, Topic};
+use hub::{ConnId, Placed, PresenceEvent, Publication, Remote, Topic};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 use tokio::sync::mpsc;
@@ -35,7 +35,8 @@ pub(crate) enum Command {
     /// Start following a room this node began to keep.
     Watch(Topic),
     Unwatch(Topic),
-    Publish(Publication),
+    /// With where its publisher waits to learn its position.
+    Publish(Publication, Option<Placed>),
     /// The topic forked while connected: report and place it again.
     Refork(Topic),
     /// A room member of this node joined, left or changed.
@@ -87,7 +88,7 @@ enum Lost {
 
 /// One pipelined command and what to do with its reply.
 enum Step {
-    Publish(Publication),
+    Publish(Publication, Option<Placed>),
     /// A personal or user message, for other nodes.
     Direct(Publication),
     /// Placing a topic.
@@ -215,7 +216,8 @@ impl Link {
                 // Written in full once Redis is back.
                 self.remember(&event);
             }
-            Command::Publish(publication) => {
+            // The publisher learns it was not placed (`Placed` dropped).
+            Command::Publish(publication, _) => {
                 (self.shared.queued).fetch_sub(crate::cost(&publication), Ordering::AcqRel);
                 self.follow.give_back(publication);
             }

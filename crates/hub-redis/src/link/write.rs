@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use hub::backplane::new_epoch;
-use hub::{PresenceKind, Publication, Topic};
+use hub::{Placed, PresenceKind, Publication, Topic};
 use redis::{Pipeline, Value};
 
 use super::{bounded, Command, Link, Lost, Session, Step, INBOX_BYTES, INBOX_LENGTH, PLACE_BATCH};
@@ -67,9 +67,9 @@ impl Link {
                 Command::Unwatch(topic) => {
                     changed |= self.follow.watched.remove(&topic).is_some();
                 }
-                Command::Publish(publication) => {
+                Command::Publish(publication, placed) => {
                     (self.shared.queued).fetch_sub(crate::cost(&publication), Ordering::AcqRel);
-                    self.publish_command(&mut pipe, session, publication, &mut steps);
+                    self.publish_command(&mut pipe, session, (publication, placed), &mut steps);
                 }
                 Command::Presence(event) => {
                     let kind = match event.kind {
@@ -103,7 +103,7 @@ impl Link {
         &self,
         pipe: &mut Pipeline,
         session: &Session,
-        publication: Publication,
+        (publication, placed): (Publication, Option<Placed>),
         steps: &mut Vec<Step>,
     ) {
         match &publication {
@@ -121,7 +121,7 @@ impl Link {
                     .arg(wire::except(except))
                     .arg(kind)
                     .arg(payload);
-                steps.push(Step::Publish(publication));
+                steps.push(Step::Publish(publication, placed));
             }
             Publication::Personal { to, message } => {
                 let (kind, payload) = wire::encode(message);
@@ -254,8 +254,11 @@ impl Link {
         let mut steps = Vec::new();
         for step in unknown_script {
             match step {
-                Step::Publish(publication) | Step::Direct(publication) => {
-                    self.publish_command(&mut pipe, session, publication, &mut steps);
+                Step::Publish(publication, placed) => {
+                    self.publish_command(&mut pipe, session, (publication, placed), &mut steps);
+                }
+                Step::Direct(publication) => {
+                    self.publish_command(&mut pipe, session, (publication, None), &mut steps);
                 }
                 Step::Place(topic) => {
                     self.place_command(&mut pipe, session, &topic);
@@ -315,15 +318,17 @@ impl Link {
                     let placed = wire::place(reply)?;
                     self.follow.place(topic, placed);
                 }
-                Step::Publish(publication) => {
+                Step::Publish(publication, placed) => {
                     let counters = &self.shared.counters;
                     counters.published.fetch_add(1, Ordering::Relaxed);
+                    let position = wire::position(reply);
                     // The epoch it was numbered in: another one than the
                     // one followed means the topic started over in Redis.
-                    if let (Some(topic), Some(epoch)) =
-                        (publication.topic(), wire::first_number(reply))
-                    {
-                        self.follow.check_epoch(topic, epoch);
+                    if let (Some(topic), Some(position)) = (publication.topic(), position) {
+                        self.follow.check_epoch(topic, position.epoch);
+                    }
+                    if let (Some(placed), Some(position)) = (placed, position) {
+                        placed.report(position);
                     }
                 }
                 Step::Direct(..) | Step::Notice(..) | Step::Plain => {}
@@ -340,7 +345,7 @@ impl Link {
     /// notice kept for later, its topic placed again later.
     fn not_done(&mut self, step: Step) {
         match step {
-            Step::Publish(publication) => self.follow.give_back(publication),
+            Step::Publish(publication, _) => self.follow.give_back(publication),
             Step::Direct(publication) => self.follow.give_back(publication),
             Step::Notice(topic, missed) => self.shared.restore_fork(topic, missed),
             Step::Place(topic) => self.retry.push(topic),

@@ -1,0 +1,403 @@
+//! The server API under `/api/`: how a backend reaches clients without
+//! holding a WebSocket. Off unless a key is set (`--api-key`); callers
+//! send `Authorization: Bearer KEY`.
+//!
+//! Bodies and answers are JSON. Anything malformed gets 400 and a one-line
+//! `{"error": "..."}` that names the field at fault.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hub::{Hub, Metadata};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use crate::protocol::{self, payload};
+
+/// The shortest key the server accepts.
+pub(crate) const MIN_API_KEY_LEN: usize = 32;
+
+type Body = Full<Bytes>;
+
+/// The API's key, body limit and counters.
+#[derive(Clone)]
+pub(crate) struct Api {
+    key: Arc<[u8]>,
+    max_body: usize,
+    /// Calls by endpoint and status.
+    calls: Arc<Mutex<BTreeMap<(&'static str, u16), u64>>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Api")
+            .field("max_body", &self.max_body)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The hubs the API reaches into.
+pub(crate) struct Hubs<'a> {
+    /// The classic chat (`/ws`).
+    pub(crate) chat: &'a Hub,
+    /// The room chat.
+    pub(crate) rooms: &'a Hub,
+}
+
+/// An answer other than success: its status and what to say.
+#[derive(Debug)]
+struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+impl Failure {
+    fn bad(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+}
+
+impl Api {
+    /// An API that takes `key` (at least [`MIN_API_KEY_LEN`] bytes; the
+    /// arguments check it) and bodies of up to `max_body` bytes.
+    pub(crate) fn new(key: &str, max_body: usize) -> Self {
+        Self {
+            key: Arc::from(key.as_bytes()),
+            max_body,
+            calls: Arc::default(),
+        }
+    }
+
+    /// Calls so far, by endpoint and status.
+    pub(crate) fn calls(&self) -> Vec<(&'static str, u16, u64)> {
+        let calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        calls.iter().map(|(&(e, s), &n)| (e, s, n)).collect()
+    }
+
+    /// Answers one request under `/api/`.
+    pub(crate) async fn handle(
+        &self,
+        hubs: Hubs<'_>,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
+        let path = request.uri().path().to_owned();
+        let method = request.method().clone();
+        let endpoint = endpoint(&method, &path);
+        let name = endpoint.as_ref().map_or("unknown", Endpoint::name);
+        let answer = match self.authorized(&request) {
+            Err(failure) => Err(failure),
+            Ok(()) => self.answer(endpoint, hubs, request).await,
+        };
+        let (status, body) = match answer {
+            Ok(value) => (StatusCode::OK, value),
+            Err(failure) => (failure.status, json!({ "error": failure.message })),
+        };
+        *(self.calls.lock().unwrap_or_else(PoisonError::into_inner))
+            .entry((name, status.as_u16()))
+            .or_default() += 1;
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"api\""),
+            );
+        }
+        response
+    }
+
+    /// Checks `Authorization: Bearer KEY`, comparing in constant time.
+    fn authorized(&self, request: &Request<Incoming>) -> Result<(), Failure> {
+        let given = (request.headers().get(header::AUTHORIZATION))
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+        match given {
+            Some(given) if same(given, &self.key) => Ok(()),
+            Some(_) => Err(Failure {
+                status: StatusCode::UNAUTHORIZED,
+                message: "wrong API key".into(),
+            }),
+            None => Err(Failure {
+                status: StatusCode::UNAUTHORIZED,
+                message: "send the API key as Authorization: Bearer KEY".into(),
+            }),
+        }
+    }
+
+    async fn answer(
+        &self,
+        endpoint: Option<Endpoint>,
+        hubs: Hubs<'_>,
+        request: Request<Incoming>,
+    ) -> Result<Value, Failure> {
+        let Some(endpoint) = endpoint else {
+            return Err(Failure {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "no endpoint {} {}; the README lists the API's endpoints",
+                    request.method(),
+                    request.uri().path()
+                ),
+            });
+        };
+        match endpoint {
+            Endpoint::Rooms => Ok(rooms(hubs.rooms)),
+            Endpoint::Members(room) => members(hubs.rooms, &room),
+            Endpoint::Publish => {
+                let body = self.body(request).await?;
+                publish(hubs.rooms, &body).await
+            }
+            Endpoint::Broadcast => {
+                let body = self.body(request).await?;
+                body.only(&["text"])?;
+                let text = body.text("text")?;
+                Ok(json!({ "reached": hubs.chat.broadcast(text) }))
+            }
+            Endpoint::Send => {
+                let body = self.body(request).await?;
+                send(hubs.rooms, &body)
+            }
+        }
+    }
+
+    /// The request's body as a JSON object, within the size limit.
+    async fn body(&self, request: Request<Incoming>) -> Result<Fields, Failure> {
+        let limit = self.max_body;
+        let bytes = match Limited::new(request.into_body(), limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return Err(Failure::bad(format!("the body is over {limit} bytes")));
+            }
+            Err(_) => return Err(Failure::bad("the body could not be read")),
+        };
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(fields)) => Ok(Fields(fields)),
+            Ok(_) => Err(Failure::bad("the body must be a JSON object")),
+            Err(error) => Err(Failure::bad(format!("the body is not JSON: {error}"))),
+        }
+    }
+}
+
+/// The API's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Endpoint {
+    Publish,
+    Broadcast,
+    Send,
+    Rooms,
+    Members(String),
+}
+
+impl Endpoint {
+    /// Its name in `/metrics`.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Broadcast => "broadcast",
+            Self::Send => "send",
+            Self::Rooms => "rooms",
+            Self::Members(_) => "members",
+        }
+    }
+}
+
+fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
+    let rest = path.strip_prefix("/api/")?;
+    match (method, rest) {
+        (&Method::POST, "publish") => Some(Endpoint::Publish),
+        (&Method::POST, "broadcast") => Some(Endpoint::Broadcast),
+        (&Method::POST, "send") => Some(Endpoint::Send),
+        (&Method::GET, "rooms") => Some(Endpoint::Rooms),
+        (&Method::GET, rest) => {
+            let room = rest.strip_prefix("rooms/")?.strip_suffix("/members")?;
+            Some(Endpoint::Members(room.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// Equal, in a time that depends on the lengths only.
+fn same(given: &[u8], key: &[u8]) -> bool {
+    let differ = (given.iter().zip(key)).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(differ) == 0 && given.len() == key.len()
+}
+
+/// A request body's fields.
+struct Fields(Map<String, Value>);
+
+impl Fields {
+    /// Refuses fields other than `known`.
+    fn only(&self, known: &[&str]) -> Result<(), Failure> {
+        match self.0.keys().find(|key| !known.contains(&key.as_str())) {
+            Some(unknown) => Err(Failure::bad(format!(
+                "unknown field {unknown:?}; expected {}",
+                known.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|value| !value.is_null())
+    }
+
+    /// A string field that must be there.
+    fn string(&self, name: &str) -> Result<&str, Failure> {
+        match self.get(name) {
+            Some(Value::String(text)) => Ok(text),
+            Some(_) => Err(Failure::bad(format!("{name} must be a string"))),
+            None => Err(Failure::bad(format!("{name} is missing"))),
+        }
+    }
+
+    /// A chat text: a non-empty string, made one line.
+    fn text(&self, name: &str) -> Result<String, Failure> {
+        let text = self.string(name)?;
+        if text.is_empty() {
+            return Err(Failure::bad(format!("{name} is empty")));
+        }
+        Ok(protocol::one_line(text))
+    }
+
+    /// A room name, as clients give it.
+    fn room(&self, name: &str) -> Result<String, Failure> {
+        let room = self.string(name)?;
+        room_name(room)
+    }
+
+    /// A chat name.
+    fn name(&self, name: &str) -> Result<String, Failure> {
+        let given = self.string(name)?;
+        if !protocol::valid_name(given) {
+            return Err(Failure::bad(format!(
+                "{name}: names are 1 to 32 characters, without spaces or control characters"
+            )));
+        }
+        Ok(given.to_owned())
+    }
+}
+
+fn room_name(room: &str) -> Result<String, Failure> {
+    if !protocol::valid_room(room) {
+        return Err(Failure::bad(
+            "room: room names are 1 to 64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    Ok(room.to_owned())
+}
+
+/// `POST /api/publish`: a chat line (`text`) or an application event
+/// (`data`) in a room, as if its member `from` had sent it; answers where
+/// it was placed.
+async fn publish(rooms: &Hub, body: &Fields) -> Result<Value, Failure> {
+    body.only(&["room", "from", "text", "data"])?;
+    let room = body.room("room")?;
+    let from = body.name("from")?;
+    let line = match (body.get("text"), body.get("data")) {
+        (Some(_), None) => payload("chat", json!({ "from": from, "text": body.text("text")? })),
+        (None, Some(data)) => payload("data", json!({ "from": from, "data": data })),
+        (Some(_), Some(_)) => return Err(Failure::bad("give text or data, not both")),
+        (None, None) => return Err(Failure::bad("text is missing (or give data)")),
+    };
+    match rooms.publish(room, line).await {
+        Ok(position) => Ok(json!({
+            "epoch": position.epoch.to_string(),
+            "offset": position.offset,
+        })),
+        // Shut down, or Redis out of reach: worth trying again later.
+        Err(error) => Err(Failure {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: error.to_string(),
+        }),
+    }
+}
+
+/// `POST /api/send`: a private line to every connection of `user`.
+fn send(rooms: &Hub, body: &Fields) -> Result<Value, Failure> {
+    body.only(&["user", "from", "text"])?;
+    let user = body.name("user")?;
+    let from = match body.get("from") {
+        Some(_) => body.name("from")?,
+        None => "server".to_owned(),
+    };
+    let text = body.text("text")?;
+    let line = payload("private", json!({ "from": from, "to": user, "text": text }));
+    Ok(json!({ "reached": rooms.to_user(&user).broadcast(line) }))
+}
+
+/// `GET /api/rooms`: the rooms with members, and how many each has.
+fn rooms(rooms: &Hub) -> Value {
+    let mut list: Vec<(String, usize)> = (rooms.rooms().into_iter())
+        .map(|room| {
+            let members = rooms.members(room.as_str()).len();
+            (room.as_str().to_owned(), members)
+        })
+        .filter(|(_, members)| *members > 0)
+        .collect();
+    list.sort();
+    let list: Vec<Value> = (list.into_iter())
+        .map(|(room, members)| json!({ "room": room, "members": members }))
+        .collect();
+    json!({ "rooms": list })
+}
+
+/// `GET /api/rooms/{room}/members`: who is in the room, on every node.
+fn members(rooms: &Hub, room: &str) -> Result<Value, Failure> {
+    let room = room_name(room)?;
+    let mut members: Vec<Value> = (rooms.members(&room).into_iter())
+        .map(|(id, metadata)| member(id, &metadata))
+        .collect();
+    members.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(json!({ "room": room, "members": members }))
+}
+
+fn member(id: hub::ConnId, metadata: &Metadata) -> Value {
+    let name =
+        (metadata.name().map(str::to_owned)).unwrap_or_else(|| format!("guest-{}", id.get()));
+    json!({ "name": name, "user": metadata.user(), "connection": id.get() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        assert!(same(key, key));
+        assert!(!same(&key[..31], key));
+        assert!(!same(b"0123456789abcdef0123456789abcdeF", key));
+        assert!(!same(b"", key));
+        let mut longer = key.to_vec();
+        longer.push(b'x');
+        assert!(!same(&longer, key));
+    }
+
+    #[test]
+    fn paths_find_their_endpoint() {
+        assert_eq!(
+            endpoint(&Method::POST, "/api/publish"),
+            Some(Endpoint::Publish)
+        );
+        assert_eq!(endpoint(&Method::GET, "/api/publish"), None);
+        assert_eq!(endpoint(&Method::GET, "/api/rooms"), Some(Endpoint::Rooms));
+        assert_eq!(
+            endpoint(&Method::GET, "/api/rooms/news/members"),
+            Some(Endpoint::Members("news".into()))
+        );
+        assert_eq!(endpoint(&Method::GET, "/api/rooms/news"), None);
+        assert_eq!(endpoint(&Method::GET, "/apix/rooms"), None);
+    }
+}
