@@ -155,6 +155,10 @@ impl Api {
         match endpoint {
             Endpoint::Rooms => Ok(rooms(hubs.rooms)),
             Endpoint::Members(room) => members(hubs.rooms, &room),
+            Endpoint::History(room) => {
+                let query = request.uri().query().unwrap_or_default().to_owned();
+                history(hubs.rooms, &room, &query).await
+            }
             Endpoint::Publish => {
                 let body = self.body(request).await?;
                 publish(hubs.rooms, &body).await
@@ -198,6 +202,7 @@ enum Endpoint {
     Send,
     Rooms,
     Members(String),
+    History(String),
 }
 
 impl Endpoint {
@@ -209,6 +214,7 @@ impl Endpoint {
             Self::Send => "send",
             Self::Rooms => "rooms",
             Self::Members(_) => "members",
+            Self::History(_) => "history",
         }
     }
 }
@@ -221,8 +227,12 @@ fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
         (&Method::POST, "send") => Some(Endpoint::Send),
         (&Method::GET, "rooms") => Some(Endpoint::Rooms),
         (&Method::GET, rest) => {
-            let room = rest.strip_prefix("rooms/")?.strip_suffix("/members")?;
-            Some(Endpoint::Members(room.to_owned()))
+            let (room, what) = rest.strip_prefix("rooms/")?.split_once('/')?;
+            match what {
+                "members" => Some(Endpoint::Members(room.to_owned())),
+                "history" => Some(Endpoint::History(room.to_owned())),
+                _ => None,
+            }
         }
         _ => None,
     }
@@ -351,6 +361,71 @@ fn rooms(rooms: &Hub) -> Value {
         .map(|(room, members)| json!({ "room": room, "members": members }))
         .collect();
     json!({ "rooms": list })
+}
+
+/// Lines a history request returns unless it asks for fewer, and at most.
+const HISTORY_LIMIT: (usize, usize) = (100, 1000);
+/// How long a history request waits for Redis to place a room new to
+/// this node.
+const PLACING: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `GET /api/rooms/{room}/history?since=OFFSET&limit=N`: lines from
+/// history, from offset `since` (0 by default) on, with how many of that
+/// stretch history no longer holds.
+async fn history(rooms: &Hub, room: &str, query: &str) -> Result<Value, Failure> {
+    let room = room_name(room)?;
+    let (mut since, mut limit) = (0, HISTORY_LIMIT.0);
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |max: u64| {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| Failure::bad(format!("{key} must be a whole number up to {max}")))
+        };
+        match key {
+            "since" => since = number(u64::MAX)?,
+            "limit" => limit = number(HISTORY_LIMIT.1 as u64)? as usize,
+            _ => {
+                return Err(Failure::bad(format!(
+                    "unknown parameter {key:?}; use since, limit"
+                )))
+            }
+        }
+    }
+    let page = match tokio::time::timeout(PLACING, rooms.history(room.as_str(), since, limit)).await
+    {
+        Ok(Some(page)) => page,
+        Ok(None) => {
+            return Err(Failure {
+                status: StatusCode::NOT_FOUND,
+                message: "this server keeps no history".into(),
+            })
+        }
+        Err(_) => {
+            return Err(Failure {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "Redis did not answer in time; try again".into(),
+            })
+        }
+    };
+    let lines: Vec<Value> = (page.lines.iter())
+        .map(|line| {
+            let data = (line.message().as_text())
+                .and_then(|text| serde_json::from_str::<Value>(text).ok())
+                .unwrap_or(Value::Null);
+            json!({ "offset": line.offset(), "data": data })
+        })
+        .collect();
+    Ok(json!({
+        "room": room,
+        "epoch": page.epoch.to_string(),
+        "lines": lines,
+        "missed": page.missed,
+        "next": page.next,
+        "end": page.end,
+    }))
 }
 
 /// `GET /api/rooms/{room}/members`: who is in the room, on every node.

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../hub-redis/tests/support/redis_server.rs"]
+mod redis_server;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -351,4 +353,119 @@ async fn a_short_key_is_refused_at_start() {
         Err(other) => panic!("unexpected {other}"),
         Ok(_) => panic!("started with a 5-byte key"),
     }
+}
+
+#[tokio::test]
+async fn across_two_nodes_publish_reaches_the_other_and_history_reads_the_same() {
+    let redis = redis_server::RedisServer::start().await;
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str(), "--api-key", KEY];
+    let (a, b) = (
+        TestServer::start(&args).await,
+        TestServer::start(&args).await,
+    );
+    let mut json_client = b.connect("/ws?room=news&name=ann&format=json").await;
+    let mut text_client = b.connect("/ws?room=news&name=bob").await;
+    while !recv_text(&mut text_client).await.contains("bob") {}
+    let news = hub::Topic::Room("news".into());
+    timeout(WAIT, b.rooms.until_placed(&news)).await.unwrap();
+
+    // Published through node A, which has no member of the room.
+    let (status, placed) = post(
+        a.addr,
+        "/api/publish",
+        r#"{"room": "news", "from": "bot", "text": "from a"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{placed}");
+    let line = next_line(&mut json_client).await;
+    assert_eq!(
+        (&line["epoch"], &line["offset"]),
+        (&placed["epoch"], &placed["offset"])
+    );
+    assert_eq!(line["data"]["text"], "from a");
+    assert_eq!(next_text(&mut text_client).await, "bot: from a");
+
+    // History reads the same on both nodes (A loads it from Redis).
+    let offset = placed["offset"].as_u64().unwrap();
+    for node in [&b, &a] {
+        let (status, page) = get(
+            node.addr,
+            &format!("/api/rooms/news/history?since={offset}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["epoch"], placed["epoch"]);
+        assert_eq!(page["missed"], 0);
+        assert_eq!(page["lines"].as_array().unwrap().len(), 1, "{page}");
+        assert_eq!(page["lines"][0]["offset"], offset);
+        assert_eq!(page["lines"][0]["data"]["from"], "bot");
+        assert_eq!(page["lines"][0]["data"]["text"], "from a");
+        assert_eq!(
+            (page["next"].as_u64(), page["end"].as_u64()),
+            (Some(offset + 1), Some(offset + 1))
+        );
+    }
+
+    // A's member list includes B's members.
+    let names = timeout(WAIT, async {
+        loop {
+            let (_, members) = get(a.addr, "/api/rooms/news/members").await;
+            let names: Vec<String> = (members["members"].as_array().unwrap().iter())
+                .map(|m| m["name"].as_str().unwrap().to_owned())
+                .collect();
+            if names.len() == 2 {
+                return names;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(names, ["ann", "bob"]);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn history_reports_what_it_no_longer_holds() {
+    let server = TestServer::start(&["--api-key", KEY, "--history", "3"]).await;
+    let mut last = Value::Null;
+    for n in 0..5 {
+        let body = format!(r#"{{"room": "log", "from": "bot", "text": "line {n}"}}"#);
+        last = post(server.addr, "/api/publish", &body).await.1;
+    }
+    assert_eq!(last["offset"], 4);
+    let (status, page) = get(server.addr, "/api/rooms/log/history?since=0&limit=10").await;
+    assert_eq!(status, 200);
+    let texts: Vec<&str> = (page["lines"].as_array().unwrap().iter())
+        .map(|line| line["data"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["line 2", "line 3", "line 4"]);
+    assert_eq!(
+        (page["missed"].as_u64(), page["next"].as_u64()),
+        (Some(2), Some(5))
+    );
+    let (_, page) = get(server.addr, "/api/rooms/log/history?since=3&limit=1").await;
+    assert_eq!(page["lines"][0]["data"]["text"], "line 3");
+    assert_eq!(
+        (page["next"].as_u64(), page["end"].as_u64()),
+        (Some(4), Some(5))
+    );
+    for (query, error) in [
+        (
+            "since=x",
+            "since must be a whole number up to 18446744073709551615",
+        ),
+        ("limit=1001", "limit must be a whole number up to 1000"),
+        ("from=1", "unknown parameter \"from\"; use since, limit"),
+    ] {
+        let (status, answer) = get(server.addr, &format!("/api/rooms/log/history?{query}")).await;
+        assert_eq!(
+            (status, answer),
+            (400, json!({ "error": error })),
+            "{query}"
+        );
+    }
+    server.stop().await;
 }

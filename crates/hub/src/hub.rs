@@ -12,7 +12,7 @@ use crate::inner::Inner;
 use crate::presence::Presence;
 use crate::room::PENDING;
 use crate::stats::Stats;
-use crate::{ConnId, Except, Message, Metadata, Position, Resume, RoomName, Topic};
+use crate::{ConnId, Except, HistoryPage, Message, Metadata, Position, Resume, RoomName, Topic};
 
 /// A broadcast hub: connections register with it, join rooms, and receive
 /// personal messages, broadcasts to everyone and broadcasts to their rooms.
@@ -333,6 +333,40 @@ impl Hub {
             Ok(position) => Ok(position),
             Err(placed) => placed.await.map_err(|_| PublishError::Unplaced),
         }
+    }
+
+    /// Up to `limit` lines of `room`'s history, from offset `from` on, in
+    /// the room's current epoch; `None` if rooms keep no history (see
+    /// [`Builder::idle_rooms`]). A room with no member on this node is
+    /// kept among the idle rooms from then on; with a
+    /// [backplane](crate::Builder::backplane), it is placed first, which
+    /// loads the backplane's history of it, so every node reads the same
+    /// lines. That takes a round trip, or waits while the backplane is out
+    /// of reach: bound the wait with a timeout.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hub = hub::Hub::new();
+    /// for line in ["one", "two", "three"] {
+    ///     hub.publish("news", line).await?;
+    /// }
+    /// let page = hub.history("news", 1, 10).await.expect("history is kept");
+    /// let lines: Vec<_> = page.lines.iter().map(|l| l.message().as_text()).collect();
+    /// assert_eq!(lines, [Some("two"), Some("three")]);
+    /// assert_eq!((page.missed, page.next, page.end), (0, 3, 3));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn history(
+        &self,
+        room: impl Into<RoomName>,
+        from: u64,
+        limit: usize,
+    ) -> Option<HistoryPage> {
+        let room = self.inner.rooms.keep(&room.into())?;
+        room.until_placed().await;
+        Some(room.page(from, limit))
     }
 
     /// The members of `room`, as an [`Audience`] to add to or

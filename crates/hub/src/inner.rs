@@ -183,8 +183,14 @@ impl Inner {
                 }
             }
         };
-        let kept = self.rooms.keep(&room);
-        Ok(Ok(self.publish_local_at(&kept, message, Except::none()).1))
+        Ok(Ok(match self.rooms.keep(&room) {
+            Some(kept) => self.publish_local_at(&kept, message, Except::none()).1,
+            // Kept nowhere, heard by no one: numbered in a room of its own.
+            None => Position {
+                epoch: crate::topic::new_epoch(),
+                offset: 0,
+            },
+        }))
     }
 
     /// Trims history back under the hub-wide budget, if it is over, and

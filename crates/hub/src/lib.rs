@@ -128,7 +128,7 @@ pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};
 pub use presence::{Presence, PresenceEvent, PresenceKind};
 pub use stats::Stats;
-pub use topic::{Position, Resume, RoomName, Topic};
+pub use topic::{HistoryPage, Position, Resume, RoomName, Topic};
 
 /// The crate README's example, compiled and run as a doctest.
 #[cfg(doctest)]

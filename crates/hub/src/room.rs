@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, Notify};
 use crate::builder::SlowConsumer;
 use crate::history::{HistoryBudget, HistoryLimits, Kept};
 use crate::topic::new_epoch;
-use crate::{Broadcast, ConnId, Except, Message, Position, Topic};
+use crate::{Broadcast, ConnId, Except, HistoryPage, Message, Position, Topic};
 
 /// What travels through a topic's channel, and what its history keeps.
 #[derive(Clone, Debug)]
@@ -471,6 +471,25 @@ impl Room {
         Chunk {
             next,
             missing: (next - from).saturating_sub(found as u64),
+        }
+    }
+
+    /// Up to `limit` lines of history from offset `from` on.
+    pub(crate) fn page(&self, from: u64, limit: usize) -> HistoryPage {
+        let (epoch, end, _) = self.position();
+        let from = from.min(end);
+        let (mut lines, mut noticed) = (Vec::new(), 0);
+        let chunk = self.history_chunk((from, end), limit, |stored| match &stored.payload {
+            Payload::Message(line) => lines.push(line.clone()),
+            Payload::Missed(missed) => noticed += missed,
+            Payload::Placed => {}
+        });
+        HistoryPage {
+            epoch,
+            lines,
+            missed: chunk.missing + noticed,
+            next: chunk.next,
+            end,
         }
     }
 

@@ -106,23 +106,29 @@ impl Rooms {
         (room, subscribed)
     }
 
-    /// The room called `name`, made if needed, for a message published
-    /// with no member on this node: a room made so is kept among the idle
-    /// rooms, for its history, if rooms keep history; if they do not, it
-    /// is not kept at all (the message reaches no one and is not stored).
-    pub(crate) fn keep(&self, name: &RoomName) -> Arc<Room> {
+    /// The room called `name`, made if needed with no member on this node
+    /// (a message published to it, its history read): a room made so is
+    /// kept among the idle rooms, for its history, and followed through
+    /// the backplane, if rooms keep history. If they do not, it is not
+    /// kept at all (`None`).
+    pub(crate) fn keep(&self, name: &RoomName) -> Option<Arc<Room>> {
         let mut table = self.lock();
         if let Some(room) = table.by_name.get(name) {
-            return Arc::clone(room);
+            return Some(Arc::clone(room));
+        }
+        if !self.keep_history || self.idle_rooms == 0 {
+            return None;
         }
         let topic = Topic::Room(name.clone());
         let budget = Arc::clone(&self.history_budget);
-        let room = Arc::new(Room::new(topic, self.window, false, budget));
-        if self.keep_history && self.idle_rooms > 0 {
-            table.by_name.insert(name.clone(), Arc::clone(&room));
-            self.make_idle(&mut table, name.clone());
+        let mirrored = self.backplane.is_some();
+        let room = Arc::new(Room::new(topic, self.window, mirrored, budget));
+        table.by_name.insert(name.clone(), Arc::clone(&room));
+        if let Some(backplane) = &self.backplane {
+            backplane.watch(&room.topic);
         }
-        room
+        self.make_idle(&mut table, name.clone());
+        Some(room)
     }
 
     /// Puts an empty room among the idle ones, retiring the longest idle

@@ -116,6 +116,25 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// A stretch of a room's history, as [`Hub::history`](crate::Hub::history)
+/// reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryPage {
+    /// The room's epoch: the lines' offsets count within it.
+    pub epoch: u64,
+    /// The lines, oldest first.
+    pub lines: Vec<crate::Broadcast>,
+    /// Lines of the stretch read that history no longer holds (dropped by
+    /// its limits), or that never reached this room's stream.
+    pub missed: u64,
+    /// The offset to read from next.
+    pub next: u64,
+    /// The offset the room's next line will have: there is more to read
+    /// while `next` is below it.
+    pub end: u64,
+}
+
 /// How a [`Hub::resume`](crate::Hub::resume) went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
