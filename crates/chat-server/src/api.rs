@@ -173,6 +173,10 @@ impl Api {
                 let body = self.body(request).await?;
                 send(hubs.rooms, &body)
             }
+            Endpoint::Disconnect => {
+                let body = self.body(request).await?;
+                disconnect(&hubs, &body)
+            }
         }
     }
 
@@ -200,6 +204,7 @@ enum Endpoint {
     Publish,
     Broadcast,
     Send,
+    Disconnect,
     Rooms,
     Members(String),
     History(String),
@@ -212,6 +217,7 @@ impl Endpoint {
             Self::Publish => "publish",
             Self::Broadcast => "broadcast",
             Self::Send => "send",
+            Self::Disconnect => "disconnect",
             Self::Rooms => "rooms",
             Self::Members(_) => "members",
             Self::History(_) => "history",
@@ -225,6 +231,7 @@ fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
         (&Method::POST, "publish") => Some(Endpoint::Publish),
         (&Method::POST, "broadcast") => Some(Endpoint::Broadcast),
         (&Method::POST, "send") => Some(Endpoint::Send),
+        (&Method::POST, "disconnect") => Some(Endpoint::Disconnect),
         (&Method::GET, "rooms") => Some(Endpoint::Rooms),
         (&Method::GET, rest) => {
             let (room, what) = rest.strip_prefix("rooms/")?.split_once('/')?;
@@ -345,6 +352,38 @@ fn send(rooms: &Hub, body: &Fields) -> Result<Value, Failure> {
     let text = body.text("text")?;
     let line = payload("private", json!({ "from": from, "to": user, "text": text }));
     Ok(json!({ "reached": rooms.to_user(&user).broadcast(line) }))
+}
+
+/// Longest close reason: a close frame's payload is at most 125 bytes,
+/// two of them the code.
+const MAX_REASON: usize = 123;
+
+/// `POST /api/disconnect`: closes every connection of `user`, on every
+/// node, with `code` (1000, or 3000 to 4999) and `reason`.
+fn disconnect(hubs: &Hubs<'_>, body: &Fields) -> Result<Value, Failure> {
+    body.only(&["user", "code", "reason"])?;
+    let user = body.name("user")?;
+    let code = match body.get("code") {
+        None => 1000,
+        Some(code) => (code.as_u64())
+            .and_then(|code| u16::try_from(code).ok())
+            .filter(|code| *code == 1000 || (3000..=4999).contains(code))
+            .ok_or_else(|| Failure::bad("code must be 1000, or 3000 to 4999"))?,
+    };
+    let reason = match body.get("reason") {
+        None => "disconnected by the server",
+        Some(_) => body.string("reason")?,
+    };
+    if reason.len() > MAX_REASON {
+        return Err(Failure::bad(format!(
+            "reason must be at most {MAX_REASON} bytes"
+        )));
+    }
+    let closed = [hubs.rooms, hubs.chat]
+        .iter()
+        .map(|hub| hub.disconnect_user(&user, code, reason))
+        .sum::<usize>();
+    Ok(json!({ "disconnected": closed }))
 }
 
 /// `GET /api/rooms`: the rooms with members, and how many each has.

@@ -469,3 +469,69 @@ async fn history_reports_what_it_no_longer_holds() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn disconnect_closes_a_users_sockets_on_both_nodes_with_the_code_given() {
+    let redis = redis_server::RedisServer::start().await;
+    let url = redis.url();
+    let args = ["--redis-url", url.as_str(), "--api-key", KEY];
+    let (a, b) = (
+        TestServer::start(&args).await,
+        TestServer::start(&args).await,
+    );
+    let mut alice_a = a.connect("/ws?room=news&name=alice").await;
+    let mut alice_b = b.connect("/ws?room=news&name=alice").await;
+    let mut bob = b.connect("/ws?room=news&name=bob").await;
+    while !recv_text(&mut bob).await.contains("bob") {}
+    // B has seen A's alice: the removal reaches A through Redis.
+    timeout(WAIT, async {
+        loop {
+            let (_, members) = get(b.addr, "/api/rooms/news/members").await;
+            if members["members"].as_array().is_some_and(|m| m.len() == 3) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    for (body, error) in [
+        (
+            r#"{"user": "alice", "code": 1001}"#,
+            "code must be 1000, or 3000 to 4999",
+        ),
+        (
+            r#"{"user": "alice", "code": "4000"}"#,
+            "code must be 1000, or 3000 to 4999",
+        ),
+        (r#"{"code": 4000}"#, "user is missing"),
+    ] {
+        let (status, answer) = post(b.addr, "/api/disconnect", body).await;
+        assert_eq!((status, answer), (400, json!({ "error": error })), "{body}");
+    }
+    let long = format!(r#"{{"user": "alice", "reason": "{}"}}"#, "r".repeat(124));
+    let (status, answer) = post(b.addr, "/api/disconnect", &long).await;
+    assert_eq!(
+        (status, answer),
+        (400, json!({ "error": "reason must be at most 123 bytes" }))
+    );
+
+    let (status, answer) = post(
+        b.addr,
+        "/api/disconnect",
+        r#"{"user": "alice", "code": 4000, "reason": "account closed"}"#,
+    )
+    .await;
+    assert_eq!((status, answer), (200, json!({ "disconnected": 1 })));
+    for alice in [&mut alice_b, &mut alice_a] {
+        assert_eq!(
+            common::recv_close(alice).await,
+            (4000, "account closed".to_owned())
+        );
+    }
+    // Bob stays, and hears her go.
+    assert_eq!(next_text(&mut bob).await, "alice left");
+    a.stop().await;
+    b.stop().await;
+}

@@ -443,7 +443,11 @@ impl Backplane for RedisBackplane {
 
 /// What a queued publication counts toward [`Builder::queue`].
 pub(crate) fn cost(publication: &Publication) -> usize {
-    publication.message().len() + 64
+    let carried = match publication {
+        Publication::Disconnect { reason, .. } => reason.len(),
+        other => other.message().map_or(0, hub::Message::len),
+    };
+    carried + 64
 }
 
 /// A snapshot of a [`RedisBackplane`]'s counters.

@@ -280,12 +280,12 @@ where
     loop {
         let event = match connection.recv().await {
             Ok(event) => event,
-            Err(closed) => return ended_by_hub(closed),
+            Err(closed) => return ended_by_hub(closed, connection.farewell()),
         };
         let batch = WriteBatch::new(socket, connection, event, session, handler, counters);
         match within(config.write_timeout, pin!(batch)).await {
             Ok(Ok(None)) => {}
-            Ok(Ok(Some(closed))) => return ended_by_hub(closed),
+            Ok(Ok(Some(closed))) => return ended_by_hub(closed, connection.farewell()),
             Ok(Err(error)) => return write_failed(connection.id(), error),
             Err(_) => return writes_timed_out(),
         }
@@ -544,8 +544,14 @@ fn server_close(code: CloseCode, reason: &'static str) -> Ended {
     Ended::ServerClosed(Close::new(code, reason))
 }
 
-fn ended_by_hub(closed: RecvError) -> Ended {
+/// How the session ends when the hub closed its connection; `farewell`
+/// is the reason given to [`hub::Hub::disconnect_user`].
+fn ended_by_hub(closed: RecvError, farewell: Option<&str>) -> Ended {
     match closed {
+        RecvError::Removed { code } => Ended::ServerClosed(Close::new(
+            CloseCode(code).sendable(),
+            farewell.unwrap_or("disconnected by the server").to_owned(),
+        )),
         RecvError::Shutdown => server_close(CloseCode::GOING_AWAY, "server shutting down"),
         RecvError::Lagged { missed } => Ended::ServerClosed(Close::new(
             CloseCode::TRY_AGAIN_LATER,

@@ -49,6 +49,16 @@ pub enum Publication {
         /// What.
         message: Message,
     },
+    /// Every connection of a user is to be removed, on every other node
+    /// ([`Remote::disconnect_user`]); this node has removed its own.
+    Disconnect {
+        /// The user.
+        user: Arc<str>,
+        /// The code and reason to remove them with.
+        code: u16,
+        /// Why.
+        reason: Arc<str>,
+    },
     /// A message for every connection of a user, on every other node
     /// ([`Remote::send_to_user`]); this node has delivered it already.
     User {
@@ -62,23 +72,26 @@ pub enum Publication {
 }
 
 impl Publication {
-    /// The message carried.
+    /// The message carried, if any ([`Disconnect`](Self::Disconnect)
+    /// carries none).
     #[must_use]
-    pub fn message(&self) -> &Message {
+    pub fn message(&self) -> Option<&Message> {
         match self {
             Self::Broadcast { message, .. }
             | Self::Personal { message, .. }
-            | Self::User { message, .. } => message,
+            | Self::User { message, .. } => Some(message),
+            Self::Disconnect { .. } => None,
         }
     }
 
-    /// The message carried.
+    /// The message carried, if any.
     #[must_use]
-    pub fn into_message(self) -> Message {
+    pub fn into_message(self) -> Option<Message> {
         match self {
             Self::Broadcast { message, .. }
             | Self::Personal { message, .. }
-            | Self::User { message, .. } => message,
+            | Self::User { message, .. } => Some(message),
+            Self::Disconnect { .. } => None,
         }
     }
 
@@ -205,6 +218,7 @@ pub(crate) trait Sink: Send + Sync {
     fn deliver_here(&self, topic: &Topic, message: Message, except: Except) -> usize;
     fn send_personal(&self, to: ConnId, message: Message) -> Result<(), SendError>;
     fn send_to_user(&self, user: &str, message: &Message, except: &Except) -> usize;
+    fn disconnect_user(&self, user: &str, code: u16, reason: &Arc<str>) -> usize;
     fn announce(&self, event: PresenceEvent);
     fn topics(&self) -> Vec<Topic>;
 }
@@ -326,6 +340,15 @@ impl Remote {
         self.inner
             .upgrade()
             .map_or(0, |inner| inner.send_to_user(user, &message, except))
+    }
+
+    /// Removes this node's connections of `user`, as another node asked
+    /// (see [`Hub::disconnect_user`](crate::Hub::disconnect_user)); returns
+    /// how many there were.
+    pub fn disconnect_user(&self, user: &str, code: u16, reason: &Arc<str>) -> usize {
+        self.inner
+            .upgrade()
+            .map_or(0, |inner| inner.disconnect_user(user, code, reason))
     }
 
     /// Passes a presence event of another node to this hub's

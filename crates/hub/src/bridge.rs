@@ -1,6 +1,8 @@
 //! The hub as its backplane sees it: what a [`Remote`](crate::Remote)
 //! delivers, placed where the backplane numbered it.
 
+use std::sync::Arc;
+
 use crate::backplane::Sink;
 use crate::inner::Inner;
 use crate::presence::PresenceEvent;
@@ -68,6 +70,10 @@ impl Sink for Inner {
 
     fn send_to_user(&self, user: &str, message: &Message, except: &Except) -> usize {
         self.send_to_user_local(user, message, except)
+    }
+
+    fn disconnect_user(&self, user: &str, code: u16, reason: &Arc<str>) -> usize {
+        self.remove_user_local(user, code, reason)
     }
 
     fn announce(&self, event: PresenceEvent) {

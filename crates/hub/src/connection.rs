@@ -86,6 +86,14 @@ impl Connection {
         &self.metadata
     }
 
+    /// The reason given when the connection was removed with
+    /// [`Hub::disconnect_user`](crate::Hub::disconnect_user) (its
+    /// [`RecvError::Removed`](crate::RecvError::Removed) has the code).
+    #[must_use]
+    pub fn farewell(&self) -> Option<&str> {
+        self.membership.removal()?.farewell.as_deref()
+    }
+
     /// Waits for the next event.
     ///
     /// # Errors

@@ -107,6 +107,15 @@ pub enum RecvError {
     /// The hub was shut down with [`Hub::shutdown`](crate::Hub::shutdown).
     #[error("the hub is shutting down")]
     Shutdown,
+    /// The connection's user was removed with
+    /// [`Hub::disconnect_user`](crate::Hub::disconnect_user), with this
+    /// code (a WebSocket transport closes with it) and a reason that
+    /// [`Connection::farewell`](crate::Connection::farewell) gives.
+    #[error("the connection was removed by the server (code {code})")]
+    Removed {
+        /// The code given.
+        code: u16,
+    },
     /// The connection fell further behind a topic's channel than its
     /// capacity allows and the slow-consumer policy is
     /// [`SlowConsumer::Disconnect`](crate::SlowConsumer::Disconnect).

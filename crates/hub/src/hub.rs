@@ -147,6 +147,29 @@ impl Hub {
         self.inner.remove(id, RecvError::Disconnected)
     }
 
+    /// Removes every connection of `user` (see [`Metadata::with_user`]),
+    /// on every node: each receives what was sent to it before, then
+    /// [`RecvError::Removed`] with `code`, and
+    /// [`Connection::farewell`] gives `reason` (a WebSocket transport
+    /// closes with both). Returns how many were on this node.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use hub::{Metadata, RecvError, TryRecvError};
+    ///
+    /// let hub = hub::Hub::new();
+    /// let mut tab = hub.connect_with(Metadata::default().with_user("ann"))?;
+    /// assert_eq!(hub.disconnect_user("ann", 4001, "account closed"), 1);
+    /// let closed = TryRecvError::Closed(RecvError::Removed { code: 4001 });
+    /// assert_eq!(tab.try_recv(), Err(closed));
+    /// assert_eq!(tab.farewell(), Some("account closed"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn disconnect_user(&self, user: &str, code: u16, reason: &str) -> usize {
+        self.inner.disconnect_user(user, code, reason)
+    }
+
     /// Removes every connection and refuses new ones. Idempotent.
     ///
     /// Each connection's `recv` returns what was sent to it before the

@@ -125,7 +125,11 @@ impl Inner {
                 match backplane.publish(publication) {
                     // Counted as delivered when it comes back.
                     Ok(()) => return reach,
-                    Err(back) => back.into_message(),
+                    Err(back) => match back.into_message() {
+                        Some(message) => message,
+                        // Not what was handed over: nothing to deliver.
+                        None => return 0,
+                    },
                 }
             }
         };
@@ -173,12 +177,11 @@ impl Inner {
                     Ok(()) => return Ok(Err(receiver)),
                     // Out of reach: this node's members get it, as with
                     // any broadcast, in the room's own numbering.
-                    Err(back) => match self.room(room.as_str()) {
-                        Some(kept) => {
-                            let message = back.into_message();
+                    Err(back) => match (self.room(room.as_str()), back.into_message()) {
+                        (Some(kept), Some(message)) => {
                             return Ok(Ok(self.publish_local_at(&kept, message, Except::none()).1));
                         }
-                        None => return Err(PublishError::Unreachable),
+                        _ => return Err(PublishError::Unreachable),
                     },
                 }
             }
@@ -231,6 +234,23 @@ impl Inner {
             }
             Topic::Room(_) => room.reach(except),
         }
+    }
+
+    /// Removes this node's connections of `user`, and asks the other nodes
+    /// to do the same.
+    pub(crate) fn disconnect_user(&self, user: &str, code: u16, reason: &str) -> usize {
+        let reason: Arc<str> = Arc::from(reason);
+        let removed = self.remove_user_local(user, code, &reason);
+        if let Some(backplane) = &self.backplane {
+            // Out of reach, the other nodes cannot be told; their
+            // connections of the user stay.
+            let _ = backplane.publish(Publication::Disconnect {
+                user: Arc::from(user),
+                code,
+                reason,
+            });
+        }
+        removed
     }
 
     /// Queues `message` for this node's connections of `user`, and hands
@@ -373,7 +393,7 @@ fn send_remote(backplane: &dyn Backplane, id: ConnId, message: Message) -> Resul
         Ok(()) => Ok(()),
         Err(back) => Err(SendError::Unreachable {
             id,
-            message: back.into_message(),
+            message: (back.into_message()).unwrap_or_else(|| Message::text(String::new())),
         }),
     }
 }

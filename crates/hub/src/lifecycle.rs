@@ -175,11 +175,29 @@ impl Inner {
         let entry = self.lock().remove(id);
         match entry {
             Some(entry) => {
-                self.retire(id, entry, reason);
+                self.retire(id, entry, reason, None);
                 true
             }
             None => false,
         }
+    }
+
+    /// Removes this node's connections of `user` with
+    /// [`RecvError::Removed`]; returns how many there were.
+    pub(crate) fn remove_user_local(&self, user: &str, code: u16, farewell: &Arc<str>) -> usize {
+        let removed: Vec<(ConnId, Entry)> = {
+            let mut registry = self.lock();
+            let ids: Vec<ConnId> = registry.of_user(user).map(|(id, _)| id).collect();
+            (ids.into_iter())
+                .filter_map(|id| Some((id, registry.remove(id)?)))
+                .collect()
+        };
+        let count = removed.len();
+        for (id, entry) in removed {
+            let reason = RecvError::Removed { code };
+            self.retire(id, entry, reason, Some(Arc::clone(farewell)));
+        }
+        count
     }
 
     /// Disconnects the connections holding the most queued bytes until the
@@ -229,13 +247,13 @@ impl Inner {
             (removed, registry.len())
         };
         for (id, entry) in removed {
-            self.retire(id, entry, RecvError::Shutdown);
+            self.retire(id, entry, RecvError::Shutdown, None);
         }
         left
     }
 
     /// Finishes removing a connection taken out of the registry.
-    fn retire(&self, id: ConnId, entry: Entry, reason: RecvError) {
+    fn retire(&self, id: ConnId, entry: Entry, reason: RecvError, farewell: Option<Arc<str>>) {
         // Read after the removal: every broadcast that completed before it
         // has a lower offset.
         let (epoch, next, _) = self.all.position();
@@ -246,7 +264,11 @@ impl Inner {
                 cutoffs.push((room.topic.clone(), epoch, next));
             }
         }
-        entry.membership.remove(Removal { reason, cutoffs });
+        entry.membership.remove(Removal {
+            reason,
+            farewell,
+            cutoffs,
+        });
         for room in &entry.rooms {
             self.leave_room(id, room);
             self.announce(

@@ -77,6 +77,8 @@ pub(crate) struct Membership {
 #[derive(Clone, Debug)]
 pub(crate) struct Removal {
     pub(crate) reason: RecvError,
+    /// Said with [`RecvError::Removed`].
+    pub(crate) farewell: Option<Arc<str>>,
     /// For each topic the connection was in, the epoch and offset of the
     /// first message sent after the removal: earlier ones are still
     /// delivered.

@@ -148,6 +148,13 @@ impl Follow {
         let Some(user) = entry.take("u").and_then(|u| String::from_utf8(u).ok()) else {
             return;
         };
+        // A removal: its code, and its reason.
+        if let Some(code) = entry.number("d").and_then(|code| u16::try_from(code).ok()) {
+            let reason = entry.take("r").unwrap_or_default();
+            let reason: Arc<str> = Arc::from(String::from_utf8_lossy(&reason));
+            remote.disconnect_user(&user, code, &reason);
+            return;
+        }
         let except = entry.except();
         if let Some(message) = take_message(&mut entry) {
             remote.send_to_user(&user, message, &except);

@@ -134,6 +134,18 @@ impl Link {
                     .arg(payload);
                 steps.push(Step::Direct(publication));
             }
+            Publication::Disconnect { user, code, reason } => {
+                self.append(pipe, session, &self.keys.users())
+                    .arg("u")
+                    .arg(user.as_bytes())
+                    .arg("n")
+                    .arg(self.node)
+                    .arg("d")
+                    .arg(*code)
+                    .arg("r")
+                    .arg(reason.as_bytes());
+                steps.push(Step::Direct(publication));
+            }
             Publication::User {
                 user,
                 message,
