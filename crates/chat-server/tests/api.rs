@@ -535,3 +535,61 @@ async fn disconnect_closes_a_users_sockets_on_both_nodes_with_the_code_given() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_description_lists_every_route() {
+    let server = TestServer::start(&["--api-key", KEY]).await;
+    // Read without a key: the description is no secret.
+    let (status, headers, doc) = call(server.addr, "GET", "/api/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        common::header(&headers, "content-type"),
+        Some("application/json")
+    );
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    let mut routes: Vec<String> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().unwrap().keys();
+            methods.map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            "GET /api/rooms",
+            "GET /api/rooms/{room}/history",
+            "GET /api/rooms/{room}/members",
+            "POST /api/broadcast",
+            "POST /api/disconnect",
+            "POST /api/publish",
+            "POST /api/send",
+        ]
+    );
+    // Each operation says what it takes and answers, and needs the key.
+    let publish = &paths["/api/publish"]["post"];
+    assert!(
+        publish["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap()
+            .ends_with("/PublishRequest")
+    );
+    for status in ["200", "400", "401", "503"] {
+        assert!(
+            publish["responses"][status].is_object(),
+            "{status}: {publish}"
+        );
+    }
+    assert_eq!(doc["security"], json!([{ "api_key": [] }]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["api_key"],
+        json!({ "type": "http", "scheme": "bearer" })
+    );
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in ["PublishRequest", "Placed", "History", "ApiError", "Members"] {
+        assert!(schemas.contains_key(name), "no schema {name}");
+    }
+    server.stop().await;
+}

@@ -10,13 +10,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hub::{Hub, Metadata};
+use hub::Hub;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use crate::protocol::{self, payload};
+
+mod schema;
+
+use schema::{
+    ApiError, BroadcastRequest, DisconnectRequest, Disconnected, History, Line, Member, Members,
+    Placed, PublishRequest, Reached, RoomCount, SendRequest,
+};
 
 /// The shortest key the server accepts.
 pub(crate) const MIN_API_KEY_LEN: usize = 32;
@@ -92,9 +99,11 @@ impl Api {
         let method = request.method().clone();
         let endpoint = endpoint(&method, &path);
         let name = endpoint.as_ref().map_or("unknown", Endpoint::name);
-        let answer = match self.authorized(&request) {
-            Err(failure) => Err(failure),
-            Ok(()) => self.answer(endpoint, hubs, request).await,
+        let answer = match (&endpoint, self.authorized(&request)) {
+            // The description is no secret: tools read it without a key.
+            (Some(Endpoint::Description), _) => description(),
+            (_, Err(failure)) => Err(failure),
+            (_, Ok(())) => self.answer(endpoint, hubs, request).await,
         };
         let (status, body) = match answer {
             Ok(value) => (StatusCode::OK, value),
@@ -153,30 +162,17 @@ impl Api {
             });
         };
         match endpoint {
-            Endpoint::Rooms => Ok(rooms(hubs.rooms)),
+            Endpoint::Rooms => rooms(hubs.rooms),
+            Endpoint::Description => description(),
             Endpoint::Members(room) => members(hubs.rooms, &room),
             Endpoint::History(room) => {
                 let query = request.uri().query().unwrap_or_default().to_owned();
                 history(hubs.rooms, &room, &query).await
             }
-            Endpoint::Publish => {
-                let body = self.body(request).await?;
-                publish(hubs.rooms, &body).await
-            }
-            Endpoint::Broadcast => {
-                let body = self.body(request).await?;
-                body.only(&["text"])?;
-                let text = body.text("text")?;
-                Ok(json!({ "reached": hubs.chat.broadcast(text) }))
-            }
-            Endpoint::Send => {
-                let body = self.body(request).await?;
-                send(hubs.rooms, &body)
-            }
-            Endpoint::Disconnect => {
-                let body = self.body(request).await?;
-                disconnect(&hubs, &body)
-            }
+            Endpoint::Publish => publish(hubs.rooms, self.body(request).await?).await,
+            Endpoint::Broadcast => broadcast(hubs.chat, self.body(request).await?),
+            Endpoint::Send => send(hubs.rooms, self.body(request).await?),
+            Endpoint::Disconnect => disconnect(&hubs, self.body(request).await?),
         }
     }
 
@@ -208,6 +204,8 @@ enum Endpoint {
     Rooms,
     Members(String),
     History(String),
+    /// `/api/openapi.json`.
+    Description,
 }
 
 impl Endpoint {
@@ -221,6 +219,7 @@ impl Endpoint {
             Self::Rooms => "rooms",
             Self::Members(_) => "members",
             Self::History(_) => "history",
+            Self::Description => "openapi",
         }
     }
 }
@@ -233,6 +232,7 @@ fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
         (&Method::POST, "send") => Some(Endpoint::Send),
         (&Method::POST, "disconnect") => Some(Endpoint::Disconnect),
         (&Method::GET, "rooms") => Some(Endpoint::Rooms),
+        (&Method::GET, "openapi.json") => Some(Endpoint::Description),
         (&Method::GET, rest) => {
             let (room, what) = rest.strip_prefix("rooms/")?.split_once('/')?;
             match what {
@@ -279,30 +279,27 @@ impl Fields {
         }
     }
 
-    /// A chat text: a non-empty string, made one line.
-    fn text(&self, name: &str) -> Result<String, Failure> {
-        let text = self.string(name)?;
-        if text.is_empty() {
+    /// Checks that `name` is a chat text: a non-empty string.
+    fn text(&self, name: &str) -> Result<(), Failure> {
+        if self.string(name)?.is_empty() {
             return Err(Failure::bad(format!("{name} is empty")));
         }
-        Ok(protocol::one_line(text))
+        Ok(())
     }
 
-    /// A room name, as clients give it.
-    fn room(&self, name: &str) -> Result<String, Failure> {
-        let room = self.string(name)?;
-        room_name(room)
+    /// Checks that `name` is a room name, as clients give them.
+    fn room(&self, name: &str) -> Result<(), Failure> {
+        room_name(self.string(name)?).map(drop)
     }
 
-    /// A chat name.
-    fn name(&self, name: &str) -> Result<String, Failure> {
-        let given = self.string(name)?;
-        if !protocol::valid_name(given) {
+    /// Checks that `name` is a chat name.
+    fn name(&self, name: &str) -> Result<(), Failure> {
+        if !protocol::valid_name(self.string(name)?) {
             return Err(Failure::bad(format!(
                 "{name}: names are 1 to 32 characters, without spaces or control characters"
             )));
         }
-        Ok(given.to_owned())
+        Ok(())
     }
 }
 
@@ -315,24 +312,65 @@ fn room_name(room: &str) -> Result<String, Failure> {
     Ok(room.to_owned())
 }
 
-/// `POST /api/publish`: a chat line (`text`) or an application event
-/// (`data`) in a room, as if its member `from` had sent it; answers where
-/// it was placed.
-async fn publish(rooms: &Hub, body: &Fields) -> Result<Value, Failure> {
+/// The API's OpenAPI description, generated from the handlers and types.
+fn description() -> Result<Value, Failure> {
+    use utoipa::OpenApi;
+    answer(schema::ApiDoc::openapi())
+}
+
+/// `value` as JSON.
+fn answer(value: impl serde::Serialize) -> Result<Value, Failure> {
+    serde_json::to_value(value).map_err(|error| Failure {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("the answer could not be written: {error}"),
+    })
+}
+
+/// Checked fields, as the request type they make.
+fn request<T: serde::de::DeserializeOwned>(body: Fields) -> Result<T, Failure> {
+    serde_json::from_value(Value::Object(body.0))
+        .map_err(|error| Failure::bad(format!("the body does not fit: {error}")))
+}
+
+/// A chat line (`text`) or an application event (`data`) in a room, as if
+/// its member `from` had sent it. It gets an offset, lands in history
+/// (even in a room nobody is in) and reaches the room's members on every
+/// node.
+#[utoipa::path(
+    post,
+    path = "/api/publish",
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "Placed: where clients resume after it", body = Placed),
+        (status = 400, description = "A malformed body", body = ApiError),
+        (status = 401, description = "No key, or a wrong one", body = ApiError),
+        (status = 503, description = "Redis out of reach and no member here, or shutting down", body = ApiError)
+    )
+)]
+async fn publish(rooms: &Hub, body: Fields) -> Result<Value, Failure> {
     body.only(&["room", "from", "text", "data"])?;
-    let room = body.room("room")?;
-    let from = body.name("from")?;
-    let line = match (body.get("text"), body.get("data")) {
-        (Some(_), None) => payload("chat", json!({ "from": from, "text": body.text("text")? })),
-        (None, Some(data)) => payload("data", json!({ "from": from, "data": data })),
+    body.room("room")?;
+    body.name("from")?;
+    match (body.get("text"), body.get("data")) {
+        (Some(_), None) => body.text("text")?,
+        (None, Some(_)) => {}
         (Some(_), Some(_)) => return Err(Failure::bad("give text or data, not both")),
         (None, None) => return Err(Failure::bad("text is missing (or give data)")),
+    }
+    let request: PublishRequest = request(body)?;
+    let from = request.from;
+    let line = match (request.text, request.data) {
+        (Some(text), _) => {
+            let text = protocol::one_line(&text);
+            payload("chat", json!({ "from": from, "text": text }))
+        }
+        (None, data) => payload("data", json!({ "from": from, "data": data })),
     };
-    match rooms.publish(room, line).await {
-        Ok(position) => Ok(json!({
-            "epoch": position.epoch.to_string(),
-            "offset": position.offset,
-        })),
+    match rooms.publish(request.room, line).await {
+        Ok(position) => answer(Placed {
+            epoch: position.epoch.to_string(),
+            offset: position.offset,
+        }),
         // Shut down, or Redis out of reach: worth trying again later.
         Err(error) => Err(Failure {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -341,65 +379,143 @@ async fn publish(rooms: &Hub, body: &Fields) -> Result<Value, Failure> {
     }
 }
 
-/// `POST /api/send`: a private line to every connection of `user`.
-fn send(rooms: &Hub, body: &Fields) -> Result<Value, Failure> {
+/// A line to every classic `/ws` client, as it is.
+#[utoipa::path(
+    post,
+    path = "/api/broadcast",
+    request_body = BroadcastRequest,
+    responses(
+        (status = 200, description = "Queued for this node's clients (and sent to the others)", body = Reached),
+        (status = 400, description = "A malformed body", body = ApiError),
+        (status = 401, description = "No key, or a wrong one", body = ApiError)
+    )
+)]
+fn broadcast(chat: &Hub, body: Fields) -> Result<Value, Failure> {
+    body.only(&["text"])?;
+    body.text("text")?;
+    let request: BroadcastRequest = request(body)?;
+    answer(Reached {
+        reached: chat.broadcast(protocol::one_line(&request.text)),
+    })
+}
+
+/// A private line to every connection of a user, on every node.
+#[utoipa::path(
+    post,
+    path = "/api/send",
+    request_body = SendRequest,
+    responses(
+        (status = 200, description = "Queued for the user's connections on this node (and sent to the others)", body = Reached),
+        (status = 400, description = "A malformed body", body = ApiError),
+        (status = 401, description = "No key, or a wrong one", body = ApiError)
+    )
+)]
+fn send(rooms: &Hub, body: Fields) -> Result<Value, Failure> {
     body.only(&["user", "from", "text"])?;
-    let user = body.name("user")?;
-    let from = match body.get("from") {
-        Some(_) => body.name("from")?,
-        None => "server".to_owned(),
-    };
-    let text = body.text("text")?;
-    let line = payload("private", json!({ "from": from, "to": user, "text": text }));
-    Ok(json!({ "reached": rooms.to_user(&user).broadcast(line) }))
+    body.name("user")?;
+    if body.get("from").is_some() {
+        body.name("from")?;
+    }
+    body.text("text")?;
+    let request: SendRequest = request(body)?;
+    let from = request.from.unwrap_or_else(|| "server".to_owned());
+    let text = protocol::one_line(&request.text);
+    let line = payload(
+        "private",
+        json!({ "from": from, "to": request.user, "text": text }),
+    );
+    answer(Reached {
+        reached: rooms.to_user(&request.user).broadcast(line),
+    })
 }
 
 /// Longest close reason: a close frame's payload is at most 125 bytes,
 /// two of them the code.
 const MAX_REASON: usize = 123;
 
-/// `POST /api/disconnect`: closes every connection of `user`, on every
-/// node, with `code` (1000, or 3000 to 4999) and `reason`.
-fn disconnect(hubs: &Hubs<'_>, body: &Fields) -> Result<Value, Failure> {
+/// Closes every connection of a user, on every node, with a close code
+/// and reason.
+#[utoipa::path(
+    post,
+    path = "/api/disconnect",
+    request_body = DisconnectRequest,
+    responses(
+        (status = 200, description = "Closed on this node (and on the others)", body = Disconnected),
+        (status = 400, description = "A malformed body", body = ApiError),
+        (status = 401, description = "No key, or a wrong one", body = ApiError)
+    )
+)]
+fn disconnect(hubs: &Hubs<'_>, body: Fields) -> Result<Value, Failure> {
     body.only(&["user", "code", "reason"])?;
-    let user = body.name("user")?;
-    let code = match body.get("code") {
-        None => 1000,
-        Some(code) => (code.as_u64())
+    body.name("user")?;
+    if let Some(code) = body.get("code") {
+        (code.as_u64())
             .and_then(|code| u16::try_from(code).ok())
             .filter(|code| *code == 1000 || (3000..=4999).contains(code))
-            .ok_or_else(|| Failure::bad("code must be 1000, or 3000 to 4999"))?,
-    };
-    let reason = match body.get("reason") {
-        None => "disconnected by the server",
-        Some(_) => body.string("reason")?,
-    };
-    if reason.len() > MAX_REASON {
+            .ok_or_else(|| Failure::bad("code must be 1000, or 3000 to 4999"))?;
+    }
+    if body.get("reason").is_some() && body.string("reason")?.len() > MAX_REASON {
         return Err(Failure::bad(format!(
             "reason must be at most {MAX_REASON} bytes"
         )));
     }
+    let request: DisconnectRequest = request(body)?;
+    let code = request.code.unwrap_or(1000);
+    let reason = (request.reason.as_deref()).unwrap_or("disconnected by the server");
     let closed = [hubs.rooms, hubs.chat]
         .iter()
-        .map(|hub| hub.disconnect_user(&user, code, reason))
+        .map(|hub| hub.disconnect_user(&request.user, code, reason))
         .sum::<usize>();
-    Ok(json!({ "disconnected": closed }))
+    answer(Disconnected {
+        disconnected: closed,
+    })
 }
 
-/// `GET /api/rooms`: the rooms with members, and how many each has.
-fn rooms(rooms: &Hub) -> Value {
-    let mut list: Vec<(String, usize)> = (rooms.rooms().into_iter())
-        .map(|room| {
-            let members = rooms.members(room.as_str()).len();
-            (room.as_str().to_owned(), members)
+/// The rooms with members (those of this node, with their members on every
+/// node), and how many each has.
+#[utoipa::path(
+    get,
+    path = "/api/rooms",
+    responses(
+        (status = 200, description = "By name", body = schema::Rooms),
+        (status = 401, description = "No key, or a wrong one", body = ApiError)
+    )
+)]
+fn rooms(rooms: &Hub) -> Result<Value, Failure> {
+    let mut list: Vec<RoomCount> = (rooms.rooms().into_iter())
+        .map(|room| RoomCount {
+            members: rooms.members(room.as_str()).len(),
+            room: room.as_str().to_owned(),
         })
-        .filter(|(_, members)| *members > 0)
+        .filter(|room| room.members > 0)
         .collect();
-    list.sort();
-    let list: Vec<Value> = (list.into_iter())
-        .map(|(room, members)| json!({ "room": room, "members": members }))
+    list.sort_by(|a, b| a.room.cmp(&b.room));
+    answer(schema::Rooms { rooms: list })
+}
+
+/// A room's members, on every node.
+#[utoipa::path(
+    get,
+    path = "/api/rooms/{room}/members",
+    params(("room" = String, Path, description = "The room")),
+    responses(
+        (status = 200, description = "By name", body = Members),
+        (status = 400, description = "Not a room name", body = ApiError),
+        (status = 401, description = "No key, or a wrong one", body = ApiError)
+    )
+)]
+fn members(rooms: &Hub, room: &str) -> Result<Value, Failure> {
+    let room = room_name(room)?;
+    let mut members: Vec<Member> = (rooms.members(&room).into_iter())
+        .map(|(id, metadata)| Member {
+            name: (metadata.name().map(str::to_owned))
+                .unwrap_or_else(|| format!("guest-{}", id.get())),
+            user: metadata.user().map(str::to_owned),
+            connection: id.get(),
+        })
         .collect();
-    json!({ "rooms": list })
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    answer(Members { room, members })
 }
 
 /// Lines a history request returns unless it asks for fewer, and at most.
@@ -408,14 +524,28 @@ const HISTORY_LIMIT: (usize, usize) = (100, 1000);
 /// this node.
 const PLACING: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// `GET /api/rooms/{room}/history?since=OFFSET&limit=N`: lines from
-/// history, from offset `since` (0 by default) on, with how many of that
-/// stretch history no longer holds.
+/// Lines from a room's history, from offset `since` on, with how many of
+/// that stretch history no longer holds. Every node reads the same.
+#[utoipa::path(
+    get,
+    path = "/api/rooms/{room}/history",
+    params(
+        ("room" = String, Path, description = "The room"),
+        ("since" = Option<u64>, Query, description = "The first offset wanted (0 if not given)"),
+        ("limit" = Option<u64>, Query, description = "Lines at most: 100 if not given, up to 1000")
+    ),
+    responses(
+        (status = 200, description = "Oldest first", body = History),
+        (status = 400, description = "Not a room name, or a bad parameter", body = ApiError),
+        (status = 401, description = "No key, or a wrong one", body = ApiError),
+        (status = 404, description = "The server keeps no history", body = ApiError),
+        (status = 503, description = "Redis did not answer in time", body = ApiError)
+    )
+)]
 async fn history(rooms: &Hub, room: &str, query: &str) -> Result<Value, Failure> {
     let room = room_name(room)?;
     let (mut since, mut limit) = (0, HISTORY_LIMIT.0);
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let number = |max: u64| {
             value
                 .parse::<u64>()
@@ -423,7 +553,7 @@ async fn history(rooms: &Hub, room: &str, query: &str) -> Result<Value, Failure>
                 .filter(|n| *n <= max)
                 .ok_or_else(|| Failure::bad(format!("{key} must be a whole number up to {max}")))
         };
-        match key {
+        match &*key {
             "since" => since = number(u64::MAX)?,
             "limit" => limit = number(HISTORY_LIMIT.1 as u64)? as usize,
             _ => {
@@ -449,38 +579,22 @@ async fn history(rooms: &Hub, room: &str, query: &str) -> Result<Value, Failure>
             })
         }
     };
-    let lines: Vec<Value> = (page.lines.iter())
-        .map(|line| {
-            let data = (line.message().as_text())
+    let lines = (page.lines.iter())
+        .map(|line| Line {
+            offset: line.offset(),
+            data: (line.message().as_text())
                 .and_then(|text| serde_json::from_str::<Value>(text).ok())
-                .unwrap_or(Value::Null);
-            json!({ "offset": line.offset(), "data": data })
+                .unwrap_or(Value::Null),
         })
         .collect();
-    Ok(json!({
-        "room": room,
-        "epoch": page.epoch.to_string(),
-        "lines": lines,
-        "missed": page.missed,
-        "next": page.next,
-        "end": page.end,
-    }))
-}
-
-/// `GET /api/rooms/{room}/members`: who is in the room, on every node.
-fn members(rooms: &Hub, room: &str) -> Result<Value, Failure> {
-    let room = room_name(room)?;
-    let mut members: Vec<Value> = (rooms.members(&room).into_iter())
-        .map(|(id, metadata)| member(id, &metadata))
-        .collect();
-    members.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Ok(json!({ "room": room, "members": members }))
-}
-
-fn member(id: hub::ConnId, metadata: &Metadata) -> Value {
-    let name =
-        (metadata.name().map(str::to_owned)).unwrap_or_else(|| format!("guest-{}", id.get()));
-    json!({ "name": name, "user": metadata.user(), "connection": id.get() })
+    answer(History {
+        room,
+        epoch: page.epoch.to_string(),
+        lines,
+        missed: page.missed,
+        next: page.next,
+        end: page.end,
+    })
 }
 
 #[cfg(test)]
