@@ -1,4 +1,5 @@
-//! HTTP routing: the page, the two WebSocket endpoints, health and metrics.
+//! HTTP routing: the pages and the client module, the WebSocket endpoints,
+//! health, metrics and the server API.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ const TUTORIAL_PAGE: &str = include_str!("pages/tutorial.html");
 const STYLE: &str = include_str!("pages/style.css");
 /// The script both pages share.
 const SCRIPT: &str = include_str!("pages/page.js");
+/// The room chat's client, an ES module for any page (ours uses it too).
+const CLIENT: &str = include_str!("pages/client.js");
 
 /// The endpoints, shared by every HTTP connection.
 #[derive(Clone, Debug)]
@@ -59,8 +62,16 @@ impl Routes {
             "/static/style.css" => get_only(&request, || {
                 respond(StatusCode::OK, "text/css; charset=utf-8", STYLE)
             }),
-            "/static/page.js" => get_only(&request, || {
-                respond(StatusCode::OK, "text/javascript; charset=utf-8", SCRIPT)
+            "/static/page.js" => get_only(&request, || respond(StatusCode::OK, JAVASCRIPT, SCRIPT)),
+            // Any page may import it, from any origin: what it connects
+            // to is still subject to the Origin check.
+            "/client.js" => get_only(&request, || {
+                let mut response = respond(StatusCode::OK, JAVASCRIPT, CLIENT);
+                response.headers_mut().insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+                response
             }),
             "/healthz" => get_only(&request, || {
                 if self.chat.hub().is_shut_down() {
@@ -135,6 +146,7 @@ impl Routes {
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 fn upgrade<H: hub_ws::Handler>(
     server: &WsServer<H>,

@@ -146,7 +146,10 @@ async fn the_room_chat_and_the_tutorial_page_are_served_with_their_style() {
     for path in ["/", "/index.html"] {
         let rooms = page(path).await;
         assert!(rooms.contains(r#"<form id="join" hidden>"#), "{path}");
-        assert!(rooms.contains("location.host + \"/ws?\""), "{path}");
+        assert!(
+            rooms.contains(r#"import { ChatClient } from "/client.js";"#),
+            "{path}"
+        );
         assert!(rooms.contains(r#"href="/static/index.html""#), "{path}");
     }
     let tutorial = page("/static/index.html").await;
@@ -154,6 +157,7 @@ async fn the_room_chat_and_the_tutorial_page_are_served_with_their_style() {
     assert!(tutorial.contains(r#"<input id="messageInput""#));
     assert!(tutorial.contains(r#"<ul id="messages""#));
     assert!(tutorial.contains("location.host + \"/ws\";"));
+    assert!(tutorial.contains(r#"import { Backoff } from "/client.js";"#));
     assert!(tutorial.contains(r#"<a href="/""#));
 
     let (status, headers, body) = http(server.addr, "GET", "/static/style.css").await;
@@ -170,6 +174,16 @@ async fn the_room_chat_and_the_tutorial_page_are_served_with_their_style() {
         Some("text/javascript; charset=utf-8")
     );
     assert!(body.contains("const chatPage = "));
+    // Any page may import the client module, from any origin.
+    let (status, headers, body) = http(server.addr, "GET", "/client.js").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(header(&headers, "access-control-allow-origin"), Some("*"));
+    assert!(body.contains("export class ChatClient extends EventTarget {"));
+    assert!(body.contains("export class Backoff {"));
     server.stop().await;
 }
 

@@ -2,7 +2,8 @@
 //! two people join a room, see each other in the member list, chat, send a
 //! private message, leave; the server drops a connection and the page
 //! resumes, showing what was sent meanwhile exactly once. Messages are
-//! rendered as text, never HTML.
+//! rendered as text, never HTML. A page of another origin, built on
+//! `/client.js` alone, keeps every line and the member list through drops.
 //!
 //! Needs `chromium` and `chromium-driver` (scripts/test installs them).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +17,8 @@ use common::{http, recv_text, send_text, wait_for_connections, wait_for_metric, 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::time::timeout;
 
@@ -510,6 +512,152 @@ async fn the_tutorial_steps_work_on_the_tutorial_page() {
         Some("/static/index.html")
     );
     second.close().await.unwrap();
+    server.stop().await;
+}
+
+/// Serves `html` to every request on `listener`: a page of another origin
+/// than the chat server's, as an application's page is.
+fn serve_page(listener: TcpListener, html: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // The page, and perhaps a favicon: a few requests at most.
+        for _ in 0..50 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match timeout(WAIT, stream.read(&mut chunk)).await {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{html}",
+                    html.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    })
+}
+
+/// The README's page on `/client.js`, pointed at `server` and reconnecting
+/// sooner. Panics if the README no longer reads as expected.
+fn readme_page(server: std::net::SocketAddr) -> String {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## The client module")
+        .nth(1)
+        .expect("README.md has a section on the client module");
+    let page = (section.split("```html\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the client module's section shows a page");
+    let mut page = page.to_owned();
+    for (from, to) in [
+        (
+            "https://chat.example.com/client.js",
+            format!("http://{server}/client.js"),
+        ),
+        (
+            r#"{ room: "news", name: "ada" }"#,
+            r#"{ room: "news", name: "ada", backoffMin: 100, backoffMax: 400 }"#.to_owned(),
+        ),
+    ] {
+        assert!(page.contains(from), "the README's page has no {from}");
+        page = page.replace(from, &to);
+    }
+    page
+}
+
+/// The names of a room's members, as the server has them, sorted.
+fn members_of(server: &TestServer, room: &str) -> Vec<String> {
+    let mut names: Vec<String> = (server.rooms.members(room).into_iter())
+        .filter_map(|(_, meta)| meta.name().map(str::to_owned))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Ada's connection to the news room, once she has one.
+async fn ada(server: &TestServer, not: Option<hub::ConnId>) -> hub::ConnId {
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    timeout(RECONNECT_WAIT, async {
+        loop {
+            every.tick().await;
+            let found = (server.rooms.members("news").into_iter())
+                .find(|(id, meta)| meta.name() == Some("ada") && Some(*id) != not);
+            if let Some((id, _)) = found {
+                return id;
+            }
+        }
+    })
+    .await
+    .expect("ada never connected (again)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_page_on_the_client_module_shows_every_line_once_through_drops() {
+    let driver = chromedriver().await;
+    let page = browser(&driver).await;
+    // The page comes from an origin of its own, which the server lets in.
+    let page_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_origin = format!("http://{}", page_listener.local_addr().unwrap());
+    let server = TestServer::start(&["--allowed-origin", &page_origin]).await;
+    let page_server = serve_page(page_listener, readme_page(server.addr));
+    page.goto(&format!("{page_origin}/")).await.unwrap();
+    let first = ada(&server, None).await;
+    wait_members(&page, &["ada"]).await;
+    assert_eq!(page.title().await.unwrap(), "news: open");
+
+    let mut bob = server.connect("/ws?room=news&name=bob").await;
+    let carol = server.connect("/ws?room=news&name=carol").await;
+    wait_members(&page, &["ada", "bob", "carol"]).await;
+
+    // Lines flow while the server drops ada twice; meanwhile carol leaves
+    // and dave joins.
+    for i in 0..100 {
+        send_text(&mut bob, &format!("line {i}")).await;
+    }
+    assert!(server.rooms.disconnect(first));
+    for i in 100..150 {
+        send_text(&mut bob, &format!("line {i}")).await;
+    }
+    drop(carol);
+    let _dave = server.connect("/ws?room=news&name=dave").await;
+    for i in 150..200 {
+        send_text(&mut bob, &format!("line {i}")).await;
+    }
+    let second = ada(&server, Some(first)).await;
+    assert!(server.rooms.disconnect(second));
+    for i in 200..300 {
+        send_text(&mut bob, &format!("line {i}")).await;
+    }
+    ada(&server, Some(second)).await;
+
+    // Every line once, in order, and no resync.
+    let expected: Vec<Value> = (0..300).map(|i| json!(format!("bob: line {i}"))).collect();
+    let shown = "return Array.from(document.querySelectorAll('#lines li'), li => li.textContent);";
+    let lines = wait_until(&page, "the last line", shown, |v| {
+        lines_with(v, "bob: line 299") == 1
+    })
+    .await;
+    assert_eq!(lines.as_array(), Some(&expected), "{lines}");
+
+    // The member list is the server's.
+    let members = members_of(&server, "news");
+    assert_eq!(members, ["ada", "bob", "dave"]);
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    wait_members(&page, &members).await;
+    assert_eq!(page.title().await.unwrap(), "news: open");
+
+    page.close().await.unwrap();
+    page_server.abort();
     server.stop().await;
 }
 

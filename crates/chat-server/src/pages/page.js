@@ -1,11 +1,9 @@
 // What both chat pages share: the connection's state in #status (which
-// also enables the message box), a line added to #messages, and the wait
-// before reconnecting, from half a second doubling to ten, with jitter.
+// also enables the message box), and a line added to #messages.
 "use strict";
 const chatPage = (function () {
   const $ = (id) => document.getElementById(id);
-  const MAX_ITEMS = 500, BACKOFF_MIN = 500, BACKOFF_MAX = 10000;
-  let backoff = BACKOFF_MIN;
+  const MAX_ITEMS = 500;
 
   function setStatus(kind, label) {
     $("status").dataset.state = kind;
@@ -19,17 +17,14 @@ const chatPage = (function () {
     setStatus,
     connecting() { setStatus("connecting", "connecting…"); },
     opened() {
-      backoff = BACKOFF_MIN;
       setStatus("open", "connected");
       $("messageInput").focus();
     },
-    // The socket closed with `code`: says so, and returns how long to wait
-    // before connecting again.
-    closed(code) {
-      const delay = Math.round(backoff * (0.5 + Math.random() / 2));
-      backoff = Math.min(backoff * 2, BACKOFF_MAX);
-      setStatus("closed", "disconnected (" + code + "), retrying in " + (delay / 1000).toFixed(1) + " s");
-      return delay;
+    // The socket closed with `code`; the next try is `delay` ms away, or
+    // none comes when `delay` is null.
+    closed(code, delay) {
+      const retry = delay === null ? "" : ", retrying in " + (delay / 1000).toFixed(1) + " s";
+      setStatus("closed", "disconnected (" + code + ")" + retry);
     },
     // Adds a line, keeping the latest MAX_ITEMS, and follows it if the list
     // was scrolled to its end.
