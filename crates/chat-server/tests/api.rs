@@ -423,6 +423,32 @@ async fn across_two_nodes_publish_reaches_the_other_and_history_reads_the_same()
     .await
     .unwrap();
     assert_eq!(names, ["ann", "bob"]);
+    // So do its rooms, and a private line through A reaches ann on B.
+    assert_eq!(
+        get(a.addr, "/api/rooms").await,
+        (200, json!({ "rooms": [{ "room": "news", "members": 2 }] }))
+    );
+    let (status, answer) = post(
+        a.addr,
+        "/api/send",
+        r#"{"user": "ann", "from": "ops", "text": "from a, for ann"}"#,
+    )
+    .await;
+    assert_eq!((status, answer), (200, json!({ "reached": 1 })));
+    let private = loop {
+        let frame: Value = serde_json::from_str(&recv_text(&mut json_client).await).unwrap();
+        if frame["type"] == "personal" && frame["data"]["kind"] == "private" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (
+            &private["data"]["kind"],
+            &private["data"]["from"],
+            &private["data"]["text"]
+        ),
+        (&json!("private"), &json!("ops"), &json!("from a, for ann"))
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -523,7 +549,7 @@ async fn disconnect_closes_a_users_sockets_on_both_nodes_with_the_code_given() {
         r#"{"user": "alice", "code": 4000, "reason": "account closed"}"#,
     )
     .await;
-    assert_eq!((status, answer), (200, json!({ "disconnected": 1 })));
+    assert_eq!((status, answer), (200, json!({ "disconnected": 2 })));
     for alice in [&mut alice_b, &mut alice_a] {
         assert_eq!(
             common::recv_close(alice).await,

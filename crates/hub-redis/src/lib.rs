@@ -439,6 +439,14 @@ impl Backplane for RedisBackplane {
     fn members(&self, topic: &Topic) -> Vec<(ConnId, Metadata)> {
         self.shared.roster().members(topic)
     }
+
+    fn occupancy(&self) -> Vec<(Topic, usize)> {
+        self.shared.roster().occupancy()
+    }
+
+    fn connections_of(&self, user: &str) -> usize {
+        self.shared.roster().connections_of(user)
+    }
 }
 
 /// What a queued publication counts toward [`Builder::queue`].

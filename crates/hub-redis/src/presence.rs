@@ -181,6 +181,33 @@ impl Roster {
             .map(|((_, id), member)| (*id, member.metadata()))
             .collect()
     }
+
+    /// The topics with members, and how many each has.
+    pub(crate) fn occupancy(&self) -> Vec<(Topic, usize)> {
+        let mut counts: HashMap<&Topic, usize> = HashMap::new();
+        for (topic, _) in self.nodes.values().flat_map(|node| node.members.keys()) {
+            *counts.entry(topic).or_default() += 1;
+        }
+        (counts.into_iter())
+            .map(|(topic, members)| (topic.clone(), members))
+            .collect()
+    }
+
+    /// How many connections `user` has, each counted once however many
+    /// rooms it is in.
+    pub(crate) fn connections_of(&self, user: &str) -> usize {
+        (self.nodes.values())
+            .map(|node| {
+                let mut ids: Vec<ConnId> = (node.members.iter())
+                    .filter(|(_, member)| member.user.as_deref() == Some(user))
+                    .map(|((_, id), _)| *id)
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids.len()
+            })
+            .sum()
+    }
 }
 
 fn event(kind: PresenceKind, topic: Topic, id: ConnId, member: &Member) -> PresenceEvent {
@@ -231,5 +258,38 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].kind, PresenceKind::Left);
         assert!(roster.members(&"r".into()).is_empty());
+    }
+
+    #[test]
+    fn rooms_and_users_are_counted_over_every_node() {
+        let mut roster = Roster::default();
+        let ann = Member {
+            name: Some("ann".into()),
+            user: Some("ann".into()),
+        };
+        for (node, room, conn) in [(1, "a", 1), (1, "b", 1), (1, "a", 2), (2, "a", 1)] {
+            roster.apply(
+                node,
+                PresenceKind::Joined,
+                room.into(),
+                id(conn),
+                ann.clone(),
+            );
+        }
+        roster.apply(
+            2,
+            PresenceKind::Joined,
+            "b".into(),
+            id(5),
+            Member::default(),
+        );
+        let mut rooms = roster.occupancy();
+        rooms.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(rooms, [("a".into(), 3), ("b".into(), 2)]);
+        // Node 1's connection 1 is in two rooms: one connection.
+        assert_eq!(roster.connections_of("ann"), 3);
+        assert_eq!(roster.connections_of("bob"), 0);
+        roster.apply(1, PresenceKind::Left, "a".into(), id(2), ann);
+        assert_eq!(roster.connections_of("ann"), 2);
     }
 }

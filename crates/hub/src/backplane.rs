@@ -173,6 +173,21 @@ pub trait Backplane: fmt::Debug + Send + Sync + 'static {
         let _ = topic;
         Vec::new()
     }
+
+    /// The topics with members on the other nodes, with how many, as last
+    /// heard of, for [`Hub::occupancy`](crate::Hub::occupancy). By
+    /// default, none.
+    fn occupancy(&self) -> Vec<(Topic, usize)> {
+        Vec::new()
+    }
+
+    /// How many connections `user` has in rooms on the other nodes, as
+    /// last heard of, for [`Hub::connections_of`](crate::Hub::connections_of).
+    /// By default, none.
+    fn connections_of(&self, user: &str) -> usize {
+        let _ = user;
+        0
+    }
 }
 
 /// Where a broadcast handed to [`Backplane::publish_placed`] was placed,

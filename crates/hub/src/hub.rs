@@ -500,10 +500,72 @@ impl Hub {
         members
     }
 
-    /// The rooms that have members, sorted by name.
+    /// The rooms that have members on this node, sorted by name (see
+    /// [`Hub::occupancy`] for every node's).
     #[must_use]
     pub fn rooms(&self) -> Vec<RoomName> {
-        self.inner.rooms.with_members()
+        (self.inner.rooms.occupied().into_iter())
+            .map(|(room, _)| room)
+            .collect()
+    }
+
+    /// Every room with members, sorted by name, with how many: this
+    /// node's, and with a [backplane](Builder::backplane), the other
+    /// nodes' as the backplane last heard of them.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use hub::{Hub, RoomName};
+    ///
+    /// let hub = Hub::new();
+    /// let (ann, bob) = (hub.connect()?, hub.connect()?);
+    /// hub.join(ann.id(), "rust")?;
+    /// hub.join(bob.id(), "rust")?;
+    /// hub.join(bob.id(), "go")?;
+    /// assert_eq!(
+    ///     hub.occupancy(),
+    ///     [(RoomName::from("go"), 1), (RoomName::from("rust"), 2)]
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn occupancy(&self) -> Vec<(RoomName, usize)> {
+        let mut rooms = self.inner.rooms.occupied();
+        if let Some(backplane) = &self.inner.backplane {
+            let mut counts: std::collections::BTreeMap<RoomName, usize> =
+                rooms.into_iter().collect();
+            for (topic, members) in backplane.occupancy() {
+                if let Topic::Room(room) = topic {
+                    *counts.entry(room).or_default() += members;
+                }
+            }
+            rooms = counts.into_iter().collect();
+        }
+        rooms
+    }
+
+    /// How many connections `user` has (see [`Metadata::with_user`]): this
+    /// node's, and with a [backplane](Builder::backplane), those the other
+    /// nodes have in rooms, as the backplane last heard of them.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use hub::{Hub, Metadata};
+    ///
+    /// let hub = Hub::new();
+    /// let _tab = hub.connect_with(Metadata::new().with_user("ann"))?;
+    /// let _phone = hub.connect_with(Metadata::new().with_user("ann"))?;
+    /// assert_eq!(hub.connections_of("ann"), 2);
+    /// assert_eq!(hub.connections_of("bob"), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn connections_of(&self, user: &str) -> usize {
+        let here = self.inner.lock().of_user(user).count();
+        let elsewhere = (self.inner.backplane.as_ref()).map_or(0, |b| b.connections_of(user));
+        here + elsewhere
     }
 
     /// The rooms `id` is in, sorted by name.

@@ -65,14 +65,14 @@ impl Rooms {
         self.lock().by_name.keys().cloned().collect()
     }
 
-    /// The names of the rooms that have members, sorted.
-    pub(crate) fn with_members(&self) -> Vec<RoomName> {
-        let mut names: Vec<_> = (self.lock().by_name.iter())
-            .filter(|(_, room)| room.member_count() > 0)
-            .map(|(name, _)| name.clone())
+    /// The rooms that have members, with how many, sorted by name.
+    pub(crate) fn occupied(&self) -> Vec<(RoomName, usize)> {
+        let mut rooms: Vec<_> = (self.lock().by_name.iter())
+            .map(|(name, room)| (name.clone(), room.member_count()))
+            .filter(|(_, members)| *members > 0)
             .collect();
-        names.sort();
-        names
+        rooms.sort_unstable();
+        rooms
     }
 
     /// Subscribes `member` to the room called `name`, made if needed (or

@@ -405,7 +405,7 @@ fn broadcast(chat: &Hub, body: Fields) -> Result<Value, Failure> {
     path = "/api/send",
     request_body = SendRequest,
     responses(
-        (status = 200, description = "Queued for the user's connections on this node (and sent to the others)", body = Reached),
+        (status = 200, description = "Queued for the user's connections on every node; how many the nodes last told each other of", body = Reached),
         (status = 400, description = "A malformed body", body = ApiError),
         (status = 401, description = "No key, or a wrong one", body = ApiError)
     )
@@ -424,8 +424,9 @@ fn send(rooms: &Hub, body: Fields) -> Result<Value, Failure> {
         "private",
         json!({ "from": from, "to": request.user, "text": text }),
     );
+    rooms.to_user(&request.user).broadcast(line);
     answer(Reached {
-        reached: rooms.to_user(&request.user).broadcast(line),
+        reached: rooms.connections_of(&request.user),
     })
 }
 
@@ -440,7 +441,7 @@ const MAX_REASON: usize = 123;
     path = "/api/disconnect",
     request_body = DisconnectRequest,
     responses(
-        (status = 200, description = "Closed on this node (and on the others)", body = Disconnected),
+        (status = 200, description = "Closed on every node; how many were open, as the nodes last told each other", body = Disconnected),
         (status = 400, description = "A malformed body", body = ApiError),
         (status = 401, description = "No key, or a wrong one", body = ApiError)
     )
@@ -462,17 +463,16 @@ fn disconnect(hubs: &Hubs<'_>, body: Fields) -> Result<Value, Failure> {
     let request: DisconnectRequest = request(body)?;
     let code = request.code.unwrap_or(1000);
     let reason = (request.reason.as_deref()).unwrap_or("disconnected by the server");
-    let closed = [hubs.rooms, hubs.chat]
-        .iter()
-        .map(|hub| hub.disconnect_user(&request.user, code, reason))
-        .sum::<usize>();
+    // This node's classic connections, and the room chat's on every node.
+    let closed = hubs.chat.disconnect_user(&request.user, code, reason)
+        + hubs.rooms.connections_of(&request.user);
+    hubs.rooms.disconnect_user(&request.user, code, reason);
     answer(Disconnected {
         disconnected: closed,
     })
 }
 
-/// The rooms with members (those of this node, with their members on every
-/// node), and how many each has.
+/// The rooms with members on any node, and how many each has.
 #[utoipa::path(
     get,
     path = "/api/rooms",
@@ -482,14 +482,12 @@ fn disconnect(hubs: &Hubs<'_>, body: Fields) -> Result<Value, Failure> {
     )
 )]
 fn rooms(rooms: &Hub) -> Result<Value, Failure> {
-    let mut list: Vec<RoomCount> = (rooms.rooms().into_iter())
-        .map(|room| RoomCount {
-            members: rooms.members(room.as_str()).len(),
+    let list = (rooms.occupancy().into_iter())
+        .map(|(room, members)| RoomCount {
             room: room.as_str().to_owned(),
+            members,
         })
-        .filter(|room| room.members > 0)
         .collect();
-    list.sort_by(|a, b| a.room.cmp(&b.room));
     answer(schema::Rooms { rooms: list })
 }
 
