@@ -1,12 +1,20 @@
-//! `/metrics`: every endpoint's hub and WebSocket counters in the
-//! Prometheus text format (version 0.0.4), labelled by endpoint.
+//! `/metrics`: every endpoint's hub and WebSocket counters and
+//! distributions, labelled by endpoint, with the backplanes' and the
+//! server API's, encoded by `prometheus-client` in the OpenMetrics text
+//! format, or in Prometheus's 0.0.4 text format for a scraper that
+//! prefers it.
 
-use std::fmt::Write;
-
-use hub::Stats;
+use hub::{Distribution, Stats};
 use hub_ws::{Handler, WsServer, WsStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 
 /// One endpoint's counters, read at once.
+#[derive(Debug)]
 pub(crate) struct Endpoint {
     name: &'static str,
     hub: Stats,
@@ -255,96 +263,321 @@ const BACKPLANE: [Series<hub_redis::Stats>; 8] = [
     ),
 ];
 
-/// The exposition of all endpoints' counters, and those of their
-/// backplanes if any.
-pub(crate) fn render(
-    endpoints: &[Endpoint],
-    backplanes: &[(&'static str, hub_redis::Stats)],
-    api: Option<&[(&'static str, u16, u64)]>,
-) -> String {
-    let mut out = String::new();
-    if let Some(calls) = api {
-        let name = "api_requests_total";
-        family(
-            &mut out,
-            name,
-            "counter",
-            "Server API calls, by endpoint and status.",
-        );
-        for (endpoint, status, n) in calls {
-            sample(
-                &mut out,
-                name,
-                endpoint,
-                Some(("status", &status.to_string())),
-                *n,
-            );
-        }
+/// One family's samples: each a label set and a value.
+type Samples = Vec<(Vec<(&'static str, String)>, u64)>;
+
+/// What one scrape reads, encoded when the registry asks.
+#[derive(Debug)]
+struct Scrape {
+    endpoints: Vec<Endpoint>,
+    backplanes: Vec<(&'static str, hub_redis::Stats)>,
+    api: Option<Vec<(&'static str, u16, u64)>>,
+}
+
+/// A distribution's series: its name (without the unit), help, unit, and
+/// how many of its unit one observation's unit is.
+type Spread = (
+    &'static str,
+    &'static str,
+    Unit,
+    f64,
+    fn(&WsStats) -> &Distribution,
+);
+
+/// Nanoseconds in a second.
+const NANOS: f64 = 1e-9;
+
+const SPREADS: [Spread; 4] = [
+    (
+        "ws_handshake_duration",
+        "Time from a WebSocket handshake's request to its upgraded connection being served",
+        Unit::Seconds,
+        NANOS,
+        |s| &s.handshakes,
+    ),
+    (
+        "ws_delivery_latency",
+        "Time from a broadcast to its frame being written to a socket: the oldest of each write",
+        Unit::Seconds,
+        NANOS,
+        |s| &s.latency,
+    ),
+    (
+        "ws_message_in",
+        "Sizes of the messages read from clients",
+        Unit::Bytes,
+        1.0,
+        |s| &s.sizes_in,
+    ),
+    (
+        "ws_message_out",
+        "Sizes of the messages written to clients, before compression",
+        Unit::Bytes,
+        1.0,
+        |s| &s.sizes_out,
+    ),
+];
+
+impl Scrape {
+    fn endpoint_samples<T>(&self, of: impl Fn(&Endpoint) -> &T, value: fn(&T) -> u64) -> Samples {
+        (self.endpoints.iter())
+            .map(|e| (vec![("endpoint", e.name.to_owned())], value(of(e))))
+            .collect()
     }
-    if !backplanes.is_empty() {
-        for (name, kind, help, value) in BACKPLANE {
-            family(&mut out, name, kind, help);
-            for (endpoint, stats) in backplanes {
-                sample(&mut out, name, endpoint, None, value(stats));
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        if let Some(calls) = &self.api {
+            let samples = (calls.iter())
+                .map(|(endpoint, status, n)| {
+                    let labels = vec![
+                        ("endpoint", (*endpoint).to_owned()),
+                        ("status", status.to_string()),
+                    ];
+                    (labels, *n)
+                })
+                .collect();
+            let help = "Server API calls, by endpoint and status.";
+            family(&mut encoder, "api_requests_total", "counter", help, samples)?;
+        }
+        if !self.backplanes.is_empty() {
+            for (name, kind, help, value) in BACKPLANE {
+                let samples = (self.backplanes.iter())
+                    .map(|(endpoint, stats)| {
+                        (vec![("endpoint", (*endpoint).to_owned())], value(stats))
+                    })
+                    .collect();
+                family(&mut encoder, name, kind, help, samples)?;
             }
         }
+        for (name, kind, help, value) in HUB {
+            let samples = self.endpoint_samples(|e| &e.hub, value);
+            family(&mut encoder, name, kind, help, samples)?;
+        }
+        for (name, kind, help, value) in WS {
+            let samples = self.endpoint_samples(|e| &e.ws, value);
+            family(&mut encoder, name, kind, help, samples)?;
+        }
+        let labelled =
+            |label: &'static str, pairs: fn(&WsStats) -> Vec<(String, u64)>| -> Samples {
+                (self.endpoints.iter())
+                    .flat_map(|e| {
+                        pairs(&e.ws).into_iter().map(move |(value, n)| {
+                            (vec![("endpoint", e.name.to_owned()), (label, value)], n)
+                        })
+                    })
+                    .collect()
+            };
+        let refused = labelled("reason", |ws| {
+            ws.refused
+                .iter()
+                .map(|(reason, n)| ((*reason).to_owned(), *n))
+                .collect()
+        });
+        let help = "WebSocket handshakes refused, by reason.";
+        family(
+            &mut encoder,
+            "ws_handshakes_refused_total",
+            "counter",
+            help,
+            refused,
+        )?;
+        let closes = labelled("code", |ws| {
+            (ws.closed_by_server.iter())
+                .map(|(code, n)| (code.0.to_string(), *n))
+                .collect()
+        });
+        let help = "Sessions closed by the server, by close code.";
+        family(
+            &mut encoder,
+            "ws_server_closes_total",
+            "counter",
+            help,
+            closes,
+        )?;
+        for (name, help, unit, scale, spread) in SPREADS {
+            let mut metric =
+                encoder.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
+            for endpoint in &self.endpoints {
+                let taken = spread(&endpoint.ws);
+                let buckets: Vec<(f64, u64)> = (taken.counts.iter().enumerate())
+                    .map(|(i, n)| {
+                        let bound = taken.bounds.get(i).map_or(f64::MAX, |b| *b as f64 * scale);
+                        (bound, *n)
+                    })
+                    .collect();
+                let labels = [("endpoint", endpoint.name)];
+                (metric.encode_family(&labels)?).encode_histogram::<NoLabelSet>(
+                    taken.sum as f64 * scale,
+                    taken.count(),
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+        Ok(())
     }
-    for (name, kind, help, value) in HUB {
-        family(&mut out, name, kind, help);
-        for endpoint in endpoints {
-            sample(&mut out, name, endpoint.name, None, value(&endpoint.hub));
+}
+
+/// One counter or gauge family. Names and helps are written as the tables
+/// above give them: a counter's ends in `_total`, which the encoder adds
+/// back, and the encoder ends each help with a full stop.
+fn family(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: Samples,
+) -> Result<(), std::fmt::Error> {
+    let help = help.strip_suffix('.').unwrap_or(help);
+    if kind == "counter" {
+        let name = name.strip_suffix("_total").unwrap_or(name);
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, value) in samples {
+            ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
+        }
+    } else {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (labels, value) in samples {
+            let value = i64::try_from(value).unwrap_or(i64::MAX);
+            ConstGauge::new(value).encode(metric.encode_family(&labels)?)?;
         }
     }
-    for (name, kind, help, value) in WS {
-        family(&mut out, name, kind, help);
-        for endpoint in endpoints {
-            sample(&mut out, name, endpoint.name, None, value(&endpoint.ws));
+    Ok(())
+}
+
+/// The text formats `/metrics` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// OpenMetrics 1.0.0: the default.
+    OpenMetrics,
+    /// Prometheus's text format 0.0.4, for scrapers that prefer it.
+    Prometheus,
+}
+
+impl Format {
+    /// The format an `Accept` header prefers: OpenMetrics unless it ranks
+    /// `text/plain` above it (and above `*/*`, which means OpenMetrics).
+    pub(crate) fn preferred(accept: Option<&str>) -> Self {
+        let (mut open, mut plain) = (None::<f32>, None::<f32>);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let kind = parts.next().unwrap_or("").to_ascii_lowercase();
+            let q = (parts.filter_map(|p| p.strip_prefix("q=")))
+                .find_map(|q| q.parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let slot = match kind.as_str() {
+                "application/openmetrics-text" | "*/*" | "application/*" => &mut open,
+                "text/plain" | "text/*" => &mut plain,
+                _ => continue,
+            };
+            *slot = Some(slot.map_or(q, |seen| seen.max(q)));
+        }
+        match (open, plain) {
+            (open, Some(plain)) if plain > 0.0 && open.is_none_or(|open| plain > open) => {
+                Self::Prometheus
+            }
+            _ => Self::OpenMetrics,
         }
     }
-    let name = "ws_handshakes_refused_total";
-    family(
-        &mut out,
-        name,
-        "counter",
-        "WebSocket handshakes refused, by reason.",
-    );
-    for endpoint in endpoints {
-        for (reason, n) in &endpoint.ws.refused {
-            sample(&mut out, name, endpoint.name, Some(("reason", reason)), *n);
+
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
         }
     }
-    let name = "ws_server_closes_total";
-    family(
-        &mut out,
-        name,
-        "counter",
-        "Sessions closed by the server, by close code.",
-    );
-    for endpoint in endpoints {
-        for (code, n) in &endpoint.ws.closed_by_server {
-            let code = code.0.to_string();
-            sample(&mut out, name, endpoint.name, Some(("code", &code)), *n);
+}
+
+/// The exposition of all endpoints' counters and distributions, and those
+/// of their backplanes and the server API if any, in `format`.
+pub(crate) fn render(
+    endpoints: Vec<Endpoint>,
+    backplanes: Vec<(&'static str, hub_redis::Stats)>,
+    api: Option<Vec<(&'static str, u16, u64)>>,
+    format: Format,
+) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape {
+        endpoints,
+        backplanes,
+        api,
+    }));
+    let mut text = String::new();
+    // Writing to a String fails only if an encoder does, and ours do not.
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &registry) {
+        tracing::error!(%error, "cannot encode /metrics");
+    }
+    match format {
+        Format::OpenMetrics => text,
+        Format::Prometheus => classic(&text),
+    }
+}
+
+/// OpenMetrics text as Prometheus's 0.0.4 format: without `# EOF` and
+/// `# UNIT`, and with each counter's `# HELP` and `# TYPE` naming its
+/// samples (`x_total`) rather than its family (`x`). Nothing else differs
+/// for the series here: no `_created`, no exemplars, no info or stateset.
+fn classic(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = (open.lines())
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
         }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, after) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {after}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
     }
     out
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// One sample; label values here are fixed identifiers and numbers, never
-/// client input, so they need no escaping.
-fn sample(out: &mut String, name: &str, endpoint: &str, label: Option<(&str, &str)>, value: u64) {
-    match label {
-        None => {
-            let _ = writeln!(out, "{name}{{endpoint=\"{endpoint}\"}} {value}");
+    #[test]
+    fn openmetrics_unless_plain_text_ranks_higher() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, format) in [
+            (None, Format::OpenMetrics),
+            (Some("*/*"), Format::OpenMetrics),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("text/plain"), Format::Prometheus),
+            (
+                Some("text/plain;version=0.0.4;q=0.9, */*;q=0.1"),
+                Format::Prometheus,
+            ),
+            (
+                Some("text/plain;q=0.5, application/openmetrics-text"),
+                Format::OpenMetrics,
+            ),
+            (Some("text/plain;q=0"), Format::OpenMetrics),
+            (Some("text/html"), Format::OpenMetrics),
+        ] {
+            assert_eq!(Format::preferred(accept), format, "{accept:?}");
         }
-        Some((key, label)) => {
-            let _ = writeln!(
-                out,
-                "{name}{{endpoint=\"{endpoint}\",{key}=\"{label}\"}} {value}"
-            );
-        }
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let open = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total{endpoint=\"ws\"} 3\n\
+                    # HELP t Time.\n# TYPE t histogram\n# UNIT t seconds\nt_seconds_count 0\n\
+                    # HELP g Now.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            classic(open),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total{endpoint=\"ws\"} 3\n\
+             # HELP t Time.\n# TYPE t histogram\nt_seconds_count 0\n\
+             # HELP g Now.\n# TYPE g gauge\ng 1\n"
+        );
     }
 }

@@ -85,12 +85,11 @@ impl Routes {
                 }
             }),
             "/metrics" => get_only(&request, || {
+                let accept = request.headers().get(header::ACCEPT);
+                let format = metrics::Format::preferred(accept.and_then(|a| a.to_str().ok()));
                 let api = self.api.as_ref().map(Api::calls);
-                respond(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    metrics::render(&self.endpoints(), &self.backplane_stats(), api.as_deref()),
-                )
+                let text = metrics::render(self.endpoints(), self.backplane_stats(), api, format);
+                respond(StatusCode::OK, format.content_type(), text)
             }),
             api if api.starts_with("/api/") => match &self.api {
                 Some(server_api) => {
@@ -112,8 +111,8 @@ impl Routes {
     }
 
     /// Each endpoint's counters, for `/metrics`.
-    fn endpoints(&self) -> [Endpoint; 3] {
-        [
+    fn endpoints(&self) -> Vec<Endpoint> {
+        vec![
             Endpoint::of("ws", &self.chat),
             Endpoint::of("rooms", &self.rooms),
             Endpoint::of("echo", &self.echo),

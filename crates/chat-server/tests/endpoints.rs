@@ -244,7 +244,7 @@ async fn metrics_count_connections_and_deliveries() {
     assert_eq!(status, 200);
     assert!(header(&headers, "content-type")
         .unwrap()
-        .starts_with("text/plain"));
+        .starts_with("application/openmetrics-text; version=1.0.0"));
     for line in [
         "hub_connections{endpoint=\"ws\"} 2",
         "hub_connected_total{endpoint=\"ws\"} 2",
@@ -262,7 +262,7 @@ async fn metrics_count_connections_and_deliveries() {
         "ws_messages_out_total{endpoint=\"ws\"} 2",
         "ws_bytes_out_total{endpoint=\"ws\"} 28",
         "ws_handshakes_refused_total{endpoint=\"ws\",reason=\"origin\"} 0",
-        "# TYPE ws_handshakes_refused_total counter",
+        "# TYPE ws_handshakes_refused counter",
     ] {
         assert!(
             body.lines().any(|l| l == line),

@@ -215,6 +215,7 @@ impl<H: Handler> WsServer<H> {
         request: &mut Request<B>,
         metadata: Metadata,
     ) -> Result<Accepted<R>, UpgradeError> {
+        let began = std::time::Instant::now();
         let accept = accept_key(request).inspect_err(|error| self.inner.counters.refused(error))?;
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
         let handshake = Handshake::new(request.uri(), request.headers(), peer);
@@ -236,6 +237,7 @@ impl<H: Handler> WsServer<H> {
                 _admitted: admitted,
                 metadata,
                 peer,
+                began,
             },
         })
     }
@@ -259,6 +261,7 @@ impl<H: Handler> WsServer<H> {
             let _admitted = &upgrade._admitted;
             match upgrade.on_upgrade.await {
                 Ok(upgraded) => {
+                    self.inner.counters.handshake(upgrade.began);
                     let io = TokioIo::new(upgraded);
                     let served = self.serve_io(io, upgrade.metadata, upgrade.peer, upgrade.deflate);
                     Some(served.await)
@@ -385,6 +388,7 @@ impl<H: Handler> WsServer<H> {
         stream: TcpStream,
         metadata: Metadata,
     ) -> Result<Ended, ServeError> {
+        let began = std::time::Instant::now();
         let peer = stream.peer_addr().ok();
         let _ = stream.set_nodelay(true);
         // The one request's outcome: an admitted upgrade or the refusal.
@@ -424,6 +428,7 @@ impl<H: Handler> WsServer<H> {
         let outcome = lock(&outcome).take();
         match outcome {
             Some(Ok(upgrade)) => {
+                let upgrade = Upgrade { began, ..upgrade };
                 let session = self.clone().serve_accepted(upgrade);
                 match self.inner.sessions.track_future(session).await {
                     Some(ended) => Ok(ended),
@@ -503,6 +508,8 @@ struct Upgrade {
     _admitted: Admitted,
     metadata: Metadata,
     peer: Option<SocketAddr>,
+    /// When the handshake began, for [`WsStats::handshakes`].
+    began: std::time::Instant,
 }
 
 /// [`Upgrade`] and the `101` response that starts it.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use hub::{Connection, Event, RecvError, TryRecvError};
+use hub::{Connection, Event, RecvError, Run, TryRecvError};
 use tokio::time::{self, Instant};
 
 use crate::frame::{Frame, ReadError};
@@ -74,8 +74,8 @@ where
                 &mut connection,
                 &session,
                 handler,
-                config,
-                counters
+                (config, counters),
+                heard.start.into_std(),
             ));
             let mut keeper = pin!(keep_alive(socket, &heard, &session, config));
             // The first of the three to end ends the session. Each is a loop
@@ -264,13 +264,16 @@ where
 /// Bytes of messages a session reads before its writer gets a turn.
 const TURN_BYTES: usize = 64 * 1024;
 
+/// Writes what the hub has for the client, batch after batch. `started`
+/// is when the session began: latency is measured from it for messages
+/// broadcast before (history replayed to a resuming client).
 async fn write_loop<S, E, H>(
     socket: &Shared<S>,
     connection: &mut Connection,
     session: &Session,
     handler: &H,
-    config: &Config,
-    counters: &Counters,
+    (config, counters): (&Config, &Counters),
+    started: std::time::Instant,
 ) -> Ended
 where
     S: Sink<Frame, Error = E> + Unpin,
@@ -282,7 +285,8 @@ where
             Ok(event) => event,
             Err(closed) => return ended_by_hub(closed, connection.farewell()),
         };
-        let batch = WriteBatch::new(socket, connection, event, session, handler, counters);
+        let batch =
+            WriteBatch::new(socket, connection, event, session, handler, counters).since(started);
         match within(config.write_timeout, pin!(batch)).await {
             Ok(Ok(None)) => {}
             Ok(Ok(Some(closed))) => return ended_by_hub(closed, connection.farewell()),
@@ -454,6 +458,13 @@ struct WriteBatch<'a, S, H> {
     /// Messages and bytes queued, counted once the batch is.
     messages: u64,
     bytes: u64,
+    /// Their sizes, counted a run at a time.
+    sizes: Run,
+    /// When the session started, and when the oldest broadcast written
+    /// was sent (or the session started, if later): the batch's latency,
+    /// counted once it is flushed.
+    started: Option<std::time::Instant>,
+    oldest: Option<std::time::Instant>,
     /// Every message is queued: flushing.
     queued: bool,
 }
@@ -479,8 +490,18 @@ impl<'a, S, H> WriteBatch<'a, S, H> {
             taken: 0,
             messages: 0,
             bytes: 0,
+            sizes: Run::default(),
+            started: None,
+            oldest: None,
             queued: false,
         }
+    }
+
+    /// Measures the latency of the broadcasts it writes (from `started`,
+    /// for those sent before).
+    fn since(mut self, started: std::time::Instant) -> Self {
+        self.started = Some(started);
+        self
     }
 }
 
@@ -499,6 +520,7 @@ where
                 let Some(event) = this.next.take() else {
                     this.queued = true;
                     this.counters.messages_out(this.messages, this.bytes);
+                    this.counters.sizes_out.end(&mut this.sizes);
                     break;
                 };
                 if let Event::Lagged { topic, missed }
@@ -510,7 +532,16 @@ where
                     let id = this.connection.id();
                     tracing::debug!(%id, %topic, missed, "connection has a gap");
                 }
+                let sent_at = match (&event, this.started) {
+                    (Event::Broadcast(broadcast), Some(started)) => {
+                        Some(broadcast.sent_at().max(started))
+                    }
+                    _ => None,
+                };
                 this.held = this.handler.render(this.session, event);
+                if let (Some(at), true) = (sent_at, this.held.is_some()) {
+                    this.oldest = Some(this.oldest.map_or(at, |oldest| oldest.min(at)));
+                }
                 this.taken += 1;
                 if this.taken < MAX_BATCH {
                     match this.connection.try_recv() {
@@ -533,9 +564,13 @@ where
             }
             this.messages += 1;
             this.bytes += message.len() as u64;
+            (this.counters.sizes_out).observe_in(&mut this.sizes, message.len() as u64);
             sink.start_send_unpin(Frame::Message(message))?;
         }
         ready!(sink.poll_flush_unpin(cx))?;
+        if let Some(oldest) = this.oldest.take() {
+            this.counters.delivered(oldest);
+        }
         Poll::Ready(Ok(this.closed.take()))
     }
 }
@@ -590,6 +625,7 @@ where
     while let Ok(event) = connection.try_recv() {
         if let Some(message) = handler.render(session, event) {
             counters.messages_out(1, message.len() as u64);
+            counters.sizes_out.observe(message.len() as u64);
             sink.feed(Frame::Message(message)).await?;
         }
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use hub::Message;
+use hub::{Distribution, Histogram, Message};
 
 use crate::deflate::DeflateCounters;
 use crate::{CloseCode, Ended, UpgradeError};
@@ -58,9 +58,57 @@ pub struct WsStats {
     pub inflate_bytes_in: u64,
     /// The same messages, inflated.
     pub inflate_bytes_out: u64,
+    /// How long handshakes took, in nanoseconds: from the request's check
+    /// (from the connection's accept in [`WsServer::serve_tcp`]) to the
+    /// upgraded connection being served. Sockets the caller upgraded
+    /// ([`WsServer::serve_upgraded`]) are not counted.
+    ///
+    /// [`WsServer::serve_tcp`]: crate::WsServer::serve_tcp
+    /// [`WsServer::serve_upgraded`]: crate::WsServer::serve_upgraded
+    pub handshakes: Distribution,
+    /// Sizes of the messages read from clients, in bytes (inflated).
+    pub sizes_in: Distribution,
+    /// Sizes of the messages written to clients, in bytes (before
+    /// compression).
+    pub sizes_out: Distribution,
+    /// How long broadcasts took to reach the socket, in nanoseconds: from
+    /// [`Broadcast::sent_at`](hub::Broadcast::sent_at) (or the session's
+    /// start, for messages sent before it: history replayed on resume) to
+    /// the socket taking the frame, flushed. One sample per write: the
+    /// oldest broadcast of each batch of frames written together, so
+    /// under load, when batches grow, it samples the slowest of each.
+    pub latency: Distribution,
 }
 
-#[derive(Debug, Default)]
+/// Bounds of the latency buckets, in nanoseconds: 50 µs to 10 s, in steps
+/// of about 2 and 2.5.
+static LATENCY_NS: [u64; 17] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Bounds of the size buckets, in bytes: 64 B to 16 MiB, by fours past
+/// 1 KiB (chat lines fall in the first few).
+static SIZES: [u64; 11] = [
+    64, 128, 256, 512, 1024, 4096, 16_384, 65_536, 262_144, 1_048_576, 16_777_216,
+];
+
+#[derive(Debug)]
 pub(crate) struct Counters {
     opened: AtomicU64,
     messages_in: AtomicU64,
@@ -76,9 +124,51 @@ pub(crate) struct Counters {
     pub(crate) compressed_sessions: AtomicU64,
     /// Shared with the compressing sockets.
     pub(crate) deflate: Arc<DeflateCounters>,
+    handshakes: Histogram,
+    sizes_in: Histogram,
+    pub(crate) sizes_out: Histogram,
+    latency: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            opened: AtomicU64::default(),
+            messages_in: AtomicU64::default(),
+            bytes_in: AtomicU64::default(),
+            messages_out: AtomicU64::default(),
+            bytes_out: AtomicU64::default(),
+            throttled: AtomicU64::default(),
+            refused: Default::default(),
+            closed_by_client: AtomicU64::default(),
+            lost: AtomicU64::default(),
+            closed_by_server: Mutex::default(),
+            compressed_sessions: AtomicU64::default(),
+            deflate: Arc::default(),
+            handshakes: Histogram::new(&LATENCY_NS),
+            sizes_in: Histogram::new(&SIZES),
+            sizes_out: Histogram::new(&SIZES),
+            latency: Histogram::new(&LATENCY_NS),
+        }
+    }
+}
+
+/// Nanoseconds since `since`, saturating.
+fn nanos_since(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Counters {
+    /// A handshake that began at `began` is done.
+    pub(crate) fn handshake(&self, began: std::time::Instant) {
+        self.handshakes.observe(nanos_since(began));
+    }
+
+    /// A batch whose oldest broadcast was sent at `oldest` was written.
+    pub(crate) fn delivered(&self, oldest: std::time::Instant) {
+        self.latency.observe(nanos_since(oldest));
+    }
+
     pub(crate) fn opened(&self) {
         self.opened.fetch_add(1, Relaxed);
     }
@@ -86,6 +176,7 @@ impl Counters {
     pub(crate) fn message_in(&self, message: &Message) {
         self.messages_in.fetch_add(1, Relaxed);
         self.bytes_in.fetch_add(message.len() as u64, Relaxed);
+        self.sizes_in.observe(message.len() as u64);
     }
 
     /// Written messages, counted once per batch.
@@ -152,6 +243,10 @@ impl Counters {
             deflate_chained: self.deflate.chained.load(Relaxed),
             inflate_bytes_in: self.deflate.in_compressed.load(Relaxed),
             inflate_bytes_out: self.deflate.in_inflated.load(Relaxed),
+            handshakes: self.handshakes.snapshot(),
+            sizes_in: self.sizes_in.snapshot(),
+            sizes_out: self.sizes_out.snapshot(),
+            latency: self.latency.snapshot(),
         }
     }
 }

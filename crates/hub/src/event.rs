@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use crate::history::HistoryBudget;
 use crate::{Message, Topic};
@@ -29,6 +30,8 @@ struct Sent {
     epoch: u64,
     offset: u64,
     message: Message,
+    /// When this node's hub numbered it.
+    sent_at: Instant,
     /// Counts the bytes of the forms made.
     budget: Arc<HistoryBudget>,
 }
@@ -49,8 +52,16 @@ impl Broadcast {
             epoch,
             offset,
             message,
+            sent_at: Instant::now(),
             budget,
         }))
+    }
+
+    /// When this node's hub numbered it: for a message from another node,
+    /// when it arrived here. Transports measure delivery latency from it.
+    #[must_use]
+    pub fn sent_at(&self) -> Instant {
+        self.0.sent_at
     }
 
     /// Where it was broadcast.
@@ -233,5 +244,15 @@ impl Event {
             Self::Broadcast(broadcast) => Some(broadcast.into_message()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_readers_share_fits_two_cache_lines() {
+        assert_eq!(std::mem::size_of::<Sent>(), 128);
     }
 }

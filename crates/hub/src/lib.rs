@@ -97,6 +97,7 @@ pub mod error;
 mod event;
 mod events;
 mod except;
+mod histogram;
 mod history;
 mod hub;
 mod id;
@@ -123,6 +124,7 @@ pub use error::{
 pub use event::{Broadcast, Event};
 pub use events::Events;
 pub use except::Except;
+pub use histogram::{Distribution, Histogram, Run, MAX_BOUNDS};
 pub use hub::Hub;
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};

@@ -1,0 +1,192 @@
+//! `/metrics` after known traffic: counters equal the traffic, histogram
+//! counts equal what they sampled, and the text parses with the Python
+//! `prometheus_client` parsers, the strict OpenMetrics one by default and
+//! the 0.0.4 one when the scraper asks for plain text.
+//!
+//! Needs `/usr/bin/python3` with `prometheus_client` (Debian's
+//! `python3-prometheus-client`; scripts/test installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{header, http_with, recv_text, send_text, TestServer};
+use serde_json::Value;
+
+const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+/// Parses an exposition with Python's `prometheus_client`: `openmetrics`
+/// or `classic`. Returns each sample as `name{label="value",…}` (labels
+/// sorted) and its value, and each family's name and type.
+fn parse(text: &str, parser: &str) -> (BTreeMap<String, f64>, BTreeMap<String, String>) {
+    let module = match parser {
+        "openmetrics" => "prometheus_client.openmetrics.parser",
+        _ => "prometheus_client.parser",
+    };
+    let script = format!(
+        "import json, sys\n\
+         from {module} import text_string_to_metric_families as parse\n\
+         for family in parse(sys.stdin.read()):\n\
+         \x20   print(json.dumps({{'family': family.name, 'type': family.type}}))\n\
+         \x20   for s in family.samples:\n\
+         \x20       print(json.dumps({{'name': s.name, 'labels': s.labels, 'value': s.value}}))\n"
+    );
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 not found: install python3 and python3-prometheus-client (scripts/test does)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the {parser} parser refused /metrics (is python3-prometheus-client installed?): {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (mut samples, mut families) = (BTreeMap::new(), BTreeMap::new());
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        let item: Value = serde_json::from_str(line).unwrap();
+        if let Some(family) = item["family"].as_str() {
+            families.insert(family.to_owned(), item["type"].as_str().unwrap().to_owned());
+            continue;
+        }
+        let labels: BTreeMap<&str, &str> = (item["labels"].as_object().unwrap().iter())
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+            .collect();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let key = format!("{}{{{}}}", item["name"].as_str().unwrap(), labels.join(","));
+        samples.insert(key, item["value"].as_f64().unwrap());
+    }
+    (samples, families)
+}
+
+async fn scrape(server: &TestServer, accept: Option<&str>) -> (String, String) {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    let (status, head, body) = http_with(server.addr, "GET", "/metrics", &headers).await;
+    assert_eq!(status, 200);
+    (header(&head, "content-type").unwrap().to_owned(), body)
+}
+
+#[tokio::test]
+async fn counters_and_histograms_equal_the_traffic_in_both_formats() {
+    let server = TestServer::start(&["--api-key", KEY]).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(server.connect("/ws").await);
+    }
+    common::wait_for_connections(server.addr, 3).await;
+    // Five lines, each read by all three before the next: every write
+    // holds one message, so each delivery is one latency sample.
+    for i in 0..5 {
+        send_text(&mut clients[0], &format!("hello {i}")).await;
+        for client in &mut clients {
+            assert_eq!(recv_text(client).await, format!("Client says: hello {i}"));
+        }
+    }
+    let (status, _, _) = http_with(server.addr, "GET", "/api/rooms", &[]).await;
+    assert_eq!(status, 401);
+
+    let (content_type, open) = scrape(&server, None).await;
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(open.ends_with("# EOF\n"));
+    let (samples, families) = parse(&open, "openmetrics");
+    let at = |key: &str| -> f64 {
+        *samples
+            .get(key)
+            .unwrap_or_else(|| panic!("no sample {key} in\n{open}"))
+    };
+    let ws = "endpoint=\"ws\"";
+    // "hello 0" is 7 bytes, "Client says: hello 0" 20.
+    for (key, value) in [
+        (format!("hub_connections{{{ws}}}"), 3.0),
+        (format!("hub_broadcasts_total{{{ws}}}"), 5.0),
+        (format!("hub_deliveries_total{{{ws}}}"), 15.0),
+        (format!("ws_messages_in_total{{{ws}}}"), 5.0),
+        (format!("ws_bytes_in_total{{{ws}}}"), 35.0),
+        (format!("ws_messages_out_total{{{ws}}}"), 15.0),
+        (format!("ws_bytes_out_total{{{ws}}}"), 300.0),
+        (format!("ws_message_in_bytes_count{{{ws}}}"), 5.0),
+        (format!("ws_message_in_bytes_sum{{{ws}}}"), 35.0),
+        (
+            format!("ws_message_in_bytes_bucket{{{ws},le=\"64.0\"}}"),
+            5.0,
+        ),
+        (format!("ws_message_out_bytes_count{{{ws}}}"), 15.0),
+        (format!("ws_message_out_bytes_sum{{{ws}}}"), 300.0),
+        (
+            format!("ws_message_out_bytes_bucket{{{ws},le=\"64.0\"}}"),
+            15.0,
+        ),
+        (format!("ws_delivery_latency_seconds_count{{{ws}}}"), 15.0),
+        (
+            format!("ws_delivery_latency_seconds_bucket{{{ws},le=\"+Inf\"}}"),
+            15.0,
+        ),
+        (format!("ws_handshake_duration_seconds_count{{{ws}}}"), 3.0),
+        (
+            "api_requests_total{endpoint=\"rooms\",status=\"401\"}".to_owned(),
+            1.0,
+        ),
+        // The other endpoints saw nothing.
+        (
+            "ws_delivery_latency_seconds_count{endpoint=\"rooms\"}".to_owned(),
+            0.0,
+        ),
+        (
+            "ws_handshake_duration_seconds_count{endpoint=\"echo\"}".to_owned(),
+            0.0,
+        ),
+    ] {
+        assert_eq!(at(&key), value, "{key}");
+    }
+    // Latencies are real times: above zero, far below the test's waits.
+    let latency = at(&format!("ws_delivery_latency_seconds_sum{{{ws}}}"));
+    assert!(latency > 0.0 && latency < 15.0 * 10.0, "{latency}");
+    for (family, kind) in [
+        ("hub_deliveries", "counter"),
+        ("hub_connections", "gauge"),
+        ("ws_delivery_latency_seconds", "histogram"),
+        ("ws_handshakes_refused", "counter"),
+        ("api_requests", "counter"),
+    ] {
+        assert_eq!(
+            families.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+
+    // Plain text for a scraper that asks for it: the same samples.
+    let (content_type, classic) = scrape(&server, Some("text/plain;version=0.0.4")).await;
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    let (classic_samples, classic_families) = parse(&classic, "classic");
+    assert_eq!(classic_families.len(), families.len());
+    assert_eq!(
+        classic_families.get("hub_deliveries").map(String::as_str),
+        Some("counter")
+    );
+    for key in [
+        format!("hub_deliveries_total{{{ws}}}"),
+        format!("ws_message_out_bytes_count{{{ws}}}"),
+        format!("ws_handshake_duration_seconds_count{{{ws}}}"),
+    ] {
+        // The scrape itself is not traffic on these: they hold still.
+        assert_eq!(classic_samples.get(&key), samples.get(&key), "{key}");
+    }
+    drop(clients);
+    server.stop().await;
+}
