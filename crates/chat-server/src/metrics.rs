@@ -287,7 +287,7 @@ type Spread = (
 /// Nanoseconds in a second.
 const NANOS: f64 = 1e-9;
 
-const SPREADS: [Spread; 4] = [
+const SPREADS: [Spread; 5] = [
     (
         "ws_handshake_duration",
         "Time from a WebSocket handshake's request to its upgraded connection being served",
@@ -301,6 +301,13 @@ const SPREADS: [Spread; 4] = [
         Unit::Seconds,
         NANOS,
         |s| &s.latency,
+    ),
+    (
+        "ws_queue_wait",
+        "How long each session in the middle of a write has waited since its oldest broadcast was sent, read at the scrape (a snapshot, not cumulative)",
+        Unit::Seconds,
+        NANOS,
+        |s| &s.queue_waits,
     ),
     (
         "ws_message_in",

@@ -143,6 +143,19 @@ async fn server_memory_stays_bounded_while_a_client_is_stalled() {
             .any(|l| l == "hub_connections{endpoint=\"ws\"} 3"),
         "{metrics}"
     );
+    // It is the one session in the middle of a write, and has been for
+    // most of the run.
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "ws_queue_wait_seconds_count{endpoint=\"ws\"} 1"),
+        "{metrics}"
+    );
+    let waited: f64 = (metrics.lines())
+        .find_map(|l| l.strip_prefix("ws_queue_wait_seconds_sum{endpoint=\"ws\"} "))
+        .and_then(|sum| sum.parse().ok())
+        .unwrap();
+    assert!(waited > 0.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use tokio::time::{self, Instant};
 
 use crate::frame::{Frame, ReadError};
 use crate::rate::{Bucket, Verdict};
-use crate::stats::Counters;
+use crate::stats::{Counters, Waiting};
 use crate::{Close, CloseCode, Config, Ended, Handler, Session};
 
 /// Most hub messages written to the socket before one flush.
@@ -69,13 +69,14 @@ where
                 config,
                 counters
             ));
+            let waiting = counters.waiting(connection.id());
             let mut writer = pin!(write_loop(
                 socket,
                 &mut connection,
                 &session,
                 handler,
                 (config, counters),
-                heard.start.into_std(),
+                (heard.start.into_std(), &waiting),
             ));
             let mut keeper = pin!(keep_alive(socket, &heard, &session, config));
             // The first of the three to end ends the session. Each is a loop
@@ -273,7 +274,7 @@ async fn write_loop<S, E, H>(
     session: &Session,
     handler: &H,
     (config, counters): (&Config, &Counters),
-    started: std::time::Instant,
+    (started, waiting): (std::time::Instant, &Waiting<'_>),
 ) -> Ended
 where
     S: Sink<Frame, Error = E> + Unpin,
@@ -285,8 +286,8 @@ where
             Ok(event) => event,
             Err(closed) => return ended_by_hub(closed, connection.farewell()),
         };
-        let batch =
-            WriteBatch::new(socket, connection, event, session, handler, counters).since(started);
+        let batch = WriteBatch::new(socket, connection, event, session, handler, counters)
+            .since(started, waiting);
         match within(config.write_timeout, pin!(batch)).await {
             Ok(Ok(None)) => {}
             Ok(Ok(Some(closed))) => return ended_by_hub(closed, connection.farewell()),
@@ -463,7 +464,7 @@ struct WriteBatch<'a, S, H> {
     /// When the session started, and when the oldest broadcast written
     /// was sent (or the session started, if later): the batch's latency,
     /// counted once it is flushed.
-    started: Option<std::time::Instant>,
+    started: Option<(std::time::Instant, &'a Waiting<'a>)>,
     oldest: Option<std::time::Instant>,
     /// Every message is queued: flushing.
     queued: bool,
@@ -499,8 +500,8 @@ impl<'a, S, H> WriteBatch<'a, S, H> {
 
     /// Measures the latency of the broadcasts it writes (from `started`,
     /// for those sent before).
-    fn since(mut self, started: std::time::Instant) -> Self {
-        self.started = Some(started);
+    fn since(mut self, started: std::time::Instant, waiting: &'a Waiting<'a>) -> Self {
+        self.started = Some((started, waiting));
         self
     }
 }
@@ -533,13 +534,18 @@ where
                     tracing::debug!(%id, %topic, missed, "connection has a gap");
                 }
                 let sent_at = match (&event, this.started) {
-                    (Event::Broadcast(broadcast), Some(started)) => {
+                    (Event::Broadcast(broadcast), Some((started, _))) => {
                         Some(broadcast.sent_at().max(started))
                     }
                     _ => None,
                 };
                 this.held = this.handler.render(this.session, event);
                 if let (Some(at), true) = (sent_at, this.held.is_some()) {
+                    if this.oldest.is_none() {
+                        if let Some((_, waiting)) = this.started {
+                            waiting.since(at);
+                        }
+                    }
                     this.oldest = Some(this.oldest.map_or(at, |oldest| oldest.min(at)));
                 }
                 this.taken += 1;
@@ -570,6 +576,9 @@ where
         ready!(sink.poll_flush_unpin(cx))?;
         if let Some(oldest) = this.oldest.take() {
             this.counters.delivered(oldest);
+            if let Some((_, waiting)) = this.started {
+                waiting.clear();
+            }
         }
         Poll::Ready(Ok(this.closed.take()))
     }

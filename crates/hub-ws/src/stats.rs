@@ -1,10 +1,10 @@
 //! Counters kept by a server: sessions, traffic, refusals and closes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use hub::{Distribution, Histogram, Message};
+use hub::{ConnId, Distribution, Histogram, Message};
 
 use crate::deflate::DeflateCounters;
 use crate::{CloseCode, Ended, UpgradeError};
@@ -78,6 +78,13 @@ pub struct WsStats {
     /// oldest broadcast of each batch of frames written together, so
     /// under load, when batches grow, it samples the slowest of each.
     pub latency: Distribution,
+    /// How long each session's oldest queued broadcast has waited, in
+    /// nanoseconds, read when the stats are taken: for every session in
+    /// the middle of a write, from the oldest broadcast of that write (as
+    /// [`latency`](Self::latency) measures it). Sessions with nothing to
+    /// write are not counted; a session whose client does not read shows
+    /// here, its wait growing, until the write timeout closes it.
+    pub queue_waits: Distribution,
 }
 
 /// Bounds of the latency buckets, in nanoseconds: 50 µs to 10 s, in steps
@@ -128,6 +135,50 @@ pub(crate) struct Counters {
     sizes_in: Histogram,
     pub(crate) sizes_out: Histogram,
     latency: Histogram,
+    waits: Waits,
+}
+
+/// Each session's oldest broadcast in the write in progress, read when the
+/// stats are taken.
+#[derive(Debug)]
+struct Waits {
+    /// What the slots count from.
+    epoch: std::time::Instant,
+    slots: Mutex<HashMap<ConnId, Arc<AtomicU64>>>,
+}
+
+/// A session's slot in [`Waits`]: 0 while it has nothing to write, else
+/// one more than the nanoseconds from the epoch to its oldest broadcast
+/// being sent. Taken out when dropped, with the session.
+#[derive(Debug)]
+pub(crate) struct Waiting<'a> {
+    waits: &'a Waits,
+    id: ConnId,
+    slot: Arc<AtomicU64>,
+}
+
+impl Waiting<'_> {
+    /// The write in progress holds a broadcast sent at `at`.
+    pub(crate) fn since(&self, at: std::time::Instant) {
+        let nanos = at.saturating_duration_since(self.waits.epoch).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1);
+        self.slot.store(nanos + 1, Relaxed);
+    }
+
+    /// The write is done.
+    pub(crate) fn clear(&self) {
+        self.slot.store(0, Relaxed);
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.waits.slots).remove(&self.id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Default for Counters {
@@ -149,6 +200,10 @@ impl Default for Counters {
             sizes_in: Histogram::new(&SIZES),
             sizes_out: Histogram::new(&SIZES),
             latency: Histogram::new(&LATENCY_NS),
+            waits: Waits {
+                epoch: std::time::Instant::now(),
+                slots: Mutex::default(),
+            },
         }
     }
 }
@@ -159,6 +214,31 @@ fn nanos_since(since: std::time::Instant) -> u64 {
 }
 
 impl Counters {
+    /// Session `id`'s slot for [`WsStats::queue_waits`], for as long as
+    /// the session lasts.
+    pub(crate) fn waiting(&self, id: ConnId) -> Waiting<'_> {
+        let slot = Arc::new(AtomicU64::new(0));
+        lock(&self.waits.slots).insert(id, Arc::clone(&slot));
+        Waiting {
+            waits: &self.waits,
+            id,
+            slot,
+        }
+    }
+
+    /// The sessions' waits, now.
+    fn queue_waits(&self) -> Distribution {
+        let waits = Histogram::new(&LATENCY_NS);
+        let now = self.waits.epoch.elapsed().as_nanos();
+        let now = u64::try_from(now).unwrap_or(u64::MAX);
+        for slot in lock(&self.waits.slots).values() {
+            if let Some(since) = slot.load(Relaxed).checked_sub(1) {
+                waits.observe(now.saturating_sub(since));
+            }
+        }
+        waits.snapshot()
+    }
+
     /// A handshake that began at `began` is done.
     pub(crate) fn handshake(&self, began: std::time::Instant) {
         self.handshakes.observe(nanos_since(began));
@@ -247,6 +327,7 @@ impl Counters {
             sizes_in: self.sizes_in.snapshot(),
             sizes_out: self.sizes_out.snapshot(),
             latency: self.latency.snapshot(),
+            queue_waits: self.queue_waits(),
         }
     }
 }
@@ -283,6 +364,31 @@ mod tests {
             [(CloseCode::POLICY, 1), (CloseCode::TOO_BIG, 2)]
         );
         assert_eq!((stats.lost, stats.closed_by_client), (1, 0));
+    }
+
+    #[test]
+    fn sessions_mid_write_show_how_long_they_waited_until_done() {
+        let mut counters = Counters::default();
+        // As if the server had started a minute ago.
+        counters.waits.epoch -= std::time::Duration::from_secs(60);
+        let (a, b) = (ConnId::from_raw(1).unwrap(), ConnId::from_raw(2).unwrap());
+        let (first, second) = (counters.waiting(a), counters.waiting(b));
+        assert_eq!(counters.snapshot(2).queue_waits.count(), 0);
+        // One write holds a broadcast sent a second ago.
+        let sent = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        first.since(sent);
+        let waits = counters.snapshot(2).queue_waits;
+        assert_eq!(waits.count(), 1);
+        assert!(waits.sum >= 1_000_000_000, "{waits:?}");
+        // The bucket up to 1 s holds nothing; the one up to 2.5 s, it.
+        let index = LATENCY_NS.iter().position(|b| *b == 2_500_000_000).unwrap();
+        assert_eq!(waits.counts[index], 1, "{waits:?}");
+        first.clear();
+        second.since(sent);
+        drop(second);
+        assert_eq!(counters.snapshot(1).queue_waits.count(), 0);
+        drop(first);
+        assert!(lock(&counters.waits.slots).is_empty());
     }
 
     #[test]
