@@ -212,7 +212,7 @@ const WS: [Series<WsStats>; 15] = [
     ),
 ];
 
-const BACKPLANE: [Series<hub_redis::Stats>; 8] = [
+const BACKPLANE: [Series<hub_redis::Stats>; 11] = [
     (
         "backplane_up",
         "gauge",
@@ -261,6 +261,24 @@ const BACKPLANE: [Series<hub_redis::Stats>; 8] = [
         "Times Redis had lost the scripts and they were loaded again.",
         |s| s.script_reloads,
     ),
+    (
+        "backplane_reconnects_total",
+        "counter",
+        "Times the link was back after losing Redis.",
+        |s| s.reconnects,
+    ),
+    (
+        "backplane_resyncs_total",
+        "counter",
+        "Gaps told to this node's clients as resyncs: messages lost on the way to Redis, and topics that started over in it.",
+        |s| s.resyncs,
+    ),
+    (
+        "backplane_queue_depth",
+        "gauge",
+        "Publications waiting for the link to write them to Redis.",
+        |s| s.queued as u64,
+    ),
 ];
 
 /// One family's samples: each a label set and a value.
@@ -276,52 +294,69 @@ struct Scrape {
 
 /// A distribution's series: its name (without the unit), help, unit, and
 /// how many of its unit one observation's unit is.
-type Spread = (
+type Spread<T> = (
     &'static str,
     &'static str,
-    Unit,
+    Option<Unit>,
     f64,
-    fn(&WsStats) -> &Distribution,
+    fn(&T) -> &Distribution,
 );
 
 /// Nanoseconds in a second.
 const NANOS: f64 = 1e-9;
 
-const SPREADS: [Spread; 5] = [
+const SPREADS: [Spread<WsStats>; 5] = [
     (
         "ws_handshake_duration",
         "Time from a WebSocket handshake's request to its upgraded connection being served",
-        Unit::Seconds,
+        Some(Unit::Seconds),
         NANOS,
         |s| &s.handshakes,
     ),
     (
         "ws_delivery_latency",
         "Time from a broadcast to its frame being written to a socket: the oldest of each write",
-        Unit::Seconds,
+        Some(Unit::Seconds),
         NANOS,
         |s| &s.latency,
     ),
     (
         "ws_queue_wait",
         "How long each session in the middle of a write has waited since its oldest broadcast was sent, read at the scrape (a snapshot, not cumulative)",
-        Unit::Seconds,
+        Some(Unit::Seconds),
         NANOS,
         |s| &s.queue_waits,
     ),
     (
         "ws_message_in",
         "Sizes of the messages read from clients",
-        Unit::Bytes,
+        Some(Unit::Bytes),
         1.0,
         |s| &s.sizes_in,
     ),
     (
         "ws_message_out",
         "Sizes of the messages written to clients, before compression",
-        Unit::Bytes,
+        Some(Unit::Bytes),
         1.0,
         |s| &s.sizes_out,
+    ),
+];
+
+const BACKPLANE_SPREADS: [Spread<hub_redis::Stats>; 2] = [
+    (
+        "backplane_round_trip",
+        "Time Redis took to answer each pipeline of writes",
+        Some(Unit::Seconds),
+        NANOS,
+        |s| &s.round_trips,
+    ),
+    (
+        "backplane_pipeline_commands",
+        "Commands in each pipeline of writes to Redis",
+        None,
+        1.0,
+        |s| &s.pipelines,
     ),
 ];
 
@@ -403,28 +438,44 @@ impl Collector for Scrape {
             help,
             closes,
         )?;
-        for (name, help, unit, scale, spread) in SPREADS {
-            let mut metric =
-                encoder.encode_descriptor(name, help, Some(&unit), MetricType::Histogram)?;
-            for endpoint in &self.endpoints {
-                let taken = spread(&endpoint.ws);
-                let buckets: Vec<(f64, u64)> = (taken.counts.iter().enumerate())
-                    .map(|(i, n)| {
-                        let bound = taken.bounds.get(i).map_or(f64::MAX, |b| *b as f64 * scale);
-                        (bound, *n)
-                    })
-                    .collect();
-                let labels = [("endpoint", endpoint.name)];
-                (metric.encode_family(&labels)?).encode_histogram::<NoLabelSet>(
-                    taken.sum as f64 * scale,
-                    taken.count(),
-                    &buckets,
-                    None,
-                )?;
+        for spread in SPREADS {
+            let samples = self.endpoints.iter().map(|e| (e.name, &e.ws));
+            histogram(&mut encoder, spread, samples)?;
+        }
+        if !self.backplanes.is_empty() {
+            for spread in BACKPLANE_SPREADS {
+                let samples = self.backplanes.iter().map(|(name, stats)| (*name, stats));
+                histogram(&mut encoder, spread, samples)?;
             }
         }
         Ok(())
     }
+}
+
+/// One histogram family: a sample for each endpoint's distribution.
+fn histogram<'t, T: 't>(
+    encoder: &mut DescriptorEncoder<'_>,
+    (name, help, unit, scale, spread): Spread<T>,
+    samples: impl Iterator<Item = (&'static str, &'t T)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Histogram)?;
+    for (endpoint, stats) in samples {
+        let taken = spread(stats);
+        let buckets: Vec<(f64, u64)> = (taken.counts.iter().enumerate())
+            .map(|(i, n)| {
+                let bound = taken.bounds.get(i).map_or(f64::MAX, |b| *b as f64 * scale);
+                (bound, *n)
+            })
+            .collect();
+        let labels = [("endpoint", endpoint)];
+        (metric.encode_family(&labels)?).encode_histogram::<NoLabelSet>(
+            taken.sum as f64 * scale,
+            taken.count(),
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// One counter or gauge family. Names and helps are written as the tables

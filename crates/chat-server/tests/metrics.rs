@@ -8,12 +8,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../hub-redis/tests/support/redis_server.rs"]
+mod redis_server;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{header, http_with, recv_text, send_text, TestServer};
+use common::{header, http_with, recv_text, send_text, wait_for_metric, TestServer};
 use serde_json::Value;
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
@@ -190,5 +192,70 @@ async fn counters_and_histograms_equal_the_traffic_in_both_formats() {
         assert_eq!(classic_samples.get(&key), samples.get(&key), "{key}");
     }
     drop(clients);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_backplane_reports_round_trips_pipelines_reconnects_and_resyncs() {
+    let mut redis = redis_server::RedisServer::start().await;
+    let url = redis.url();
+    let server = TestServer::start(&["--redis-url", url.as_str()]).await;
+    let mut client = server.connect("/ws").await;
+    wait_for_metric(server.addr, "backplane_up{endpoint=\"ws\"} 1").await;
+    for i in 0..3 {
+        send_text(&mut client, &format!("line {i}")).await;
+        assert_eq!(
+            recv_text(&mut client).await,
+            format!("Client says: line {i}")
+        );
+    }
+    let (_, open) = scrape(&server, None).await;
+    let (samples, families) = parse(&open, "openmetrics");
+    let at = |key: &str| -> f64 {
+        *samples
+            .get(key)
+            .unwrap_or_else(|| panic!("no sample {key} in\n{open}"))
+    };
+    let ws = "endpoint=\"ws\"";
+    assert_eq!(at(&format!("backplane_published_total{{{ws}}}")), 3.0);
+    // Every pipeline of writes is timed and sized: as many of each, and
+    // they carried the three publications at least.
+    let pipelines = at(&format!("backplane_pipeline_commands_count{{{ws}}}"));
+    assert!(pipelines >= 1.0, "{open}");
+    assert_eq!(
+        at(&format!("backplane_round_trip_seconds_count{{{ws}}}")),
+        pipelines
+    );
+    assert!(at(&format!("backplane_pipeline_commands_sum{{{ws}}}")) >= 3.0);
+    assert!(at(&format!("backplane_round_trip_seconds_sum{{{ws}}}")) > 0.0);
+    for (key, value) in [
+        (format!("backplane_queue_depth{{{ws}}}"), 0.0),
+        (format!("backplane_reconnects_total{{{ws}}}"), 0.0),
+        (format!("backplane_resyncs_total{{{ws}}}"), 0.0),
+    ] {
+        assert_eq!(at(&key), value, "{key}");
+    }
+    for family in [
+        "backplane_round_trip_seconds",
+        "backplane_pipeline_commands",
+    ] {
+        assert_eq!(
+            families.get(family).map(String::as_str),
+            Some("histogram"),
+            "{family}"
+        );
+    }
+
+    // Redis comes back empty: the link reconnects, and the topic it
+    // followed started over, which its clients are told as a resync.
+    redis.restart().await;
+    wait_for_metric(server.addr, "backplane_reconnects_total{endpoint=\"ws\"} 1").await;
+    wait_for_metric(
+        server.addr,
+        "backplane_disconnects_total{endpoint=\"ws\"} 1",
+    )
+    .await;
+    wait_for_metric(server.addr, "backplane_resyncs_total{endpoint=\"ws\"} 1").await;
+    drop(client);
     server.stop().await;
 }

@@ -88,7 +88,8 @@ use std::time::Duration;
 
 use hub::backplane::MAX_NODE;
 use hub::{
-    Backplane, ConnId, Metadata, Placed, PresenceEvent, PresenceKind, Publication, Remote, Topic,
+    Backplane, ConnId, Distribution, Histogram, Metadata, Placed, PresenceEvent, PresenceKind,
+    Publication, Remote, Topic, LATENCY_NS,
 };
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -369,6 +370,11 @@ impl RedisBackplane {
             notices: c.notices.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             script_reloads: c.script_reloads.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+            resyncs: c.resyncs.load(Ordering::Relaxed),
+            queued: self.shared.queued.load(Ordering::Relaxed),
+            round_trips: c.round_trips.snapshot(),
+            pipelines: c.pipelines.snapshot(),
         }
     }
 
@@ -459,7 +465,7 @@ pub(crate) fn cost(publication: &Publication) -> usize {
 }
 
 /// A snapshot of a [`RedisBackplane`]'s counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// This node's number.
@@ -483,9 +489,25 @@ pub struct Stats {
     /// Times Redis had lost the scripts (a `SCRIPT FLUSH`, or a restart
     /// the connection did not notice) and they were loaded again.
     pub script_reloads: u64,
+    /// Times the link was back after losing Redis.
+    pub reconnects: u64,
+    /// Gaps told to this node's connections as resyncs: messages numbered
+    /// in Redis that never reached its stream, and topics that started
+    /// over in Redis (lost or expired) while this node followed them.
+    pub resyncs: u64,
+    /// Publications waiting for the link now.
+    pub queued: usize,
+    /// How long Redis took to answer each pipeline of writes, in
+    /// nanoseconds: 50 µs to 10 s.
+    pub round_trips: Distribution,
+    /// How many commands each of those pipelines carried: 1 to 4096.
+    pub pipelines: Distribution,
 }
 
-#[derive(Debug, Default)]
+/// Bounds of the pipeline buckets, in commands: powers of two to 4096.
+static PIPELINE: [u64; 13] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
+
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) disconnects: AtomicU64,
     pub(crate) published: AtomicU64,
@@ -494,6 +516,28 @@ pub(crate) struct Counters {
     pub(crate) notices: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) script_reloads: AtomicU64,
+    pub(crate) reconnects: AtomicU64,
+    pub(crate) resyncs: AtomicU64,
+    pub(crate) round_trips: Histogram,
+    pub(crate) pipelines: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            disconnects: AtomicU64::default(),
+            published: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            local_only: AtomicU64::default(),
+            notices: AtomicU64::default(),
+            dropped: AtomicU64::default(),
+            script_reloads: AtomicU64::default(),
+            reconnects: AtomicU64::default(),
+            resyncs: AtomicU64::default(),
+            round_trips: Histogram::new(&LATENCY_NS),
+            pipelines: Histogram::new(&PIPELINE),
+        }
+    }
 }
 
 /// State shared by the backplane handle and its link task.

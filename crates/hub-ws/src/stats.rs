@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use hub::{ConnId, Distribution, Histogram, Message};
+use hub::{ConnId, Distribution, Histogram, Message, LATENCY_NS};
 
 use crate::deflate::DeflateCounters;
 use crate::{CloseCode, Ended, UpgradeError};
@@ -86,28 +86,6 @@ pub struct WsStats {
     /// here, its wait growing, until the write timeout closes it.
     pub queue_waits: Distribution,
 }
-
-/// Bounds of the latency buckets, in nanoseconds: 50 µs to 10 s, in steps
-/// of about 2 and 2.5.
-static LATENCY_NS: [u64; 17] = [
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-];
 
 /// Bounds of the size buckets, in bytes: 64 B to 16 MiB, by fours past
 /// 1 KiB (chat lines fall in the first few).

@@ -5,6 +5,29 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// The most bounds a [`Histogram`] takes.
 pub const MAX_BOUNDS: usize = 32;
 
+/// Bounds for latencies in nanoseconds, from 50 µs to 10 s in steps of
+/// about 2 and 2.5: what this workspace's transports and backplanes
+/// measure deliveries, handshakes and round trips in.
+pub static LATENCY_NS: [u64; 17] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
 /// Observations counted in fixed buckets, for latencies and sizes that a
 /// metrics system shows as quantiles.
 ///

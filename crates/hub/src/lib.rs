@@ -124,7 +124,7 @@ pub use error::{
 pub use event::{Broadcast, Event};
 pub use events::Events;
 pub use except::Except;
-pub use histogram::{Distribution, Histogram, Run, MAX_BOUNDS};
+pub use histogram::{Distribution, Histogram, Run, LATENCY_NS, MAX_BOUNDS};
 pub use hub::Hub;
 pub use id::{ConnId, Metadata};
 pub use message::{Message, Text};

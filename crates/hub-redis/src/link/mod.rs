@@ -276,6 +276,7 @@ impl Link {
         self.shared.set_up(true);
         if self.shared.counters.disconnects.load(Ordering::Relaxed) > 0 {
             tracing::info!("Redis is back; sharing again");
+            (self.shared.counters.reconnects).fetch_add(1, Ordering::Relaxed);
         }
         match self.serve(&mut session).await {
             Ok(()) => Ended::Closed,

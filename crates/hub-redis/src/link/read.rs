@@ -233,6 +233,9 @@ impl Follow {
             } else {
                 entry.number("m").unwrap_or(0)
             };
+            if missed > 0 {
+                self.shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+            }
             remote.deliver_missed(topic, position, missed);
             return;
         }
@@ -240,6 +243,7 @@ impl Follow {
         if let Some(message) = take_message(&mut entry) {
             remote.deliver(topic, position, message, except);
         } else {
+            self.shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
             remote.deliver_missed(topic, position, 1);
         }
     }
@@ -279,8 +283,12 @@ impl Follow {
                 cursor.next
             }
             // The topic started over while this node followed it (Redis
-            // lost it, or it expired): everything in the new epoch is news.
-            Some(_) => 0,
+            // lost it, or it expired): everything in the new epoch is news,
+            // and its members resync.
+            Some(_) => {
+                self.shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                0
+            }
             None => next,
         };
         *slot = Some(Cursor { epoch, next: start });

@@ -304,7 +304,13 @@ impl Link {
         }
         // One failed command must not fail the others.
         pipe.ignore_errors();
-        let replies = match bounded(pipe.query_async::<Vec<Value>>(&mut session.writer)).await {
+        let counters = &self.shared.counters;
+        counters.pipelines.observe(steps.len() as u64);
+        let sent = std::time::Instant::now();
+        let replies = bounded(pipe.query_async::<Vec<Value>>(&mut session.writer)).await;
+        let took = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counters.round_trips.observe(took);
+        let replies = match replies {
             Ok(replies) => replies,
             Err(lost) => {
                 for step in steps {
