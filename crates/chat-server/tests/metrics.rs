@@ -16,7 +16,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::{header, http_with, recv_text, send_text, wait_for_metric, TestServer};
+use futures_util::SinkExt;
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
 
@@ -257,5 +259,72 @@ async fn the_backplane_reports_round_trips_pipelines_reconnects_and_resyncs() {
     .await;
     wait_for_metric(server.addr, "backplane_resyncs_total{endpoint=\"ws\"} 1").await;
     drop(client);
+    server.stop().await;
+}
+
+/// The metric names an expression reads: every word that starts like ours.
+fn series_in(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| {
+            ["hub_", "ws_", "backplane_", "api_"]
+                .iter()
+                .any(|p| word.starts_with(p))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_series_the_dashboard_queries_is_in_a_real_scrape() {
+    let redis = redis_server::RedisServer::start().await;
+    let url = redis.url();
+    let server = TestServer::start(&["--redis-url", url.as_str(), "--api-key", KEY]).await;
+    // One API call and one server close, so that the series labelled by
+    // status and by code have a sample.
+    assert_eq!(
+        http_with(server.addr, "GET", "/api/rooms", &[]).await.0,
+        401
+    );
+    let mut echo = server.connect("/echo").await;
+    echo.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(common::recv_close(&mut echo).await.0, 1003);
+    let (_, open) = scrape(&server, None).await;
+    let (samples, _) = parse(&open, "openmetrics");
+    let names: std::collections::BTreeSet<&str> = (samples.keys())
+        .map(|key| key.split('{').next().unwrap())
+        .collect();
+
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../../docs/grafana-dashboard.json")).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        if panel["type"] == "row" {
+            continue;
+        }
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(
+            !targets.is_empty(),
+            "panel {} queries nothing",
+            panel["title"]
+        );
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap();
+            let series = series_in(expr);
+            assert!(!series.is_empty(), "{expr} reads none of our series");
+            for name in series {
+                assert!(
+                    names.contains(name),
+                    "the dashboard queries {name}, which /metrics lacks ({expr})"
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 40, "{queried}");
+    // Its endpoint variable lists what the scrape labels.
+    let variable = &dashboard["templating"]["list"][1];
+    assert_eq!(
+        variable["definition"],
+        "label_values(hub_connections, endpoint)"
+    );
     server.stop().await;
 }
