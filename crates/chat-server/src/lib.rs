@@ -145,7 +145,8 @@ impl Server {
             .idle_timeout(args.idle_timeout)
             .write_timeout(args.write_timeout)
             .max_request_head(args.max_request_head)
-            .compression(args.compression);
+            .compression(args.compression)
+            .histograms(!args.no_histograms);
         // One limit over every endpoint.
         let mut limit = SessionLimit::new().max(args.max_connections);
         if let Some(per_ip) = args.max_connections_per_ip {

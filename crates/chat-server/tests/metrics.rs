@@ -328,3 +328,25 @@ async fn every_series_the_dashboard_queries_is_in_a_real_scrape() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn without_histograms_the_counters_go_on_and_the_histograms_stay_empty() {
+    let server = TestServer::start(&["--no-histograms"]).await;
+    let mut client = server.connect("/ws").await;
+    send_text(&mut client, "hi").await;
+    assert_eq!(recv_text(&mut client).await, "Client says: hi");
+    let (_, open) = scrape(&server, None).await;
+    let (samples, _) = parse(&open, "openmetrics");
+    let ws = "endpoint=\"ws\"";
+    for (key, value) in [
+        (format!("ws_messages_out_total{{{ws}}}"), 1.0),
+        (format!("ws_delivery_latency_seconds_count{{{ws}}}"), 0.0),
+        (format!("ws_message_out_bytes_count{{{ws}}}"), 0.0),
+        (format!("ws_message_in_bytes_count{{{ws}}}"), 0.0),
+        (format!("ws_handshake_duration_seconds_count{{{ws}}}"), 0.0),
+    ] {
+        assert_eq!(samples.get(&key), Some(&value), "{key}");
+    }
+    drop(client);
+    server.stop().await;
+}

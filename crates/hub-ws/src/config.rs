@@ -46,6 +46,7 @@ pub struct Config {
     pub(crate) session_limit: Option<SessionLimit>,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) compression: bool,
+    pub(crate) histograms: bool,
 }
 
 impl Default for Config {
@@ -64,6 +65,7 @@ impl Default for Config {
             session_limit: None,
             rate_limit: None,
             compression: false,
+            histograms: true,
         }
     }
 }
@@ -186,6 +188,17 @@ impl Config {
     /// and [`WsServer::serve_tcp`](crate::WsServer::serve_tcp)).
     pub fn compression(mut self, on: bool) -> Self {
         self.compression = on;
+        self
+    }
+
+    /// Whether to measure the distributions in
+    /// [`WsStats`](crate::WsStats) (on by default): handshake times,
+    /// message sizes, delivery latency and queue waits. Off, they stay
+    /// empty and the counters are kept as ever. On, they cost a clock read
+    /// and a few relaxed atomic additions per batch of frames written
+    /// (BENCHMARKS.md measures it).
+    pub fn histograms(mut self, on: bool) -> Self {
+        self.histograms = on;
         self
     }
 }

@@ -286,8 +286,11 @@ where
             Ok(event) => event,
             Err(closed) => return ended_by_hub(closed, connection.farewell()),
         };
-        let batch = WriteBatch::new(socket, connection, event, session, handler, counters)
-            .since(started, waiting);
+        let batch = WriteBatch::new(socket, connection, event, session, handler, counters);
+        let batch = match counters.measuring {
+            true => batch.since(started, waiting),
+            false => batch,
+        };
         match within(config.write_timeout, pin!(batch)).await {
             Ok(Ok(None)) => {}
             Ok(Ok(Some(closed))) => return ended_by_hub(closed, connection.farewell()),
@@ -570,7 +573,9 @@ where
             }
             this.messages += 1;
             this.bytes += message.len() as u64;
-            (this.counters.sizes_out).observe_in(&mut this.sizes, message.len() as u64);
+            if this.started.is_some() {
+                (this.counters.sizes_out).observe_in(&mut this.sizes, message.len() as u64);
+            }
             sink.start_send_unpin(Frame::Message(message))?;
         }
         ready!(sink.poll_flush_unpin(cx))?;
@@ -634,7 +639,9 @@ where
     while let Ok(event) = connection.try_recv() {
         if let Some(message) = handler.render(session, event) {
             counters.messages_out(1, message.len() as u64);
-            counters.sizes_out.observe(message.len() as u64);
+            if counters.measuring {
+                counters.sizes_out.observe(message.len() as u64);
+            }
             sink.feed(Frame::Message(message)).await?;
         }
     }

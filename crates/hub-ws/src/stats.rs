@@ -114,6 +114,10 @@ pub(crate) struct Counters {
     pub(crate) sizes_out: Histogram,
     latency: Histogram,
     waits: Waits,
+    /// Whether the histograms are measured ([`Config::histograms`]).
+    ///
+    /// [`Config::histograms`]: crate::Config::histograms
+    pub(crate) measuring: bool,
 }
 
 /// Each session's oldest broadcast in the write in progress, read when the
@@ -182,6 +186,7 @@ impl Default for Counters {
                 epoch: std::time::Instant::now(),
                 slots: Mutex::default(),
             },
+            measuring: true,
         }
     }
 }
@@ -192,6 +197,12 @@ fn nanos_since(since: std::time::Instant) -> u64 {
 }
 
 impl Counters {
+    /// Measures the histograms, or not.
+    pub(crate) fn measuring(mut self, on: bool) -> Self {
+        self.measuring = on;
+        self
+    }
+
     /// Session `id`'s slot for [`WsStats::queue_waits`], for as long as
     /// the session lasts.
     pub(crate) fn waiting(&self, id: ConnId) -> Waiting<'_> {
@@ -219,7 +230,9 @@ impl Counters {
 
     /// A handshake that began at `began` is done.
     pub(crate) fn handshake(&self, began: std::time::Instant) {
-        self.handshakes.observe(nanos_since(began));
+        if self.measuring {
+            self.handshakes.observe(nanos_since(began));
+        }
     }
 
     /// A batch whose oldest broadcast was sent at `oldest` was written.
@@ -234,7 +247,9 @@ impl Counters {
     pub(crate) fn message_in(&self, message: &Message) {
         self.messages_in.fetch_add(1, Relaxed);
         self.bytes_in.fetch_add(message.len() as u64, Relaxed);
-        self.sizes_in.observe(message.len() as u64);
+        if self.measuring {
+            self.sizes_in.observe(message.len() as u64);
+        }
     }
 
     /// Written messages, counted once per batch.
