@@ -315,14 +315,14 @@ const SPREADS: [Spread<WsStats>; 5] = [
     ),
     (
         "ws_delivery_latency",
-        "Time from a broadcast to its frame being written to a socket: the oldest of each write",
+        "Time from a broadcast to its frame being written to a socket: the oldest of every 32nd write of each session",
         Some(Unit::Seconds),
         NANOS,
         |s| &s.latency,
     ),
     (
         "ws_queue_wait",
-        "How long each session in the middle of a write has waited since its oldest broadcast was sent, read at the scrape (a snapshot, not cumulative)",
+        "How long each session its socket makes wait has waited since its oldest broadcast was sent, read at the scrape (a snapshot, not cumulative)",
         Some(Unit::Seconds),
         NANOS,
         |s| &s.queue_waits,
@@ -336,7 +336,7 @@ const SPREADS: [Spread<WsStats>; 5] = [
     ),
     (
         "ws_message_out",
-        "Sizes of the messages written to clients, before compression",
+        "Sizes of the messages written to clients, before compression: those of every 32nd write of each session",
         Some(Unit::Bytes),
         1.0,
         |s| &s.sizes_out,

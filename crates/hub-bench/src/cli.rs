@@ -28,6 +28,20 @@ pub(crate) enum Command {
     /// one write each, nothing else), to run the same scenarios against as
     /// a baseline. Prints its URL, then serves until stopped.
     Bare(BareArgs),
+    /// Draw a `scripts/compare` run's charts (SVG and PNG) from its
+    /// results.json.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlotArgs {
+    /// The run's results (written by scripts/compare).
+    #[arg(long, default_value = "target/compare/results.json")]
+    pub(crate) results: std::path::PathBuf,
+
+    /// Where to write the charts.
+    #[arg(long, default_value = "target/compare")]
+    pub(crate) out: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

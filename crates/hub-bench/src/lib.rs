@@ -43,6 +43,7 @@ mod error;
 mod idle;
 mod latency;
 mod payload;
+pub mod plot;
 mod proc;
 mod progress;
 mod report;

@@ -75,6 +75,18 @@ async fn main() -> ExitCode {
                 Err(error) => Err(error),
             }
         }
+        Command::Plot(args) => match hub_bench::plot::draw(&args.results, &args.out) {
+            Ok(written) => {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+                Ok(true)
+            }
+            Err(error) => {
+                eprintln!("hub-bench: {error}");
+                return ExitCode::from(2);
+            }
+        },
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

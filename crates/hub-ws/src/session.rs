@@ -281,6 +281,7 @@ where
     E: fmt::Display,
     H: Handler,
 {
+    let mut writes: u32 = 0;
     loop {
         let event = match connection.recv().await {
             Ok(event) => event,
@@ -288,9 +289,14 @@ where
         };
         let batch = WriteBatch::new(socket, connection, event, session, handler, counters);
         let batch = match counters.measuring {
-            true => batch.since(started, waiting),
+            true => batch.measured(Measure {
+                started,
+                waiting,
+                sampled: writes % SAMPLE_EVERY == 0,
+            }),
             false => batch,
         };
+        writes = writes.wrapping_add(1);
         match within(config.write_timeout, pin!(batch)).await {
             Ok(Ok(None)) => {}
             Ok(Ok(Some(closed))) => return ended_by_hub(closed, connection.farewell()),
@@ -462,15 +468,34 @@ struct WriteBatch<'a, S, H> {
     /// Messages and bytes queued, counted once the batch is.
     messages: u64,
     bytes: u64,
-    /// Their sizes, counted a run at a time.
+    /// Their sizes, counted a run at a time (in sampled writes).
     sizes: Run,
-    /// When the session started, and when the oldest broadcast written
-    /// was sent (or the session started, if later): the batch's latency,
-    /// counted once it is flushed.
-    started: Option<(std::time::Instant, &'a Waiting<'a>)>,
+    /// What is measured of this write, if anything.
+    measure: Option<Measure<'a>>,
+    /// When the oldest broadcast written was sent (or the session started,
+    /// if later): the write's latency, counted once it is flushed.
     oldest: Option<std::time::Instant>,
+    /// The socket made the write wait: the session's queue-wait slot is
+    /// set.
+    waited: bool,
     /// Every message is queued: flushing.
     queued: bool,
+}
+
+/// A session's writes measured in full: one in this many (the first of
+/// each run of them), so that a clock read and a few shared atomic
+/// additions are spread over many writes.
+const SAMPLE_EVERY: u32 = 32;
+
+/// What a write measures: the session's start (latency counts from it for
+/// messages sent before, replayed on resume), its queue-wait slot, set
+/// when the socket makes the write wait, and whether this write is one of
+/// the sampled ones (latency and sizes).
+#[derive(Clone, Copy)]
+struct Measure<'a> {
+    started: std::time::Instant,
+    waiting: &'a Waiting<'a>,
+    sampled: bool,
 }
 
 impl<'a, S, H> WriteBatch<'a, S, H> {
@@ -495,17 +520,25 @@ impl<'a, S, H> WriteBatch<'a, S, H> {
             messages: 0,
             bytes: 0,
             sizes: Run::default(),
-            started: None,
+            measure: None,
             oldest: None,
+            waited: false,
             queued: false,
         }
     }
 
-    /// Measures the latency of the broadcasts it writes (from `started`,
-    /// for those sent before).
-    fn since(mut self, started: std::time::Instant, waiting: &'a Waiting<'a>) -> Self {
-        self.started = Some((started, waiting));
+    fn measured(mut self, measure: Measure<'a>) -> Self {
+        self.measure = Some(measure);
         self
+    }
+
+    /// The socket makes the write wait: from now until it is done, the
+    /// session shows in the queue waits.
+    fn waits(&mut self) {
+        if let (Some(measure), Some(oldest), false) = (self.measure, self.oldest, self.waited) {
+            measure.waiting.since(oldest);
+            self.waited = true;
+        }
     }
 }
 
@@ -536,19 +569,14 @@ where
                     let id = this.connection.id();
                     tracing::debug!(%id, %topic, missed, "connection has a gap");
                 }
-                let sent_at = match (&event, this.started) {
-                    (Event::Broadcast(broadcast), Some((started, _))) => {
-                        Some(broadcast.sent_at().max(started))
+                let sent_at = match (&event, this.measure) {
+                    (Event::Broadcast(broadcast), Some(measure)) => {
+                        Some(broadcast.sent_at().max(measure.started))
                     }
                     _ => None,
                 };
                 this.held = this.handler.render(this.session, event);
                 if let (Some(at), true) = (sent_at, this.held.is_some()) {
-                    if this.oldest.is_none() {
-                        if let Some((_, waiting)) = this.started {
-                            waiting.since(at);
-                        }
-                    }
                     this.oldest = Some(this.oldest.map_or(at, |oldest| oldest.min(at)));
                 }
                 this.taken += 1;
@@ -568,21 +596,27 @@ where
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Pending => {
                     this.held = Some(message);
+                    this.waits();
                     return Poll::Pending;
                 }
             }
             this.messages += 1;
             this.bytes += message.len() as u64;
-            if this.started.is_some() {
+            if this.measure.is_some_and(|m| m.sampled) {
                 (this.counters.sizes_out).observe_in(&mut this.sizes, message.len() as u64);
             }
             sink.start_send_unpin(Frame::Message(message))?;
         }
-        ready!(sink.poll_flush_unpin(cx))?;
-        if let Some(oldest) = this.oldest.take() {
-            this.counters.delivered(oldest);
-            if let Some((_, waiting)) = this.started {
-                waiting.clear();
+        if sink.poll_flush_unpin(cx)?.is_pending() {
+            this.waits();
+            return Poll::Pending;
+        }
+        if let Some(measure) = this.measure {
+            if let (Some(oldest), true) = (this.oldest, measure.sampled) {
+                this.counters.delivered(oldest);
+            }
+            if this.waited {
+                measure.waiting.clear();
             }
         }
         Poll::Ready(Ok(this.closed.take()))

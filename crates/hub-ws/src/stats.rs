@@ -69,21 +69,23 @@ pub struct WsStats {
     /// Sizes of the messages read from clients, in bytes (inflated).
     pub sizes_in: Distribution,
     /// Sizes of the messages written to clients, in bytes (before
-    /// compression).
+    /// compression): those of every 32nd write of each session (its first
+    /// write, its 33rd...), all of that write's messages.
     pub sizes_out: Distribution,
     /// How long broadcasts took to reach the socket, in nanoseconds: from
     /// [`Broadcast::sent_at`](hub::Broadcast::sent_at) (or the session's
     /// start, for messages sent before it: history replayed on resume) to
-    /// the socket taking the frame, flushed. One sample per write: the
-    /// oldest broadcast of each batch of frames written together, so
-    /// under load, when batches grow, it samples the slowest of each.
+    /// the socket taking the frame, flushed. One sample per sampled write
+    /// (as for [`sizes_out`](Self::sizes_out)): its oldest broadcast. So a
+    /// session writing one message at a time has every 32nd timed, and
+    /// under load, when writes carry more, the slowest of each sampled one.
     pub latency: Distribution,
-    /// How long each session's oldest queued broadcast has waited, in
-    /// nanoseconds, read when the stats are taken: for every session in
-    /// the middle of a write, from the oldest broadcast of that write (as
-    /// [`latency`](Self::latency) measures it). Sessions with nothing to
-    /// write are not counted; a session whose client does not read shows
-    /// here, its wait growing, until the write timeout closes it.
+    /// How long each session that the socket is making wait has waited, in
+    /// nanoseconds, read when the stats are taken: from the oldest
+    /// broadcast of the write in progress being sent. Sessions whose
+    /// socket takes what they write are not counted; a client that does
+    /// not read shows here, its wait growing, until the write timeout
+    /// closes it.
     pub queue_waits: Distribution,
 }
 
