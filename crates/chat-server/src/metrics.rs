@@ -315,7 +315,7 @@ const SPREADS: [Spread<WsStats>; 5] = [
     ),
     (
         "ws_delivery_latency",
-        "Time from a broadcast to its frame being written to a socket: the oldest of every 32nd write of each session",
+        "Time from a broadcast to its frame being written to a socket: the oldest of every 64th write of each session",
         Some(Unit::Seconds),
         NANOS,
         |s| &s.latency,
@@ -336,7 +336,7 @@ const SPREADS: [Spread<WsStats>; 5] = [
     ),
     (
         "ws_message_out",
-        "Sizes of the messages written to clients, before compression: those of every 32nd write of each session",
+        "Sizes of the messages written to clients, before compression: those of every 64th write of each session",
         Some(Unit::Bytes),
         1.0,
         |s| &s.sizes_out,

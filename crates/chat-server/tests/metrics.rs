@@ -90,7 +90,7 @@ async fn counters_and_histograms_equal_the_traffic_in_both_formats() {
     }
     common::wait_for_connections(server.addr, 3).await;
     // Five lines, each read by all three before the next: every write
-    // holds one message, and the first write of each session (one in 32)
+    // holds one message, and the first write of each session (one in 64)
     // is sampled for latency and sizes.
     for i in 0..5 {
         send_text(&mut clients[0], &format!("hello {i}")).await;

@@ -273,15 +273,24 @@ fn draw_panel<DB: DrawingBackend>(
     };
     let y_min = points().map(|p| p.1).min_by(f64::total_cmp).unwrap_or(1.0);
     let y_max = points().map(|p| p.1).max_by(f64::total_cmp).unwrap_or(1.0);
-    // A decade of room around single points, so the axes never collapse.
-    let x_range = (x_min / 1.5)..(x_max * 1.5);
-    let y_range = (y_min / 2.0)..(y_max * 2.0);
+    // Room around the points, so the axes never collapse; ticks at the
+    // client counts measured, and at 1, 2 and 5 of each decade.
+    let (x_low, x_high) = (x_min / 1.5, x_max * 1.5);
+    let (y_low, y_high) = (y_min / 2.0, y_max * 2.0);
+    let mut clients: Vec<f64> = points().map(|p| p.0).collect();
+    clients.sort_by(f64::total_cmp);
+    clients.dedup();
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(x_range.log_scale(), y_range.log_scale())?;
+        .build_cartesian_2d(
+            (x_low..x_high).log_scale().with_key_points(clients),
+            (y_low..y_high)
+                .log_scale()
+                .with_key_points(decades(y_low, y_high)),
+        )?;
     chart
         .configure_mesh()
         .x_desc("clients")
@@ -305,8 +314,17 @@ fn draw_panel<DB: DrawingBackend>(
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.3))
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .draw()
+}
+
+/// 1, 2 and 5 times each power of ten between `low` and `high`.
+fn decades(low: f64, high: f64) -> Vec<f64> {
+    let (first, last) = (low.log10().floor() as i32, high.log10().ceil() as i32);
+    (first..=last)
+        .flat_map(|power| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(power)))
+        .filter(|value| (low..=high).contains(value))
+        .collect()
 }
 
 /// `1.2M`, `35k`, `0.16`: short tick labels.
@@ -357,6 +375,12 @@ mod tests {
 
     fn report(rate: f64, p99: f64) -> Value {
         serde_json::json!({ "deliveries": { "per_second": rate }, "latency_ms": { "p99": p99 } })
+    }
+
+    #[test]
+    fn ticks_fall_on_one_two_and_five() {
+        assert_eq!(decades(1.75e6, 16e6), [2e6, 5e6, 1e7]);
+        assert_eq!(decades(0.08, 0.6), [0.1, 0.2, 0.5]);
     }
 
     #[test]

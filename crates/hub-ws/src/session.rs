@@ -485,7 +485,7 @@ struct WriteBatch<'a, S, H> {
 /// A session's writes measured in full: one in this many (the first of
 /// each run of them), so that a clock read and a few shared atomic
 /// additions are spread over many writes.
-const SAMPLE_EVERY: u32 = 32;
+const SAMPLE_EVERY: u32 = 64;
 
 /// What a write measures: the session's start (latency counts from it for
 /// messages sent before, replayed on resume), its queue-wait slot, set

@@ -69,15 +69,15 @@ pub struct WsStats {
     /// Sizes of the messages read from clients, in bytes (inflated).
     pub sizes_in: Distribution,
     /// Sizes of the messages written to clients, in bytes (before
-    /// compression): those of every 32nd write of each session (its first
-    /// write, its 33rd...), all of that write's messages.
+    /// compression): those of every 64th write of each session (its first
+    /// write, its 65th...), all of that write's messages.
     pub sizes_out: Distribution,
     /// How long broadcasts took to reach the socket, in nanoseconds: from
     /// [`Broadcast::sent_at`](hub::Broadcast::sent_at) (or the session's
     /// start, for messages sent before it: history replayed on resume) to
     /// the socket taking the frame, flushed. One sample per sampled write
     /// (as for [`sizes_out`](Self::sizes_out)): its oldest broadcast. So a
-    /// session writing one message at a time has every 32nd timed, and
+    /// session writing one message at a time has every 64th timed, and
     /// under load, when writes carry more, the slowest of each sampled one.
     pub latency: Distribution,
     /// How long each session that the socket is making wait has waited, in
