@@ -412,7 +412,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hub-bench-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let results = dir.join("results.json");
-        let runs = serde_json::json!({
+        let mut runs = serde_json::json!({
             "flat-100/ours": [report(3e6, 2.0)],
             "flat-1000/ours": [report(2e6, 8.0)],
             "flat-1000/bun": [report(1.5e6, 9.0)],
@@ -420,6 +420,41 @@ mod tests {
         std::fs::write(&results, runs.to_string()).unwrap();
         let written = draw(&results, &dir).unwrap();
         assert_eq!(written, [dir.join("fanout.svg"), dir.join("fanout.png")]);
+        // Every chart, once the run holds its scenarios.
+        let costly = |cpu: f64| {
+            serde_json::json!([{ "deliveries": { "per_second": 1e6 },
+                                 "server": { "cpu": { "micros_per_delivery": cpu } } }])
+        };
+        for key in [
+            "ws-1000/ours",
+            "jroom-1000/ours",
+            "zj-1000/ours",
+            "pw-1000/bun",
+            "hw-1000/ours",
+            "nj-10000/ours",
+        ] {
+            runs[key] = costly(0.2);
+        }
+        std::fs::write(&results, runs.to_string()).unwrap();
+        let written = draw(&results, &dir).unwrap();
+        let names: Vec<_> = (written.iter())
+            .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "fanout.svg",
+                "fanout.png",
+                "rooms.svg",
+                "rooms.png",
+                "compression.svg",
+                "compression.png",
+                "histograms.svg",
+                "histograms.png"
+            ]
+        );
+        let compression = std::fs::read_to_string(dir.join("compression.svg")).unwrap();
+        assert!(compression.contains("JSON room, chains") && compression.contains("Bun, plain"));
         let svg = std::fs::read_to_string(dir.join("fanout.svg")).unwrap();
         for text in [
             "Broadcast flat out",
