@@ -82,8 +82,9 @@ export class Backoff {
  *   `guest-N` without one, and a token's name wins over it)
  * @property {string} [token] a sign-in token, for a server started with
  *   `--jwt-secret`
- * @property {string} [url] the chat endpoint; by default `/ws` on the
- *   server this module was loaded from (`wss:` if it came over https)
+ * @property {string} [url] the chat endpoint, absolute or relative to the
+ *   page (`http(s):` is taken as `ws(s):`); by default `/ws` on the server
+ *   this module was loaded from (`wss:` if it came over https)
  * @property {number} [backoffMin] the first wait before reconnecting, in
  *   ms (500)
  * @property {number} [backoffMax] the longest wait, in ms (10 000)
@@ -100,11 +101,20 @@ function finalByDefault(code) {
   return code === 1008 || (code >= 4500 && code <= 4999);
 }
 
-/** `/ws` on the server this module came from, as a WebSocket URL. */
-function defaultUrl() {
-  const url = new URL("/ws", import.meta.url);
-  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  return url.href;
+/**
+ * `url` (by default `/ws` on the server this module came from), resolved
+ * against the page and made a WebSocket URL: `http:` becomes `ws:`,
+ * `https:` `wss:`. Throws a `TypeError` for anything else.
+ */
+function endpoint(url) {
+  const base = globalThis.location ? globalThis.location.href : import.meta.url;
+  const resolved = new URL(url ?? new URL("/ws", import.meta.url).href, base);
+  const schemes = { "http:": "ws:", "https:": "wss:", "ws:": "ws:", "wss:": "wss:" };
+  if (!schemes[resolved.protocol]) {
+    throw new TypeError("ChatClient's url must be a ws:, wss:, http: or https: URL, not " + resolved.href);
+  }
+  resolved.protocol = schemes[resolved.protocol];
+  return resolved;
 }
 
 /**
@@ -158,7 +168,7 @@ export class ChatClient extends EventTarget {
     if (!options || typeof options.room !== "string" || options.room === "") {
       throw new TypeError("ChatClient needs a room: new ChatClient({ room: \"lobby\" })");
     }
-    this.#options = { url: defaultUrl(), isFinal: finalByDefault, ...options };
+    this.#options = { isFinal: finalByDefault, ...options, url: endpoint(options.url).href };
     this.#backoff = new Backoff({ min: options.backoffMin, max: options.backoffMax });
     this.#name = options.name ?? null;
   }
