@@ -1,13 +1,18 @@
 //! What the backplane keeps in Redis, and how it reads it back.
 //!
-//! Per topic, a hash `{prefix}:meta:{topic}` holds the topic's `epoch` and
-//! `next` offset, and a stream `{prefix}:stream:{topic}` holds its recent
-//! messages, the one at offset `o` under the entry id `0-(o+1)`: offsets
-//! are consecutive, shared by every node, and a range of them is a range
-//! of ids. Both are written by one script, so numbering and storing are one
-//! atomic step. Personal messages go to the addressee node's inbox stream
-//! `{prefix}:inbox:{node}`, user messages to `{prefix}:users`; the hash
-//! `{stream}:size` beside each counts its payload bytes.
+//! Per topic, a hash `PREFIX:{room:NAME}:meta` (`PREFIX:{*}:meta` for the
+//! topic of everyone) holds the topic's `epoch` and `next` offset, and a
+//! stream `PREFIX:{room:NAME}:stream` holds its recent messages, the one at
+//! offset `o` under the entry id `0-(o+1)`: offsets are consecutive,
+//! shared by every node, and a range of them is a range of ids. Both are
+//! written by one script, so numbering and storing are one atomic step.
+//! Personal messages go to the addressee node's inbox stream
+//! `PREFIX:{inbox:NODE}`, user messages to `PREFIX:{users}`; the hash
+//! `STREAM:size` beside each counts its payload bytes.
+//!
+//! The braces are Redis Cluster hash tags: the keys one script touches
+//! (a topic's hash, stream and size, or a stream and its size) share a tag,
+//! so they share a hash slot, and different rooms spread over the slots.
 
 use bytes::Bytes;
 use hub::{ConnId, Except, Message, Position, Topic};
@@ -159,27 +164,28 @@ impl Keys {
         }
     }
 
-    fn topic_part(topic: &Topic) -> String {
+    /// A topic's hash tag: every key of the topic carries it.
+    fn topic_tag(topic: &Topic) -> String {
         match topic {
-            Topic::All => "*".to_owned(),
-            Topic::Room(room) => format!("room:{room}"),
+            Topic::All => "{*}".to_owned(),
+            Topic::Room(room) => format!("{{room:{room}}}"),
         }
     }
 
     pub(crate) fn meta(&self, topic: &Topic) -> String {
-        format!("{}:meta:{}", self.prefix, Self::topic_part(topic))
+        format!("{}:{}:meta", self.prefix, Self::topic_tag(topic))
     }
 
     pub(crate) fn stream(&self, topic: &Topic) -> String {
-        format!("{}:stream:{}", self.prefix, Self::topic_part(topic))
+        format!("{}:{}:stream", self.prefix, Self::topic_tag(topic))
     }
 
     pub(crate) fn inbox(&self, node: u32) -> String {
-        format!("{}:inbox:{node}", self.prefix)
+        format!("{}:{{inbox:{node}}}", self.prefix)
     }
 
     pub(crate) fn users(&self) -> String {
-        format!("{}:users", self.prefix)
+        format!("{}:{{users}}", self.prefix)
     }
 
     /// The hash counting the payload bytes in a stream of [`APPEND`].
@@ -409,10 +415,56 @@ mod tests {
         Value::BulkString(text.as_bytes().to_vec())
     }
 
+    /// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash
+    /// tag (the text in its first `{…}`, when not empty) or of all of it,
+    /// modulo 16 384.
+    fn slot(key: &str) -> u16 {
+        let tag = (key.find('{'))
+            .and_then(|open| {
+                let close = key[open + 1..].find('}')?;
+                (close > 0).then(|| &key[open + 1..open + 1 + close])
+            })
+            .unwrap_or(key);
+        let mut crc: u16 = 0;
+        for byte in tag.bytes() {
+            crc ^= u16::from(byte) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16_384
+    }
+
+    #[test]
+    fn the_keys_of_one_script_share_a_slot_and_rooms_spread() {
+        // Redis's own examples (cluster spec): "123456789" hashes to
+        // 0x31C3, and a tag decides alone.
+        assert_eq!(slot("123456789"), 0x31C3);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        let keys = Keys::new("hub");
+        let mut slots = std::collections::HashSet::new();
+        for topic in [Topic::All, "lobby".into(), "rust".into(), "a}b".into()] {
+            let (meta, stream) = (keys.meta(&topic), keys.stream(&topic));
+            assert_eq!(slot(&meta), slot(&stream), "{meta} {stream}");
+            assert_eq!(slot(&stream), slot(&Keys::size_of(&stream)), "{stream}");
+            slots.insert(slot(&stream));
+        }
+        assert_eq!(slots.len(), 4, "four topics, four slots: {slots:?}");
+        for stream in [keys.inbox(3), keys.users()] {
+            assert_eq!(slot(&stream), slot(&Keys::size_of(&stream)), "{stream}");
+        }
+        assert_ne!(slot(&keys.inbox(1)), slot(&keys.inbox(2)));
+        assert_eq!(keys.stream(&"lobby".into()), "hub:{room:lobby}:stream");
+    }
+
     #[test]
     fn entries_are_read_with_their_offsets_and_fields() {
         let reply = Value::Array(vec![Value::Array(vec![
-            bulk("hub:stream:*"),
+            bulk("hub:{*}:stream"),
             Value::Array(vec![Value::Array(vec![
                 bulk("0-8"),
                 Value::Array(vec![bulk("e"), bulk("42"), bulk("m"), bulk("hi")]),
@@ -421,7 +473,7 @@ mod tests {
         let mut streams = streams(reply).unwrap_or_default();
         assert_eq!(streams.len(), 1);
         let (key, mut entries) = streams.remove(0);
-        assert_eq!(key, b"hub:stream:*");
+        assert_eq!(key, b"hub:{*}:stream");
         let entry = &mut entries[0];
         assert_eq!(entry.offset(), Some(7));
         assert_eq!(entry.number("e"), Some(42));

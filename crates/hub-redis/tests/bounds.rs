@@ -82,8 +82,8 @@ async fn a_room_nobody_follows_leaves_redis_after_its_ttl() {
         let mut redis_conn = redis_conn.clone();
         async move {
             redis::cmd("EXISTS")
-                .arg("hub:meta:room:passing")
-                .arg("hub:stream:room:passing")
+                .arg("hub:{room:passing}:meta")
+                .arg("hub:{room:passing}:stream")
                 .query_async::<u64>(&mut redis_conn)
                 .await
                 .unwrap()
@@ -143,11 +143,11 @@ async fn streams_keep_their_bytes_within_limits() {
         assert_eq!(text(&mut a1).await, line);
     }
     let mut conn = raw(&redis).await;
-    let (bytes, entries) = stream_payloads(&mut conn, "hub:stream:room:big").await;
+    let (bytes, entries) = stream_payloads(&mut conn, "hub:{room:big}:stream").await;
     assert!(bytes <= LIMIT, "{bytes} bytes in {entries} entries");
     assert_eq!(entries, LIMIT / 4000, "the newest that fit");
     let counted: usize = redis::cmd("HGET")
-        .arg("hub:meta:room:big")
+        .arg("hub:{room:big}:meta")
         .arg("bytes")
         .query_async(&mut conn)
         .await
@@ -160,17 +160,17 @@ async fn streams_keep_their_bytes_within_limits() {
         a.to_user("u").broadcast(format!("{i}:{line}"));
         assert_eq!(text(&mut b1).await, format!("{i}:{line}"));
     }
-    let (bytes, entries) = stream_payloads(&mut conn, "hub:users").await;
+    let (bytes, entries) = stream_payloads(&mut conn, "hub:{users}").await;
     let sent: usize = (0..20).map(|i| format!("{i}:{line}").len()).sum();
     assert_eq!((bytes, entries), (sent, 20));
     let counted: usize = redis::cmd("HGET")
-        .arg("hub:users:size")
+        .arg("hub:{users}:size")
         .arg("bytes")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(counted, sent);
-    for key in ["hub:users", "hub:users:size"] {
+    for key in ["hub:{users}", "hub:{users}:size"] {
         let ttl: i64 = redis::cmd("TTL")
             .arg(key)
             .query_async(&mut conn)

@@ -418,8 +418,8 @@ async fn a_topic_that_starts_over_in_redis_is_followed_again_everywhere() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("DEL")
-        .arg("hub:meta:*")
-        .arg("hub:stream:*")
+        .arg("hub:{*}:meta")
+        .arg("hub:{*}:stream")
         .query_async(&mut raw)
         .await
         .unwrap();
