@@ -5,9 +5,11 @@
 //! [`Builder::presence_ttl`](crate::Builder::presence_ttl) past the node's
 //! last heartbeat, and writes each join, leave and change, and a
 //! heartbeat every third of that time, to the stream `{prefix}:presence`.
-//! Every node keeps a roster of the others from that stream; a node not
-//! heard from for the time to live is dropped from it, and its members
-//! announced as gone.
+//! Each heartbeat also keeps the node for the time to live in the sorted
+//! set `{prefix}:live`, through which a node (re)starting finds the others'
+//! hashes by name, with no key scan. Every node keeps a roster of the
+//! others from that stream; a node not heard from for the time to live is
+//! dropped from it, and its members announced as gone.
 
 use std::collections::HashMap;
 use std::sync::Arc;

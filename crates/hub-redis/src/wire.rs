@@ -144,6 +144,18 @@ end
 return 0
 ";
 
+/// Keeps a node in the registry of live nodes for `ttl` more
+/// milliseconds, by Redis's clock, and drops the nodes whose time is up.
+/// KEYS: the registry (a sorted set: node, by when it expires). ARGV: the
+/// node's number, the ttl in milliseconds.
+pub(crate) const LIVE: &str = r"
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+return 0
+";
+
 /// Kinds of topic entries.
 pub(crate) const TEXT: &str = "t";
 pub(crate) const BINARY: &str = "b";
@@ -197,8 +209,9 @@ impl Keys {
         format!("{}:members:{node}", self.prefix)
     }
 
-    pub(crate) fn members_pattern(&self) -> String {
-        format!("{}:members:*", self.prefix)
+    /// The registry of live nodes, read by name: nothing scans for keys.
+    pub(crate) fn live(&self) -> String {
+        format!("{}:live", self.prefix)
     }
 
     pub(crate) fn presence(&self) -> String {

@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashSet;
 
 use hub::{Event, Metadata, Position, Resume, Topic};
-use support::{message, next, node, text, RedisServer};
+use support::{message, next, node, node_with_backplane, text, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_reach_every_node_once_in_the_same_order() {
@@ -298,20 +298,10 @@ async fn room_presence_is_shared_and_a_silent_node_expires() {
 
     let redis = RedisServer::start().await;
     let ttl = Duration::from_millis(600);
-    let start = |url: String| async move {
-        let backplane = hub_redis::RedisBackplane::builder(url)
-            .presence_ttl(ttl)
-            .connect()
-            .await
-            .unwrap();
-        let hub = hub::Hub::builder().backplane(backplane.clone()).build();
-        tokio::time::timeout(support::WAIT, backplane.until_up())
-            .await
-            .unwrap();
-        (hub, backplane)
-    };
-    let (a, _a_backplane) = start(redis.url()).await;
-    let (b, _b_backplane) = start(redis.url()).await;
+    let start =
+        || node_with_backplane(hub_redis::RedisBackplane::builder(redis.url()).presence_ttl(ttl));
+    let (a, _a_backplane) = start().await;
+    let (b, _b_backplane) = start().await;
     let mut seen_by_b = b.presence();
     let a1 = a.connect_with(Metadata::new().with_name("ann")).unwrap();
     a.join(a1.id(), "r").unwrap();
@@ -382,6 +372,58 @@ async fn room_presence_is_shared_and_a_silent_node_expires() {
     assert!(gone.elapsed() <= ttl + ttl / 3 + Duration::from_millis(500));
     assert_eq!(b.members("r").len(), 1);
     drop(a1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_reads_the_others_members_by_name_without_scanning() {
+    let redis = RedisServer::start().await;
+    let (a, a_backplane) = node(&redis.url()).await;
+    let ann = a.connect_with(Metadata::new().with_name("ann")).unwrap();
+    a.join(ann.id(), "r").unwrap();
+    // A lists itself among the live nodes, and its member in its hash.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let number = a_backplane.stats().node;
+    let live: Vec<u32> = redis::cmd("ZRANGE")
+        .arg("hub:live")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(live, [number]);
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(10));
+    tokio::time::timeout(support::WAIT, async {
+        loop {
+            every.tick().await;
+            let held: usize = redis::cmd("HLEN")
+                .arg(format!("hub:members:{number}"))
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            if held == 1 {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("A never wrote its member");
+
+    // B starts after the join: it learns of ann from A's hash, found by
+    // name through the registry, and Redis ran no SCAN for it.
+    let (b, _b_backplane) = node(&redis.url()).await;
+    let names: Vec<Option<String>> = (b.members("r").into_iter())
+        .map(|(_, metadata)| metadata.name().map(str::to_owned))
+        .collect();
+    assert_eq!(names, [Some("ann".to_owned())]);
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(stats.contains("cmdstat_zrange:"), "{stats}");
+    assert!(!stats.contains("cmdstat_scan:"), "{stats}");
+    drop(ann);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

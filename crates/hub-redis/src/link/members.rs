@@ -9,35 +9,23 @@ use redis::Pipeline;
 
 use super::{bounded, Link, Lost, Session, INBOX_LENGTH};
 use crate::presence::{self, Member};
+use crate::wire;
 
 impl Link {
-    /// Reads every other node's members anew.
+    /// Reads every other live node's members anew. The nodes come from the
+    /// registry of live nodes, by name: no `SCAN` (which a cluster cannot
+    /// run across its shards).
     pub(super) async fn reload_all(&mut self, session: &mut Session) -> Result<(), Lost> {
-        let own = self.keys.members(self.node);
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        // SCAN ends when its cursor comes back to 0; bounded all the same.
-        for _ in 0..10_000 {
-            let (next, found): (u64, Vec<String>) = bounded(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(self.keys.members_pattern())
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut session.writer),
-            )
-            .await?;
-            keys.extend(found.into_iter().filter(|key| *key != own));
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        for key in keys {
-            let Some(node) = key.rsplit(':').next().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
+        let nodes: Vec<u32> = bounded(
+            redis::cmd("ZRANGE")
+                .arg(self.keys.live())
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut session.writer),
+        )
+        .await?;
+        let own = self.node;
+        for node in nodes.into_iter().filter(|node| *node != own) {
             self.reload(session, node).await?;
         }
         Ok(())
@@ -108,14 +96,22 @@ impl Link {
         }
     }
 
-    /// A heartbeat, and this node's members kept from expiring.
+    /// A heartbeat: this node kept in the registry of live nodes, and its
+    /// members kept from expiring.
     pub(super) fn heartbeat_commands(&self, pipe: &mut Pipeline) {
-        let seconds = self.config.presence_ttl.as_millis();
+        let ttl = u64::try_from(self.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
         self.presence_entry(pipe, "h", &[]);
         pipe.ignore();
         pipe.cmd("PEXPIRE")
             .arg(self.keys.members(self.node))
-            .arg(u64::try_from(seconds).unwrap_or(u64::MAX))
+            .arg(ttl)
+            .ignore();
+        pipe.cmd("EVAL")
+            .arg(wire::LIVE)
+            .arg(1)
+            .arg(self.keys.live())
+            .arg(self.node)
+            .arg(ttl)
             .ignore();
     }
 
