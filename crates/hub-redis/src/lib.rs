@@ -78,6 +78,7 @@
 
 mod link;
 mod presence;
+mod target;
 mod wire;
 
 use std::collections::HashMap;
@@ -95,6 +96,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 use crate::link::{Command, Link};
 use crate::presence::Roster;
+use crate::target::Target;
 use crate::wire::Keys;
 
 /// Default prefix of every key the backplane uses.
@@ -111,6 +113,9 @@ pub const DEFAULT_HISTORY_BYTES: usize = hub::Builder::DEFAULT_HISTORY_BYTES;
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);
 /// Default size of the publications waiting to be written: 64 MiB.
 pub const DEFAULT_QUEUE: usize = 64 << 20;
+/// Default number of partitions the keys are spread over; see
+/// [`Builder::partitions`].
+pub const DEFAULT_PARTITIONS: usize = wire::DEFAULT_PARTITIONS;
 
 /// Why the backplane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +155,11 @@ pub enum Error {
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct Builder {
-    url: String,
+    /// One Redis's URL, or a cluster's seed nodes.
+    urls: Vec<String>,
+    cluster: bool,
     prefix: String,
+    partitions: usize,
     config: Config,
 }
 
@@ -170,6 +178,21 @@ impl Builder {
     /// different prefixes share nothing.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// How many partitions the keys are spread over (default
+    /// [`DEFAULT_PARTITIONS`], 1 to 16 384); every node of a deployment
+    /// must use the same number.
+    ///
+    /// Each partition is one hash slot of a Redis Cluster, and its slots
+    /// are spread evenly over the 16 384, so partitions divide among the
+    /// masters as slots do: have at least as many partitions as masters,
+    /// better a few times as many. Rooms go to partitions by their names.
+    /// A node of a cluster keeps one reading connection per partition; on
+    /// one Redis, one reads them all.
+    pub fn partitions(mut self, partitions: usize) -> Self {
+        self.partitions = partitions.clamp(1, wire::SLOTS);
         self
     }
 
@@ -236,21 +259,18 @@ impl Builder {
     /// [`Error::Url`] for a bad URL, [`Error::Connect`] if Redis does not
     /// answer.
     pub async fn connect(self) -> Result<Arc<RedisBackplane>, Error> {
-        let url = self.url;
-        let client = redis::Client::open(url.as_str()).map_err(|source| Error::Url {
+        let url = self.urls.join(", ");
+        let target = Target::new(&self.urls, self.cluster).map_err(|source| Error::Url {
             url: url.clone(),
             source,
         })?;
-        let keys = Keys::new(&self.prefix);
+        let keys = Keys::new(&self.prefix, self.partitions);
         let connect = |source| Error::Connect {
             url: url.clone(),
             source,
         };
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let mut connection = client
-            .get_multiplexed_async_connection_with_config(&config)
+        let mut connection = target
+            .connect(Some(Duration::from_secs(5)))
             .await
             .map_err(connect)?;
         let count: u64 = redis::cmd("INCR")
@@ -261,7 +281,7 @@ impl Builder {
         let node = u32::try_from((count.max(1) - 1) % u64::from(MAX_NODE) + 1).unwrap_or(1);
         let (shared, commands, receiver) = Shared::new(self.config.queue);
         let link = Link::new(
-            client,
+            target,
             keys,
             self.config,
             Arc::clone(&shared),
@@ -269,7 +289,8 @@ impl Builder {
             receiver,
         );
         tokio::spawn(link.run());
-        tracing::info!(node, url = %url, "joined the Redis backplane");
+        let cluster = self.cluster;
+        tracing::info!(node, url = %url, cluster, "joined the Redis backplane");
         Ok(Arc::new(RedisBackplane {
             node,
             shared,
@@ -307,8 +328,38 @@ impl RedisBackplane {
     /// Starts configuring a backplane on the Redis at `url`
     /// (`redis://host:port/db`).
     pub fn builder(url: impl Into<String>) -> Builder {
+        Self::builder_for(vec![url.into()], false)
+    }
+
+    /// Starts configuring a backplane on a Redis Cluster, known by one or
+    /// more of its nodes (`redis://host:port`): the others, and which
+    /// holds which slots, are learnt from them, and followed as they
+    /// change (`MOVED` and `ASK` redirections, a replica promoted in a
+    /// failover). See [Past one Redis](crate#past-one-redis).
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), hub_redis::Error> {
+    /// let seeds = ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"];
+    /// let backplane = hub_redis::RedisBackplane::cluster(seeds).connect().await?;
+    /// let hub = hub::Hub::builder().backplane(backplane).build();
+    /// # drop(hub);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cluster<I>(seeds: I) -> Builder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self::builder_for(seeds.into_iter().map(Into::into).collect(), true)
+    }
+
+    fn builder_for(urls: Vec<String>, cluster: bool) -> Builder {
         Builder {
-            url: url.into(),
+            urls,
+            cluster,
+            partitions: DEFAULT_PARTITIONS,
             prefix: DEFAULT_PREFIX.to_owned(),
             config: Config {
                 history: DEFAULT_HISTORY,

@@ -1,18 +1,21 @@
 //! What the backplane keeps in Redis, and how it reads it back.
 //!
-//! Per topic, a hash `PREFIX:{room:NAME}:meta` (`PREFIX:{*}:meta` for the
-//! topic of everyone) holds the topic's `epoch` and `next` offset, and a
-//! stream `PREFIX:{room:NAME}:stream` holds its recent messages, the one at
-//! offset `o` under the entry id `0-(o+1)`: offsets are consecutive,
-//! shared by every node, and a range of them is a range of ids. Both are
-//! written by one script, so numbering and storing are one atomic step.
-//! Personal messages go to the addressee node's inbox stream
-//! `PREFIX:{inbox:NODE}`, user messages to `PREFIX:{users}`; the hash
-//! `STREAM:size` beside each counts its payload bytes.
+//! Keys live in partitions ([`Keys`]), each with its hash tag `{TAG}`.
+//! Per topic, a hash `PREFIX:{TAG}:room:NAME:meta` (`PREFIX:{TAG}:all:meta`
+//! for the topic of everyone) holds the topic's `epoch` and `next`
+//! offset, and a stream `PREFIX:{TAG}:room:NAME:stream` holds its recent
+//! messages, the one at offset `o` under the entry id `0-(o+1)`: offsets
+//! are consecutive, shared by every node, and a range of them is a range
+//! of ids. Both are written by one script, so numbering and storing are
+//! one atomic step. Personal messages go to the addressee node's inbox
+//! stream `PREFIX:{TAG}:inbox:NODE`, user messages to the user stream of
+//! the user's partition, `PREFIX:{TAG}:users`; the hash `STREAM:size`
+//! beside each counts its payload bytes.
 //!
 //! The braces are Redis Cluster hash tags: the keys one script touches
-//! (a topic's hash, stream and size, or a stream and its size) share a tag,
-//! so they share a hash slot, and different rooms spread over the slots.
+//! (a topic's hash, stream and size, or a stream and its size) are in one
+//! partition, so they share a hash slot, and rooms spread over the
+//! partitions by name.
 
 use bytes::Bytes;
 use hub::{ConnId, Except, Message, Position, Topic};
@@ -46,6 +49,36 @@ end
     };
 }
 
+/// Lua: `moved(meta, stream, margin)`, on a cluster (`margin` > 0),
+/// notices that a topic was numbered by another master than this one: a
+/// replica promoted in a failover (which may lack the latest lines, as
+/// replication is asynchronous), or a master the topic's slot moved from.
+/// Lines may have been lost, and other nodes may have seen them at offsets
+/// this master would give again; so `margin` offsets are skipped, and a
+/// notice stored at the last of them says which (field `f`, the first;
+/// readers count what they had not seen). The master's id is kept in the
+/// meta hash (`server`).
+macro_rules! moved_lua {
+    () => {
+        r"
+local function moved(meta, stream, margin)
+  if margin == 0 then return end
+  local here = redis.call('CLUSTER', 'MYID')
+  local was = redis.call('HGET', meta, 'server')
+  if was and was ~= here then
+    local first = tonumber(redis.call('HGET', meta, 'next') or '0')
+    local last = first + margin
+    redis.call('XADD', stream, '0-' .. (last + 1), 'e', redis.call('HGET', meta, 'epoch'),
+      'n', 0, 'x', 0, 'k', 'g', 'm', margin, 'f', first)
+    redis.call('HSET', meta, 'next', last + 1)
+    redis.call('HINCRBY', meta, 'bytes', #tostring(margin))
+  end
+  if was ~= here then redis.call('HSET', meta, 'server', here) end
+end
+"
+    };
+}
+
 /// Numbers a message and stores it in the topic's stream; creates the
 /// topic (with the epoch offered, and an empty stream) if Redis does not
 /// know it. The stream keeps at most its length and its bytes of
@@ -53,9 +86,11 @@ end
 ///
 /// KEYS: meta, stream. ARGV: epoch offered, stream length, stream bytes,
 /// time to live (seconds, 0 for none), origin node, excluded connection,
-/// kind, payload. Returns the epoch and the offset given.
+/// kind, payload, failover margin (0 on one Redis). Returns the epoch and
+/// the offset given.
 pub(crate) const PUBLISH: &str = concat!(
     trim_lua!(),
+    moved_lua!(),
     r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -63,6 +98,7 @@ if not epoch then
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'next', 0, 'bytes', 0)
 end
+moved(KEYS[1], KEYS[2], tonumber(ARGV[9]))
 local offset = redis.call('HINCRBY', KEYS[1], 'next', 1) - 1
 redis.call('XADD', KEYS[2], '0-' .. (offset + 1),
   'e', epoch, 'n', ARGV[5], 'x', ARGV[6], 'k', ARGV[7], 'm', ARGV[8])
@@ -105,13 +141,18 @@ return id
 /// Where a topic stands, creating it if needed, with its latest messages.
 ///
 /// KEYS: meta, stream. ARGV: epoch offered, how many messages, time to
-/// live, and the epoch and next offset a node has read up to (0 0 if
-/// none). If Redis is behind that node in the same epoch (it restarted
-/// from a snapshot that lacks the latest writes), the topic starts a new
-/// epoch: reusing offsets would give one offset two meanings. Returns the
-/// epoch, the next offset and up to that many entries, newest first.
-pub(crate) const PLACE: &str = r"
+/// live, the epoch and next offset a node has read up to (0 0 if none),
+/// and the failover margin (0 on one Redis). If Redis is behind that node
+/// in the same epoch (it restarted from a snapshot that lacks the latest
+/// writes, or more lines were lost in a failover than the margin skips),
+/// the topic starts a new epoch: reusing offsets would give one offset two
+/// meanings. Returns the epoch, the next offset and up to that many
+/// entries, newest first.
+pub(crate) const PLACE: &str = concat!(
+    moved_lua!(),
+    r"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch then moved(KEYS[1], KEYS[2], tonumber(ARGV[6])) end
 local next = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
 if epoch and epoch == ARGV[4] and next < tonumber(ARGV[5]) then
   epoch = nil
@@ -131,7 +172,8 @@ if tonumber(ARGV[2]) > 0 then
   tail = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
 end
 return {epoch, next, tail}
-";
+"
+);
 
 /// Raises the node counter to at least a node's number, so that nodes
 /// started after Redis lost its data do not take the numbers of nodes
@@ -163,41 +205,109 @@ pub(crate) const BINARY: &str = "b";
 /// reached the stream.
 pub(crate) const MISSED: &str = "g";
 
+/// Default number of partitions: see [`Keys`].
+pub(crate) const DEFAULT_PARTITIONS: usize = 16;
+/// Hash slots in a Redis Cluster.
+pub(crate) const SLOTS: usize = 16_384;
+
 /// The Redis keys of one deployment.
+///
+/// Keys are spread over a fixed number of partitions. Every key of a
+/// partition carries the partition's hash tag, so on a Redis Cluster a
+/// partition is one hash slot: one `XREAD` can read every stream of it
+/// (a cluster refuses commands whose keys lie in several slots), and a
+/// node needs one reader per partition, however many rooms it follows.
+/// The tags are chosen so that the partitions' slots are evenly spaced:
+/// a cluster whose masters hold equal ranges of slots (what
+/// `redis-cli --cluster create` makes) holds equal numbers of partitions.
+///
+/// A room is in the partition its name hashes to, so rooms spread over
+/// the partitions by name; the topic of everyone is in partition 0. Each
+/// partition has its own user and presence streams (a user's messages go
+/// to the partition of the user's name), so no one key carries all of
+/// that traffic; a node's inbox is in partition `node % partitions`.
 #[derive(Clone, Debug)]
 pub(crate) struct Keys {
     prefix: String,
+    /// Per partition, `PREFIX:{TAG}`.
+    heads: Vec<String>,
 }
 
 impl Keys {
-    pub(crate) fn new(prefix: &str) -> Self {
+    /// The keys under `prefix`, over `partitions` partitions (1 to
+    /// [`SLOTS`]).
+    pub(crate) fn new(prefix: &str, partitions: usize) -> Self {
+        let partitions = partitions.clamp(1, SLOTS);
+        let heads = (0..partitions)
+            .map(|partition| format!("{prefix}:{{{}}}", tag(partition, partitions)))
+            .collect();
         Self {
             prefix: prefix.to_owned(),
+            heads,
         }
     }
 
-    /// A topic's hash tag: every key of the topic carries it.
-    fn topic_tag(topic: &Topic) -> String {
+    pub(crate) fn partitions(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// The partition of a name: CRC16 of it, as Redis hashes keys.
+    fn partition_of(&self, name: &str) -> usize {
+        usize::from(crc16(name.as_bytes())) % self.heads.len()
+    }
+
+    /// The partition of a topic's keys.
+    pub(crate) fn partition(&self, topic: &Topic) -> usize {
         match topic {
-            Topic::All => "{*}".to_owned(),
-            Topic::Room(room) => format!("{{room:{room}}}"),
+            Topic::All => 0,
+            Topic::Room(room) => self.partition_of(room.as_str()),
+        }
+    }
+
+    /// The partition of a user's messages.
+    pub(crate) fn user_partition(&self, user: &str) -> usize {
+        self.partition_of(user)
+    }
+
+    /// The partition of a node's inbox.
+    pub(crate) fn node_partition(&self, node: u32) -> usize {
+        usize::try_from(node).unwrap_or(0) % self.heads.len()
+    }
+
+    fn topic_key(&self, topic: &Topic, kind: &str) -> String {
+        let head = &self.heads[self.partition(topic)];
+        match topic {
+            Topic::All => format!("{head}:all:{kind}"),
+            Topic::Room(room) => format!("{head}:room:{room}:{kind}"),
         }
     }
 
     pub(crate) fn meta(&self, topic: &Topic) -> String {
-        format!("{}:{}:meta", self.prefix, Self::topic_tag(topic))
+        self.topic_key(topic, "meta")
     }
 
     pub(crate) fn stream(&self, topic: &Topic) -> String {
-        format!("{}:{}:stream", self.prefix, Self::topic_tag(topic))
+        self.topic_key(topic, "stream")
     }
 
     pub(crate) fn inbox(&self, node: u32) -> String {
-        format!("{}:{{inbox:{node}}}", self.prefix)
+        format!("{}:inbox:{node}", self.heads[self.node_partition(node)])
     }
 
-    pub(crate) fn users(&self) -> String {
-        format!("{}:{{users}}", self.prefix)
+    /// The user stream of a partition.
+    pub(crate) fn users(&self, partition: usize) -> String {
+        format!("{}:users", self.heads[partition])
+    }
+
+    /// The presence stream of a partition.
+    pub(crate) fn presence(&self, partition: usize) -> String {
+        format!("{}:presence", self.heads[partition])
+    }
+
+    /// A node's bell in a partition: a stream the node writes to wake its
+    /// own reader of that partition, to read a new set of streams.
+    pub(crate) fn bell(&self, partition: usize, node: u32) -> String {
+        format!("{}:bell:{node}", self.heads[partition])
     }
 
     /// The hash counting the payload bytes in a stream of [`APPEND`].
@@ -214,13 +324,63 @@ impl Keys {
         format!("{}:live", self.prefix)
     }
 
-    pub(crate) fn presence(&self) -> String {
-        format!("{}:presence", self.prefix)
-    }
-
     pub(crate) fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
+}
+
+/// The hash tag of partition `partition` of `partitions`: the first of
+/// `p{partition}.0`, `p{partition}.1`, … whose slot lies in the
+/// partition's share of the slots (one share when there are more
+/// partitions than slots per share allow, which `Keys::new` prevents).
+fn tag(partition: usize, partitions: usize) -> String {
+    let share = SLOTS / partitions;
+    let range = partition * share..(partition + 1) * share;
+    // A share of `s` slots is hit once in `16384 / s` tries on average;
+    // the bound is far past any share's need.
+    (0..1 << 20)
+        .map(|k| format!("p{partition}.{k}"))
+        .find(|candidate| range.contains(&usize::from(slot(candidate.as_bytes()))))
+        .unwrap_or_else(|| format!("p{partition}"))
+}
+
+/// CRC16 (XMODEM), as Redis Cluster hashes keys.
+pub(crate) fn crc16(bytes: &[u8]) -> u16 {
+    bytes.iter().fold(0, |crc, byte| {
+        (crc << 8) ^ CRC16[usize::from((crc >> 8) as u8 ^ byte)]
+    })
+}
+
+/// [`crc16`]'s table: the CRC of each byte alone.
+static CRC16: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut crc = (byte as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[byte] = crc;
+        byte += 1;
+    }
+    table
+};
+
+/// The Redis Cluster hash slot of `key`: CRC16 of its hash tag (the text
+/// in its first `{…}`, when not empty) or of all of it, modulo 16 384.
+pub(crate) fn slot(key: &[u8]) -> u16 {
+    let tagged = (key.iter().position(|b| *b == b'{')).and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(key)) % 16_384
 }
 
 /// A message as a kind and payload.
@@ -428,50 +588,65 @@ mod tests {
         Value::BulkString(text.as_bytes().to_vec())
     }
 
-    /// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash
-    /// tag (the text in its first `{…}`, when not empty) or of all of it,
-    /// modulo 16 384.
-    fn slot(key: &str) -> u16 {
-        let tag = (key.find('{'))
-            .and_then(|open| {
-                let close = key[open + 1..].find('}')?;
-                (close > 0).then(|| &key[open + 1..open + 1 + close])
-            })
-            .unwrap_or(key);
-        let mut crc: u16 = 0;
-        for byte in tag.bytes() {
-            crc ^= u16::from(byte) << 8;
-            for _ in 0..8 {
-                crc = if crc & 0x8000 != 0 {
-                    (crc << 1) ^ 0x1021
-                } else {
-                    crc << 1
-                };
-            }
-        }
-        crc % 16_384
+    fn slot_of(key: &str) -> usize {
+        usize::from(slot(key.as_bytes()))
     }
 
     #[test]
-    fn the_keys_of_one_script_share_a_slot_and_rooms_spread() {
+    fn the_keys_of_one_partition_share_a_slot_and_partitions_spread_evenly() {
         // Redis's own examples (cluster spec): "123456789" hashes to
         // 0x31C3, and a tag decides alone.
-        assert_eq!(slot("123456789"), 0x31C3);
-        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
-        let keys = Keys::new("hub");
-        let mut slots = std::collections::HashSet::new();
-        for topic in [Topic::All, "lobby".into(), "rust".into(), "a}b".into()] {
+        assert_eq!(slot_of("123456789"), 0x31C3);
+        assert_eq!(
+            slot_of("{user1000}.following"),
+            slot_of("{user1000}.followers")
+        );
+        assert_eq!(slot_of("a{}b"), usize::from(crc16(b"a{}b")) % SLOTS);
+        let keys = Keys::new("hub", 16);
+        let share = SLOTS / 16;
+        for partition in 0..16 {
+            let users = keys.users(partition);
+            assert_eq!(slot_of(&users) / share, partition, "{users}");
+            for key in [keys.presence(partition), keys.bell(partition, 3)] {
+                assert_eq!(slot_of(&key), slot_of(&users), "{key}");
+            }
+        }
+        // Three masters holding equal ranges hold 5 or 6 partitions each.
+        let mut per_master = [0; 3];
+        for partition in 0..16 {
+            per_master[slot_of(&keys.users(partition)) * 3 / SLOTS] += 1;
+        }
+        per_master.sort_unstable();
+        assert_eq!(per_master, [5, 5, 6]);
+        let mut partitions = std::collections::HashSet::new();
+        for topic in [
+            Topic::All,
+            "lobby".into(),
+            "rust".into(),
+            "a}b".into(),
+            "{x}".into(),
+        ] {
             let (meta, stream) = (keys.meta(&topic), keys.stream(&topic));
-            assert_eq!(slot(&meta), slot(&stream), "{meta} {stream}");
-            assert_eq!(slot(&stream), slot(&Keys::size_of(&stream)), "{stream}");
-            slots.insert(slot(&stream));
+            let home = keys.users(keys.partition(&topic));
+            assert_eq!(slot_of(&meta), slot_of(&home), "{meta}");
+            assert_eq!(slot_of(&stream), slot_of(&home), "{stream}");
+            assert_eq!(slot_of(&Keys::size_of(&stream)), slot_of(&home));
+            partitions.insert(keys.partition(&topic));
         }
-        assert_eq!(slots.len(), 4, "four topics, four slots: {slots:?}");
-        for stream in [keys.inbox(3), keys.users()] {
-            assert_eq!(slot(&stream), slot(&Keys::size_of(&stream)), "{stream}");
+        assert!(
+            partitions.len() >= 3,
+            "rooms spread by name: {partitions:?}"
+        );
+        for node in [1, 16, 17] {
+            let inbox = keys.inbox(node);
+            let home = keys.users(keys.node_partition(node));
+            assert_eq!(slot_of(&inbox), slot_of(&home), "{inbox}");
+            assert_eq!(slot_of(&Keys::size_of(&inbox)), slot_of(&inbox));
         }
-        assert_ne!(slot(&keys.inbox(1)), slot(&keys.inbox(2)));
-        assert_eq!(keys.stream(&"lobby".into()), "hub:{room:lobby}:stream");
+        assert_eq!(keys.node_partition(17), 1);
+        assert!(keys.stream(&"lobby".into()).ends_with(":room:lobby:stream"));
+        // One partition is one Redis: every key still has a tag.
+        assert_eq!(Keys::new("hub", 0).partitions(), 1);
     }
 
     #[test]

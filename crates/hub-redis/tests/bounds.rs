@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hub::{Event, Topic};
 use redis::aio::MultiplexedConnection;
-use support::{next, node, node_with_backplane, text, RedisServer, WAIT};
+use support::{key_like, next, node, node_with_backplane, text, RedisServer, WAIT};
 use tokio::time::timeout;
 
 async fn raw(redis: &RedisServer) -> MultiplexedConnection {
@@ -77,13 +77,15 @@ async fn a_room_nobody_follows_leaves_redis_after_its_ttl() {
     timeout(WAIT, a.until_placed(&room)).await.unwrap();
     a.to("passing").broadcast("hello");
     assert_eq!(text(&mut conn).await, "hello");
-    let redis_conn = raw(&redis).await;
+    let mut redis_conn = raw(&redis).await;
+    let meta = key_like(&mut redis_conn, "hub:*:room:passing:meta").await;
+    let stream = key_like(&mut redis_conn, "hub:*:room:passing:stream").await;
     let exists = || {
         let mut redis_conn = redis_conn.clone();
+        let keys = [meta.clone(), stream.clone()];
         async move {
             redis::cmd("EXISTS")
-                .arg("hub:{room:passing}:meta")
-                .arg("hub:{room:passing}:stream")
+                .arg(&keys)
                 .query_async::<u64>(&mut redis_conn)
                 .await
                 .unwrap()
@@ -143,11 +145,12 @@ async fn streams_keep_their_bytes_within_limits() {
         assert_eq!(text(&mut a1).await, line);
     }
     let mut conn = raw(&redis).await;
-    let (bytes, entries) = stream_payloads(&mut conn, "hub:{room:big}:stream").await;
+    let stream = key_like(&mut conn, "hub:*:room:big:stream").await;
+    let (bytes, entries) = stream_payloads(&mut conn, &stream).await;
     assert!(bytes <= LIMIT, "{bytes} bytes in {entries} entries");
     assert_eq!(entries, LIMIT / 4000, "the newest that fit");
     let counted: usize = redis::cmd("HGET")
-        .arg("hub:{room:big}:meta")
+        .arg(key_like(&mut conn, "hub:*:room:big:meta").await)
         .arg("bytes")
         .query_async(&mut conn)
         .await
@@ -160,19 +163,20 @@ async fn streams_keep_their_bytes_within_limits() {
         a.to_user("u").broadcast(format!("{i}:{line}"));
         assert_eq!(text(&mut b1).await, format!("{i}:{line}"));
     }
-    let (bytes, entries) = stream_payloads(&mut conn, "hub:{users}").await;
+    let users = key_like(&mut conn, "hub:*:users").await;
+    let (bytes, entries) = stream_payloads(&mut conn, &users).await;
     let sent: usize = (0..20).map(|i| format!("{i}:{line}").len()).sum();
     assert_eq!((bytes, entries), (sent, 20));
     let counted: usize = redis::cmd("HGET")
-        .arg("hub:{users}:size")
+        .arg(format!("{users}:size"))
         .arg("bytes")
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(counted, sent);
-    for key in ["hub:{users}", "hub:{users}:size"] {
+    for key in [users.clone(), format!("{users}:size")] {
         let ttl: i64 = redis::cmd("TTL")
-            .arg(key)
+            .arg(&key)
             .query_async(&mut conn)
             .await
             .unwrap();

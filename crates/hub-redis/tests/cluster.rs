@@ -6,7 +6,7 @@ mod support;
 use std::collections::HashSet;
 
 use hub::{Event, Metadata, Position, Resume, Topic};
-use support::{message, next, node, node_with_backplane, text, RedisServer};
+use support::{key_like, message, next, node, node_with_backplane, text, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_reach_every_node_once_in_the_same_order() {
@@ -346,7 +346,7 @@ async fn room_presence_is_shared_and_a_silent_node_expires() {
         .arg("5:ghost-")
         .ignore()
         .cmd("XADD")
-        .arg("hub:presence")
+        .arg(key_like(&mut raw, "hub:*:presence").await)
         .arg("*")
         .arg("n")
         .arg(77)
@@ -460,8 +460,8 @@ async fn a_topic_that_starts_over_in_redis_is_followed_again_everywhere() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("DEL")
-        .arg("hub:{*}:meta")
-        .arg("hub:{*}:stream")
+        .arg(key_like(&mut raw, "hub:*:all:meta").await)
+        .arg(key_like(&mut raw, "hub:*:all:stream").await)
         .query_async(&mut raw)
         .await
         .unwrap();

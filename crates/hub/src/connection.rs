@@ -486,21 +486,27 @@ impl Connection {
         let room = Arc::clone(&sub.room);
         let topic = &room.topic;
         let (id, counters) = (self.id, &self.inner.counters);
-        let start = self.pending.len();
         let (pending, mut found) = (&mut self.pending, 0);
+        // What history no longer has (its oldest messages, trimmed) or
+        // never had (offsets a backplane skipped) is told where it is.
+        let gap = |pending: &mut VecDeque<Event>, missed: u64| {
+            if missed > 0 {
+                Counters::add(&counters.missed, missed);
+                Counters::add(&counters.resyncs, 1);
+                pending.push_back(Event::Resync {
+                    topic: topic.clone(),
+                    missed: Some(missed),
+                });
+            }
+        };
+        let mut expected = from;
         let chunk = room.history_chunk((from, to), REFILL_CHUNK, |stored| {
             found += 1;
+            gap(pending, stored.offset.saturating_sub(expected));
+            expected = stored.offset + 1;
             pending.extend(event(id, counters, topic, stored.clone()));
         });
-        if chunk.missing > 0 {
-            Counters::add(&counters.missed, chunk.missing);
-            Counters::add(&counters.resyncs, 1);
-            let resync = Event::Resync {
-                topic: topic.clone(),
-                missed: Some(chunk.missing),
-            };
-            self.pending.insert(start, resync);
-        }
+        gap(pending, chunk.next.saturating_sub(expected));
         Counters::add(
             if replay {
                 &counters.replayed

@@ -232,6 +232,12 @@ impl Hub {
     /// in, or [`Topic::All`], the topic's stream restarts from `position`.
     /// Call it before reading the connection's events.
     ///
+    /// With a [backplane](Builder::backplane), a client may come back with a
+    /// position this node has not read up to yet (it saw it on a node that
+    /// was ahead): it receives what follows that position once this node
+    /// gets there. Without one, a position past the topic's last message
+    /// resumes from its end.
+    ///
     /// # Errors
     ///
     /// [`JoinError::UnknownConnection`] if `id` is not registered.

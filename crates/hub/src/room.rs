@@ -395,6 +395,10 @@ impl Room {
                     (oldest, Some(None))
                 } else if first < oldest {
                     (oldest, Some(Some(oldest - first)))
+                } else if state.mirrored {
+                    // The backplane numbers: the client may have seen, on
+                    // a node ahead of this one, offsets not read here yet.
+                    (first, None)
                 } else {
                     (first.min(next_offset), None)
                 };

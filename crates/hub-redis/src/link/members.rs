@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use hub::{PresenceEvent, PresenceKind, Topic};
-use redis::Pipeline;
 
+use super::batch::Batch;
 use super::{bounded, Link, Lost, Session, INBOX_LENGTH};
 use crate::presence::{self, Member};
 use crate::wire;
@@ -49,28 +49,34 @@ impl Link {
         Ok(())
     }
 
-    /// Records a change of this node's members; returns the hash fields
-    /// to write (`Some` value) or delete (`None`).
-    pub(super) fn remember(&mut self, event: &PresenceEvent) -> Vec<(String, Option<String>)> {
+    /// Records a change of this node's members; returns, with their
+    /// rooms, the hash fields to write (`Some` value) or delete (`None`).
+    pub(super) fn remember(
+        &mut self,
+        event: &PresenceEvent,
+    ) -> Vec<(Topic, String, Option<String>)> {
         let member = Member::of(&event.metadata);
         let mut changes = Vec::new();
         match (&event.kind, &event.topic) {
             (PresenceKind::Joined, Topic::Room(room)) => {
                 changes.push((
+                    event.topic.clone(),
                     presence::field(room.as_str(), event.id),
                     Some(member.encode()),
                 ));
                 self.mine.insert((event.topic.clone(), event.id), member);
             }
             (PresenceKind::Left, Topic::Room(room)) => {
-                changes.push((presence::field(room.as_str(), event.id), None));
+                let field = presence::field(room.as_str(), event.id);
+                changes.push((event.topic.clone(), field, None));
                 self.mine.remove(&(event.topic.clone(), event.id));
             }
             (PresenceKind::Updated, _) => {
                 for ((topic, id), known) in &mut self.mine {
                     if let (Topic::Room(room), true) = (topic, *id == event.id) {
                         *known = member.clone();
-                        changes.push((presence::field(room.as_str(), *id), Some(member.encode())));
+                        let field = presence::field(room.as_str(), *id);
+                        changes.push((topic.clone(), field, Some(member.encode())));
                     }
                 }
             }
@@ -79,10 +85,18 @@ impl Link {
         changes
     }
 
-    /// Adds an entry of kind `kind` to the presence stream.
-    pub(super) fn presence_entry(&self, pipe: &mut Pipeline, kind: &str, fields: &[(&str, &[u8])]) {
+    /// Adds an entry of kind `kind` to a partition's presence stream.
+    pub(super) fn presence_entry(
+        &self,
+        batch: &mut Batch,
+        partition: usize,
+        kind: &str,
+        fields: &[(&str, &[u8])],
+    ) {
+        let stream = self.keys.presence(partition);
+        let pipe = &mut batch.on(&stream).pipe;
         pipe.cmd("XADD")
-            .arg(self.keys.presence())
+            .arg(&stream)
             .arg("MAXLEN")
             .arg("~")
             .arg(INBOX_LENGTH)
@@ -94,31 +108,35 @@ impl Link {
         for (name, value) in fields {
             pipe.arg(*name).arg(*value);
         }
+        pipe.ignore();
     }
 
     /// A heartbeat: this node kept in the registry of live nodes, and its
     /// members kept from expiring.
-    pub(super) fn heartbeat_commands(&self, pipe: &mut Pipeline) {
+    pub(super) fn heartbeat_commands(&self, batch: &mut Batch) {
         let ttl = u64::try_from(self.config.presence_ttl.as_millis()).unwrap_or(u64::MAX);
-        self.presence_entry(pipe, "h", &[]);
-        pipe.ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(self.keys.members(self.node))
+        self.presence_entry(batch, self.keys.node_partition(self.node), "h", &[]);
+        let members = self.keys.members(self.node);
+        (batch.on(&members).pipe)
+            .cmd("PEXPIRE")
+            .arg(&members)
             .arg(ttl)
             .ignore();
-        pipe.cmd("EVAL")
+        let live = self.keys.live();
+        (batch.on(&live).pipe)
+            .cmd("EVAL")
             .arg(wire::LIVE)
             .arg(1)
-            .arg(self.keys.live())
+            .arg(&live)
             .arg(self.node)
             .arg(ttl)
             .ignore();
     }
 
     pub(super) async fn heartbeat(&mut self, session: &mut Session) -> Result<(), Lost> {
-        let mut pipe = redis::pipe();
-        self.heartbeat_commands(&mut pipe);
-        bounded(pipe.query_async::<()>(&mut session.writer)).await?;
+        let mut batch = session.batch();
+        self.heartbeat_commands(&mut batch);
+        self.execute(session, batch).await?;
         let gone = self.shared.roster().expire(self.config.presence_ttl);
         self.follow.announce(gone);
         Ok(())

@@ -4,28 +4,40 @@
 //! This module is the task itself: its sessions, reconnecting, and what it
 //! does while Redis is out of reach. `read.rs` delivers what is read (with
 //! no Redis in it, so tests drive it with entries of their own),
-//! `write.rs` writes pipelines and acts on their replies, and `members.rs`
-//! keeps this node's room members in Redis.
+//! `write.rs` writes pipelines and acts on their replies, `batch.rs`
+//! groups them (by hash slot, on a cluster), and `members.rs` keeps this
+//! node's room members in Redis.
+//!
+//! Reading: one `XREAD` per reader, blocking until any of its streams has
+//! news. On one Redis, one reader reads every partition; on a cluster,
+//! each partition has its reader (a cluster reads one slot per command).
+//! When the streams a reader should read change (a room followed), the
+//! link rings the reader's bell, a stream of its own among those it reads,
+//! and the reader comes back to read the new set.
 
+mod batch;
 mod members;
 mod read;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hub::backplane::new_epoch;
 use hub::{ConnId, Placed, PresenceEvent, Publication, Remote, Topic};
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+use redis::{RedisError, Value};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
 use crate::presence::{self, Member};
+use crate::target::{Connection, Target};
 use crate::wire::{self, Keys};
 use crate::{Config, Shared};
+use batch::Batch;
 use read::Follow;
 
 /// What the hub asks of the link, in the order it asked.
@@ -53,9 +65,12 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const INBOX_LENGTH: usize = 10_000;
 /// Payload bytes each inbox, and the user stream, keeps at most.
 const INBOX_BYTES: usize = 64 << 20;
+/// How long a personal or user message, or a bell, waits in its stream,
+/// in seconds.
+const INBOX_TTL: u64 = 3600;
 
 pub(crate) struct Link {
-    client: Client,
+    target: Target,
     keys: Keys,
     config: Config,
     shared: Arc<Shared>,
@@ -67,6 +82,8 @@ pub(crate) struct Link {
     mine: HashMap<(Topic, ConnId), Member>,
     /// Topics to place again at the next heartbeat (placing failed).
     retry: Vec<Topic>,
+    /// Partitions whose reader should read a new set of streams.
+    stale: BTreeSet<usize>,
 }
 
 /// Why a session ended.
@@ -95,25 +112,53 @@ enum Step {
     Place(Topic),
     /// A missed-messages notice for a topic, and its count.
     Notice(Topic, u64),
-    Plain,
+    /// Reading the epoch of a topic followed in this one.
+    Epoch(Topic, u64),
 }
 
 /// Topics placed per pipeline when placing them all.
 const PLACE_BATCH: usize = 128;
+/// Offsets a topic skips when it is numbered by another master of a
+/// cluster than before (a failover): see [`wire::PUBLISH`].
+const FAILOVER_MARGIN: u64 = 100;
 
 /// The connections of one session.
 struct Session {
-    writer: MultiplexedConnection,
-    reader: MultiplexedConnection,
-    reader_id: i64,
+    writer: Connection,
+    readers: Vec<Reader>,
+    /// Whether pipelines go by hash slot (a cluster).
+    sharded: bool,
+    /// The failover margin: 0 on one Redis.
+    margin: u64,
     publish: String,
     place: String,
     append: String,
 }
 
+impl Session {
+    fn batch(&self) -> Batch {
+        Batch::new(self.sharded)
+    }
+
+    /// The reader of a partition.
+    fn reader_of(&self, partition: usize) -> usize {
+        if self.readers.len() == 1 {
+            0
+        } else {
+            partition
+        }
+    }
+}
+
+/// A connection blocked in `XREAD` of the streams of some partitions.
+struct Reader {
+    connection: Connection,
+    partitions: Range<usize>,
+}
+
 impl Link {
     pub(crate) fn new(
-        client: Client,
+        target: Target,
         keys: Keys,
         config: Config,
         shared: Arc<Shared>,
@@ -121,7 +166,7 @@ impl Link {
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
         Self {
-            client,
+            target,
             follow: Follow::new(keys.clone(), Arc::clone(&shared), node),
             keys,
             config,
@@ -130,6 +175,7 @@ impl Link {
             commands,
             mine: HashMap::new(),
             retry: Vec::new(),
+            stale: BTreeSet::new(),
         }
     }
 
@@ -226,39 +272,49 @@ impl Link {
 
     /// Loads the scripts (again, after Redis lost them: a `SCRIPT FLUSH`,
     /// or a restart the connection did not notice) and keeps their hashes.
-    async fn load_scripts(
-        writer: &mut MultiplexedConnection,
-    ) -> Result<(String, String, String), Lost> {
-        let mut pipe = redis::pipe();
+    /// On a cluster, each `SCRIPT LOAD` goes to every master.
+    async fn load_scripts(writer: &mut Connection) -> Result<(String, String, String), Lost> {
+        let mut hashes = Vec::new();
         for script in [wire::PUBLISH, wire::PLACE, wire::APPEND] {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(script);
+            let load = redis::cmd("SCRIPT").arg("LOAD").arg(script).to_owned();
+            hashes.push(bounded(load.query_async::<String>(writer)).await?);
         }
-        bounded(pipe.query_async(writer)).await
+        let [publish, place, append] = <[String; 3]>::try_from(hashes)
+            .map_err(|_| Lost::Reply(wire::Unexpected("expected three script hashes")))?;
+        Ok((publish, place, append))
     }
 
     async fn connect(&self) -> Result<Session, Lost> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let mut writer = (self.client)
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        // The reader blocks in XREAD; its own timeout guards it.
-        let reader_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(None);
-        let mut reader = (self.client)
-            .get_multiplexed_async_connection_with_config(&reader_config)
-            .await?;
-        let reader_id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut reader)
-            .await?;
+        let mut writer = self.target.connect(Some(RESPONSE_TIMEOUT)).await?;
+        // Readers block in XREAD; their own timeout guards them.
+        let partitions = self.keys.partitions();
+        let ranges: Vec<Range<usize>> = if self.target.is_cluster() {
+            (0..partitions).map(|p| p..p + 1).collect()
+        } else {
+            std::iter::once(0..partitions).collect()
+        };
+        let connections = futures_util::future::try_join_all(
+            ranges
+                .iter()
+                .map(|_| self.target.connect(Some(BLOCK + RESPONSE_TIMEOUT))),
+        )
+        .await?;
+        let readers = (connections.into_iter().zip(ranges))
+            .map(|(connection, partitions)| Reader {
+                connection,
+                partitions,
+            })
+            .collect();
         let (publish, place, append) = Self::load_scripts(&mut writer).await?;
         Ok(Session {
             writer,
-            reader,
-            reader_id,
+            readers,
+            sharded: self.target.is_cluster(),
+            margin: if self.target.is_cluster() {
+                FAILOVER_MARGIN
+            } else {
+                0
+            },
             publish,
             place,
             append,
@@ -284,23 +340,13 @@ impl Link {
         }
     }
 
-    /// Starts reading the inbox and user streams (from now, the first
-    /// time), reports forks and places every topic kept.
+    /// Starts reading the inbox, user and presence streams (from now, the
+    /// first time), reports forks and places every topic kept.
     async fn resume(&mut self, session: &mut Session) -> Result<(), Lost> {
-        if self.follow.inbox.is_none() || self.follow.users.is_none() {
+        if !self.follow.started() {
             let (seconds, micros): (u64, u64) =
-                redis::cmd("TIME").query_async(&mut session.writer).await?;
-            // Node numbers are never reused: all of the inbox is for this
-            // node. Of the user stream, what is stored from this
-            // millisecond on (ids name the millisecond they were stored in).
-            let ms = seconds * 1000 + micros / 1000;
-            self.follow.inbox.get_or_insert((0, 0));
-            self.follow
-                .users
-                .get_or_insert((ms.saturating_sub(1), u64::MAX));
-            self.follow
-                .presence
-                .get_or_insert((ms.saturating_sub(1), u64::MAX));
+                bounded(redis::cmd("TIME").query_async(&mut session.writer)).await?;
+            self.follow.start(seconds * 1000 + micros / 1000);
         }
         let Some(remote) = self.follow.remote.clone() else {
             return Ok(());
@@ -312,31 +358,31 @@ impl Link {
         for topic in &topics {
             self.follow.watched.entry(topic.clone()).or_insert(None);
         }
-        let mut pipe = redis::pipe();
-        let mut steps = Vec::new();
+        let mut batch = session.batch();
         for (topic, missed) in self.shared.take_forks() {
-            self.missed_notice(&mut pipe, session, &topic, missed);
-            steps.push(Step::Notice(topic, missed));
+            self.missed_notice(&mut batch, session, &topic, missed);
         }
         for topic in topics {
-            self.place_command(&mut pipe, session, &topic);
-            steps.push(Step::Place(topic));
-            if steps.len() >= PLACE_BATCH {
-                let full = std::mem::replace(&mut pipe, redis::pipe());
-                self.execute(session, full, std::mem::take(&mut steps))
-                    .await?;
+            self.place_command(&mut batch, session, &topic);
+            if batch.steps() >= PLACE_BATCH {
+                let full = std::mem::replace(&mut batch, session.batch());
+                self.execute(session, full).await?;
             }
         }
         // Nodes started from now on take higher numbers than this one.
-        pipe.cmd("EVAL")
+        let nodes = self.keys.nodes();
+        batch
+            .on(&nodes)
+            .pipe
+            .cmd("EVAL")
             .arg(wire::CLAIM)
             .arg(1)
-            .arg(self.keys.nodes())
+            .arg(&nodes)
             .arg(self.node)
             .ignore();
-        // This node's members, in full (Redis may have lost them), and a
-        // word to the others to read them again.
+        // This node's members, in full (Redis may have lost them).
         let members = self.keys.members(self.node);
+        let pipe = &mut batch.on(&members).pipe;
         pipe.cmd("DEL").arg(&members).ignore();
         for ((topic, id), member) in &self.mine {
             if let Topic::Room(room) = topic {
@@ -348,10 +394,13 @@ impl Link {
                     .ignore();
             }
         }
-        self.presence_entry(&mut pipe, "s", &[]);
-        steps.push(Step::Plain);
-        self.heartbeat_commands(&mut pipe);
-        self.execute(session, pipe, steps).await?;
+        self.execute(session, batch).await?;
+        // Then, once they are written, a word to the others to read them
+        // again.
+        let mut batch = session.batch();
+        self.presence_entry(&mut batch, self.keys.node_partition(self.node), "s", &[]);
+        self.heartbeat_commands(&mut batch);
+        self.execute(session, batch).await?;
         self.reload_all(session).await
     }
 
@@ -360,17 +409,15 @@ impl Link {
         // Four times per ttl: what this node follows never expires.
         let refresh_every = (self.config.ttl / 4).max(Duration::from_millis(50));
         let mut refresh = tokio::time::interval_at(Instant::now() + refresh_every, refresh_every);
-        let mut read = Box::pin(self.read(session));
-        // Set while the set of streams read changed and the read in flight
-        // still uses the old one.
-        let mut stale = false;
-        let mut nudge = tokio::time::interval(Duration::from_millis(10));
+        let mut reads: FuturesUnordered<_> = (0..session.readers.len())
+            .map(|reader| self.read(session, reader))
+            .collect();
         let beat = self.config.presence_ttl / 3;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + beat, beat);
         loop {
             tokio::select! {
                 biased;
-                got = &mut read => {
+                Some((reader, got)) = reads.next() => {
                     let news = got?;
                     // An unreadable reply ends the session (reading it
                     // again at once would loop).
@@ -378,25 +425,13 @@ impl Link {
                     for node in std::mem::take(&mut self.follow.reload) {
                         self.reload(session, node).await?;
                     }
-                    stale = false;
-                    read = Box::pin(self.read(session));
+                    reads.push(self.read(session, reader));
                 }
                 first = self.commands.recv() => {
                     let Some(first) = first else { return Ok(()) };
-                    let changed = self.write(session, Some(first)).await?;
-                    stale |= changed;
-                    if changed {
-                        self.unblock(session).await?;
-                    }
+                    self.write(session, Some(first)).await?;
                 }
-                () = self.shared.changed.notified() => {
-                    let changed = self.write(session, None).await?;
-                    stale |= changed;
-                    if changed {
-                        self.unblock(session).await?;
-                    }
-                }
-                _ = nudge.tick(), if stale => self.unblock(session).await?,
+                () = self.shared.changed.notified() => self.write(session, None).await?,
                 _ = refresh.tick() => self.refresh(session).await?,
                 _ = heartbeat.tick() => {
                     self.heartbeat(session).await?;
@@ -406,42 +441,72 @@ impl Link {
         }
     }
 
-    /// Wakes the reader from its blocking read, to read a new set of streams.
-    async fn unblock(&self, session: &mut Session) -> Result<(), Lost> {
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(session.reader_id)
-            .query_async(&mut session.writer)
-            .await?;
-        Ok(())
+    /// Wakes the readers of the partitions whose streams changed, to read
+    /// the new set: rings their bells.
+    fn ring(&mut self, batch: &mut Batch, session: &Session) {
+        let readers: BTreeSet<usize> = (self.stale.iter())
+            .map(|partition| session.reader_of(*partition))
+            .collect();
+        self.stale.clear();
+        for reader in readers {
+            let bell = self.bell(session, reader);
+            batch
+                .on(&bell)
+                .pipe
+                .cmd("XADD")
+                .arg(&bell)
+                .arg("MAXLEN")
+                .arg(1)
+                .arg("*")
+                .arg("w")
+                .arg(1)
+                .ignore()
+                .cmd("EXPIRE")
+                .arg(&bell)
+                .arg(INBOX_TTL)
+                .ignore();
+        }
+    }
+
+    /// The bell of a reader: in its first partition.
+    fn bell(&self, session: &Session, reader: usize) -> String {
+        let partition = session.readers[reader].partitions.start;
+        self.keys.bell(partition, self.node)
     }
 
     /// Keeps the topics this node follows from expiring.
-    async fn refresh(&self, session: &mut Session) -> Result<(), Lost> {
+    async fn refresh(&mut self, session: &mut Session) -> Result<(), Lost> {
         let seconds = self.config.ttl.as_secs();
         if seconds == 0 {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = session.batch();
         for topic in self.follow.watched.keys() {
-            pipe.cmd("EXPIRE")
-                .arg(self.keys.meta(topic))
-                .arg(seconds)
-                .ignore();
-            pipe.cmd("EXPIRE")
-                .arg(self.keys.stream(topic))
-                .arg(seconds)
-                .ignore();
+            for key in [self.keys.meta(topic), self.keys.stream(topic)] {
+                batch
+                    .on(&key)
+                    .pipe
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(seconds)
+                    .ignore();
+            }
         }
-        bounded(pipe.query_async::<()>(&mut session.writer)).await
+        self.execute(session, batch).await
     }
 
-    /// The next `XREAD` of every stream this node follows.
+    /// The next `XREAD` of every stream reader `reader` reads, and the
+    /// reader's number.
     fn read(
         &self,
         session: &Session,
-    ) -> impl std::future::Future<Output = Result<Value, Lost>> + 'static {
-        let mut reader = session.reader.clone();
+        reader: usize,
+    ) -> impl std::future::Future<Output = (usize, Result<Value, Lost>)> + 'static {
+        let Reader {
+            connection,
+            partitions,
+        } = &session.readers[reader];
+        let mut connection = connection.clone();
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(READ_COUNT)
@@ -449,33 +514,38 @@ impl Link {
             .arg(BLOCK.as_millis() as u64)
             .arg("STREAMS");
         let mut ids = Vec::new();
-        for (topic, cursor) in self.follow.following() {
-            cmd.arg(self.keys.stream(&topic));
-            ids.push(format!("0-{}", cursor.next));
+        let mut own = vec![self.bell(session, reader)];
+        for partition in partitions.clone() {
+            own.push(self.keys.users(partition));
+            own.push(self.keys.presence(partition));
         }
-        let (inbox, users) = (
-            self.follow.inbox.unwrap_or_default(),
-            self.follow.users.unwrap_or_default(),
-        );
-        let presence = self.follow.presence.unwrap_or_default();
-        cmd.arg(self.keys.inbox(self.node))
-            .arg(self.keys.users())
-            .arg(self.keys.presence());
-        for (ms, seq) in [inbox, users, presence] {
+        if partitions.contains(&self.keys.node_partition(self.node)) {
+            own.push(self.keys.inbox(self.node));
+        }
+        for key in own {
+            let (ms, seq) = self.follow.position(key.as_bytes());
             ids.push(format!("{ms}-{seq}"));
+            cmd.arg(key);
+        }
+        let every = partitions.len() == self.keys.partitions();
+        for (topic, cursor) in self.follow.following() {
+            if every || partitions.contains(&self.keys.partition(&topic)) {
+                cmd.arg(self.keys.stream(&topic));
+                ids.push(format!("0-{}", cursor.next));
+            }
         }
         cmd.arg(ids);
         async move {
-            match timeout(
+            let read = timeout(
                 BLOCK + RESPONSE_TIMEOUT,
-                cmd.query_async::<Value>(&mut reader),
-            )
-            .await
-            {
+                cmd.query_async::<Value>(&mut connection),
+            );
+            let got = match read.await {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(error)) => Err(Lost::Redis(error)),
                 Err(_) => Err(Lost::Timeout),
-            }
+            };
+            (reader, got)
         }
     }
 }

@@ -27,30 +27,71 @@ pub(crate) struct Follow {
     node: u32,
     /// The topics this node keeps; `None` until placed.
     pub(crate) watched: HashMap<Topic, Option<Cursor>>,
-    /// Where this node reads its inbox, the user and presence streams
-    /// (stream ids).
-    pub(crate) inbox: Option<(u64, u64)>,
-    pub(crate) users: Option<(u64, u64)>,
-    pub(crate) presence: Option<(u64, u64)>,
+    /// The streams of this node's own (its inbox, its bells, the user and
+    /// presence streams), by key.
+    own: HashMap<Vec<u8>, Own>,
+    /// Where this node reads them: the id of the last entry read, by key.
+    /// Empty until [`start`](Self::start).
+    positions: HashMap<Vec<u8>, (u64, u64)>,
     /// Nodes whose members to read again (they wrote them anew).
     pub(crate) reload: Vec<u32>,
+}
+
+/// What a stream of [`Follow::own`] carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Own {
+    Inbox,
+    Users,
+    Presence,
+    /// Nothing: an entry wakes the reader.
+    Bell,
 }
 
 impl Follow {
     pub(crate) fn new(keys: Keys, shared: Arc<Shared>, node: u32) -> Self {
         let mut watched = HashMap::new();
         watched.insert(Topic::All, None);
+        let mut own = HashMap::new();
+        own.insert(keys.inbox(node).into_bytes(), Own::Inbox);
+        for partition in 0..keys.partitions() {
+            own.insert(keys.users(partition).into_bytes(), Own::Users);
+            own.insert(keys.presence(partition).into_bytes(), Own::Presence);
+            own.insert(keys.bell(partition, node).into_bytes(), Own::Bell);
+        }
         Self {
             remote: None,
             keys,
             shared,
             node,
             watched,
-            inbox: None,
-            users: None,
-            presence: None,
+            own,
+            positions: HashMap::new(),
             reload: Vec::new(),
         }
+    }
+
+    /// Whether [`start`](Self::start) was called.
+    pub(crate) fn started(&self) -> bool {
+        !self.positions.is_empty()
+    }
+
+    /// Starts reading this node's own streams at `ms`, Redis's time now:
+    /// all of its inbox (node numbers are never reused), and of the others
+    /// what is stored from this millisecond on (stream ids name the
+    /// millisecond they were stored in).
+    pub(crate) fn start(&mut self, ms: u64) {
+        for (key, own) in &self.own {
+            let position = match own {
+                Own::Inbox => (0, 0),
+                _ => (ms.saturating_sub(1), u64::MAX),
+            };
+            self.positions.insert(key.clone(), position);
+        }
+    }
+
+    /// Where to read one of this node's own streams from (its last id).
+    pub(crate) fn position(&self, key: &[u8]) -> (u64, u64) {
+        self.positions.get(key).copied().unwrap_or_default()
     }
 
     /// The topics whose streams to read, and from where.
@@ -96,27 +137,24 @@ impl Follow {
 
     /// Delivers what an `XREAD` brought, stream by stream.
     pub(crate) fn take_in(&mut self, streams: Vec<(Vec<u8>, Vec<Entry>)>) {
-        let inbox = self.keys.inbox(self.node).into_bytes();
-        let users = self.keys.users().into_bytes();
-        let presence = self.keys.presence().into_bytes();
+        if streams.is_empty() {
+            return;
+        }
         let topics: HashMap<Vec<u8>, Topic> = (self.watched.keys())
             .map(|topic| (self.keys.stream(topic).into_bytes(), topic.clone()))
             .collect();
         for (key, entries) in streams {
-            if key == inbox {
-                for entry in entries {
-                    self.inbox = Some(entry.id);
-                    self.personal(entry);
+            if let Some(own) = self.own.get(&key).copied() {
+                if let Some(last) = entries.last() {
+                    self.positions.insert(key, last.id);
                 }
-            } else if key == users {
                 for entry in entries {
-                    self.users = Some(entry.id);
-                    self.user(entry);
-                }
-            } else if key == presence {
-                for entry in entries {
-                    self.presence = Some(entry.id);
-                    self.presence_change(entry);
+                    match own {
+                        Own::Inbox => self.personal(entry),
+                        Own::Users => self.user(entry),
+                        Own::Presence => self.presence_change(entry),
+                        Own::Bell => {}
+                    }
                 }
             } else if let Some(topic) = topics.get(&key) {
                 for entry in entries {
@@ -228,11 +266,15 @@ impl Follow {
             .fetch_add(1, Ordering::Relaxed);
         let position = Position { epoch, offset };
         if entry.field("k") == Some(MISSED.as_bytes()) {
-            let missed = if entry.number("n") == Some(u64::from(self.node)) {
-                0
-            } else {
-                entry.number("m").unwrap_or(0)
-            };
+            // Offsets a failover skipped (field `f`) hold nothing: the
+            // hub tells each connection the gap it sees, as for any
+            // offsets its history lacks.
+            let missed =
+                if entry.field("f").is_some() || entry.number("n") == Some(u64::from(self.node)) {
+                    0
+                } else {
+                    entry.number("m").unwrap_or(0)
+                };
             if missed > 0 {
                 self.shared.counters.resyncs.fetch_add(1, Ordering::Relaxed);
             }
@@ -360,7 +402,7 @@ mod tests {
         let stub = Arc::new(Stub::default());
         let hub = Hub::builder().backplane(Arc::clone(&stub) as _).build();
         let (shared, _, commands) = Shared::new(1 << 20);
-        let keys = Keys::new("t");
+        let keys = Keys::new("t", 16);
         let mut follow = Follow::new(keys.clone(), shared, 1);
         follow.remote = stub.0.lock().unwrap().take();
         follow.watched.insert(room(), None);
@@ -455,6 +497,59 @@ mod tests {
     }
 
     #[test]
+    fn offsets_a_failover_skipped_are_told_once_where_they_are() {
+        let mut h = harness();
+        let mut member = h.hub.connect().unwrap();
+        h.hub.join(member.id(), "r").unwrap();
+        h.place();
+        let stream = h.room_stream();
+        // The new master lacked the lines from offset 1 on; this node had
+        // delivered offset 1 already. The notice sits at 1 + 100.
+        let skipped = line(
+            7,
+            101,
+            &[
+                ("k", MISSED.as_bytes()),
+                ("n", b"0"),
+                ("m", b"100"),
+                ("f", b"1"),
+            ],
+        );
+        let entries = vec![text(7, 0, "a"), text(7, 1, "b"), skipped, text(7, 102, "c")];
+        h.take_in(stream, entries);
+        assert_eq!(broadcast(member.try_recv()), (0, "a".to_owned()));
+        assert_eq!(broadcast(member.try_recv()), (1, "b".to_owned()));
+        match member.try_recv() {
+            // Offsets 2 to 100.
+            Ok(Event::Resync { missed, .. }) => assert_eq!(missed, Some(99)),
+            other => panic!("expected a resync, got {other:?}"),
+        }
+        assert_eq!(broadcast(member.try_recv()), (102, "c".to_owned()));
+        assert_eq!(member.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn a_client_resuming_ahead_of_this_node_gets_what_follows_once() {
+        let mut h = harness();
+        let member = h.hub.connect().unwrap();
+        h.hub.join(member.id(), "r").unwrap();
+        h.place();
+        let stream = h.room_stream();
+        h.take_in(stream.clone(), vec![text(7, 0, "a"), text(7, 1, "b")]);
+        // It saw up to offset 3 on a node that had read further.
+        let mut back = h.hub.connect().unwrap();
+        let ahead = hub::Position {
+            epoch: 7,
+            offset: 3,
+        };
+        h.hub.resume(back.id(), "r", ahead).unwrap();
+        let rest = vec![text(7, 2, "c"), text(7, 3, "d"), text(7, 4, "e")];
+        h.take_in(stream, rest);
+        assert_eq!(broadcast(back.try_recv()), (4, "e".to_owned()));
+        assert_eq!(back.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
     fn a_line_of_another_epoch_places_the_topic_again() {
         let mut h = harness();
         let mut member = h.hub.connect().unwrap();
@@ -512,11 +607,12 @@ mod tests {
             (5, 1),
             &[("u", b"ann"), ("n", b"1"), ("k", b"t"), ("m", b"echo")],
         );
-        let users = h.keys.users();
-        h.take_in(users, vec![from_node_2, ours]);
+        let users = h.keys.users(h.keys.user_partition("ann"));
+        h.follow.start(4);
+        h.take_in(users.clone(), vec![from_node_2, ours]);
         assert_eq!(tab1.try_recv(), Ok(Event::Personal(Message::text("hi"))));
         assert_eq!(tab1.try_recv(), Err(TryRecvError::Empty));
         assert_eq!(tab2.try_recv(), Err(TryRecvError::Empty));
-        assert_eq!(h.follow.users, Some((5, 1)));
+        assert_eq!(h.follow.position(users.as_bytes()), (5, 1));
     }
 }

@@ -8,26 +8,25 @@ use hub::backplane::new_epoch;
 use hub::{Placed, PresenceKind, Publication, Topic};
 use redis::{Pipeline, Value};
 
-use super::{bounded, Command, Link, Lost, Session, Step, INBOX_BYTES, INBOX_LENGTH, PLACE_BATCH};
+use super::batch::{Batch, Group};
+use super::{
+    bounded, Command, Link, Lost, Session, Step, INBOX_BYTES, INBOX_LENGTH, INBOX_TTL, PLACE_BATCH,
+};
 use crate::wire::{self, Keys, MISSED};
 
-/// Commands taken from the queue per pipeline.
+/// Commands taken from the queue per batch.
 const BATCH: usize = 256;
-/// How long a personal or user message waits in its stream, in seconds.
-const INBOX_TTL: u64 = 3600;
 
 impl Link {
     /// Writes the changes not taken yet, `first` and whatever else is
-    /// queued, in one pipeline. Returns whether the set of streams to read
+    /// queued, in one batch, and wakes the readers whose set of streams
     /// changed.
     pub(super) async fn write(
         &mut self,
         session: &mut Session,
         first: Option<Command>,
-    ) -> Result<bool, Lost> {
-        let mut pipe = redis::pipe();
-        let mut steps = Vec::new();
-        let mut changed = false;
+    ) -> Result<(), Lost> {
+        let mut batch = session.batch();
         // Changes made before a command (following a topic, say, before
         // publishing to it) come before it.
         let mut queue = VecDeque::from(self.shared.take_changes());
@@ -35,7 +34,7 @@ impl Link {
         loop {
             let command = match queue.pop_front() {
                 Some(command) => command,
-                None if steps.len() >= BATCH => break,
+                None if batch.steps() >= BATCH => break,
                 None => match self.commands.try_recv() {
                     Ok(command) => {
                         queue.extend(self.shared.take_changes());
@@ -49,27 +48,26 @@ impl Link {
                 Command::Start(remote) => self.follow.remote = Some(remote),
                 Command::Watch(topic) => {
                     self.follow.watched.entry(topic.clone()).or_insert(None);
-                    self.place_command(&mut pipe, session, &topic);
-                    steps.push(Step::Place(topic));
-                    changed = true;
+                    self.place_command(&mut batch, session, &topic);
+                    self.stale.insert(self.keys.partition(&topic));
                 }
                 Command::Refork(topic) => {
                     if let Some(missed) = self.shared.take_fork(&topic) {
-                        self.missed_notice(&mut pipe, session, &topic, missed);
-                        steps.push(Step::Notice(topic.clone(), missed));
+                        self.missed_notice(&mut batch, session, &topic, missed);
                     }
                     if self.follow.watched.contains_key(&topic) {
-                        self.place_command(&mut pipe, session, &topic);
-                        steps.push(Step::Place(topic));
-                        changed = true;
+                        self.place_command(&mut batch, session, &topic);
+                        self.stale.insert(self.keys.partition(&topic));
                     }
                 }
                 Command::Unwatch(topic) => {
-                    changed |= self.follow.watched.remove(&topic).is_some();
+                    if self.follow.watched.remove(&topic).is_some() {
+                        self.stale.insert(self.keys.partition(&topic));
+                    }
                 }
                 Command::Publish(publication, placed) => {
                     (self.shared.queued).fetch_sub(crate::cost(&publication), Ordering::AcqRel);
-                    self.publish_command(&mut pipe, session, (publication, placed), &mut steps);
+                    self.publish_command(&mut batch, session, (publication, placed));
                 }
                 Command::Presence(event) => {
                     let kind = match event.kind {
@@ -78,7 +76,8 @@ impl Link {
                         _ => "u",
                     };
                     let members = self.keys.members(self.node);
-                    for (field, value) in self.remember(&event) {
+                    for (topic, field, value) in self.remember(&event) {
+                        let pipe = &mut batch.on(&members).pipe;
                         match &value {
                             Some(value) => pipe.cmd("HSET").arg(&members).arg(&field).arg(value),
                             None => pipe.cmd("HDEL").arg(&members).arg(&field),
@@ -86,25 +85,24 @@ impl Link {
                         pipe.ignore();
                         let value = value.unwrap_or_default();
                         self.presence_entry(
-                            &mut pipe,
+                            &mut batch,
+                            self.keys.partition(&topic),
                             kind,
                             &[("f", field.as_bytes()), ("a", value.as_bytes())],
                         );
-                        steps.push(Step::Plain);
                     }
                 }
             }
         }
-        self.execute(session, pipe, steps).await?;
-        Ok(changed)
+        self.ring(&mut batch, session);
+        self.execute(session, batch).await
     }
 
     fn publish_command(
         &self,
-        pipe: &mut Pipeline,
+        batch: &mut Batch,
         session: &Session,
         (publication, placed): (Publication, Option<Placed>),
-        steps: &mut Vec<Step>,
     ) {
         match &publication {
             Publication::Broadcast {
@@ -113,29 +111,34 @@ impl Link {
                 except,
             } => {
                 let (kind, payload) = wire::encode(message);
-                self.script(pipe, &session.publish, topic)
+                let group = batch.on(&self.keys.meta(topic));
+                self.script(&mut group.pipe, &session.publish, topic)
                     .arg(self.config.history)
                     .arg(self.config.history_bytes)
                     .arg(self.config.ttl.as_secs())
                     .arg(self.node)
                     .arg(wire::except(except))
                     .arg(kind)
-                    .arg(payload);
-                steps.push(Step::Publish(publication, placed));
+                    .arg(payload)
+                    .arg(session.margin);
+                group.steps.push(Step::Publish(publication, placed));
             }
             Publication::Personal { to, message } => {
                 let (kind, payload) = wire::encode(message);
-                self.append(pipe, session, &self.keys.inbox(to.node()))
+                let group = batch.on(&self.keys.inbox(to.node()));
+                self.append(&mut group.pipe, session, &self.keys.inbox(to.node()))
                     .arg("c")
                     .arg(to.get())
                     .arg("k")
                     .arg(kind)
                     .arg("m")
                     .arg(payload);
-                steps.push(Step::Direct(publication));
+                group.steps.push(Step::Direct(publication));
             }
             Publication::Disconnect { user, code, reason } => {
-                self.append(pipe, session, &self.keys.users())
+                let users = self.keys.users(self.keys.user_partition(user));
+                let group = batch.on(&users);
+                self.append(&mut group.pipe, session, &users)
                     .arg("u")
                     .arg(user.as_bytes())
                     .arg("n")
@@ -144,7 +147,7 @@ impl Link {
                     .arg(*code)
                     .arg("r")
                     .arg(reason.as_bytes());
-                steps.push(Step::Direct(publication));
+                group.steps.push(Step::Direct(publication));
             }
             Publication::User {
                 user,
@@ -152,7 +155,9 @@ impl Link {
                 except,
             } => {
                 let (kind, payload) = wire::encode(message);
-                self.append(pipe, session, &self.keys.users())
+                let users = self.keys.users(self.keys.user_partition(user));
+                let group = batch.on(&users);
+                self.append(&mut group.pipe, session, &users)
                     .arg("u")
                     .arg(user.as_bytes())
                     .arg("n")
@@ -163,7 +168,7 @@ impl Link {
                     .arg(kind)
                     .arg("m")
                     .arg(payload);
-                steps.push(Step::Direct(publication));
+                group.steps.push(Step::Direct(publication));
             }
             _ => {}
         }
@@ -200,27 +205,30 @@ impl Link {
 
     pub(super) fn missed_notice(
         &self,
-        pipe: &mut Pipeline,
+        batch: &mut Batch,
         session: &Session,
         topic: &Topic,
         missed: u64,
     ) {
         tracing::info!(%topic, missed, "telling the other nodes what they missed from this one");
         self.shared.counters.notices.fetch_add(1, Ordering::Relaxed);
-        self.script(pipe, &session.publish, topic)
+        let group = batch.on(&self.keys.meta(topic));
+        self.script(&mut group.pipe, &session.publish, topic)
             .arg(self.config.history)
             .arg(self.config.history_bytes)
             .arg(self.config.ttl.as_secs())
             .arg(self.node)
             .arg(0)
             .arg(MISSED)
-            .arg(missed);
+            .arg(missed)
+            .arg(session.margin);
+        group.steps.push(Step::Notice(topic.clone(), missed));
     }
 
     /// Places `topic`, with its latest entries unless this node follows
     /// it already (then only a change of epoch matters, and it needs no
     /// history: the node reads the new epoch from its start).
-    pub(super) fn place_command(&self, pipe: &mut Pipeline, session: &Session, topic: &Topic) {
+    pub(super) fn place_command(&self, batch: &mut Batch, session: &Session, topic: &Topic) {
         let cursor = self.follow.watched.get(topic).copied().flatten();
         let following = self
             .follow
@@ -232,23 +240,25 @@ impl Link {
             _ => self.config.history,
         };
         let (epoch, next) = cursor.map_or((0, 0), |c| (c.epoch, c.next));
-        self.script(pipe, &session.place, topic)
+        let group = batch.on(&self.keys.meta(topic));
+        self.script(&mut group.pipe, &session.place, topic)
             .arg(tail)
             .arg(self.config.ttl.as_secs())
             .arg(epoch)
-            .arg(next);
+            .arg(next)
+            .arg(session.margin);
+        group.steps.push(Step::Place(topic.clone()));
     }
 
-    /// Runs a pipeline and acts on its replies. If Redis is lost first,
-    /// its publications are given back. Scripts Redis no longer knows are
+    /// Runs a batch and acts on its replies. If Redis is lost first, its
+    /// publications are given back. Scripts Redis no longer knows are
     /// loaded again, and their steps run once more.
     pub(super) async fn execute(
         &mut self,
         session: &mut Session,
-        pipe: Pipeline,
-        steps: Vec<Step>,
+        batch: Batch,
     ) -> Result<(), Lost> {
-        let unknown_script = self.execute_once(session, pipe, steps).await?;
+        let unknown_script = self.execute_once(session, batch).await?;
         if unknown_script.is_empty() {
             return Ok(());
         }
@@ -262,63 +272,84 @@ impl Link {
             .fetch_add(1, Ordering::Relaxed);
         (session.publish, session.place, session.append) =
             Self::load_scripts(&mut session.writer).await?;
-        let mut pipe = redis::pipe();
-        let mut steps = Vec::new();
+        let mut batch = session.batch();
         for step in unknown_script {
             match step {
                 Step::Publish(publication, placed) => {
-                    self.publish_command(&mut pipe, session, (publication, placed), &mut steps);
+                    self.publish_command(&mut batch, session, (publication, placed));
                 }
                 Step::Direct(publication) => {
-                    self.publish_command(&mut pipe, session, (publication, None), &mut steps);
+                    self.publish_command(&mut batch, session, (publication, None));
                 }
-                Step::Place(topic) => {
-                    self.place_command(&mut pipe, session, &topic);
-                    steps.push(Step::Place(topic));
-                }
+                Step::Place(topic) => self.place_command(&mut batch, session, &topic),
                 Step::Notice(topic, missed) => {
-                    self.missed_notice(&mut pipe, session, &topic, missed);
-                    steps.push(Step::Notice(topic, missed));
+                    self.missed_notice(&mut batch, session, &topic, missed);
                 }
                 other => self.not_done(other),
             }
         }
         // Lost again right away: given up like any other refusal.
-        for step in self.execute_once(session, pipe, steps).await? {
+        for step in self.execute_once(session, batch).await? {
             self.not_done(step);
         }
         Ok(())
     }
 
     /// [`execute`](Self::execute) without the retry: returns the steps
-    /// whose script Redis did not know.
+    /// whose script Redis did not know. The groups (one per slot on a
+    /// cluster) go at once; what one of them did is acted on even if
+    /// another failed.
     async fn execute_once(
         &mut self,
         session: &mut Session,
-        mut pipe: Pipeline,
-        steps: Vec<Step>,
+        batch: Batch,
     ) -> Result<Vec<Step>, Lost> {
-        let mut unknown_script = Vec::new();
-        if steps.is_empty() {
-            return Ok(unknown_script);
+        let mut groups = batch.into_groups();
+        groups.retain(|group| !group.pipe.is_empty());
+        if groups.is_empty() {
+            return Ok(Vec::new());
         }
-        // One failed command must not fail the others.
-        pipe.ignore_errors();
-        let counters = &self.shared.counters;
-        counters.pipelines.observe(steps.len() as u64);
         let sent = std::time::Instant::now();
-        let replies = bounded(pipe.query_async::<Vec<Value>>(&mut session.writer)).await;
+        let writer = &session.writer;
+        let replies = futures_util::future::join_all(groups.iter_mut().map(|group| {
+            // One failed command must not fail the others.
+            group.pipe.ignore_errors();
+            let pipe = &group.pipe;
+            let mut writer = writer.clone();
+            async move { bounded(pipe.query_async::<Vec<Value>>(&mut writer)).await }
+        }))
+        .await;
         let took = u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        counters.round_trips.observe(took);
-        let replies = match replies {
-            Ok(replies) => replies,
-            Err(lost) => {
-                for step in steps {
-                    self.not_done(step);
+        let mut unknown_script = Vec::new();
+        let mut lost = None;
+        for (Group { steps, .. }, replies) in groups.into_iter().zip(replies) {
+            let counters = &self.shared.counters;
+            counters.pipelines.observe(steps.len() as u64);
+            counters.round_trips.observe(took);
+            match replies {
+                Ok(replies) => self.act(steps, replies, &mut unknown_script)?,
+                Err(error) => {
+                    for step in steps {
+                        self.not_done(step);
+                    }
+                    lost = Some(error);
                 }
-                return Err(lost);
             }
-        };
+        }
+        match lost {
+            Some(lost) => Err(lost),
+            None => Ok(unknown_script),
+        }
+    }
+
+    /// Acts on the replies of one pipeline, step by step; keeps the steps
+    /// whose script Redis did not know.
+    fn act(
+        &mut self,
+        steps: Vec<Step>,
+        replies: Vec<Value>,
+        unknown_script: &mut Vec<Step>,
+    ) -> Result<(), Lost> {
         let mut steps = steps.into_iter();
         for reply in replies {
             let Some(step) = steps.next() else { break };
@@ -349,14 +380,20 @@ impl Link {
                         placed.report(position);
                     }
                 }
-                Step::Direct(..) | Step::Notice(..) | Step::Plain => {}
+                Step::Epoch(topic, followed) => {
+                    if wire::number(reply).ok() != Some(followed) {
+                        tracing::info!(%topic, "topic started over in Redis; placing it again");
+                        self.shared.refork(&topic);
+                    }
+                }
+                Step::Direct(..) | Step::Notice(..) => {}
             }
         }
         // Steps without a reply (cannot happen with a complete pipeline).
         for step in steps {
             self.not_done(step);
         }
-        Ok(unknown_script)
+        Ok(())
     }
 
     /// A step that did not happen: its publication is given back, its
@@ -367,7 +404,7 @@ impl Link {
             Step::Direct(publication) => self.follow.give_back(publication),
             Step::Notice(topic, missed) => self.shared.restore_fork(topic, missed),
             Step::Place(topic) => self.retry.push(topic),
-            Step::Plain => {}
+            Step::Epoch(..) => {}
         }
     }
 
@@ -381,17 +418,14 @@ impl Link {
             .filter_map(|(topic, cursor)| cursor.map(|c| (topic.clone(), c.epoch)))
             .collect();
         for chunk in followed.chunks(PLACE_BATCH) {
-            let mut pipe = redis::pipe();
-            for (topic, _) in chunk {
-                pipe.cmd("HGET").arg(self.keys.meta(topic)).arg("epoch");
+            let mut batch = session.batch();
+            for (topic, epoch) in chunk {
+                let meta = self.keys.meta(topic);
+                let group = batch.on(&meta);
+                group.pipe.cmd("HGET").arg(&meta).arg("epoch");
+                group.steps.push(Step::Epoch(topic.clone(), *epoch));
             }
-            let epochs: Vec<Option<u64>> = bounded(pipe.query_async(&mut session.writer)).await?;
-            for ((topic, followed), epoch) in chunk.iter().zip(epochs) {
-                if epoch != Some(*followed) {
-                    tracing::info!(%topic, "topic started over in Redis; placing it again");
-                    self.shared.refork(topic);
-                }
-            }
+            self.execute(session, batch).await?;
         }
         Ok(())
     }

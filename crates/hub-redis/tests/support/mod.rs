@@ -1,8 +1,9 @@
 //! A real `redis-server` for the tests, on a free loopback port, and
 //! helpers to run nodes against it.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
+mod redis_cluster;
 mod redis_server;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use hub::{Connection, Event, Hub, Message};
 use hub_redis::RedisBackplane;
 use tokio::time::timeout;
 
+pub use redis_cluster::{RedisCluster, CLUSTER_WAIT};
 pub use redis_server::{RedisServer, WAIT};
 
 /// A node: a hub sharing `url`'s Redis, once it is up.
@@ -25,6 +27,16 @@ pub async fn node_with(url: &str, builder: hub::Builder) -> (Hub, Arc<RedisBackp
     let backplane = backplane.connect().await.unwrap();
     let hub = builder.backplane(backplane.clone()).build();
     timeout(WAIT, backplane.until_up()).await.unwrap();
+    (hub, backplane)
+}
+
+/// A node sharing a Redis Cluster known by `seeds`, once it is up.
+pub async fn cluster_node(seeds: &[String]) -> (Hub, Arc<RedisBackplane>) {
+    let backplane = RedisBackplane::cluster(seeds.iter().cloned())
+        .backoff(Duration::from_millis(20), Duration::from_millis(200));
+    let backplane = backplane.connect().await.unwrap();
+    let hub = Hub::builder().backplane(backplane.clone()).build();
+    timeout(CLUSTER_WAIT, backplane.until_up()).await.unwrap();
     (hub, backplane)
 }
 
@@ -55,4 +67,18 @@ pub async fn text(connection: &mut Connection) -> String {
 
 pub fn message(text: &str) -> Message {
     Message::text(text.to_owned())
+}
+
+/// The first key of one Redis matching `pattern` (keys carry their
+/// partition's hash tag, which tests do not compute).
+pub async fn key_like(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> String {
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(pattern)
+        .query_async(conn)
+        .await
+        .unwrap();
+    keys.sort();
+    keys.into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no key matches {pattern}"))
 }
