@@ -37,19 +37,33 @@ pub struct Args {
     /// (e.g. redis://127.0.0.1:6379): broadcasts, rooms, private lines,
     /// presence and resume work across every node using the same Redis and
     /// prefix. Without it the server stands alone and needs nothing else.
-    #[arg(long, env = "CHAT_REDIS_URL")]
+    #[arg(long, env = "CHAT_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
+
+    /// Share fan-out through a Redis Cluster instead, known by this node
+    /// (e.g. redis://10.0.0.1:7000; repeat the flag for more seed nodes,
+    /// or give them comma-separated in the variable). Rooms spread over
+    /// the cluster's masters by name; a failover is followed. Not with
+    /// --redis-url.
+    #[arg(
+        long,
+        env = "CHAT_REDIS_CLUSTER",
+        value_name = "URL",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_cluster: Vec<String>,
 
     /// Prefix of the Redis keys, so several deployments can share a Redis.
     #[arg(long, env = "CHAT_REDIS_PREFIX", default_value = "chat")]
     pub redis_prefix: String,
 
-    /// With --redis-url: how long a room's keys stay in Redis once no node
+    /// With Redis: how long a room's keys stay in Redis once no node
     /// follows it (nodes keep the rooms they follow alive).
     #[arg(long, env = "CHAT_REDIS_TTL", default_value = "10m", value_parser = parse_period)]
     pub redis_ttl: Duration,
 
-    /// With --redis-url: how long other nodes keep listing this node's
+    /// With Redis: how long other nodes keep listing this node's
     /// room members after its last heartbeat (heartbeats go every third
     /// of it), so a node that dies has its members leave within this plus
     /// a third.
@@ -367,6 +381,36 @@ mod tests {
         assert!(parse_size("1MB").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn a_cluster_takes_several_seeds_and_not_with_one_redis() {
+        let args = ["chat-server", "--redis-cluster", "redis://a:1,redis://b:2"];
+        let parsed = Args::try_parse_from(args).unwrap();
+        assert_eq!(parsed.redis_cluster, ["redis://a:1", "redis://b:2"]);
+        let repeated = [
+            "chat-server",
+            "--redis-cluster",
+            "redis://a:1",
+            "--redis-cluster",
+            "redis://b:2",
+        ];
+        let parsed = Args::try_parse_from(repeated).unwrap();
+        assert_eq!(parsed.redis_cluster, ["redis://a:1", "redis://b:2"]);
+        let both = [
+            "chat-server",
+            "--redis-url",
+            "redis://a:1",
+            "--redis-cluster",
+            "redis://b:2",
+        ];
+        let error = Args::try_parse_from(both).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let text = error.to_string();
+        assert!(
+            text.contains("--redis-cluster") && text.contains("--redis-url"),
+            "{text}"
+        );
     }
 
     /// The error clap gives for `flag value`, which must name the flag.

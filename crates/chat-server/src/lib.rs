@@ -97,7 +97,7 @@ pub enum StartError {
     /// The token secret cannot be used.
     #[error(transparent)]
     Secret(#[from] SecretError),
-    /// Redis (`--redis-url`) could not be reached.
+    /// Redis (`--redis-url`, `--redis-cluster`) could not be reached.
     #[error(transparent)]
     Redis(#[from] hub_redis::Error),
     /// The API key (`--api-key`) is too short to keep callers out.
@@ -192,15 +192,17 @@ impl Server {
         let mut backplanes = Vec::new();
         let shared = |endpoint: &'static str| {
             let builder = builder();
-            let url = args.redis_url.clone();
+            let (url, cluster) = (args.redis_url.clone(), args.redis_cluster.clone());
             let prefix = format!("{}:{endpoint}", args.redis_prefix);
             let (history, history_bytes) = (args.history, args.history_bytes);
             let (presence_ttl, ttl) = (args.presence_ttl, args.redis_ttl);
             async move {
-                let Some(url) = url else {
-                    return Ok::<_, StartError>((builder.build(), None));
+                let backplane = match url {
+                    _ if !cluster.is_empty() => RedisBackplane::cluster(cluster),
+                    Some(url) => RedisBackplane::builder(url),
+                    None => return Ok::<_, StartError>((builder.build(), None)),
                 };
-                let backplane = RedisBackplane::builder(url)
+                let backplane = backplane
                     .prefix(prefix)
                     .history(history)
                     .history_bytes(history_bytes)

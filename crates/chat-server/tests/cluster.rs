@@ -1,13 +1,17 @@
-//! Two chat-server nodes sharing one real `redis-server` (`--redis-url`).
+//! Two chat-server nodes sharing one real `redis-server` (`--redis-url`),
+//! or a real Redis Cluster (`--redis-cluster`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../hub-redis/tests/support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../../hub-redis/tests/support/redis_server.rs"]
 mod redis_server;
 
 use std::time::Duration;
 
 use common::{http, recv_text, send_text, ChildServer, TestServer};
+use redis_cluster::RedisCluster;
 use redis_server::RedisServer;
 use serde_json::Value;
 
@@ -98,6 +102,46 @@ async fn a_room_client_resumes_on_the_other_node() {
     let rejoined = next_line(&mut back).await;
     assert_eq!(rejoined["data"]["kind"], "joined");
     assert_eq!(rejoined["offset"].as_u64(), Some(offset + 3));
+}
+
+#[tokio::test]
+async fn the_room_chat_spans_nodes_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let seeds = cluster.seeds();
+    let args = ["--redis-cluster", &seeds[0], "--redis-cluster", &seeds[1]];
+    let (a, b) = (
+        TestServer::start(&args).await,
+        TestServer::start(&args).await,
+    );
+    let mut writer = a.connect("/ws?room=r&name=writer").await;
+    assert_eq!(recv_text(&mut writer).await, "writer joined");
+    let mut reader = b.connect("/ws?room=r&name=reader&format=json").await;
+    assert_eq!(next_line(&mut reader).await["data"]["kind"], "joined");
+    assert_eq!(recv_text(&mut writer).await, "reader joined");
+    for text in ["one", "two", "three"] {
+        send_text(&mut writer, text).await;
+        assert_eq!(recv_text(&mut writer).await, format!("writer: {text}"));
+    }
+    let mut offsets = Vec::new();
+    for text in ["one", "two", "three"] {
+        let line = next_line(&mut reader).await;
+        assert_eq!(line["data"]["text"], text);
+        offsets.push(line["offset"].as_u64().unwrap());
+    }
+    assert_eq!(offsets, [offsets[0], offsets[0] + 1, offsets[0] + 2]);
+    // The classic chat too, across the nodes.
+    let mut on_a = a.connect("/ws").await;
+    let mut on_b = b.connect("/ws").await;
+    send_text(&mut on_b, "hi").await;
+    assert_eq!(recv_text(&mut on_a).await, "Client says: hi");
+    assert_eq!(recv_text(&mut on_b).await, "Client says: hi");
+    let (_, _, body) = http(a.addr, "GET", "/metrics").await;
+    for line in [
+        "backplane_up{endpoint=\"ws\"} 1",
+        "backplane_up{endpoint=\"rooms\"} 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+    }
 }
 
 /// The next room line of a JSON client (skipping its personal frames).

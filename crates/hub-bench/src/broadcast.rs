@@ -1,5 +1,6 @@
 //! The broadcast run: many clients, a few of which send; every message of
-//! every sender must reach every client, the senders included.
+//! every sender must reach every client of its group (all of them, unless
+//! [`Broadcast::groups`] says otherwise), the senders included.
 //!
 //! Phases:
 //!
@@ -73,6 +74,7 @@ const REFRESH_EVERY: Duration = Duration::from_millis(100);
 pub struct Broadcast {
     common: Common,
     senders: usize,
+    groups: usize,
     messages: u32,
     size: usize,
     padding: Padding,
@@ -88,6 +90,7 @@ impl Broadcast {
         Self {
             common: Common::new(url.into()),
             senders: 1,
+            groups: 1,
             messages: 1000,
             size: 64,
             padding: Padding::X,
@@ -102,6 +105,17 @@ impl Broadcast {
     #[must_use]
     pub fn senders(mut self, senders: usize) -> Self {
         self.senders = senders;
+        self
+    }
+
+    /// Splits the clients into `groups` that hear only their own senders:
+    /// client `i` is in group `i % groups`, as `?room=r{i%groups}` in the
+    /// URL puts it in a room (default 1: everyone hears every sender). Have
+    /// at least as many senders, so that each group has one. With several
+    /// URLs, each group's clients alternate over them.
+    #[must_use]
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
         self
     }
 
@@ -162,6 +176,15 @@ impl Broadcast {
         }
         let senders = u32::try_from(self.senders)
             .map_err(|_| problem("senders", "too many senders".into()))?;
+        if self.groups == 0 || self.groups > self.senders {
+            return Err(problem(
+                "groups",
+                format!(
+                    "{} groups for {} senders: each group needs a sender",
+                    self.groups, self.senders
+                ),
+            ));
+        }
         if self.messages == 0 {
             return Err(problem("messages", "use at least 1 message".into()));
         }
@@ -185,6 +208,14 @@ impl Broadcast {
             })?),
         };
         Ok((senders, plan))
+    }
+
+    /// Senders client `index` hears: those of its group.
+    fn heard_by(&self, index: usize) -> u64 {
+        let groups = self.groups.max(1);
+        (0..self.senders)
+            .filter(|sender| sender % groups == index % groups)
+            .count() as u64
     }
 
     /// Runs the benchmark.
@@ -214,13 +245,15 @@ impl Broadcast {
             start: Instant::now(),
             clients: self.common.clients,
             senders,
+            groups: self.groups,
             messages: self.messages,
             size: self.size,
             padding: self.padding,
             plan,
             send_on: senders_thread.handle(),
             dialer: Dialer::new(targets, sources, self.common.handshake_timeout)
-                .offer(self.common.offer()),
+                .offer(self.common.offer())
+                .spread(self.groups),
             stop: Stop::new(self.common.clients + self.senders),
             latencies: Latencies::for_this_machine(),
             counts: Counts::default(),
@@ -282,7 +315,11 @@ impl Broadcast {
             .and_then(|pid| proc::cpu_time(Pid::Other(pid)).ok());
         let measure_start = Instant::now();
         phase_tx.send_replace(Phase::Measure);
-        let expected = receivers as u64 * u64::from(senders) * u64::from(self.messages);
+        // Each client hears its group's senders; clients that failed to
+        // connect take their share away.
+        let heard: u64 = (0..self.common.clients).map(|i| self.heard_by(i)).sum();
+        let expected =
+            heard * u64::from(self.messages) * receivers as u64 / self.common.clients.max(1) as u64;
         let bar = progress.bar(expected, "deliveries");
         let finished = wait(&run, self.timeout, &bar, || {
             let done = counts.done.load(Ordering::Acquire);
@@ -331,6 +368,7 @@ impl Broadcast {
             url: self.common.urls(),
             clients: self.common.clients,
             senders: self.senders,
+            groups: self.groups,
             messages: self.messages,
             size: self.size,
             rate: self.rate,
@@ -429,6 +467,8 @@ struct Run {
     start: Instant,
     clients: usize,
     senders: u32,
+    /// Client `i` hears the senders `s` with `s % groups == i % groups`.
+    groups: usize,
     messages: u32,
     size: usize,
     padding: Padding,
@@ -716,6 +756,10 @@ struct Receiver<'a> {
     index: usize,
     /// Per sender, the next sequence number expected.
     next: Vec<u32>,
+    /// Per sender, whether this client hears it (is in its group).
+    hears: Vec<bool>,
+    /// How many it hears.
+    heard: u32,
     /// Per sender, whether its warm-up arrived.
     warmed: Vec<bool>,
     warm_missing: u32,
@@ -730,12 +774,19 @@ struct Receiver<'a> {
 impl<'a> Receiver<'a> {
     fn new(run: &'a Run, index: usize) -> Self {
         let senders = run.senders as usize;
+        let groups = run.groups.max(1);
+        let hears: Vec<bool> = (0..senders)
+            .map(|sender| sender % groups == index % groups)
+            .collect();
+        let heard = u32::try_from(hears.iter().filter(|h| **h).count()).unwrap_or(u32::MAX);
         Self {
             run,
             index,
             next: vec![0; senders],
+            hears,
+            heard,
             warmed: vec![false; senders],
-            warm_missing: run.senders,
+            warm_missing: heard,
             complete_senders: 0,
             received: 0,
             duplicated: 0,
@@ -750,7 +801,7 @@ impl<'a> Receiver<'a> {
     }
 
     fn is_done(&self) -> bool {
-        self.complete_senders == self.run.senders
+        self.complete_senders == self.heard
     }
 
     /// Reads until the stop signal (returns `false`) or until the server
@@ -796,6 +847,9 @@ impl<'a> Receiver<'a> {
         let run = self.run;
         match payload::find(message) {
             Some(Marker::WarmUp { sender }) => {
+                if self.hears.get(sender as usize) != Some(&true) {
+                    return;
+                }
                 let Some(warmed) = self.warmed.get_mut(sender as usize) else {
                     return;
                 };
@@ -808,6 +862,9 @@ impl<'a> Receiver<'a> {
                 }
             }
             Some(Marker::Data { sender, seq, sent }) => {
+                if self.hears.get(sender as usize) != Some(&true) {
+                    return;
+                }
                 let Some(next) = self.next.get_mut(sender as usize) else {
                     return;
                 };
@@ -851,10 +908,9 @@ impl<'a> Receiver<'a> {
     fn finish(mut self, sent: Sent, disconnected: bool, closed_cleanly: bool) -> ClientStats {
         self.samples.flush(&self.run.latencies);
         let messages = self.run.messages;
-        let missing: u64 = self
-            .next
-            .iter()
-            .map(|&next| u64::from(messages - next))
+        let missing: u64 = (self.next.iter().zip(&self.hears))
+            .filter(|(_, hears)| **hears)
+            .map(|(&next, _)| u64::from(messages - next))
             .sum();
         ClientStats {
             connected: true,
@@ -916,6 +972,14 @@ mod tests {
             base().senders(0).check(),
             Err(Error::Option {
                 option: "senders",
+                ..
+            })
+        ));
+        assert!(base().groups(2).check().is_ok());
+        assert!(matches!(
+            base().groups(3).check(),
+            Err(Error::Option {
+                option: "groups",
                 ..
             })
         ));

@@ -113,6 +113,12 @@ pub(crate) struct BroadcastArgs {
     #[arg(long, default_value_t = 1)]
     pub(crate) senders: usize,
 
+    /// Clients hear only the senders of their group: client i is in group
+    /// i % N, as `?room=r{i%N}` puts it in a room (at most --senders).
+    /// With --also-url, each group's clients alternate over the URLs.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) groups: usize,
+
     /// Messages each sender sends.
     #[arg(long, default_value_t = 1000)]
     pub(crate) messages: u32,

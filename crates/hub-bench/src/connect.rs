@@ -164,8 +164,11 @@ pub(crate) fn source_ips(target: &Target, count: usize) -> Result<Vec<IpAddr>, E
 /// number of handshakes at a time.
 #[derive(Debug)]
 pub(crate) struct Dialer {
-    /// Never empty: client `i` goes to `targets[i % len]`.
+    /// Never empty: client `i` goes to `targets[(i / spread) % len]`.
     targets: Vec<Target>,
+    /// Consecutive clients that go to the same target (see
+    /// [`spread`](Self::spread)).
+    spread: usize,
     sources: Vec<IpAddr>,
     permits: Semaphore,
     timeout: Duration,
@@ -178,6 +181,7 @@ impl Dialer {
     pub(crate) fn new(targets: Vec<Target>, sources: Vec<IpAddr>, timeout: Duration) -> Self {
         Self {
             targets,
+            spread: 1,
             sources,
             permits: Semaphore::new(HANDSHAKES_IN_FLIGHT),
             timeout,
@@ -188,6 +192,14 @@ impl Dialer {
     /// What the clients offer of `permessage-deflate`.
     pub(crate) fn offer(mut self, offer: Offer) -> Self {
         self.offer = offer;
+        self
+    }
+
+    /// Sends clients to the targets `groups` at a time: with clients in
+    /// `groups` groups (client `i` in group `i % groups`), each group's
+    /// clients then alternate over the targets, whatever their number.
+    pub(crate) fn spread(mut self, groups: usize) -> Self {
+        self.spread = groups.max(1);
         self
     }
 
@@ -207,7 +219,7 @@ impl Dialer {
         // The semaphore is never closed; without a permit, go anyway.
         let _permit = self.permits.acquire().await.ok();
         let started = Instant::now();
-        let target = &self.targets[index % self.targets.len().max(1)];
+        let target = &self.targets[(index / self.spread) % self.targets.len().max(1)];
         let ws = tokio::time::timeout(self.timeout, self.handshake(target, index, from))
             .await
             .map_err(|_| ConnectError::TimedOut(self.timeout))??;

@@ -22,6 +22,7 @@ async fn main() -> ExitCode {
                 .also_urls(c.also)
                 .clients(c.clients)
                 .senders(args.senders)
+                .groups(args.groups)
                 .messages(args.messages)
                 .size(args.size)
                 .padding(if args.prose {

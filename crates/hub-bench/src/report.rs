@@ -83,7 +83,7 @@ pub struct ConnectReport {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Deliveries {
-    /// Connected clients × senders × messages.
+    /// Connected clients × the senders each hears × messages.
     pub expected: u64,
     /// Distinct messages received.
     pub received: u64,
@@ -191,6 +191,8 @@ pub struct BroadcastReport {
     pub clients: usize,
     /// Clients that send (the first ones).
     pub senders: usize,
+    /// Groups of clients that hear only their own senders.
+    pub groups: usize,
     /// Measured messages per sender.
     pub messages: u32,
     /// Bytes of text per message.
@@ -406,7 +408,14 @@ impl fmt::Display for BroadcastReport {
                 plural(self.connect.source_ips, "address", "addresses")
             ),
         )?;
-        t.row("senders", self.senders)?;
+        if self.groups > 1 {
+            t.row(
+                "senders",
+                format_args!("{} in {} groups", self.senders, self.groups),
+            )?;
+        } else {
+            t.row("senders", self.senders)?;
+        }
         let pace = match self.rate {
             Some(rate) => format!("{rate}/s each"),
             None => "flat out".to_owned(),
@@ -532,6 +541,7 @@ mod tests {
             url: "ws://127.0.0.1:8000/ws".to_owned(),
             clients: 50,
             senders: 2,
+            groups: 1,
             messages: 100,
             size: 64,
             rate: None,

@@ -4,6 +4,8 @@
 // Test helpers panic on purpose when something is off.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../hub-redis/tests/support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../../hub-redis/tests/support/redis_server.rs"]
 mod redis_server;
 
@@ -186,6 +188,33 @@ async fn broadcast_across_two_nodes_sharing_redis() {
         (20, 20),
         "clients go to each node in turn"
     );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_hear_their_own_room_across_two_nodes_on_a_redis_cluster() {
+    let cluster = redis_cluster::RedisCluster::start(3, 0).await;
+    let seeds = cluster.seeds();
+    let args = ["--redis-cluster", &seeds[0], "--redis-cluster", &seeds[1]];
+    let a = TestServer::start_with(&args).await;
+    let b = TestServer::start_with(&args).await;
+    let query = "/ws?room=r{i%6}&format=json";
+    let run = Broadcast::new(a.url(query))
+        .also_urls(vec![b.url(query)])
+        .clients(60)
+        .senders(6)
+        .groups(6)
+        .messages(50)
+        .size(64)
+        .timeout(Duration::from_secs(30));
+    let report = bounded(run.run()).await.unwrap();
+    // Each client hears the one sender of its room, wherever it is.
+    assert_eq!(report.deliveries.expected, 60 * 50, "{report}");
+    assert_eq!(report.deliveries.received, 60 * 50, "{report}");
+    assert_eq!(report.deliveries.lost, 0, "{report}");
+    assert_eq!(report.deliveries.duplicated, 0, "{report}");
+    assert!(report.passed(), "{report}");
     a.stop().await;
     b.stop().await;
 }
