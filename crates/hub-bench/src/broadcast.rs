@@ -75,6 +75,7 @@ pub struct Broadcast {
     common: Common,
     senders: usize,
     groups: usize,
+    others: Vec<u32>,
     messages: u32,
     size: usize,
     padding: Padding,
@@ -91,6 +92,7 @@ impl Broadcast {
             common: Common::new(url.into()),
             senders: 1,
             groups: 1,
+            others: Vec::new(),
             messages: 1000,
             size: 64,
             padding: Padding::X,
@@ -116,6 +118,14 @@ impl Broadcast {
     #[must_use]
     pub fn groups(mut self, groups: usize) -> Self {
         self.groups = groups;
+        self
+    }
+
+    /// Other processes whose CPU to measure over the measured phase, as
+    /// the server's (another node, the Redis shards behind it).
+    #[must_use]
+    pub fn also_pids(mut self, pids: Vec<u32>) -> Self {
+        self.others = pids;
         self
     }
 
@@ -236,7 +246,8 @@ impl Broadcast {
             .source_ips
             .unwrap_or_else(|| connect::default_source_ips(self.common.clients));
         let sources = connect::source_ips(&targets[0], source_count)?;
-        if let Some(pid) = self.common.server_pid {
+        for pid in self.common.server_pid.iter().chain(&self.others) {
+            let pid = *pid;
             proc::cpu_time(Pid::Other(pid)).map_err(|source| Error::ServerPid { pid, source })?;
         }
         let progress = Progress::new(self.common.progress);
@@ -313,6 +324,9 @@ impl Broadcast {
             .common
             .server_pid
             .and_then(|pid| proc::cpu_time(Pid::Other(pid)).ok());
+        let others_before: Vec<_> = (self.others.iter())
+            .map(|pid| proc::cpu_time(Pid::Other(*pid)).ok())
+            .collect();
         let measure_start = Instant::now();
         phase_tx.send_replace(Phase::Measure);
         // Each client hears its group's senders; clients that failed to
@@ -336,8 +350,8 @@ impl Broadcast {
             Some(Cpu::new(after.since(before?), measured, received))
         };
         let tool_cpu = used(tool_before, Pid::Current);
-        let server = self.common.server_pid.map(|pid| {
-            let cpu = used(server_before, Pid::Other(pid));
+        let usage = |pid, before| {
+            let cpu = used(before, Pid::Other(pid));
             let memory = proc::memory(Pid::Other(pid)).ok();
             ServerUsage {
                 pid,
@@ -345,7 +359,11 @@ impl Broadcast {
                 vm_rss_bytes: memory.map(|m| m.rss),
                 vm_hwm_bytes: memory.map(|m| m.hwm),
             }
-        });
+        };
+        let server = (self.common.server_pid).map(|pid| usage(pid, server_before));
+        let others = (self.others.iter().zip(others_before))
+            .map(|(pid, before)| usage(*pid, before))
+            .collect();
 
         let close_start = Instant::now();
         let clients = connect::close_all(&run.stop, tasks, progress).await;
@@ -387,6 +405,7 @@ impl Broadcast {
             latency_ms: Latency::of(&run.latencies.merged()),
             tool_cpu,
             server,
+            others,
             close,
         })
     }

@@ -113,6 +113,11 @@ pub(crate) struct BroadcastArgs {
     #[arg(long, default_value_t = 1)]
     pub(crate) senders: usize,
 
+    /// Another process whose CPU to measure over the measured phase, as the
+    /// server's (another node, a Redis shard); repeatable.
+    #[arg(long = "also-pid", value_name = "PID")]
+    pub(crate) also_pids: Vec<u32>,
+
     /// Clients hear only the senders of their group: client i is in group
     /// i % N, as `?room=r{i%N}` puts it in a room (at most --senders).
     /// With --also-url, each group's clients alternate over the URLs.

@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
                 .clients(c.clients)
                 .senders(args.senders)
                 .groups(args.groups)
+                .also_pids(args.also_pids)
                 .messages(args.messages)
                 .size(args.size)
                 .padding(if args.prose {

@@ -217,6 +217,8 @@ pub struct BroadcastReport {
     pub tool_cpu: Option<Cpu>,
     /// The server's, with a server pid.
     pub server: Option<ServerUsage>,
+    /// The other processes measured alongside (`--also-pid`).
+    pub others: Vec<ServerUsage>,
     /// The close phase.
     pub close: CloseReport,
 }
@@ -449,13 +451,15 @@ impl fmt::Display for BroadcastReport {
         if let Some(cpu) = &self.tool_cpu {
             t.row("hub-bench cpu", CpuText(cpu))?;
         }
-        if let Some(server) = &self.server {
-            if let Some(cpu) = &server.cpu {
-                t.row(&format!("server {} cpu", server.pid), CpuText(cpu))?;
+        for (name, usage) in (self.server.iter().map(|s| ("server", s)))
+            .chain(self.others.iter().map(|o| ("process", o)))
+        {
+            if let Some(cpu) = &usage.cpu {
+                t.row(&format!("{name} {} cpu", usage.pid), CpuText(cpu))?;
             }
-            if let (Some(rss), Some(hwm)) = (server.vm_rss_bytes, server.vm_hwm_bytes) {
+            if let (Some(rss), Some(hwm)) = (usage.vm_rss_bytes, usage.vm_hwm_bytes) {
                 t.row(
-                    &format!("server {} memory", server.pid),
+                    &format!("{name} {} memory", usage.pid),
                     format_args!("VmRSS {}, VmHWM {}", Mib(rss), Mib(hwm)),
                 )?;
             }
@@ -585,6 +589,7 @@ mod tests {
                 vm_rss_bytes: Some(10 * 1024 * 1024),
                 vm_hwm_bytes: Some(12 * 1024 * 1024 + 512 * 1024),
             }),
+            others: Vec::new(),
             close: CloseReport {
                 clean: 50,
                 seconds: 0.01,

@@ -74,6 +74,47 @@
 //! but before the older nodes have reconnected (a few seconds at most)
 //! could take a number in use: start nodes after Redis has been back for
 //! longer than [`Builder::backoff`]'s maximum.
+//!
+//! # Past one Redis
+//!
+//! [`RedisBackplane::cluster`] shares the work over a Redis Cluster's
+//! masters. Keys are spread over [partitions](Builder::partitions), each
+//! one hash slot (its keys share a hash tag), the slots evenly spaced so
+//! that the masters hold equal shares; a room is in the partition its name
+//! hashes to, so rooms spread over the masters by name. Writes go as one
+//! pipeline per slot, all at once. A cluster runs a command only on keys
+//! of one slot, so a node reads each partition with a connection of its
+//! own, one `XREAD` blocking for everything of that partition it needs:
+//! the rooms it follows there (none of the others), and the partition's
+//! user and presence streams. Nothing scans keys.
+//!
+//! When a master fails and a replica takes over, the nodes lose their
+//! connections to it, deliver locally meanwhile (as in an outage, above),
+//! and come back on the new slot map. Replication is asynchronous: the
+//! replica may lack the last lines the old master numbered, lines some
+//! clients may have seen. What is promised, and tested with a master
+//! killed mid-traffic:
+//!
+//! - Lines the new master holds keep their epoch and offsets.
+//! - A topic numbered by another master than before skips 100 offsets
+//!   (the scripts keep `CLUSTER MYID` in the topic's hash), so offsets the
+//!   old master gave are not given again to other lines, as long as it gave
+//!   at most 100 the replica lacks. A node that read further places the
+//!   topic in a new epoch instead.
+//! - Every connection is told what it did not receive: a
+//!   [`Resync`](hub::Event::Resync) with the count of offsets it did not
+//!   get. That count covers the skipped offsets whether or not a line had
+//!   taken them: it is at most 100 more than the lines lost. Nothing is
+//!   skipped without a word.
+//! - A publisher may have been told a position ([`hub::Hub::publish`]) for
+//!   a line that was then lost.
+//!
+//! A manual failover or a slot moved to another master (resharding) loses
+//! nothing but is seen the same way: its topics skip 100 offsets, told as
+//! a resync. While a slot moves, a pipeline that meets `ASK` is sent again
+//! whole, so a message in it may be stored twice. A whole cluster that
+//! restarts empty starts every topic over in a new epoch, as one Redis
+//! does.
 #![doc(test(attr(deny(warnings))))]
 
 mod link;
@@ -113,8 +154,8 @@ pub const DEFAULT_HISTORY_BYTES: usize = hub::Builder::DEFAULT_HISTORY_BYTES;
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);
 /// Default size of the publications waiting to be written: 64 MiB.
 pub const DEFAULT_QUEUE: usize = 64 << 20;
-/// Default number of partitions the keys are spread over; see
-/// [`Builder::partitions`].
+/// Default number of partitions the keys of a Redis Cluster are spread
+/// over; see [`Builder::partitions`].
 pub const DEFAULT_PARTITIONS: usize = wire::DEFAULT_PARTITIONS;
 
 /// Why the backplane could not start.
@@ -181,16 +222,17 @@ impl Builder {
         self
     }
 
-    /// How many partitions the keys are spread over (default
-    /// [`DEFAULT_PARTITIONS`], 1 to 16 384); every node of a deployment
-    /// must use the same number.
+    /// How many partitions the keys are spread over (1 to 16 384; by
+    /// default [`DEFAULT_PARTITIONS`] on a cluster, 1 on one Redis); every
+    /// node of a deployment must use the same number.
     ///
     /// Each partition is one hash slot of a Redis Cluster, and its slots
     /// are spread evenly over the 16 384, so partitions divide among the
     /// masters as slots do: have at least as many partitions as masters,
     /// better a few times as many. Rooms go to partitions by their names.
-    /// A node of a cluster keeps one reading connection per partition; on
-    /// one Redis, one reads them all.
+    /// A node of a cluster keeps one reading connection per partition. On
+    /// one Redis, one connection reads every partition, and more of them
+    /// only add streams to its reads.
     pub fn partitions(mut self, partitions: usize) -> Self {
         self.partitions = partitions.clamp(1, wire::SLOTS);
         self
@@ -359,7 +401,9 @@ impl RedisBackplane {
         Builder {
             urls,
             cluster,
-            partitions: DEFAULT_PARTITIONS,
+            // One Redis reads everything in one XREAD: the fewer keys it
+            // blocks on, the less each wake-up costs.
+            partitions: if cluster { DEFAULT_PARTITIONS } else { 1 },
             prefix: DEFAULT_PREFIX.to_owned(),
             config: Config {
                 history: DEFAULT_HISTORY,

@@ -281,13 +281,18 @@ impl Link {
                 Step::Direct(publication) => {
                     self.publish_command(&mut batch, session, (publication, None));
                 }
-                Step::Place(topic) => self.place_command(&mut batch, session, &topic),
+                Step::Place(topic) => {
+                    self.place_command(&mut batch, session, &topic);
+                    // Its reader may have read on without it meanwhile.
+                    self.stale.insert(self.keys.partition(&topic));
+                }
                 Step::Notice(topic, missed) => {
                     self.missed_notice(&mut batch, session, &topic, missed);
                 }
                 other => self.not_done(other),
             }
         }
+        self.ring(&mut batch, session);
         // Lost again right away: given up like any other refusal.
         for step in self.execute_once(session, batch).await? {
             self.not_done(step);
