@@ -47,13 +47,27 @@ impl RedisCluster {
             dir,
         };
         for _ in 0..masters * (1 + replicas) {
-            let (port, bus) = (free_port(), free_port());
-            let child = cluster.spawn(port, bus).await;
-            cluster.nodes.push(Node {
-                port,
-                bus,
-                child: Some(child),
-            });
+            // Ports are free when asked; a clash with another process in
+            // between fails the start, which is then tried on others.
+            let node = async {
+                for _ in 0..5 {
+                    let (port, bus) = (free_port(), free_port());
+                    let taken = (cluster.nodes.iter()).any(|n| [n.port, n.bus].contains(&bus));
+                    if port == bus || taken {
+                        continue;
+                    }
+                    if let Some(child) = cluster.spawn(port, bus).await {
+                        return Node {
+                            port,
+                            bus,
+                            child: Some(child),
+                        };
+                    }
+                }
+                panic!("redis-server did not start; is it installed? (scripts/test installs it)");
+            };
+            let node = node.await;
+            cluster.nodes.push(node);
         }
         let addresses: Vec<String> = (cluster.nodes.iter())
             .map(|node| format!("127.0.0.1:{}", node.port))
@@ -139,7 +153,15 @@ impl RedisCluster {
         }
         for index in 0..self.nodes.len() {
             let (port, bus) = (self.nodes[index].port, self.nodes[index].bus);
-            let child = self.spawn(port, bus).await;
+            let mut child = None;
+            for _ in 0..50 {
+                child = self.spawn(port, bus).await;
+                if child.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let child = child.unwrap_or_else(|| panic!("redis-server did not restart on {port}"));
             self.nodes[index].child = Some(child);
         }
         self.until_ready(masters).await;
@@ -178,7 +200,9 @@ impl RedisCluster {
         }
     }
 
-    async fn spawn(&self, port: u16, bus: u16) -> Child {
+    /// Starts a node on `port` and `bus`; `None` if it exits or does not
+    /// answer in time.
+    async fn spawn(&self, port: u16, bus: u16) -> Option<Child> {
         let config = self.dir.join(format!("nodes-{port}.conf"));
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -198,18 +222,19 @@ impl RedisCluster {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("redis-server runs; is it installed? (scripts/test installs it)");
+            .ok()?;
         let deadline = Instant::now() + CLUSTER_WAIT;
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("redis-server on port {port} exited: {status}");
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
             }
             if ping(port).await {
-                return child;
+                return Some(child);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("redis-server on port {port} did not answer");
+        let _ = child.kill().await;
+        None
     }
 }
 
