@@ -244,7 +244,10 @@ async fn run(
     let reply = match command {
         Command::Msg { to, text } => {
             let line = payload("private", json!({ "from": name, "to": to, "text": text }));
-            if hub.to_user(to).broadcast(line.clone()) == 0 {
+            // Reached here, or connected to another node (as the nodes
+            // last told each other), which the line went to as well.
+            let here = hub.to_user(to).broadcast(line.clone());
+            if here == 0 && hub.connections_of(to) == 0 {
                 Some(info(format!("no one called {to} is connected")))
             } else if to == name {
                 None

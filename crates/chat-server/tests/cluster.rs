@@ -129,6 +129,13 @@ async fn the_room_chat_spans_nodes_on_a_redis_cluster() {
         offsets.push(line["offset"].as_u64().unwrap());
     }
     assert_eq!(offsets, [offsets[0], offsets[0] + 1, offsets[0] + 2]);
+    // A private line finds its addressee on the other node.
+    let mut quiet = b.connect("/ws?room=r&name=quiet").await;
+    assert_eq!(recv_text(&mut quiet).await, "quiet joined");
+    assert_eq!(recv_text(&mut writer).await, "quiet joined");
+    send_text(&mut writer, "/msg quiet psst").await;
+    assert_eq!(recv_text(&mut quiet).await, "[writer → quiet] psst");
+    assert_eq!(recv_text(&mut writer).await, "[writer → quiet] psst");
     // The classic chat too, across the nodes.
     let mut on_a = a.connect("/ws").await;
     let mut on_b = b.connect("/ws").await;

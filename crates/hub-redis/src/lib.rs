@@ -179,6 +179,16 @@ pub enum Error {
         /// What went wrong.
         source: redis::RedisError,
     },
+    /// The Redis given as one Redis is a node of a Redis Cluster, which
+    /// would refuse most of what the backplane asks of it.
+    #[error(
+        "Redis at {url} is a node of a Redis Cluster: connect with \
+         RedisBackplane::cluster (chat-server: --redis-cluster)"
+    )]
+    ClusterNode {
+        /// The URL given.
+        url: String,
+    },
 }
 
 /// Configures a [`RedisBackplane`].
@@ -299,7 +309,8 @@ impl Builder {
     /// # Errors
     ///
     /// [`Error::Url`] for a bad URL, [`Error::Connect`] if Redis does not
-    /// answer.
+    /// answer, [`Error::ClusterNode`] if one Redis was asked for and a node
+    /// of a cluster answered.
     pub async fn connect(self) -> Result<Arc<RedisBackplane>, Error> {
         let url = self.urls.join(", ");
         let target = Target::new(&self.urls, self.cluster).map_err(|source| Error::Url {
@@ -315,6 +326,16 @@ impl Builder {
             .connect(Some(Duration::from_secs(5)))
             .await
             .map_err(connect)?;
+        if !target.is_cluster() {
+            let info: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut connection)
+                .await
+                .map_err(connect)?;
+            if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+                return Err(Error::ClusterNode { url });
+            }
+        }
         let count: u64 = redis::cmd("INCR")
             .arg(keys.nodes())
             .query_async(&mut connection)

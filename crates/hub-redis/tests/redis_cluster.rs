@@ -165,6 +165,14 @@ async fn rooms_spread_over_every_master_and_lines_cross_nodes_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_presence_and_resume_cross_nodes_on_a_cluster() {
     let cluster = RedisCluster::start(3, 0).await;
+    // A cluster's node taken for one Redis is refused, with what to do.
+    let refused = hub_redis::RedisBackplane::connect(cluster.seeds()[0].clone()).await;
+    let refused = refused.expect_err("a cluster node is not one Redis");
+    assert!(
+        matches!(refused, hub_redis::Error::ClusterNode { .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("RedisBackplane::cluster"));
     let (a, _) = cluster_node(&cluster.seeds()).await;
     let (b, _) = cluster_node(&cluster.seeds()).await;
 
