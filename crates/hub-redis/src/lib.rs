@@ -189,6 +189,16 @@ pub enum Error {
         /// The URL given.
         url: String,
     },
+    /// A seed given for a Redis Cluster is one Redis without cluster
+    /// support.
+    #[error(
+        "Redis at {url} is not a node of a Redis Cluster: connect with \
+         RedisBackplane::connect (chat-server: --redis-url)"
+    )]
+    NotACluster {
+        /// The seed that answered as one Redis.
+        url: String,
+    },
 }
 
 /// Configures a [`RedisBackplane`].
@@ -310,7 +320,7 @@ impl Builder {
     ///
     /// [`Error::Url`] for a bad URL, [`Error::Connect`] if Redis does not
     /// answer, [`Error::ClusterNode`] if one Redis was asked for and a node
-    /// of a cluster answered.
+    /// of a cluster answered, [`Error::NotACluster`] the other way round.
     pub async fn connect(self) -> Result<Arc<RedisBackplane>, Error> {
         let url = self.urls.join(", ");
         let target = Target::new(&self.urls, self.cluster).map_err(|source| Error::Url {
@@ -322,19 +332,22 @@ impl Builder {
             url: url.clone(),
             source,
         };
-        let mut connection = target
-            .connect(Some(Duration::from_secs(5)))
-            .await
-            .map_err(connect)?;
-        if !target.is_cluster() {
-            let info: String = redis::cmd("INFO")
-                .arg("cluster")
-                .query_async(&mut connection)
-                .await
-                .map_err(connect)?;
-            if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
-                return Err(Error::ClusterNode { url });
+        let mut connection = match target.connect(Some(Duration::from_secs(5))).await {
+            Ok(connection) => connection,
+            Err(error) if target.is_cluster() => {
+                return Err(match Target::first_standalone(&self.urls).await {
+                    Some(url) => Error::NotACluster { url },
+                    None => connect(error),
+                });
             }
+            Err(error) => return Err(connect(error)),
+        };
+        if !target.is_cluster()
+            && Target::cluster_enabled(&mut connection)
+                .await
+                .map_err(connect)?
+        {
+            return Err(Error::ClusterNode { url });
         }
         let count: u64 = redis::cmd("INCR")
             .arg(keys.nodes())

@@ -37,6 +37,33 @@ impl Target {
         matches!(self, Self::Cluster(_))
     }
 
+    /// Whether the Redis this connection reaches runs with cluster
+    /// support (`cluster_enabled:1`).
+    pub(crate) async fn cluster_enabled(connection: &mut Connection) -> RedisResult<bool> {
+        let info: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query_async(connection)
+            .await?;
+        Ok(info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+    }
+
+    /// The first of `urls` that answers as one Redis without cluster
+    /// support, if any: what a cluster connection that failed was given.
+    pub(crate) async fn first_standalone(urls: &[String]) -> Option<String> {
+        for url in urls {
+            let Ok(one) = Self::new(std::slice::from_ref(url), false) else {
+                continue;
+            };
+            let Ok(mut connection) = one.connect(Some(Duration::from_secs(5))).await else {
+                continue;
+            };
+            if let Ok(false) = Self::cluster_enabled(&mut connection).await {
+                return Some(url.clone());
+            }
+        }
+        None
+    }
+
     /// A new connection (for a cluster: to every master it needs, with
     /// the slot map, following `MOVED` and `ASK`). Commands fail after
     /// `response` (`None`: the caller bounds them).

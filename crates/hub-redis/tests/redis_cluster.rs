@@ -7,7 +7,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use hub::{Connection, Event, Hub, Metadata, Position, PresenceKind, Resume, Topic};
-use support::{cluster_node, message, next, text, RedisCluster, CLUSTER_WAIT};
+use support::{cluster_node, message, next, text, RedisCluster, RedisServer, CLUSTER_WAIT};
 use tokio::time::timeout;
 
 /// Waits until every hub has placed every room.
@@ -173,6 +173,16 @@ async fn messages_presence_and_resume_cross_nodes_on_a_cluster() {
         "{refused}"
     );
     assert!(refused.to_string().contains("RedisBackplane::cluster"));
+    // And one Redis taken for a cluster.
+    let one = RedisServer::start().await;
+    let refused = hub_redis::RedisBackplane::cluster([one.url()])
+        .connect()
+        .await;
+    let refused = refused.expect_err("one Redis is not a cluster");
+    assert!(
+        matches!(refused, hub_redis::Error::NotACluster { .. }),
+        "{refused}"
+    );
     let (a, _) = cluster_node(&cluster.seeds()).await;
     let (b, _) = cluster_node(&cluster.seeds()).await;
 
