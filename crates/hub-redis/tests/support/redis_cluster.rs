@@ -1,6 +1,8 @@
 //! A real Redis Cluster of `redis-server` child processes on free loopback
 //! ports, created with `redis-cli --cluster create`. Also used by
-//! chat-server's tests (included by path), so it depends on tokio only.
+//! chat-server's and hub-bench's tests (included by path, beside
+//! `redis_server.rs`, whose port helpers it uses), so it depends on tokio
+//! only.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -9,6 +11,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::redis_server::{free_port, ping};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -329,24 +332,4 @@ fn read_value<'a>(
             _ => None,
         }
     })
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-async fn ping(port: u16) -> bool {
-    let Ok(Ok(mut stream)) = timeout(CLUSTER_WAIT, TcpStream::connect(("127.0.0.1", port))).await
-    else {
-        return false;
-    };
-    if stream.write_all(b"PING\r\n").await.is_err() {
-        return false;
-    }
-    let mut reply = [0u8; 7];
-    matches!(
-        timeout(CLUSTER_WAIT, stream.read_exact(&mut reply)).await,
-        Ok(Ok(_))
-    ) && &reply == b"+PONG\r\n"
 }

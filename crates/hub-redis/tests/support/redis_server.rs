@@ -1,5 +1,6 @@
 //! A real `redis-server` child process on a free loopback port. Also used
-//! by chat-server's tests (included by path), so it depends on tokio only.
+//! by chat-server's and hub-bench's tests (included by path), so it
+//! depends on tokio only.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -70,7 +71,8 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port free when asked.
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
@@ -107,7 +109,8 @@ async fn spawn(port: u16) -> Option<Child> {
     None
 }
 
-async fn ping(port: u16) -> bool {
+/// Whether a Redis answers PING on `port`, within [`WAIT`].
+pub async fn ping(port: u16) -> bool {
     let Ok(Ok(mut stream)) = timeout(WAIT, TcpStream::connect(("127.0.0.1", port))).await else {
         return false;
     };
