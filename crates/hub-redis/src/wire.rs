@@ -55,9 +55,9 @@ end
 /// replication is asynchronous), or a master the topic's slot moved from.
 /// Lines may have been lost, and other nodes may have seen them at offsets
 /// this master would give again; so `margin` offsets are skipped, and a
-/// notice stored at the last of them says which (field `f`, the first;
-/// readers count what they had not seen). The master's id is kept in the
-/// meta hash (`server`).
+/// notice stored at the last of them says which (field `f`, the first).
+/// The notice holds nothing for connections: each is told, by its hub,
+/// the gap it sees. The master's id is kept in the meta hash (`server`).
 macro_rules! moved_lua {
     () => {
         r"
@@ -293,6 +293,19 @@ impl Keys {
 
     pub(crate) fn stream(&self, topic: &Topic) -> String {
         self.topic_key(topic, "stream")
+    }
+
+    /// The topic whose stream `key` is ([`stream`](Self::stream) the
+    /// other way round), without listing every topic's key.
+    pub(crate) fn stream_topic(&self, key: &[u8]) -> Option<Topic> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?;
+        let (_, rest) = rest.split_once("}:")?;
+        let topic = match rest.strip_suffix(":stream")? {
+            "all" => Topic::All,
+            room => Topic::Room(room.strip_prefix("room:")?.into()),
+        };
+        (self.stream(&topic) == key).then_some(topic)
     }
 
     pub(crate) fn inbox(&self, node: u32) -> String {
@@ -660,6 +673,26 @@ mod tests {
             assert_eq!(slot_of(&Keys::size_of(&inbox)), slot_of(&inbox));
         }
         assert_eq!(keys.node_partition(17), 1);
+        for topic in [
+            Topic::All,
+            "lobby".into(),
+            "a:b}c{d".into(),
+            ":stream".into(),
+        ] {
+            let stream = keys.stream(&topic);
+            assert_eq!(keys.stream_topic(stream.as_bytes()), Some(topic));
+        }
+        for other in [keys.users(3), keys.meta(&"lobby".into()), keys.inbox(2)] {
+            assert_eq!(keys.stream_topic(other.as_bytes()), None, "{other}");
+        }
+        // A room's key under another partition's tag is no room's stream.
+        let lobby = keys.stream(&"lobby".into());
+        let elsewhere = lobby.replacen(
+            &keys.heads[keys.partition(&"lobby".into())],
+            &keys.heads[(keys.partition(&"lobby".into()) + 1) % 16],
+            1,
+        );
+        assert_eq!(keys.stream_topic(elsewhere.as_bytes()), None);
         assert!(keys.stream(&"lobby".into()).ends_with(":room:lobby:stream"));
         // One partition is one Redis: every key still has a tag.
         assert_eq!(Keys::new("hub", 0).partitions(), 1);

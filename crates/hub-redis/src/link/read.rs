@@ -137,12 +137,6 @@ impl Follow {
 
     /// Delivers what an `XREAD` brought, stream by stream.
     pub(crate) fn take_in(&mut self, streams: Vec<(Vec<u8>, Vec<Entry>)>) {
-        if streams.is_empty() {
-            return;
-        }
-        let topics: HashMap<Vec<u8>, Topic> = (self.watched.keys())
-            .map(|topic| (self.keys.stream(topic).into_bytes(), topic.clone()))
-            .collect();
         for (key, entries) in streams {
             if let Some(own) = self.own.get(&key).copied() {
                 if let Some(last) = entries.last() {
@@ -156,9 +150,9 @@ impl Follow {
                         Own::Bell => {}
                     }
                 }
-            } else if let Some(topic) = topics.get(&key) {
+            } else if let Some(topic) = self.keys.stream_topic(&key) {
                 for entry in entries {
-                    self.broadcast(topic, entry);
+                    self.broadcast(&topic, entry);
                 }
             }
         }
