@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::redis_server::{free_port, ping};
+use super::redis_server::{answering, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -207,7 +207,7 @@ impl RedisCluster {
     /// answer in time.
     async fn spawn(&self, port: u16, bus: u16) -> Option<Child> {
         let config = self.dir.join(format!("nodes-{port}.conf"));
-        let mut child = Command::new("redis-server")
+        let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--cluster-enabled",
@@ -226,18 +226,7 @@ impl RedisCluster {
             .kill_on_drop(true)
             .spawn()
             .ok()?;
-        let deadline = Instant::now() + CLUSTER_WAIT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return None;
-            }
-            if ping(port).await {
-                return Some(child);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = child.kill().await;
-        None
+        answering(child, port, CLUSTER_WAIT).await
     }
 }
 

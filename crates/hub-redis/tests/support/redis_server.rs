@@ -80,7 +80,7 @@ pub fn free_port() -> u16 {
 /// Spawns a server on `port` and waits until it answers PING; `None` if it
 /// exits or does not answer in time.
 async fn spawn(port: u16) -> Option<Child> {
-    let mut child = Command::new("redis-server")
+    let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([
             "--save",
@@ -95,7 +95,13 @@ async fn spawn(port: u16) -> Option<Child> {
         .kill_on_drop(true)
         .spawn()
         .ok()?;
-    let deadline = tokio::time::Instant::now() + WAIT;
+    answering(child, port, WAIT).await
+}
+
+/// `child`, a `redis-server` on `port`, once it answers PING; `None` (and
+/// killed) if it exits or does not answer `within`.
+pub async fn answering(mut child: Child, port: u16, within: Duration) -> Option<Child> {
+    let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return None;
