@@ -7,9 +7,15 @@ use chat_server::{Args, Server};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than the system's allocator. With glibc's, room
+/// fan-out waited on malloc's lock and gave memory back to the kernel after
+/// every batch of frames (and each time every core's TLB was flushed): see
+/// BENCHMARKS.md, "The server's allocator".
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    one_malloc_arena();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();
@@ -20,35 +26,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Runs the server with glibc's allocator limited to one arena, unless
-/// `MALLOC_ARENA_MAX` is set already: by starting itself again, same
-/// process, arguments and environment, with `MALLOC_ARENA_MAX=1`.
-///
-/// glibc gives each thread that meets contention an arena of its own, and
-/// memory freed into one arena is not reused by the others. Under history
-/// hoarding (200 rooms of 8 MiB, 256 MiB budget) that took RSS to the
-/// budget plus 12–35%; with one arena, plus 2%. Deliveries per second were
-/// the same within noise. The setting is read when the process starts,
-/// hence the new start; set `MALLOC_ARENA_MAX` yourself to choose another
-/// value (or to keep glibc's default, set it to `0`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn one_malloc_arena() {
-    use std::os::unix::process::CommandExt;
-
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let error = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("MALLOC_ARENA_MAX", "1")
-        .exec();
-    // Only a failed start comes back: go on with the default arenas.
-    eprintln!("chat-server: running with glibc's default malloc arenas ({error})");
 }
 
 async fn serve() -> ExitCode {
@@ -75,6 +52,8 @@ async fn serve() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    #[cfg(not(target_env = "msvc"))]
+    purge_in_background();
     let signals = match Signals::install() {
         Ok(signals) => signals,
         Err(error) => {
@@ -100,6 +79,19 @@ async fn serve() -> ExitCode {
     server.run(signals.shutdown()).await;
     tracing::info!("bye");
     ExitCode::SUCCESS
+}
+
+/// Lets jemalloc give freed memory back to the system from a thread of its
+/// own, within its decay time (10 s), even while the server is idle.
+/// Without it, memory freed by a burst (history trimmed to its budget, say)
+/// is given back only as later allocations happen.
+#[cfg(not(target_env = "msvc"))]
+fn purge_in_background() {
+    if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+        // macOS has no background threads: memory is given back as the
+        // server allocates.
+        tracing::debug!(%error, "jemalloc purges without a background thread");
+    }
 }
 
 /// SIGINT and SIGTERM listeners, installed before the server announces
