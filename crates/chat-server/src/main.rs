@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 /// fan-out waited on malloc's lock and gave memory back to the kernel after
 /// every batch of frames (and each time every core's TLB was flushed): see
 /// BENCHMARKS.md, "The server's allocator".
-#[cfg(not(target_env = "msvc"))]
+#[cfg(unix)]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -52,7 +52,7 @@ async fn serve() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    #[cfg(not(target_env = "msvc"))]
+    #[cfg(unix)]
     purge_in_background();
     let signals = match Signals::install() {
         Ok(signals) => signals,
@@ -85,11 +85,11 @@ async fn serve() -> ExitCode {
 /// own, within its decay time (10 s), even while the server is idle.
 /// Without it, memory freed by a burst (history trimmed to its budget, say)
 /// is given back only as later allocations happen.
-#[cfg(not(target_env = "msvc"))]
+#[cfg(unix)]
 fn purge_in_background() {
     if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
-        // macOS has no background threads: memory is given back as the
-        // server allocates.
+        // Where jemalloc has no background threads (macOS), memory is given
+        // back as the server allocates.
         tracing::debug!(%error, "jemalloc purges without a background thread");
     }
 }
