@@ -7,9 +7,9 @@ use chat_server::{Args, Server};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc rather than the system's allocator. With glibc's, room
-/// fan-out waited on malloc's lock and gave memory back to the kernel after
-/// every batch of frames (and each time every core's TLB was flushed): see
+/// jemalloc rather than the system's allocator. With glibc's (one arena),
+/// room fan-out waited on malloc's lock and gave memory back to the kernel
+/// after batches of frames, each time flushing every core's TLB: see
 /// BENCHMARKS.md, "The server's allocator".
 #[cfg(unix)]
 #[global_allocator]
